@@ -1,0 +1,638 @@
+/* ownership.c -- the ownership protocol: own, disown, the wait queue.
+ *
+ * Notes about the implementation
+ * ------------------------------
+ * Three kinds of object: the owner word (who runs VM code), the slots (one per
+ * thread, each with its own process-shared semaphore), and the wait queue (a
+ * linked list of slots, FIFO among equal priorities) under the block's lock.
+ *
+ * Rejected: a mutex as the ownership itself (the release would be a syscall
+ * whenever anyone sleeps on it, and the lock could not be handed to a chosen
+ * thread); a condition variable (wakes in no defined order, and a broadcast
+ * wakes everybody).  Chosen, as in Go's runtime and the threaded Cog VM: an
+ * atomic word that is claimed by CAS when free and *handed over* by storing
+ * the receiver's index into it, then posting the receiver's semaphore.
+ *
+ * Owner word = epoch << 32 | owner.  Only the owner writes the word while it
+ * is owned; anybody may CAS it while the owner field is 0.  Hence a release is
+ * a plain store, and an acquisition is a CAS from (epoch, 0).
+ *
+ * Disown (release), by the owner:
+ *   1. if waiters are counted, take the lock, dequeue the head, store
+ *      (epoch+1, head), unlock, post head's semaphore;
+ *   2. else store (epoch+1, 0) seq_cst, then load `attention` seq_cst; if a
+ *      waiter appeared meanwhile, kick (below).
+ * Own, by a thread that does not own:
+ *   1. CAS (epoch, 0) -> (epoch, me): done, nothing to restore.
+ *   2. else take the lock, try the CAS again, else enqueue and count me in
+ *      `attention` (seq_cst), unlock;
+ *   3. load the owner word seq_cst; if it reads 0, kick;
+ *   4. sleep on my semaphore until a post finds my state GRANTED.
+ * Kick: under the lock, while the queue is not empty and the owner is 0, CAS
+ *   (epoch, 0) -> (epoch, head); on success dequeue head, mark it GRANTED,
+ *   unlock and post it.
+ *
+ * Why no wake-up is lost (a store-load, "Dekker" pair):
+ *   owner:  store owner := 0   ; load attention
+ *   waiter: add attention += 1 ; load owner
+ * All four are seq_cst, so at least one side sees the other's store: either
+ * the owner sees the waiter (and kicks, or hands off), or the waiter sees the
+ * VM free (and kicks).  If both see each other both kick; kick is idempotent:
+ * its CAS succeeds for one head at most, and a failed CAS means whoever took
+ * the word will see the waiter at its own release.
+ *
+ * Why a post is never lost: the granter stores the new owner and sets GRANTED
+ * *before* posting, and the semaphore counts, so a post that arrives before
+ * the waiter sleeps makes its wait return at once.  The waiter trusts its
+ * state, not the post: a stray post (a repaired block may post twice) makes it
+ * look at its state and sleep again.
+ *
+ * Leaving the queue early (a signal, a timeout): under the lock, if the slot
+ * is still WAITING it unlinks itself; if it is GRANTED the VM is already its
+ * own and a post is on its way, so it takes that post and returns success.
+ *
+ * Lock order: the block's lock is the only lock; no semaphore is posted and no
+ * other lock is taken while holding it, except in repair.
+ *
+ * Debug: vmown_debug_set_widen_ns() stretches the two windows that the
+ * argument above is about (enqueue -> sleep, store owner -> post) so that
+ * stress tests run through them instead of past them.
+ */
+#define _GNU_SOURCE
+#include "vmown_internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define RELAXED memory_order_relaxed
+#define ACQUIRE memory_order_acquire
+#define RELEASE memory_order_release
+#define SEQ_CST memory_order_seq_cst
+
+#define VMOWN__MAX_SLOTS (1u << 20)
+
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
+static _Atomic int64_t vmown__widen_ns;
+
+void vmown_debug_set_widen_ns(int64_t ns) { atomic_store(&vmown__widen_ns, ns < 0 ? 0 : ns); }
+
+static void widen(void) {
+    int64_t ns = atomic_load_explicit(&vmown__widen_ns, RELAXED);
+    if (likely(ns == 0)) return;
+    int64_t until = vmown__now_ns() + ns;
+    do vmown__thread_yield();
+    while (vmown__now_ns() < until);
+}
+
+static inline void bump(_Atomic uint64_t *counter) {
+    atomic_store_explicit(counter, atomic_load_explicit(counter, RELAXED) + 1, RELAXED);
+}
+
+static inline struct vmown_slot *slot_of(vmown_cb *cb, uint32_t i) { return &cb->b->slots[i]; }
+
+static inline bool valid_index(const vmown_cb *cb, uint32_t i) { return i >= 1 && i <= cb->nslots; }
+
+static size_t header_size(void) { return offsetof(struct vmown__block, slots); }
+
+size_t vmown_cb_size(uint32_t nslots) {
+    size_t page = vmown_page_size();
+    size_t bytes = header_size() + ((size_t)nslots + 1) * sizeof(struct vmown_slot);
+    return (bytes + page - 1) / page * page;
+}
+
+/* ---- process identity (cached per process; refreshed after fork) ---- */
+
+static _Atomic int32_t cached_pid;
+static _Atomic uint64_t cached_start_time;
+
+static void identity(int32_t *pid, uint64_t *start_time) {
+    int32_t now = (int32_t)getpid();
+    if (atomic_load_explicit(&cached_pid, ACQUIRE) != now) {
+        atomic_store_explicit(&cached_start_time, vmown__process_start_time(now), RELAXED);
+        atomic_store_explicit(&cached_pid, now, RELEASE);
+    }
+    *pid = now;
+    *start_time = atomic_load_explicit(&cached_start_time, RELAXED);
+}
+
+/* ---- the wait queue; every function here runs under the lock ---- */
+
+static void mark_broken(vmown_cb *cb) {
+    atomic_store_explicit(&cb->b->hdr.state, VMOWN__BROKEN, RELEASE);
+}
+
+/* Read a link from shared memory: 0 or a valid index, else the block is
+ * corrupt and is marked broken. */
+static int read_link(vmown_cb *cb, _Atomic uint32_t *link, uint32_t *out) {
+    uint32_t i = atomic_load_explicit(link, RELAXED);
+    if (i != 0 && !valid_index(cb, i)) {
+        mark_broken(cb);
+        return VMOWN_EBROKEN;
+    }
+    *out = i;
+    return 0;
+}
+
+static int enqueue_locked(vmown_cb *cb, uint32_t me) {
+    struct vmown__block *b = cb->b;
+    struct vmown_slot *s = slot_of(cb, me);
+    int32_t prio = atomic_load_explicit(&s->priority, RELAXED);
+    uint32_t tail, prev = 0, cur;
+    int rc;
+    atomic_store_explicit(&s->ticket, atomic_fetch_add_explicit(&b->next_ticket, 1, RELAXED), RELAXED);
+    atomic_store_explicit(&s->state, VMOWN_SLOT_WAITING, RELAXED);
+    if ((rc = read_link(cb, &b->tail, &tail)) < 0) return rc;
+    if (tail == 0 || atomic_load_explicit(&slot_of(cb, tail)->priority, RELAXED) >= prio) {
+        /* The common case: append. */
+        atomic_store_explicit(&s->next, 0, RELAXED);
+        if (tail) atomic_store_explicit(&slot_of(cb, tail)->next, me, RELAXED);
+        else atomic_store_explicit(&b->head, me, RELAXED);
+        atomic_store_explicit(&b->tail, me, RELAXED);
+    } else {
+        /* Insert before the first slot of lower priority; bounded walk. */
+        if ((rc = read_link(cb, &b->head, &cur)) < 0) return rc;
+        for (uint32_t steps = 0; cur && atomic_load_explicit(&slot_of(cb, cur)->priority, RELAXED) >= prio;
+             steps++) {
+            if (steps > cb->nslots) { mark_broken(cb); return VMOWN_EBROKEN; }
+            prev = cur;
+            if ((rc = read_link(cb, &slot_of(cb, cur)->next, &cur)) < 0) return rc;
+        }
+        atomic_store_explicit(&s->next, cur, RELAXED);
+        if (prev) atomic_store_explicit(&slot_of(cb, prev)->next, me, RELAXED);
+        else atomic_store_explicit(&b->head, me, RELAXED);
+    }
+    /* seq_cst: pairs with the load of `attention` after a release store. */
+    atomic_fetch_add_explicit(&b->attention, 1, SEQ_CST);
+    return 0;
+}
+
+/* Unlink `me` from wherever it is in the queue. */
+static int unlink_locked(vmown_cb *cb, uint32_t me) {
+    struct vmown__block *b = cb->b;
+    uint32_t prev = 0, cur, next;
+    int rc;
+    if ((rc = read_link(cb, &b->head, &cur)) < 0) return rc;
+    for (uint32_t steps = 0; cur != me; steps++) {
+        if (cur == 0 || steps > cb->nslots) { mark_broken(cb); return VMOWN_EBROKEN; }
+        prev = cur;
+        if ((rc = read_link(cb, &slot_of(cb, cur)->next, &cur)) < 0) return rc;
+    }
+    if ((rc = read_link(cb, &slot_of(cb, me)->next, &next)) < 0) return rc;
+    if (prev) atomic_store_explicit(&slot_of(cb, prev)->next, next, RELAXED);
+    else atomic_store_explicit(&b->head, next, RELAXED);
+    if (atomic_load_explicit(&b->tail, RELAXED) == me) atomic_store_explicit(&b->tail, prev, RELAXED);
+    atomic_store_explicit(&slot_of(cb, me)->next, 0, RELAXED);
+    atomic_fetch_sub_explicit(&b->attention, 1, SEQ_CST);
+    return 0;
+}
+
+/* Dequeue the head and mark it GRANTED; the caller stores it as owner. */
+static int pop_head_locked(vmown_cb *cb, uint32_t *out) {
+    uint32_t head;
+    int rc = read_link(cb, &cb->b->head, &head);
+    if (rc < 0) return rc;
+    if (head && (rc = unlink_locked(cb, head)) < 0) return rc;
+    if (head) atomic_store_explicit(&slot_of(cb, head)->state, VMOWN_SLOT_GRANTED, RELAXED);
+    *out = head;
+    return 0;
+}
+
+static int cmp_by_queue_order(const void *a, const void *b, void *arg) {
+    vmown_cb *cb = arg;
+    struct vmown_slot *x = slot_of(cb, *(const uint32_t *)a), *y = slot_of(cb, *(const uint32_t *)b);
+    int32_t px = atomic_load_explicit(&x->priority, RELAXED), py = atomic_load_explicit(&y->priority, RELAXED);
+    if (px != py) return px > py ? -1 : 1;
+    uint64_t tx = atomic_load_explicit(&x->ticket, RELAXED), ty = atomic_load_explicit(&y->ticket, RELAXED);
+    return tx < ty ? -1 : tx > ty;
+}
+
+/* The lock's previous holder died inside it: the queue may be half-linked.
+ * Rebuild it from the slots' own states, in (priority, ticket) order. */
+static int repair_locked(vmown_cb *cb) {
+    struct vmown__block *b = cb->b;
+    uint32_t *order = malloc(sizeof(uint32_t) * cb->nslots), n = 0, in_use = 0;
+    if (!order) return -ENOMEM;
+    for (uint32_t i = 1; i <= cb->nslots; i++) {
+        uint32_t st = atomic_load_explicit(&slot_of(cb, i)->state, RELAXED);
+        if (st != VMOWN_SLOT_FREE) in_use++;
+        if (st == VMOWN_SLOT_WAITING) order[n++] = i;
+        /* GRANTED but not the owner: the granter died between dequeue and
+         * store; queue it again. */
+        if (st == VMOWN_SLOT_GRANTED &&
+            VMOWN__OWNER(atomic_load_explicit(&b->owner_word, RELAXED)) != (int32_t)i) {
+            atomic_store_explicit(&slot_of(cb, i)->state, VMOWN_SLOT_WAITING, RELAXED);
+            order[n++] = i;
+        }
+    }
+    qsort_r(order, n, sizeof *order, cmp_by_queue_order, cb);
+    atomic_store_explicit(&b->head, n ? order[0] : 0, RELAXED);
+    atomic_store_explicit(&b->tail, n ? order[n - 1] : 0, RELAXED);
+    for (uint32_t k = 0; k < n; k++)
+        atomic_store_explicit(&slot_of(cb, order[k])->next, k + 1 < n ? order[k + 1] : 0, RELAXED);
+    uint64_t att = atomic_load_explicit(&b->attention, RELAXED);
+    atomic_store_explicit(&b->attention, (att & ~VMOWN__WAITERS_MASK) | n, SEQ_CST);
+    atomic_store_explicit(&b->in_use, in_use, RELAXED);
+    free(order);
+    return 0;
+}
+
+static int lock_block(vmown_cb *cb) {
+    if (unlikely(atomic_load_explicit(&cb->b->hdr.state, ACQUIRE) != VMOWN__READY)) return VMOWN_EBROKEN;
+    int rc = vmown__lock(&cb->b->lock);
+    if (rc == 1) {
+        rc = repair_locked(cb);
+        if (rc < 0) {
+            mark_broken(cb);
+            vmown__unlock(&cb->b->lock);
+            return rc;
+        }
+        vmown__lock_consistent(&cb->b->lock);
+        rc = 0;
+    } else if (rc < 0) {
+        mark_broken(cb);
+    }
+    return rc;
+}
+
+static void unlock_block(vmown_cb *cb) { vmown__unlock(&cb->b->lock); }
+
+/* ---- hand-over ---- */
+
+/* Give an unowned VM to the head waiter, if both exist. */
+static int kick(vmown_cb *cb) {
+    struct vmown__block *b = cb->b;
+    uint32_t head = 0;
+    int rc = lock_block(cb);
+    if (rc < 0) return rc;
+    for (;;) {
+        if ((rc = read_link(cb, &b->head, &head)) < 0 || head == 0) break;
+        uint64_t w = atomic_load_explicit(&b->owner_word, SEQ_CST);
+        if (VMOWN__OWNER(w) != 0) { head = 0; break; }  /* its owner will see the queue */
+        if (atomic_compare_exchange_strong_explicit(&b->owner_word, &w, VMOWN__WORD(VMOWN__EPOCH(w), head),
+                                                    SEQ_CST, RELAXED)) {
+            rc = pop_head_locked(cb, &head);
+            break;
+        }
+        /* Lost the CAS to an epoch bump, or to a taker who will see us. */
+    }
+    unlock_block(cb);
+    if (rc < 0) return rc;
+    if (head) {
+        widen();
+        vmown__sem_post(&slot_of(cb, head)->sem);
+    }
+    return 0;
+}
+
+/* Sleep until GRANTED.  On a signal (if interruptible) or a timeout, leave the
+ * queue; if the grant won that race, take it instead. */
+static int await_grant(vmown_cb *cb, uint32_t me, int64_t deadline_ns, int flags) {
+    struct vmown_slot *s = slot_of(cb, me);
+    for (;;) {
+        int rc = vmown__sem_wait(&s->sem, deadline_ns);
+        if (rc == 0) {
+            if (atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_GRANTED) break;
+            continue;  /* a stray post */
+        }
+        if (rc == VMOWN_EINTR && !(flags & VMOWN_WAIT_INTERRUPTIBLE)) continue;
+        int lrc = lock_block(cb);
+        if (lrc < 0) return lrc;
+        if (atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_WAITING) {
+            lrc = unlink_locked(cb, me);
+            atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
+            unlock_block(cb);
+            bump(&s->interrupts);
+            return lrc < 0 ? lrc : rc;
+        }
+        unlock_block(cb);
+        /* GRANTED: the VM is ours and the post is on its way. */
+        deadline_ns = -1;
+        flags = 0;
+    }
+    if (VMOWN__OWNER(atomic_load_explicit(&cb->b->owner_word, ACQUIRE)) != (int32_t)me) {
+        mark_broken(cb);  /* granted but not the owner: an invariant is broken */
+        return VMOWN_EBROKEN;
+    }
+    atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
+    bump(&s->waits);
+    return 0;
+}
+
+/* ---- public ---- */
+
+int vmown_cb_init(void *mem, size_t len, uint32_t nslots, vmown_cb **out) {
+    size_t page = vmown_page_size();
+    if (!mem || !out || (uintptr_t)mem % page || nslots == 0 || nslots > VMOWN__MAX_SLOTS ||
+        len < vmown_cb_size(nslots))
+        return VMOWN_EINVAL;
+    vmown_cb *cb = malloc(sizeof *cb);
+    if (!cb) return -ENOMEM;
+    struct vmown__block *b = mem;
+    /* Phase 1: INITIALIZING first, so that an attacher never reads a
+     * half-written header as ready. */
+    atomic_store_explicit(&b->hdr.state, VMOWN__INITIALIZING, SEQ_CST);
+    memset((char *)mem + sizeof b->hdr, 0, vmown_cb_size(nslots) - sizeof b->hdr);
+    int rc = vmown__lock_init(&b->lock);
+    if (rc < 0) { free(cb); return rc; }
+    atomic_store_explicit(&b->hdr.magic, VMOWN__MAGIC, RELAXED);
+    atomic_store_explicit(&b->hdr.version, VMOWN__LAYOUT_VERSION, RELAXED);
+    atomic_store_explicit(&b->hdr.header_size, (uint32_t)header_size(), RELAXED);
+    atomic_store_explicit(&b->hdr.slot_size, (uint32_t)sizeof(struct vmown_slot), RELAXED);
+    atomic_store_explicit(&b->hdr.nslots, nslots, RELAXED);
+    atomic_store_explicit(&b->hdr.total_size, vmown_cb_size(nslots), RELAXED);
+    atomic_store_explicit(&b->hdr.sem_size, (uint32_t)sizeof(sem_t), RELAXED);
+    atomic_store_explicit(&b->hdr.lock_size, (uint32_t)sizeof(pthread_mutex_t), RELAXED);
+    atomic_store_explicit(&b->hdr.creator_pid, (int32_t)getpid(), RELAXED);
+    /* Phase 2: publish. */
+    atomic_store_explicit(&b->hdr.state, VMOWN__READY, RELEASE);
+    *cb = (vmown_cb){.b = b, .len = len, .nslots = nslots};
+    *out = cb;
+    return 0;
+}
+
+int vmown_cb_attach(void *mem, size_t len, vmown_cb **out) {
+    if (!mem || !out || (uintptr_t)mem % vmown_page_size()) return VMOWN_EINVAL;
+    if (len < sizeof(struct vmown_header)) return VMOWN_ESIZES;
+    struct vmown__block *b = mem;
+    if (atomic_load_explicit(&b->hdr.magic, RELAXED) != VMOWN__MAGIC) return VMOWN_EBADMAGIC;
+    if (atomic_load_explicit(&b->hdr.version, RELAXED) != VMOWN__LAYOUT_VERSION) return VMOWN_EVERSION;
+    uint32_t state = atomic_load_explicit(&b->hdr.state, ACQUIRE);
+    if (state == VMOWN__INITIALIZING) return VMOWN_ENOTREADY;
+    if (state == VMOWN__BROKEN) return VMOWN_EBROKEN;
+    if (state != VMOWN__READY) return VMOWN_EBADMAGIC;
+    /* Read each size once; compare with this build and with the memory. */
+    uint32_t nslots = atomic_load_explicit(&b->hdr.nslots, RELAXED);
+    uint64_t total = atomic_load_explicit(&b->hdr.total_size, RELAXED);
+    if (len < header_size() || atomic_load_explicit(&b->hdr.header_size, RELAXED) != header_size() ||
+        atomic_load_explicit(&b->hdr.slot_size, RELAXED) != sizeof(struct vmown_slot) ||
+        atomic_load_explicit(&b->hdr.sem_size, RELAXED) != sizeof(sem_t) ||
+        atomic_load_explicit(&b->hdr.lock_size, RELAXED) != sizeof(pthread_mutex_t) || nslots == 0 ||
+        nslots > VMOWN__MAX_SLOTS || total != vmown_cb_size(nslots) || total > len)
+        return VMOWN_ESIZES;
+    vmown_cb *cb = malloc(sizeof *cb);
+    if (!cb) return -ENOMEM;
+    *cb = (vmown_cb){.b = b, .len = len, .nslots = nslots};
+    *out = cb;
+    return 0;
+}
+
+void vmown_cb_detach(vmown_cb *cb) { free(cb); }
+
+int vmown_register(vmown_cb *cb) {
+    struct vmown__block *b = cb->b;
+    int32_t pid;
+    uint64_t start_time;
+    identity(&pid, &start_time);
+    int rc = lock_block(cb);
+    if (rc < 0) return rc;
+    uint32_t hint = atomic_load_explicit(&b->alloc_hint, RELAXED) % cb->nslots, found = 0;
+    for (uint32_t k = 0; k < cb->nslots && !found; k++) {
+        uint32_t i = 1 + (hint + k) % cb->nslots;
+        if (atomic_load_explicit(&slot_of(cb, i)->state, RELAXED) == VMOWN_SLOT_FREE) found = i;
+    }
+    if (!found) {
+        unlock_block(cb);
+        return VMOWN_ENOSLOTS;
+    }
+    struct vmown_slot *s = slot_of(cb, found);
+    rc = vmown__sem_init(&s->sem);
+    if (rc < 0) {
+        unlock_block(cb);
+        return rc;
+    }
+    atomic_store_explicit(&s->next, 0, RELAXED);
+    atomic_store_explicit(&s->priority, 0, RELAXED);
+    atomic_store_explicit(&s->generation, atomic_load_explicit(&s->generation, RELAXED) + 1, RELAXED);
+    atomic_store_explicit(&s->pid, pid, RELAXED);
+    atomic_store_explicit(&s->tid, vmown__gettid(), RELAXED);
+    atomic_store_explicit(&s->start_time, start_time, RELAXED);
+    atomic_store_explicit(&s->callout, 0, RELAXED);
+    atomic_store_explicit(&s->callout_tick, 0, RELAXED);
+    _Atomic uint64_t *counters[] = {&s->fast_owns, &s->slow_owns, &s->waits,
+                                    &s->hand_offs, &s->disowns,   &s->interrupts};
+    for (size_t k = 0; k < sizeof counters / sizeof *counters; k++) atomic_store_explicit(counters[k], 0, RELAXED);
+    atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELEASE);
+    atomic_store_explicit(&b->alloc_hint, found, RELAXED);
+    atomic_fetch_add_explicit(&b->in_use, 1, RELAXED);
+    unlock_block(cb);
+    return (int)found;
+}
+
+int vmown_unregister(vmown_cb *cb, uint32_t me) {
+    if (!valid_index(cb, me)) return VMOWN_EBADSLOT;
+    struct vmown__block *b = cb->b;
+    struct vmown_slot *s = slot_of(cb, me);
+    uint32_t st = atomic_load_explicit(&s->state, ACQUIRE);
+    if (st == VMOWN_SLOT_FREE || atomic_load_explicit(&s->pid, RELAXED) != (int32_t)getpid())
+        return VMOWN_EBADSLOT;
+    if (st != VMOWN_SLOT_RUNNING) return VMOWN_EBUSY;
+    if (VMOWN__OWNER(atomic_load_explicit(&b->owner_word, ACQUIRE)) == (int32_t)me) {
+        int rc = vmown_disown(cb, me, 0);
+        if (rc < 0) return rc;
+    }
+    int rc = lock_block(cb);
+    if (rc < 0) return rc;
+    vmown_counters *f = &b->folded;
+    /* folded is only written under the lock; readers tolerate a torn sum. */
+    f->fast_owns += atomic_load_explicit(&s->fast_owns, RELAXED);
+    f->slow_owns += atomic_load_explicit(&s->slow_owns, RELAXED);
+    f->waits += atomic_load_explicit(&s->waits, RELAXED);
+    f->hand_offs += atomic_load_explicit(&s->hand_offs, RELAXED);
+    f->disowns += atomic_load_explicit(&s->disowns, RELAXED);
+    f->interrupts += atomic_load_explicit(&s->interrupts, RELAXED);
+    vmown__sem_destroy(&s->sem);
+    atomic_store_explicit(&s->state, VMOWN_SLOT_FREE, RELEASE);
+    atomic_fetch_sub_explicit(&b->in_use, 1, RELAXED);
+    unlock_block(cb);
+    return 0;
+}
+
+int vmown_disown(vmown_cb *cb, uint32_t me, uint64_t callout) {
+    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
+    struct vmown__block *b = cb->b;
+    struct vmown_slot *s = slot_of(cb, me);
+    uint64_t w = atomic_load_explicit(&b->owner_word, RELAXED);
+    if (unlikely(VMOWN__OWNER(w) != (int32_t)me)) return VMOWN_ENOTOWNER;
+    atomic_store_explicit(&s->callout, callout, RELAXED);
+    atomic_store_explicit(&s->callout_tick, atomic_load_explicit(&b->ticks, RELAXED), RELAXED);
+    bump(&s->disowns);
+    if (likely((atomic_load_explicit(&b->attention, RELAXED) & VMOWN__WAITERS_MASK) == 0)) {
+        /* Release; seq_cst orders it before the load of attention below. */
+        atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, 0), SEQ_CST);
+        if (likely((atomic_load_explicit(&b->attention, SEQ_CST) & VMOWN__WAITERS_MASK) == 0)) return 0;
+        return kick(cb);
+    }
+    /* Hand-off: give the VM straight to the head waiter. */
+    uint32_t head = 0;
+    int rc = lock_block(cb);
+    if (rc < 0) return rc;
+    rc = pop_head_locked(cb, &head);
+    /* Caution: once the word names head, head may run VM code; nothing of the
+     * VM may be touched after this store. */
+    atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, head), SEQ_CST);
+    unlock_block(cb);
+    if (rc < 0) return rc;
+    if (head) {
+        widen();
+        vmown__sem_post(&slot_of(cb, head)->sem);
+        bump(&s->hand_offs);
+    } else if (atomic_load_explicit(&b->attention, SEQ_CST) & VMOWN__WAITERS_MASK) {
+        return kick(cb);
+    }
+    return 0;
+}
+
+static int own_fast(vmown_cb *cb, struct vmown_slot *s, uint32_t me, uint64_t *w) {
+    *w = atomic_load_explicit(&cb->b->owner_word, RELAXED);
+    if (likely(VMOWN__OWNER(*w) == 0) &&
+        atomic_compare_exchange_strong_explicit(&cb->b->owner_word, w, VMOWN__WORD(VMOWN__EPOCH(*w), me),
+                                                ACQUIRE, RELAXED)) {
+        bump(&s->fast_owns);
+        return 1;
+    }
+    return 0;
+}
+
+int vmown_own_wait(vmown_cb *cb, uint32_t me, int64_t timeout_ns, int flags) {
+    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
+    struct vmown__block *b = cb->b;
+    struct vmown_slot *s = slot_of(cb, me);
+    uint64_t w;
+    if (likely(own_fast(cb, s, me, &w))) return 0;
+    if (VMOWN__OWNER(w) == (int32_t)me) return VMOWN_EALREADY;
+    if (atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_RUNNING) return VMOWN_EBADSLOT;
+    int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
+    int rc = lock_block(cb);
+    if (rc < 0) return rc;
+    w = atomic_load_explicit(&b->owner_word, RELAXED);
+    if (VMOWN__OWNER(w) == 0 &&
+        atomic_compare_exchange_strong_explicit(&b->owner_word, &w, VMOWN__WORD(VMOWN__EPOCH(w), me), ACQUIRE,
+                                                RELAXED)) {
+        unlock_block(cb);
+        bump(&s->slow_owns);
+        return 0;
+    }
+    if (timeout_ns == 0) {
+        unlock_block(cb);
+        return VMOWN_ETIMEDOUT;
+    }
+    rc = enqueue_locked(cb, me);
+    unlock_block(cb);
+    if (rc < 0) return rc;
+    bump(&s->slow_owns);
+    widen();
+    /* The other half of the store-load pair: the owner may have released
+     * before it could see us counted. */
+    if (VMOWN__OWNER(atomic_load_explicit(&b->owner_word, SEQ_CST)) == 0 && (rc = kick(cb)) < 0) return rc;
+    return await_grant(cb, me, deadline, flags);
+}
+
+int vmown_own(vmown_cb *cb, uint32_t me) { return vmown_own_wait(cb, me, -1, 0); }
+
+int vmown_try_own(vmown_cb *cb, uint32_t me) {
+    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
+    struct vmown_slot *s = slot_of(cb, me);
+    uint64_t w;
+    if (own_fast(cb, s, me, &w)) return 1;
+    return VMOWN__OWNER(w) == (int32_t)me ? VMOWN_EALREADY : 0;
+}
+
+int vmown_yield(vmown_cb *cb, uint32_t me, int64_t timeout_ns, int flags) {
+    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
+    struct vmown__block *b = cb->b;
+    struct vmown_slot *s = slot_of(cb, me);
+    uint64_t w = atomic_load_explicit(&b->owner_word, RELAXED);
+    if (VMOWN__OWNER(w) != (int32_t)me) return VMOWN_ENOTOWNER;
+    if ((atomic_load_explicit(&b->attention, RELAXED) & VMOWN__WAITERS_MASK) == 0) return 0;
+    int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
+    uint32_t head = 0;
+    int rc = lock_block(cb);
+    if (rc < 0) return rc;
+    if ((rc = pop_head_locked(cb, &head)) < 0 || head == 0) {
+        unlock_block(cb);
+        return rc;
+    }
+    if ((rc = enqueue_locked(cb, me)) < 0) {
+        mark_broken(cb);
+        unlock_block(cb);
+        return rc;
+    }
+    atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, head), SEQ_CST);
+    unlock_block(cb);
+    widen();
+    vmown__sem_post(&slot_of(cb, head)->sem);
+    bump(&s->hand_offs);
+    rc = await_grant(cb, me, deadline, flags);
+    return rc < 0 ? rc : 1;
+}
+
+int vmown_set_priority(vmown_cb *cb, uint32_t me, int32_t priority) {
+    if (!valid_index(cb, me)) return VMOWN_EBADSLOT;
+    struct vmown_slot *s = slot_of(cb, me);
+    if (atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_RUNNING) return VMOWN_EBUSY;
+    atomic_store_explicit(&s->priority, priority, RELAXED);
+    return 0;
+}
+
+/* ---- observers ---- */
+
+uint64_t vmown_owner_word(const vmown_cb *cb) { return atomic_load_explicit(&cb->b->owner_word, ACQUIRE); }
+int32_t vmown_owner(const vmown_cb *cb) { return VMOWN__OWNER(vmown_owner_word(cb)); }
+uint32_t vmown_epoch(const vmown_cb *cb) { return VMOWN__EPOCH(vmown_owner_word(cb)); }
+uint32_t vmown_waiters(const vmown_cb *cb) {
+    return (uint32_t)(atomic_load_explicit(&cb->b->attention, RELAXED) & VMOWN__WAITERS_MASK);
+}
+uint32_t vmown_nslots(const vmown_cb *cb) { return cb->nslots; }
+uint32_t vmown_slots_in_use(const vmown_cb *cb) { return atomic_load_explicit(&cb->b->in_use, RELAXED); }
+
+int vmown_counters_read(const vmown_cb *cb, vmown_counters *out) {
+    *out = cb->b->folded;
+    for (uint32_t i = 1; i <= cb->nslots; i++) {
+        const struct vmown_slot *s = &cb->b->slots[i];
+        if (atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_FREE) continue;
+        out->fast_owns += atomic_load_explicit(&s->fast_owns, RELAXED);
+        out->slow_owns += atomic_load_explicit(&s->slow_owns, RELAXED);
+        out->waits += atomic_load_explicit(&s->waits, RELAXED);
+        out->hand_offs += atomic_load_explicit(&s->hand_offs, RELAXED);
+        out->disowns += atomic_load_explicit(&s->disowns, RELAXED);
+        out->interrupts += atomic_load_explicit(&s->interrupts, RELAXED);
+    }
+    return 0;
+}
+
+int vmown_slot_read(const vmown_cb *cb, uint32_t i, vmown_slot_info *out) {
+    if (!valid_index(cb, i)) return VMOWN_EBADSLOT;
+    const struct vmown_slot *s = &cb->b->slots[i];
+    *out = (vmown_slot_info){
+        .state = atomic_load_explicit(&s->state, RELAXED),
+        .pid = atomic_load_explicit(&s->pid, RELAXED),
+        .tid = atomic_load_explicit(&s->tid, RELAXED),
+        .priority = atomic_load_explicit(&s->priority, RELAXED),
+        .start_time = atomic_load_explicit(&s->start_time, RELAXED),
+        .callout = atomic_load_explicit(&s->callout, RELAXED),
+        .callout_tick = atomic_load_explicit(&s->callout_tick, RELAXED),
+        .next = atomic_load_explicit(&s->next, RELAXED),
+        .generation = atomic_load_explicit(&s->generation, RELAXED),
+    };
+    return 0;
+}
+
+int vmown_queue_read(vmown_cb *cb, uint32_t *out, uint32_t cap) {
+    int rc = lock_block(cb);
+    if (rc < 0) return rc;
+    uint32_t cur, n = 0;
+    if ((rc = read_link(cb, &cb->b->head, &cur)) < 0) goto done;
+    while (cur && n < cap) {
+        if (n > cb->nslots) { mark_broken(cb); rc = VMOWN_EBROKEN; goto done; }
+        out[n++] = cur;
+        if ((rc = read_link(cb, &slot_of(cb, cur)->next, &cur)) < 0) goto done;
+    }
+    rc = (int)n;
+done:
+    unlock_block(cb);
+    return rc;
+}

@@ -1,0 +1,90 @@
+/* stress.c -- many threads cycle own -> critical section -> disown.
+ *
+ * Usage: stress [THREADS] [CYCLES] [WIDEN_NS]
+ * Each cycle takes the VM (by own, by try_own until it wins, or by yield when
+ * it already owns and others wait), checks inside the critical section that
+ * nobody else is inside and that the owner word names it, bumps a plain
+ * (non-atomic) counter, and disowns.  At the end the counter must equal
+ * THREADS * CYCLES and the queue must be empty.  Built plain and with
+ * -fsanitize=thread by tests/test_native.py.  Exit 0 and one summary line
+ * when every invariant held.
+ */
+#define _GNU_SOURCE
+#include "../vmown.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+static vmown_cb *cb;
+static long cycles;
+static unsigned long counter;  /* plain: only the owner touches it */
+static int inside;             /* plain: only the owner touches it */
+static _Atomic long failures;
+
+static void fail(const char *what) {
+    fprintf(stderr, "stress: invariant broken: %s\n", what);
+    failures++;
+}
+
+static void critical(int me) {
+    if (inside) fail("two threads inside the critical section");
+    inside = 1;
+    if (vmown_owner(cb) != me) fail("owner word does not name the thread inside");
+    counter++;
+    inside = 0;
+}
+
+static void *worker(void *arg) {
+    unsigned seed = (unsigned)(size_t)arg * 2654435761u;
+    int me = vmown_register(cb);
+    if (me < 1) { fail("register"); return NULL; }
+    for (long i = 0; i < cycles; i++) {
+        int how = rand_r(&seed) % 8, rc;
+        if (how == 0) {
+            while ((rc = vmown_try_own(cb, me)) == 0) sched_yield();
+            if (rc != 1) fail("try_own");
+        } else if ((rc = vmown_own(cb, me)) != 0) {
+            fail("own");
+        }
+        critical(me);
+        if (how == 2) sched_yield();  /* own while descheduled: others queue */
+        if (how == 1) {
+            rc = vmown_yield(cb, me, -1, 0);  /* 1 = yielded and got it back */
+            if (rc < 0) fail("yield");
+            critical(me);
+            counter--;  /* the second visit is not a cycle */
+        }
+        if (vmown_disown(cb, me, (uint64_t)i) != 0) fail("disown");
+    }
+    if (vmown_unregister(cb, me) != 0) fail("unregister");
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    int threads = argc > 1 ? atoi(argv[1]) : 8;
+    cycles = argc > 2 ? atol(argv[2]) : 100000;
+    vmown_debug_set_widen_ns(argc > 3 ? atol(argv[3]) : 0);
+    size_t len = vmown_cb_size(64);
+    void *mem;
+    if (vmown_map_anonymous(len, &mem) != 0 || vmown_cb_init(mem, len, 64, &cb) != 0) {
+        fprintf(stderr, "stress: cannot make a control block\n");
+        return 2;
+    }
+    pthread_t t[256];
+    if (threads < 1 || threads > 256) return 2;
+    for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, worker, (void *)(size_t)(i + 1));
+    for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
+    vmown_counters c;
+    vmown_counters_read(cb, &c);
+    if (counter != (unsigned long)threads * (unsigned long)cycles) fail("counter is not exact");
+    if (vmown_waiters(cb) != 0 || vmown_owner(cb) != 0) fail("queue or owner left behind");
+    if (vmown_slots_in_use(cb) != 0) fail("slots left registered");
+    printf("stress: threads=%d cycles=%ld counter=%lu fast=%llu slow=%llu waits=%llu hand_offs=%llu failures=%ld\n",
+           threads, cycles, counter, (unsigned long long)c.fast_owns, (unsigned long long)c.slow_owns,
+           (unsigned long long)c.waits, (unsigned long long)c.hand_offs, (long)failures);
+    vmown_cb_detach(cb);
+    munmap(mem, len);
+    return failures ? 1 : 0;
+}

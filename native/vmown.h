@@ -1,0 +1,161 @@
+/* vmown.h -- the one public header of the vmown C core.
+ *
+ * vmown lets many OS threads share one "VM" of which exactly one thread, the
+ * owner, runs VM code.  A thread about to call blocking C code *disowns* the VM
+ * (one atomic store) and keeps running on its own stack; on return it *owns* it
+ * again (one compare-and-swap).  Threads that return while another thread owns
+ * the VM queue up (FIFO, or by priority) and sleep on their own process-shared
+ * semaphore until an owner hands the VM over.
+ *
+ * Everything lives in a *control block* in caller-provided, page-aligned memory
+ * (never in C globals), so the block can sit in a shared mapping and be used by
+ * threads of several processes.  See ownership.c for the protocol notes.
+ *
+ * Conventions (libuv-like): `vmown_` names are public, `vmown__` internal;
+ * functions return 0 (or a non-negative result) on success and a negative code
+ * on failure: either -errno for a failed OS call or one of VMOWN_E* below.
+ * Nothing here prints.
+ *
+ * The block between the two cdef markers is fed to cffi verbatim, so it keeps
+ * to what cffi's C parser accepts: no #include, no macros with expressions.
+ */
+#ifndef VMOWN_H
+#define VMOWN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* cdef-begin */
+
+/* Error codes (negative returns). OS failures are returned as -errno. */
+enum {
+    VMOWN_ENOTOWNER = -1001,  /* the caller does not own the VM */
+    VMOWN_EALREADY = -1002,   /* the caller already owns the VM */
+    VMOWN_ENOSLOTS = -1003,   /* every slot of the control block is in use */
+    VMOWN_EBADSLOT = -1004,   /* slot index out of range or not registered */
+    VMOWN_EBADMAGIC = -1005,  /* memory does not start with a vmown header */
+    VMOWN_EVERSION = -1006,   /* header of another layout version */
+    VMOWN_ESIZES = -1007,     /* header sizes disagree with this build or memory */
+    VMOWN_ENOTREADY = -1008,  /* header still INITIALIZING */
+    VMOWN_EBROKEN = -1009,    /* control block marked broken for good */
+    VMOWN_EINTR = -1010,      /* wait interrupted by a signal; not queued now */
+    VMOWN_ETIMEDOUT = -1011,  /* wait timed out; not queued now */
+    VMOWN_EBUSY = -1012,      /* slot still owns, waits or is in use */
+    VMOWN_EINVAL = -1013      /* bad argument */
+};
+
+/* Slot states (vmown_slot_info.state). */
+enum {
+    VMOWN_SLOT_FREE = 0,      /* unused, may be claimed */
+    VMOWN_SLOT_RUNNING = 1,   /* registered; owns the VM or is in a callout */
+    VMOWN_SLOT_WAITING = 2,   /* queued for ownership, asleep on its semaphore */
+    VMOWN_SLOT_GRANTED = 3    /* dequeued and given the VM; wake-up in flight */
+};
+
+/* Wait flags for vmown_own_wait. */
+enum {
+    VMOWN_WAIT_INTERRUPTIBLE = 1  /* return VMOWN_EINTR when a signal arrives */
+};
+
+/* Owner word: bits 0-31 the owner (int32: 0 = unowned, >0 = slot index,
+ * -1 = reserved during a hand-over), bits 32-63 the ownership epoch, bumped
+ * by every release.  Packing both into one word makes a release one atomic
+ * store and lets an observer tell "unowned all along" from "owned and
+ * released again" by comparing two reads of a single word. */
+/* A process-local handle on a control block (made by vmown_cb_init or
+ * vmown_cb_attach, freed by vmown_cb_detach; the memory stays the caller's). */
+typedef struct vmown_cb vmown_cb;
+
+/* Totals of the whole block: folded counters of departed slots plus the live
+ * slots' own counters (each slot counts its own events without atomics RMW). */
+typedef struct {
+    uint64_t fast_owns;    /* own() that won the CAS without the lock */
+    uint64_t slow_owns;    /* own() that took the lock (waited or not) */
+    uint64_t waits;        /* own() or yield that slept on a semaphore */
+    uint64_t hand_offs;    /* releases that gave the VM straight to a waiter */
+    uint64_t disowns;      /* disown() calls */
+    uint64_t interrupts;   /* waits left because of a signal or timeout */
+} vmown_counters;
+
+typedef struct {
+    uint32_t state;        /* VMOWN_SLOT_* */
+    int32_t pid;
+    int32_t tid;
+    int32_t priority;
+    uint64_t start_time;   /* process start time, kernel clock ticks since boot */
+    uint64_t callout;      /* tag of the callout it is in (0 = none) */
+    uint64_t callout_tick; /* heartbeat tick at which it disowned */
+    uint32_t next;         /* queue link */
+    uint32_t generation;   /* bumped at each registration */
+} vmown_slot_info;
+
+/* Size in bytes (a multiple of the page size) of a block with nslots slots. */
+size_t vmown_cb_size(uint32_t nslots);
+
+/* Initialise a block in len bytes of zeroed or reused page-aligned memory.
+ * Two-phase: the state word reads INITIALIZING until everything else is
+ * written, then READY with release ordering. */
+int vmown_cb_init(void *mem, size_t len, uint32_t nslots, vmown_cb **out);
+
+/* Check a block made elsewhere (another process, a file) and return it.
+ * Every header field is read once and checked against len and this build. */
+int vmown_cb_attach(void *mem, size_t len, vmown_cb **out);
+void vmown_cb_detach(vmown_cb *cb);
+
+/* Claim a free slot for the calling thread; returns its index (>= 1). */
+int vmown_register(vmown_cb *cb);
+/* Give a slot back.  A slot that owns the VM releases it first; a slot that is
+ * queued is refused with VMOWN_EBUSY. */
+int vmown_unregister(vmown_cb *cb, uint32_t slot);
+
+/* Release the VM: hand it to the head waiter if there is one, else store 0.
+ * `callout` tags what the caller is about to do (0 = nothing in particular). */
+int vmown_disown(vmown_cb *cb, uint32_t slot, uint64_t callout);
+/* Take the VM, waiting as long as it takes (signals are not reported). */
+int vmown_own(vmown_cb *cb, uint32_t slot);
+/* Take the VM; timeout_ns < 0 waits forever.  With VMOWN_WAIT_INTERRUPTIBLE a
+ * signal makes it return VMOWN_EINTR; a timeout returns VMOWN_ETIMEDOUT.  In
+ * both cases the slot has left the queue and does not own the VM. */
+int vmown_own_wait(vmown_cb *cb, uint32_t slot, int64_t timeout_ns, int flags);
+/* Take the VM only if nobody owns it: 1 taken, 0 not, negative on error. */
+int vmown_try_own(vmown_cb *cb, uint32_t slot);
+/* The owner gives the VM to the head waiter and queues for it again: returns
+ * 1 after getting it back, 0 if nobody waited (nothing happened), or an error
+ * (VMOWN_EINTR / VMOWN_ETIMEDOUT: the caller no longer owns the VM). */
+int vmown_yield(vmown_cb *cb, uint32_t slot, int64_t timeout_ns, int flags);
+
+/* Set the queue priority of a slot (higher goes first, FIFO among equals). */
+int vmown_set_priority(vmown_cb *cb, uint32_t slot, int32_t priority);
+
+/* Observers: safe from any thread or process, no lock taken. */
+uint64_t vmown_owner_word(const vmown_cb *cb);
+int32_t vmown_owner(const vmown_cb *cb);
+uint32_t vmown_epoch(const vmown_cb *cb);
+uint32_t vmown_waiters(const vmown_cb *cb);
+uint32_t vmown_nslots(const vmown_cb *cb);
+uint32_t vmown_slots_in_use(const vmown_cb *cb);
+int vmown_counters_read(const vmown_cb *cb, vmown_counters *out);
+int vmown_slot_read(const vmown_cb *cb, uint32_t slot, vmown_slot_info *out);
+/* Waiting slots in queue order; returns how many were written (<= cap). */
+int vmown_queue_read(vmown_cb *cb, uint32_t *out, uint32_t cap);
+
+/* Debug: widen the race windows (between enqueueing and sleeping, between
+ * storing a new owner and posting its semaphore) by spinning this many
+ * nanoseconds with a yield.  Process-wide, 0 turns it off. */
+void vmown_debug_set_widen_ns(int64_t ns);
+
+/* OS layer (os_linux.c): anonymous shared mappings for the default block. */
+int vmown_map_anonymous(size_t len, void **out);
+int vmown_unmap(void *addr, size_t len);
+size_t vmown_page_size(void);
+
+/* cdef-end */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* VMOWN_H */

@@ -1,0 +1,117 @@
+/* vmown_internal.h -- layout of the control block and the OS layer.
+ *
+ * Only the C core includes this.  Every field that lives in shared memory is
+ * an atomic: another thread or process may read or write it at any moment, and
+ * anything read back is treated as untrusted (bounds-checked before use).
+ */
+#ifndef VMOWN_INTERNAL_H
+#define VMOWN_INTERNAL_H
+
+#include "vmown.h"
+
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#define VMOWN__CACHE_LINE 64
+
+/* "VMOWN" + word size + a byte that reads 0x01 only in the writer's byte
+ * order: a block written by a machine of another word size or endianness
+ * fails the magic check. */
+#define VMOWN__MAGIC (0x000000004E574F4D56ull | ((uint64_t)sizeof(void *) << 40) | (1ull << 48))
+#define VMOWN__LAYOUT_VERSION 1u
+
+enum { VMOWN__INITIALIZING = 1, VMOWN__READY = 2, VMOWN__BROKEN = 3 };
+
+#define VMOWN__OWNER(word) ((int32_t)(uint32_t)(word))
+#define VMOWN__EPOCH(word) ((uint32_t)((word) >> 32))
+#define VMOWN__WORD(epoch, owner) (((uint64_t)(uint32_t)(epoch) << 32) | (uint32_t)(int32_t)(owner))
+#define VMOWN__RESERVED (-1)
+
+/* attention word: the count of queued threads in the low 32 bits.  The upper
+ * bits are for the heartbeat (asleep, work pending); the disown fast path
+ * reads this one word after its release store. */
+#define VMOWN__WAITERS_MASK 0xffffffffull
+
+struct vmown_header {
+    _Atomic uint64_t magic;
+    _Atomic uint32_t version;
+    _Atomic uint32_t header_size;   /* sizeof(struct vmown_cb) up to the slots */
+    _Atomic uint32_t slot_size;     /* sizeof(struct vmown_slot) */
+    _Atomic uint32_t nslots;
+    _Atomic uint64_t total_size;    /* vmown_cb_size(nslots) */
+    _Atomic uint32_t state;         /* VMOWN__INITIALIZING -> READY (-> BROKEN) */
+    _Atomic uint32_t sem_size;      /* sizeof(sem_t): the OS layer's, checked */
+    _Atomic uint32_t lock_size;     /* sizeof(pthread_mutex_t), checked */
+    _Atomic int32_t creator_pid;
+};
+
+/* One per thread.  Invariant: only the slot's own thread writes callout,
+ * callout_tick and the counters; state, next and ticket change under the
+ * control block's lock (or by the slot's thread while it is RUNNING). */
+struct vmown_slot {
+    sem_t sem;                      /* process-shared; one post per grant */
+    _Atomic uint32_t state;         /* VMOWN_SLOT_* */
+    _Atomic uint32_t next;          /* queue link, 0 = end; under lock */
+    _Atomic int32_t priority;
+    _Atomic uint32_t generation;
+    _Atomic int32_t pid;
+    _Atomic int32_t tid;
+    _Atomic uint64_t start_time;    /* clock ticks since boot, for pid reuse */
+    _Atomic uint64_t ticket;        /* arrival order in the queue */
+    _Atomic uint64_t callout;
+    _Atomic uint64_t callout_tick;
+    /* counters, written only by the slot's thread (relaxed load + store) */
+    _Atomic uint64_t fast_owns, slow_owns, waits, hand_offs, disowns, interrupts;
+} __attribute__((aligned(VMOWN__CACHE_LINE)));
+
+/* The shared control block: header, hot words, lock, queue, slot table. */
+struct vmown__block {
+    struct vmown_header hdr;
+    /* The owner word sits alone in its cache line: it is the hot word. */
+    _Atomic uint64_t owner_word __attribute__((aligned(VMOWN__CACHE_LINE)));
+    _Atomic uint64_t attention __attribute__((aligned(VMOWN__CACHE_LINE)));
+    _Atomic uint64_t ticks;         /* heartbeat ticks (0 without a heartbeat) */
+    /* Everything below is protected by `lock` unless it says otherwise. */
+    pthread_mutex_t lock __attribute__((aligned(VMOWN__CACHE_LINE)));
+    _Atomic uint32_t head, tail;    /* wait queue, slot indices, 0 = empty */
+    _Atomic uint64_t next_ticket;
+    _Atomic uint32_t alloc_hint;
+    _Atomic uint32_t in_use;        /* registered slots */
+    vmown_counters folded;          /* counters of slots given back */
+    struct vmown_slot slots[]       /* slots[0] unused: index 0 means "none" */
+        __attribute__((aligned(VMOWN__CACHE_LINE)));
+};
+
+/* The process-local handle on a block: trusted copies of what bounds every
+ * index read back from shared memory. */
+struct vmown_cb {
+    struct vmown__block *b;
+    size_t len;
+    uint32_t nslots;
+};
+
+/* OS layer (os_linux.c): everything that a port to another OS rewrites. */
+int vmown__sem_init(sem_t *sem);
+void vmown__sem_destroy(sem_t *sem);
+void vmown__sem_post(sem_t *sem);
+/* 0 when posted, VMOWN_EINTR, VMOWN_ETIMEDOUT (deadline_ns is CLOCK_MONOTONIC,
+ * < 0 for none). */
+int vmown__sem_wait(sem_t *sem, int64_t deadline_ns);
+int vmown__lock_init(pthread_mutex_t *lock);
+/* 0, or 1 when the previous holder died holding it (the caller repairs, then
+ * calls vmown__lock_consistent), or a negative code. */
+int vmown__lock(pthread_mutex_t *lock);
+void vmown__lock_consistent(pthread_mutex_t *lock);
+void vmown__unlock(pthread_mutex_t *lock);
+int64_t vmown__now_ns(void);
+int32_t vmown__gettid(void);
+uint64_t vmown__process_start_time(int32_t pid);
+void vmown__cpu_relax(void);
+void vmown__thread_yield(void);
+
+/* A failure of an OS primitive that cannot fail: abort naming it. */
+_Noreturn void vmown__fatal(const char *what, int err);
+
+#endif /* VMOWN_INTERNAL_H */

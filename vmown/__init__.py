@@ -1,0 +1,40 @@
+"""vmown: a threaded-FFI VM ownership runtime.
+
+Many OS threads share one VM; only the thread that owns it runs VM code.  A
+thread disowns the VM around blocking C code (one atomic store) and owns it
+again afterwards (one compare-and-swap); threads that find it owned queue and
+sleep on their own OS semaphore until an owner hands it over.
+
+Public names are re-exported here from the private modules; a test checks
+that each is exported exactly once.
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    AlreadyOwnerError,
+    BrokenError,
+    ControlBlockError,
+    NotOwnerError,
+    SlotsExhaustedError,
+    VmownError,
+)
+from ._native import ffi as _ffi, lib as _lib
+from ._ownership import Ownership
+
+__version__ = "0.1.0"
+
+# The compiled core must come from this source tree: a stale build of another
+# layout would misread every control block.
+if _ffi.sizeof("vmown_counters") != 48 or not hasattr(_lib, "vmown_yield"):
+    raise ImportError("vmown._native does not match this version of vmown; reinstall the package")
+
+__all__ = [
+    "AlreadyOwnerError",
+    "BrokenError",
+    "ControlBlockError",
+    "NotOwnerError",
+    "Ownership",
+    "SlotsExhaustedError",
+    "VmownError",
+]
