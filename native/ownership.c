@@ -98,6 +98,8 @@ static inline bool valid_index(const vmown_cb *cb, uint32_t i) { return i >= 1 &
 
 static size_t header_size(void) { return offsetof(struct vmown__block, slots); }
 
+uint32_t vmown_layout_version(void) { return VMOWN__LAYOUT_VERSION; }
+
 size_t vmown_cb_size(uint32_t nslots) {
     size_t page = vmown_page_size();
     size_t bytes = header_size() + ((size_t)nslots + 1) * sizeof(struct vmown_slot);

@@ -143,6 +143,10 @@ int vmown_slot_read(const vmown_cb *cb, uint32_t slot, vmown_slot_info *out);
 /* Waiting slots in queue order; returns how many were written (<= cap). */
 int vmown_queue_read(vmown_cb *cb, uint32_t *out, uint32_t cap);
 
+/* Layout version of the control block this build reads and writes; the
+ * Python package checks it against its own at import. */
+uint32_t vmown_layout_version(void);
+
 /* Debug: widen the race windows (between enqueueing and sleeping, between
  * storing a new owner and posting its semaphore) by spinning this many
  * nanoseconds with a yield.  Process-wide, 0 turns it off. */

@@ -19,15 +19,18 @@ from ._errors import (
     SlotsExhaustedError,
     VmownError,
 )
-from ._native import ffi as _ffi, lib as _lib
-from ._ownership import Ownership
+from ._native import lib as _lib
+from ._ownership import LAYOUT_VERSION as _LAYOUT_VERSION, Ownership
 
 __version__ = "0.1.0"
 
 # The compiled core must come from this source tree: a stale build of another
 # layout would misread every control block.
-if _ffi.sizeof("vmown_counters") != 48 or not hasattr(_lib, "vmown_yield"):
-    raise ImportError("vmown._native does not match this version of vmown; reinstall the package")
+if _lib.vmown_layout_version() != _LAYOUT_VERSION:
+    raise ImportError(
+        f"vmown._native reads control block layout {_lib.vmown_layout_version()}, this package "
+        f"expects {_LAYOUT_VERSION}: the extension is stale; reinstall with pip install -e ."
+    )
 
 __all__ = [
     "AlreadyOwnerError",

@@ -8,6 +8,8 @@ description of the C API.  setup.py names ``vmown/_build.py:ffibuilder``.
 from __future__ import annotations
 
 import pathlib
+import subprocess
+from typing import Sequence
 
 from cffi import FFI
 
@@ -37,6 +39,27 @@ ffibuilder.set_source(
     extra_compile_args=CFLAGS,
     libraries=["pthread"],
 )
+
+
+def compile_program(
+    sources: Sequence[str | pathlib.Path],
+    output: str | pathlib.Path,
+    flags: Sequence[str] = ("-O2",),
+) -> pathlib.Path:
+    """Compile C programs that link the core directly (tests, benchmarks).
+
+    ``sources`` are the program's own files; the core's sources and header
+    directory are added.  Raises RuntimeError with the compiler's output.
+    """
+    output = pathlib.Path(output)
+    core = [NATIVE / name for name in SOURCES]
+    command = ["gcc", "-std=c11", "-g", "-Wall", "-Wextra", *flags, f"-I{NATIVE}", *map(str, sources)]
+    command += [*map(str, core), "-o", str(output), "-pthread"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"compiling {output.name} failed:\n{' '.join(command)}\n{done.stderr}")
+    return output
+
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

@@ -11,6 +11,15 @@ import os
 
 from ._native import lib
 
+__all__ = [
+    "AlreadyOwnerError",
+    "BrokenError",
+    "ControlBlockError",
+    "NotOwnerError",
+    "SlotsExhaustedError",
+    "VmownError",
+]
+
 
 class VmownError(Exception):
     """Base class of the errors vmown raises; ``code`` is the C result code."""

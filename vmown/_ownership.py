@@ -35,7 +35,10 @@ from contextlib import contextmanager
 from ._errors import NotOwnerError, VmownError, check, error
 from ._native import ffi, lib
 
+__all__ = ["Ownership"]
+
 DEFAULT_SLOTS = 1024
+LAYOUT_VERSION = 1  # of the control block; must match native/vmown_internal.h
 
 _own_wait = lib.vmown_own_wait
 _disown = lib.vmown_disown
@@ -150,7 +153,7 @@ class Ownership:
         """
         try:
             pinned = ffi.from_buffer(buffer, require_writable=True)
-        except TypeError as exc:
+        except (TypeError, BufferError) as exc:
             raise TypeError(f"attach() needs a writable buffer, not {type(buffer).__name__}") from exc
         out = ffi.new("vmown_cb **")
         check(lib.vmown_cb_attach(pinned, len(pinned), out), "attaching the control block")

@@ -1,0 +1,65 @@
+"""The C core without Python: native/tests/stress.c, plain and under ThreadSanitizer."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+
+import pytest
+
+from vmown._build import NATIVE, compile_program
+
+STRESS = NATIVE / "tests" / "stress.c"
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
+    out = tmp_path_factory.mktemp("native")
+    return {
+        "plain": compile_program([STRESS], out / "stress", ["-O2", "-Werror"]),
+        "tsan": compile_program([STRESS], out / "stress_tsan", ["-O1", "-fsanitize=thread"]),
+    }
+
+
+def run(program: pathlib.Path, *args: int, timeout: float = 300) -> str:
+    done = subprocess.run(
+        [str(program), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"TSAN_OPTIONS": "halt_on_error=1 exitcode=66"},
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "ThreadSanitizer" not in output, output
+    assert "failures=0" in output, output
+    return output
+
+
+def test_stress_8_threads_100k_cycles(programs: dict[str, pathlib.Path]) -> None:
+    out = run(programs["plain"], 8, 100_000)
+    assert "counter=800000" in out
+
+
+def test_stress_with_race_windows_widened(programs: dict[str, pathlib.Path]) -> None:
+    out = run(programs["plain"], 16, 5_000, 20_000)
+    assert "counter=80000" in out
+
+
+def test_thread_sanitizer_8_threads_100k_cycles(programs: dict[str, pathlib.Path]) -> None:
+    out = run(programs["tsan"], 8, 100_000)
+    assert "counter=800000" in out
+
+
+def test_thread_sanitizer_with_race_windows_widened(programs: dict[str, pathlib.Path]) -> None:
+    run(programs["tsan"], 8, 2_000, 20_000)
+
+
+@pytest.mark.slow
+def test_thread_sanitizer_32_threads_widened(programs: dict[str, pathlib.Path]) -> None:
+    run(programs["tsan"], 32, 10_000, 5_000)
+
+
+@pytest.mark.slow
+def test_stress_long_widened(programs: dict[str, pathlib.Path]) -> None:
+    run(programs["plain"], 32, 50_000, 5_000)
