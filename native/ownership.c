@@ -237,6 +237,15 @@ static int repair_locked(vmown_cb *cb) {
         atomic_store_explicit(&slot_of(cb, order[k])->next, k + 1 < n ? order[k + 1] : 0, RELAXED);
     uint64_t att = atomic_load_explicit(&b->attention, RELAXED);
     atomic_store_explicit(&b->attention, (att & ~VMOWN__WAITERS_MASK) | n, SEQ_CST);
+    uint32_t idle = 0, idle_count = 0;
+    for (uint32_t i = 1; i <= cb->nslots; i++) {
+        if (atomic_load_explicit(&slot_of(cb, i)->state, RELAXED) != VMOWN_SLOT_PARKED) continue;
+        atomic_store_explicit(&slot_of(cb, i)->idle_next, idle, RELAXED);
+        idle = i;
+        idle_count++;
+    }
+    atomic_store_explicit(&b->idle_head, idle, RELAXED);
+    atomic_store_explicit(&b->idle_count, idle_count, RELAXED);
     atomic_store_explicit(&b->in_use, in_use, RELAXED);
     free(order);
     return 0;
@@ -339,6 +348,7 @@ int vmown_cb_init(void *mem, size_t len, uint32_t nslots, vmown_cb **out) {
     atomic_store_explicit(&b->hdr.state, VMOWN__INITIALIZING, SEQ_CST);
     memset((char *)mem + sizeof b->hdr, 0, vmown_cb_size(nslots) - sizeof b->hdr);
     int rc = vmown__lock_init(&b->lock);
+    if (rc == 0) rc = vmown__sem_init(&b->hb_sem);
     if (rc < 0) { free(cb); return rc; }
     atomic_store_explicit(&b->hdr.magic, VMOWN__MAGIC, RELAXED);
     atomic_store_explicit(&b->hdr.version, VMOWN__LAYOUT_VERSION, RELAXED);
@@ -382,7 +392,11 @@ int vmown_cb_attach(void *mem, size_t len, vmown_cb **out) {
     return 0;
 }
 
-void vmown_cb_detach(vmown_cb *cb) { free(cb); }
+void vmown_cb_detach(vmown_cb *cb) {
+    if (!cb) return;
+    vmown_heartbeat_stop(cb);
+    free(cb);
+}
 
 int vmown_register(vmown_cb *cb) {
     struct vmown__block *b = cb->b;
@@ -465,8 +479,10 @@ int vmown_disown(vmown_cb *cb, uint32_t me, uint64_t callout) {
     if (likely((atomic_load_explicit(&b->attention, RELAXED) & VMOWN__WAITERS_MASK) == 0)) {
         /* Release; seq_cst orders it before the load of attention below. */
         atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, 0), SEQ_CST);
-        if (likely((atomic_load_explicit(&b->attention, SEQ_CST) & VMOWN__WAITERS_MASK) == 0)) return 0;
-        return kick(cb);
+        uint64_t att = atomic_load_explicit(&b->attention, SEQ_CST);
+        if (likely(att == 0)) return 0;
+        if (att & VMOWN__HB_ASLEEP) vmown__heartbeat_wake(cb);
+        return (att & VMOWN__WAITERS_MASK) ? kick(cb) : 0;
     }
     /* Hand-off: give the VM straight to the head waiter. */
     uint32_t head = 0;
@@ -578,6 +594,152 @@ int vmown_set_priority(vmown_cb *cb, uint32_t me, int32_t priority) {
     if (atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_RUNNING) return VMOWN_EBUSY;
     atomic_store_explicit(&s->priority, priority, RELAXED);
     return 0;
+}
+
+/* ---- idle workers ----
+ *
+ * Parking joins the idle stack and releases the VM in one critical section,
+ * so a worker is never both unfindable and unowning: whoever looks at the
+ * stack under the lock sees it either owning or parked.
+ *
+ * A parked worker leaves the stack in one of three ways, each under the lock:
+ *   activation (heartbeat): the owner word is CAS'd from the unowned word the
+ *     heartbeat saw at two ticks to the worker's index, state := GRANTED;
+ *   unpark: state := RUNNING (woken without the VM);
+ *   its own timeout or signal: it unlinks itself while still PARKED.
+ * The first two post its semaphore after unlocking; the third finds its state
+ * changed if it lost the race, and then takes the post that is on its way.
+ *
+ * The design reserves the owner word (-1) while the heartbeat picks a worker;
+ * here the pick happens under the lock *before* the CAS, so there is nothing
+ * to reserve: the CAS either installs the chosen worker or fails because
+ * somebody took the VM, and the worker stays parked. */
+
+static int idle_unlink_locked(vmown_cb *cb, uint32_t me) {
+    struct vmown__block *b = cb->b;
+    uint32_t prev = 0, cur, next;
+    int rc;
+    if ((rc = read_link(cb, &b->idle_head, &cur)) < 0) return rc;
+    for (uint32_t steps = 0; cur != me; steps++) {
+        if (cur == 0 || steps > cb->nslots) { mark_broken(cb); return VMOWN_EBROKEN; }
+        prev = cur;
+        if ((rc = read_link(cb, &slot_of(cb, cur)->idle_next, &cur)) < 0) return rc;
+    }
+    if ((rc = read_link(cb, &slot_of(cb, me)->idle_next, &next)) < 0) return rc;
+    if (prev) atomic_store_explicit(&slot_of(cb, prev)->idle_next, next, RELAXED);
+    else atomic_store_explicit(&b->idle_head, next, RELAXED);
+    atomic_store_explicit(&slot_of(cb, me)->idle_next, 0, RELAXED);
+    atomic_fetch_sub_explicit(&b->idle_count, 1, RELAXED);
+    return 0;
+}
+
+int vmown_park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
+    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
+    struct vmown__block *b = cb->b;
+    struct vmown_slot *s = slot_of(cb, me);
+    uint64_t w = atomic_load_explicit(&b->owner_word, RELAXED);
+    if (VMOWN__OWNER(w) != (int32_t)me) return VMOWN_ENOTOWNER;
+    int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
+    uint32_t head = 0;
+    int rc = lock_block(cb);
+    if (rc < 0) return rc;
+    atomic_store_explicit(&s->idle_next, atomic_load_explicit(&b->idle_head, RELAXED), RELAXED);
+    atomic_store_explicit(&b->idle_head, me, RELAXED);
+    atomic_fetch_add_explicit(&b->idle_count, 1, RELAXED);
+    atomic_store_explicit(&s->state, VMOWN_SLOT_PARKED, RELAXED);
+    rc = pop_head_locked(cb, &head);
+    /* Caution: after this store another thread may run VM code. */
+    atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, head), SEQ_CST);
+    unlock_block(cb);
+    if (rc < 0) return rc;
+    if (head) {
+        widen();
+        vmown__sem_post(&slot_of(cb, head)->sem);
+        bump(&s->hand_offs);
+    }
+    bump(&s->disowns);
+    /* No waiter can be stranded: one that queues after the unlock finds the
+     * VM unowned under the lock and takes it itself. */
+    int interruptible = 1;
+    for (;;) {
+        rc = vmown__sem_wait(&s->sem, deadline);
+        uint32_t st = atomic_load_explicit(&s->state, ACQUIRE);
+        if (rc == 0) {
+            if (st == VMOWN_SLOT_GRANTED) break;
+            if (st == VMOWN_SLOT_RUNNING) return 0;  /* unparked */
+            continue;                                 /* a stray post */
+        }
+        if (!interruptible) continue;
+        int lrc = lock_block(cb);
+        if (lrc < 0) return lrc;
+        if (atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_PARKED) {
+            lrc = idle_unlink_locked(cb, me);
+            atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
+            unlock_block(cb);
+            bump(&s->interrupts);
+            return lrc < 0 ? lrc : rc;
+        }
+        unlock_block(cb);
+        /* Activated or unparked meanwhile: that post is on its way. */
+        deadline = -1;
+        interruptible = 0;
+    }
+    if (VMOWN__OWNER(atomic_load_explicit(&b->owner_word, ACQUIRE)) != (int32_t)me) {
+        mark_broken(cb);
+        return VMOWN_EBROKEN;
+    }
+    atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
+    bump(&s->waits);
+    return 1;
+}
+
+int vmown_unpark(vmown_cb *cb, uint32_t target) {
+    if (target != 0 && !valid_index(cb, target)) return VMOWN_EBADSLOT;
+    int rc = lock_block(cb);
+    if (rc < 0) return rc;
+    if (target == 0 && (rc = read_link(cb, &cb->b->idle_head, &target)) < 0) goto done;
+    if (target == 0 || atomic_load_explicit(&slot_of(cb, target)->state, RELAXED) != VMOWN_SLOT_PARKED) {
+        rc = 0;
+        goto done;
+    }
+    if ((rc = idle_unlink_locked(cb, target)) < 0) goto done;
+    atomic_store_explicit(&slot_of(cb, target)->state, VMOWN_SLOT_RUNNING, RELEASE);
+    unlock_block(cb);
+    vmown__sem_post(&slot_of(cb, target)->sem);
+    return (int)target;
+done:
+    unlock_block(cb);
+    return rc;
+}
+
+int vmown__activate(vmown_cb *cb, uint64_t expected) {
+    struct vmown__block *b = cb->b;
+    uint32_t worker;
+    int rc = lock_block(cb);
+    if (rc < 0) return rc;
+    if ((rc = read_link(cb, &b->idle_head, &worker)) < 0 || worker == 0) {
+        unlock_block(cb);
+        if (rc == 0) atomic_fetch_add_explicit(&b->starved, 1, RELAXED);
+        return rc;
+    }
+    if (!atomic_compare_exchange_strong_explicit(&b->owner_word, &expected,
+                                                 VMOWN__WORD(VMOWN__EPOCH(expected), worker), SEQ_CST, RELAXED)) {
+        unlock_block(cb);
+        return 0;  /* somebody took the VM since the tick looked */
+    }
+    rc = idle_unlink_locked(cb, worker);
+    atomic_store_explicit(&slot_of(cb, worker)->state, VMOWN_SLOT_GRANTED, RELAXED);
+    unlock_block(cb);
+    if (rc < 0) return rc;
+    widen();
+    vmown__sem_post(&slot_of(cb, worker)->sem);
+    atomic_fetch_add_explicit(&b->activations, 1, RELAXED);
+    return 1;
+}
+
+void vmown_set_work(vmown_cb *cb, uint64_t runnable, int64_t next_timer_ns) {
+    atomic_store_explicit(&cb->b->runnable, runnable, RELAXED);
+    atomic_store_explicit(&cb->b->next_timer_ns, next_timer_ns, RELAXED);
 }
 
 /* ---- observers ---- */

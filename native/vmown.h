@@ -53,7 +53,8 @@ enum {
     VMOWN_SLOT_FREE = 0,      /* unused, may be claimed */
     VMOWN_SLOT_RUNNING = 1,   /* registered; owns the VM or is in a callout */
     VMOWN_SLOT_WAITING = 2,   /* queued for ownership, asleep on its semaphore */
-    VMOWN_SLOT_GRANTED = 3    /* dequeued and given the VM; wake-up in flight */
+    VMOWN_SLOT_GRANTED = 3,   /* dequeued and given the VM; wake-up in flight */
+    VMOWN_SLOT_PARKED = 4     /* an idle worker on the idle stack, asleep */
 };
 
 /* Wait flags for vmown_own_wait. */
@@ -142,6 +143,46 @@ int vmown_counters_read(const vmown_cb *cb, vmown_counters *out);
 int vmown_slot_read(const vmown_cb *cb, uint32_t slot, vmown_slot_info *out);
 /* Waiting slots in queue order; returns how many were written (<= cap). */
 int vmown_queue_read(vmown_cb *cb, uint32_t *out, uint32_t cap);
+
+/* ---- Workers and the heartbeat (heartbeat.c) ----
+ *
+ * A worker is a registered thread that can run the scheduler.  When it has
+ * nothing to run it parks: it releases the VM and sleeps on its semaphore,
+ * on the block's idle stack.  The heartbeat (one thread per process, default
+ * 1000 Hz) activates a parked worker when the VM has been unowned for a whole
+ * tick while work waits: a runnable process, or a timer that is due.  The
+ * owner publishes both with vmown_set_work.  While nothing changes (no
+ * callout in flight) the heartbeat stops ticking and sleeps until the next
+ * disown, or until the next published timer. */
+
+typedef struct {
+    uint64_t ticks;         /* heartbeat ticks since the block was made */
+    uint64_t activations;   /* idle workers given the VM by the heartbeat */
+    uint64_t starved;       /* ticks that found work but no idle worker */
+    uint64_t sleeps;        /* times the heartbeat stopped ticking */
+    uint32_t idle_workers;  /* workers parked now */
+    uint32_t running;       /* 1 while this process's heartbeat runs */
+} vmown_heartbeat_stats;
+
+/* Park the calling worker, which must own the VM: join the idle stack and
+ * release the VM (to the head waiter, if any), in one step under the lock.
+ * Returns 1 once given the VM (activated), 0 when woken by vmown_unpark
+ * (not owning), VMOWN_ETIMEDOUT (not owning) after timeout_ns (< 0: none). */
+int vmown_park(vmown_cb *cb, uint32_t slot, int64_t timeout_ns);
+/* Wake one parked worker (slot 0: the most recently parked) without giving
+ * it the VM: its vmown_park returns 0.  Returns the slot woken, 0 if none. */
+int vmown_unpark(vmown_cb *cb, uint32_t slot);
+
+/* Owner only, cheap (plain stores): what work waits if the VM is left
+ * unowned.  runnable: processes ready to run; next_timer_ns: earliest timer
+ * (CLOCK_MONOTONIC ns, 0 = none). */
+void vmown_set_work(vmown_cb *cb, uint64_t runnable, int64_t next_timer_ns);
+/* CLOCK_MONOTONIC in ns, the heartbeat's clock. */
+int64_t vmown_now_ns(void);
+
+int vmown_heartbeat_start(vmown_cb *cb, uint32_t hz);
+int vmown_heartbeat_stop(vmown_cb *cb);
+int vmown_heartbeat_read(const vmown_cb *cb, vmown_heartbeat_stats *out);
 
 /* Layout version of the control block this build reads and writes; the
  * Python package checks it against its own at import. */

@@ -33,6 +33,7 @@ enum { VMOWN__INITIALIZING = 1, VMOWN__READY = 2, VMOWN__BROKEN = 3 };
  * bits are for the heartbeat (asleep, work pending); the disown fast path
  * reads this one word after its release store. */
 #define VMOWN__WAITERS_MASK 0xffffffffull
+#define VMOWN__HB_ASLEEP (1ull << 32) /* the heartbeat sleeps on hb_sem */
 
 struct vmown_header {
     _Atomic uint64_t magic;
@@ -62,6 +63,7 @@ struct vmown_slot {
     _Atomic uint64_t ticket;        /* arrival order in the queue */
     _Atomic uint64_t callout;
     _Atomic uint64_t callout_tick;
+    _Atomic uint32_t idle_next;     /* idle stack link, 0 = end; under lock */
     /* counters, written only by the slot's thread (relaxed load + store) */
     _Atomic uint64_t fast_owns, slow_owns, waits, hand_offs, disowns, interrupts;
 } __attribute__((aligned(VMOWN__CACHE_LINE)));
@@ -73,10 +75,18 @@ struct vmown__block {
     _Atomic uint64_t owner_word __attribute__((aligned(VMOWN__CACHE_LINE)));
     _Atomic uint64_t attention __attribute__((aligned(VMOWN__CACHE_LINE)));
     _Atomic uint64_t ticks;         /* heartbeat ticks (0 without a heartbeat) */
+    /* Work that waits if the VM is left unowned: written by the owner with
+     * plain stores before it releases, read by the heartbeat. */
+    _Atomic uint64_t runnable;      /* processes ready to run */
+    _Atomic int64_t next_timer_ns;  /* CLOCK_MONOTONIC; 0 = no timer */
+    _Atomic uint64_t activations, starved, hb_sleeps;  /* written by heartbeats */
+    sem_t hb_sem;                   /* a sleeping heartbeat waits here */
     /* Everything below is protected by `lock` unless it says otherwise. */
     pthread_mutex_t lock __attribute__((aligned(VMOWN__CACHE_LINE)));
     _Atomic uint32_t head, tail;    /* wait queue, slot indices, 0 = empty */
     _Atomic uint64_t next_ticket;
+    _Atomic uint32_t idle_head;     /* idle stack of parked workers (LIFO) */
+    _Atomic uint32_t idle_count;
     _Atomic uint32_t alloc_hint;
     _Atomic uint32_t in_use;        /* registered slots */
     vmown_counters folded;          /* counters of slots given back */
@@ -90,7 +100,16 @@ struct vmown_cb {
     struct vmown__block *b;
     size_t len;
     uint32_t nslots;
+    /* this process's heartbeat on the block, if any */
+    pthread_t hb_thread;
+    bool hb_running;
+    uint32_t hb_hz;
+    _Atomic int hb_stop;
 };
+
+/* Shared between ownership.c and heartbeat.c. */
+int vmown__activate(vmown_cb *cb, uint64_t expected_word);
+void vmown__heartbeat_wake(vmown_cb *cb);
 
 /* OS layer (os_linux.c): everything that a port to another OS rewrites. */
 int vmown__sem_init(sem_t *sem);
@@ -109,6 +128,9 @@ int64_t vmown__now_ns(void);
 int32_t vmown__gettid(void);
 uint64_t vmown__process_start_time(int32_t pid);
 void vmown__cpu_relax(void);
+void vmown__sleep_until(int64_t deadline_ns);
+/* Start a thread with every signal blocked (they belong to the program). */
+int vmown__thread_start(pthread_t *thread, void *(*fn)(void *), void *arg);
 void vmown__thread_yield(void);
 
 /* A failure of an OS primitive that cannot fail: abort naming it. */

@@ -10,6 +10,7 @@ import pytest
 from vmown._build import NATIVE, compile_program
 
 STRESS = NATIVE / "tests" / "stress.c"
+HEARTBEAT = NATIVE / "tests" / "heartbeat_test.c"
 
 
 @pytest.fixture(scope="module")
@@ -18,10 +19,12 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path
     return {
         "plain": compile_program([STRESS], out / "stress", ["-O2", "-Werror"]),
         "tsan": compile_program([STRESS], out / "stress_tsan", ["-O1", "-fsanitize=thread"]),
+        "heartbeat": compile_program([HEARTBEAT], out / "heartbeat", ["-O2", "-Werror"]),
+        "heartbeat_tsan": compile_program([HEARTBEAT], out / "heartbeat_tsan", ["-O1", "-fsanitize=thread"]),
     }
 
 
-def run(program: pathlib.Path, *args: int, timeout: float = 300) -> str:
+def run(program: pathlib.Path, *args: int, timeout: float = 300, expect: str = "failures=0") -> str:
     done = subprocess.run(
         [str(program), *map(str, args)],
         capture_output=True,
@@ -32,7 +35,7 @@ def run(program: pathlib.Path, *args: int, timeout: float = 300) -> str:
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert "ThreadSanitizer" not in output, output
-    assert "failures=0" in output, output
+    assert expect in output, output
     return output
 
 
@@ -63,3 +66,11 @@ def test_thread_sanitizer_32_threads_widened(programs: dict[str, pathlib.Path]) 
 @pytest.mark.slow
 def test_stress_long_widened(programs: dict[str, pathlib.Path]) -> None:
     run(programs["plain"], 32, 50_000, 5_000)
+
+
+def test_heartbeat_parks_activates_and_sleeps(programs: dict[str, pathlib.Path]) -> None:
+    run(programs["heartbeat"], 20, expect="all passed")
+
+
+def test_heartbeat_under_thread_sanitizer(programs: dict[str, pathlib.Path]) -> None:
+    run(programs["heartbeat_tsan"], 5, expect="all passed")

@@ -1,0 +1,137 @@
+/* heartbeat.c -- the thread that notices a callout staying out too long.
+ *
+ * Notes about the implementation
+ * ------------------------------
+ * A callout disowns the VM and, if short, owns it again with one CAS; nobody
+ * else needs to know.  Only when it stays out do the other processes need
+ * another thread.  The heartbeat decides that, as Go's sysmon retakes a P
+ * from a goroutine stuck in a syscall.
+ *
+ * Each tick (a real thread on absolute CLOCK_MONOTONIC deadlines, 1000 Hz by
+ * default; a late tick is skipped, never bunched) it reads the owner word W:
+ *   - W equals the word read at the previous tick, and
+ *   - W's owner field is 0, and
+ *   - work waits: a runnable process, or a timer that is due
+ * then the VM has been unowned for at least one whole tick with work to do:
+ * activate a parked worker (vmown__activate: CAS W -> that worker, post it).
+ * Because every acquisition changes the owner field and every release bumps
+ * the epoch, "W unchanged" cannot be fooled by an own + disown in between.
+ * Consequences: a call shorter than one tick never causes an activation (the
+ * word it released differs from the word the previous tick saw, and it is
+ * gone by the next); a call longer than two ticks always does.
+ *
+ * Sleeping when there is nothing to watch.  After QUIET_TICKS ticks with W
+ * unchanged and nothing to do, the heartbeat stops ticking:
+ *   1. set HB_ASLEEP in `attention` (seq_cst);
+ *   2. load the owner word (seq_cst); if it moved since the last tick, clear
+ *      the bit and tick on;
+ *   3. sleep on hb_sem, until the next published timer if the VM is unowned.
+ * A disown stores the owner word (seq_cst) and then loads `attention`: it is
+ * the store-load pair of ownership.c again, so either the disown sees the bit
+ * (and wakes the heartbeat: whoever clears the bit posts, so one post per
+ * sleep) or the heartbeat sees the disown at step 2.  What breaks if step 2
+ * moves before step 1: a disown between them would not see the bit and the
+ * heartbeat would sleep through a callout that blocks.
+ *
+ * Signals are blocked in the heartbeat thread: they belong to the program.
+ */
+#define _GNU_SOURCE
+#include "vmown_internal.h"
+
+#define QUIET_TICKS 8
+
+static bool work_waits(struct vmown__block *b, int64_t now_ns) {
+    if (atomic_load_explicit(&b->runnable, memory_order_relaxed)) return true;
+    int64_t timer = atomic_load_explicit(&b->next_timer_ns, memory_order_relaxed);
+    return timer != 0 && timer <= now_ns;
+}
+
+void vmown__heartbeat_wake(vmown_cb *cb) {
+    uint64_t was = atomic_fetch_and_explicit(&cb->b->attention, ~VMOWN__HB_ASLEEP, memory_order_seq_cst);
+    if (was & VMOWN__HB_ASLEEP) vmown__sem_post(&cb->b->hb_sem);
+}
+
+/* Steps 1-3 of the notes.  `seen` is the word of the last tick; returns the
+ * word on waking, which counts as a tick's observation: a disown that woke us
+ * happened before it, so the VM has been unowned at least since then. */
+static uint64_t sleep_until_needed(vmown_cb *cb, uint64_t seen) {
+    struct vmown__block *b = cb->b;
+    atomic_fetch_or_explicit(&b->attention, VMOWN__HB_ASLEEP, memory_order_seq_cst);
+    uint64_t w = atomic_load_explicit(&b->owner_word, memory_order_seq_cst);
+    if (w != seen || atomic_load_explicit(&cb->hb_stop, memory_order_relaxed)) {
+        vmown__heartbeat_wake(cb);  /* clears the bit; a stray post is harmless */
+        return w;
+    }
+    atomic_fetch_add_explicit(&b->hb_sleeps, 1, memory_order_relaxed);
+    int64_t timer = atomic_load_explicit(&b->next_timer_ns, memory_order_relaxed);
+    int64_t deadline = VMOWN__OWNER(w) == 0 && timer > 0 ? timer : -1;
+    (void)vmown__sem_wait(&b->hb_sem, deadline);
+    atomic_fetch_and_explicit(&b->attention, ~VMOWN__HB_ASLEEP, memory_order_seq_cst);
+    return atomic_load_explicit(&b->owner_word, memory_order_acquire);
+}
+
+static void *heartbeat_main(void *arg) {
+    vmown_cb *cb = arg;
+    struct vmown__block *b = cb->b;
+    const int64_t period = 1000000000 / cb->hb_hz;
+    int64_t next = vmown__now_ns() + period;
+    uint64_t seen = atomic_load_explicit(&b->owner_word, memory_order_acquire);
+    unsigned quiet = 0;
+    while (!atomic_load_explicit(&cb->hb_stop, memory_order_acquire)) {
+        vmown__sleep_until(next);
+        int64_t now = vmown__now_ns();
+        next += period;
+        if (next <= now) next = now + period;  /* late: skip, never bunch */
+        atomic_store_explicit(&b->ticks, atomic_load_explicit(&b->ticks, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+        uint64_t w = atomic_load_explicit(&b->owner_word, memory_order_acquire);
+        if (w != seen) {
+            quiet = 0;
+        } else if (VMOWN__OWNER(w) == 0 && work_waits(b, now)) {
+            (void)vmown__activate(cb, w);  /* no idle worker: counted as starved */
+            quiet = 0;
+        } else if (++quiet >= QUIET_TICKS) {
+            w = sleep_until_needed(cb, w);
+            quiet = 0;
+            next = vmown__now_ns() + period;
+        }
+        seen = w;
+    }
+    return NULL;
+}
+
+int vmown_heartbeat_start(vmown_cb *cb, uint32_t hz) {
+    if (hz == 0 || hz > 100000) return VMOWN_EINVAL;
+    if (cb->hb_running) return VMOWN_EBUSY;
+    cb->hb_hz = hz;
+    atomic_store(&cb->hb_stop, 0);
+    int rc = vmown__thread_start(&cb->hb_thread, heartbeat_main, cb);
+    if (rc == 0) cb->hb_running = true;
+    return rc;
+}
+
+int vmown_heartbeat_stop(vmown_cb *cb) {
+    if (!cb->hb_running) return 0;
+    atomic_store(&cb->hb_stop, 1);
+    vmown__heartbeat_wake(cb);
+    vmown__sem_post(&cb->b->hb_sem);  /* in case it is between setting the bit and sleeping */
+    int rc = pthread_join(cb->hb_thread, NULL);
+    if (rc != 0) return -rc;
+    cb->hb_running = false;
+    return 0;
+}
+
+int vmown_heartbeat_read(const vmown_cb *cb, vmown_heartbeat_stats *out) {
+    const struct vmown__block *b = cb->b;
+    *out = (vmown_heartbeat_stats){
+        .ticks = atomic_load_explicit(&b->ticks, memory_order_relaxed),
+        .activations = atomic_load_explicit(&b->activations, memory_order_relaxed),
+        .starved = atomic_load_explicit(&b->starved, memory_order_relaxed),
+        .sleeps = atomic_load_explicit(&b->hb_sleeps, memory_order_relaxed),
+        .idle_workers = atomic_load_explicit(&b->idle_count, memory_order_relaxed),
+        .running = cb->hb_running,
+    };
+    return 0;
+}
+
+int64_t vmown_now_ns(void) { return vmown__now_ns(); }
