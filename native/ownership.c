@@ -461,6 +461,7 @@ int vmown_unregister(vmown_cb *cb, uint32_t me) {
     f->disowns += atomic_load_explicit(&s->disowns, RELAXED);
     f->interrupts += atomic_load_explicit(&s->interrupts, RELAXED);
     vmown__sem_destroy(&s->sem);
+    vmown__unbind_if(cb, me);
     atomic_store_explicit(&s->state, VMOWN_SLOT_FREE, RELEASE);
     atomic_fetch_sub_explicit(&b->in_use, 1, RELAXED);
     unlock_block(cb);
@@ -550,6 +551,12 @@ int vmown_own_wait(vmown_cb *cb, uint32_t me, int64_t timeout_ns, int flags) {
 }
 
 int vmown_own(vmown_cb *cb, uint32_t me) { return vmown_own_wait(cb, me, -1, 0); }
+
+int vmown_thread_own(const vmown_thread *t) {
+    return vmown_own_wait(t->cb, t->slot, -1, VMOWN_WAIT_INTERRUPTIBLE);
+}
+
+int vmown_thread_disown(const vmown_thread *t) { return vmown_disown(t->cb, t->slot, 0); }
 
 int vmown_try_own(vmown_cb *cb, uint32_t me) {
     if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;

@@ -129,6 +129,17 @@ int vmown_try_own(vmown_cb *cb, uint32_t slot);
  * (VMOWN_EINTR / VMOWN_ETIMEDOUT: the caller no longer owns the VM). */
 int vmown_yield(vmown_cb *cb, uint32_t slot, int64_t timeout_ns, int flags);
 
+/* One-argument forms for callers that pay per argument (cffi dispatches a
+ * one-argument call without building an argument tuple: half the cost).
+ * A vmown_thread names a block and a registered slot; own waits forever and
+ * is interruptible (VMOWN_EINTR), disown records no callout tag. */
+typedef struct {
+    vmown_cb *cb;
+    uint32_t slot;
+} vmown_thread;
+int vmown_thread_own(const vmown_thread *t);
+int vmown_thread_disown(const vmown_thread *t);
+
 /* Set the queue priority of a slot (higher goes first, FIFO among equals). */
 int vmown_set_priority(vmown_cb *cb, uint32_t slot, int32_t priority);
 
@@ -183,6 +194,26 @@ int64_t vmown_now_ns(void);
 int vmown_heartbeat_start(vmown_cb *cb, uint32_t hz);
 int vmown_heartbeat_stop(vmown_cb *cb);
 int vmown_heartbeat_read(const vmown_cb *cb, vmown_heartbeat_stats *out);
+
+/* ---- Callouts from C (callout.c) ---- */
+
+/* Bind the calling thread to a block and its slot (cb NULL unbinds). */
+int vmown_bind_thread(vmown_cb *cb, uint32_t slot);
+/* Disown if this thread is bound and owns the VM; returns a token for
+ * vmown_callout_end (0: nothing was disowned, the call is a plain call). */
+uint32_t vmown_callout_begin(uint64_t tag);
+/* Own again (waiting without the GIL if need be); errno is preserved.  A
+ * failure here cannot be reported to the caller and aborts, naming it. */
+void vmown_callout_end(uint32_t token);
+
+enum { VMOWN_CALLOUT_API_VERSION = 1 };
+typedef struct {
+    int version;
+    uint32_t (*begin)(uint64_t tag);
+    void (*end)(uint32_t token);
+} vmown_callout_table;
+/* The table that generated wrappers in other modules are initialised with. */
+const vmown_callout_table *vmown_callout_api(void);
 
 /* Layout version of the control block this build reads and writes; the
  * Python package checks it against its own at import. */

@@ -110,6 +110,8 @@ struct vmown_cb {
 /* Shared between ownership.c and heartbeat.c. */
 int vmown__activate(vmown_cb *cb, uint64_t expected_word);
 void vmown__heartbeat_wake(vmown_cb *cb);
+/* Unbind the calling thread if it is bound to (cb, slot): callout.c. */
+void vmown__unbind_if(vmown_cb *cb, uint32_t slot);
 
 /* OS layer (os_linux.c): everything that a port to another OS rewrites. */
 int vmown__sem_init(sem_t *sem);

@@ -19,6 +19,7 @@ from ._errors import (
     SlotsExhaustedError,
     VmownError,
 )
+from ._cffi_wrappers import bind_threaded, threaded_wrappers
 from ._native import lib as _lib
 from ._ownership import LAYOUT_VERSION as _LAYOUT_VERSION, Ownership
 
@@ -40,4 +41,6 @@ __all__ = [
     "Ownership",
     "SlotsExhaustedError",
     "VmownError",
+    "bind_threaded",
+    "threaded_wrappers",
 ]
