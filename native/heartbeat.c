@@ -77,6 +77,7 @@ static void *heartbeat_main(void *arg) {
     int64_t next = vmown__now_ns() + period;
     uint64_t seen = atomic_load_explicit(&b->owner_word, memory_order_acquire);
     unsigned quiet = 0;
+    atomic_store(&cb->hb_tid, vmown__gettid());
     while (!atomic_load_explicit(&cb->hb_stop, memory_order_acquire)) {
         vmown__sleep_until(next);
         int64_t now = vmown__now_ns();
@@ -130,6 +131,7 @@ int vmown_heartbeat_read(const vmown_cb *cb, vmown_heartbeat_stats *out) {
         .sleeps = atomic_load_explicit(&b->hb_sleeps, memory_order_relaxed),
         .idle_workers = atomic_load_explicit(&b->idle_count, memory_order_relaxed),
         .running = cb->hb_running,
+        .tid = cb->hb_running ? atomic_load(&cb->hb_tid) : 0,
     };
     return 0;
 }

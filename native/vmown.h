@@ -173,6 +173,7 @@ typedef struct {
     uint64_t sleeps;        /* times the heartbeat stopped ticking */
     uint32_t idle_workers;  /* workers parked now */
     uint32_t running;       /* 1 while this process's heartbeat runs */
+    int32_t tid;            /* its thread id (for /proc and py-spy), 0 if none */
 } vmown_heartbeat_stats;
 
 /* Park the calling worker, which must own the VM: join the idle stack and

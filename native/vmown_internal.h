@@ -105,6 +105,7 @@ struct vmown_cb {
     bool hb_running;
     uint32_t hb_hz;
     _Atomic int hb_stop;
+    _Atomic int32_t hb_tid;
 };
 
 /* Shared between ownership.c and heartbeat.c. */
