@@ -114,8 +114,9 @@ int vmown_heartbeat_start(vmown_cb *cb, uint32_t hz) {
 int vmown_heartbeat_stop(vmown_cb *cb) {
     if (!cb->hb_running) return 0;
     atomic_store(&cb->hb_stop, 1);
+    /* Posts only if it sleeps (or is about to: it sets the bit before it
+     * checks hb_stop again), so no stray count is left in shared memory. */
     vmown__heartbeat_wake(cb);
-    vmown__sem_post(&cb->b->hb_sem);  /* in case it is between setting the bit and sleeping */
     int rc = pthread_join(cb->hb_thread, NULL);
     if (rc != 0) return -rc;
     cb->hb_running = false;

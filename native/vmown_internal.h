@@ -73,13 +73,16 @@ struct vmown__block {
     struct vmown_header hdr;
     /* The owner word sits alone in its cache line: it is the hot word. */
     _Atomic uint64_t owner_word __attribute__((aligned(VMOWN__CACHE_LINE)));
+    /* Read by every disown: alone in its line, so heartbeat ticks and
+     * published work do not knock it out of the disowner's cache. */
     _Atomic uint64_t attention __attribute__((aligned(VMOWN__CACHE_LINE)));
-    _Atomic uint64_t ticks;         /* heartbeat ticks (0 without a heartbeat) */
     /* Work that waits if the VM is left unowned: written by the owner with
      * plain stores before it releases, read by the heartbeat. */
-    _Atomic uint64_t runnable;      /* processes ready to run */
+    _Atomic uint64_t runnable __attribute__((aligned(VMOWN__CACHE_LINE)));
     _Atomic int64_t next_timer_ns;  /* CLOCK_MONOTONIC; 0 = no timer */
-    _Atomic uint64_t activations, starved, hb_sleeps;  /* written by heartbeats */
+    /* Written by heartbeats. */
+    _Atomic uint64_t ticks __attribute__((aligned(VMOWN__CACHE_LINE)));
+    _Atomic uint64_t activations, starved, hb_sleeps;
     sem_t hb_sem;                   /* a sleeping heartbeat waits here */
     /* Everything below is protected by `lock` unless it says otherwise. */
     pthread_mutex_t lock __attribute__((aligned(VMOWN__CACHE_LINE)));
