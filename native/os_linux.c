@@ -118,6 +118,31 @@ uint64_t vmown__process_start_time(int32_t pid) {
     return strtoull(p, NULL, 10);
 }
 
+/* Whether the process (pid, start_time) still runs.  Dead: no such pid, a
+ * zombie (it can hold nothing any more), or a pid recycled by a process that
+ * started later.  A pid of another user answers EPERM: alive.  Only the low
+ * 32 bits of the start time are compared (what fits beside a pid in one
+ * atomic word); start_time 0 (unknown) skips the recycling check. */
+bool vmown__process_alive(int32_t pid, uint64_t start_time) {
+    if (pid <= 0) return false;
+    int saved = errno;
+    bool exists = kill(pid, 0) == 0 || errno == EPERM;
+    errno = saved;
+    if (!exists) return false;
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f) return true;  /* no /proc: trust kill */
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    if (!p || p[1] != ' ') return true;
+    char state = p[2];
+    if (state == 'Z' || state == 'X' || state == 'x') return false;
+    return (uint32_t)start_time == 0 || (uint32_t)vmown__process_start_time(pid) == (uint32_t)start_time;
+}
+
 void vmown__cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
@@ -127,6 +152,8 @@ void vmown__cpu_relax(void) {
 }
 
 void vmown__thread_yield(void) { sched_yield(); }
+
+void vmown__stop_self(void) { raise(SIGSTOP); }
 
 void vmown__sleep_until(int64_t deadline_ns) {
     int saved = errno;

@@ -88,6 +88,14 @@ static void widen(void) {
     while (vmown__now_ns() < until);
 }
 
+static _Atomic int vmown__debug_stop;
+
+void vmown_debug_set_stop(int point) { atomic_store(&vmown__debug_stop, point); }
+
+static void debug_stop(int point) {
+    if (unlikely(atomic_load_explicit(&vmown__debug_stop, RELAXED) == point)) vmown__stop_self();
+}
+
 static inline void bump(_Atomic uint64_t *counter) {
     atomic_store_explicit(counter, atomic_load_explicit(counter, RELAXED) + 1, RELAXED);
 }
@@ -167,6 +175,7 @@ static int enqueue_locked(vmown_cb *cb, uint32_t me) {
         if (prev) atomic_store_explicit(&slot_of(cb, prev)->next, me, RELAXED);
         else atomic_store_explicit(&b->head, me, RELAXED);
     }
+    debug_stop(VMOWN_DEBUG_STOP_IN_LOCK);  /* linked, not yet counted */
     /* seq_cst: pairs with the load of `attention` after a release store. */
     atomic_fetch_add_explicit(&b->attention, 1, SEQ_CST);
     return 0;
@@ -251,17 +260,26 @@ static int repair_locked(vmown_cb *cb) {
     return 0;
 }
 
+static int reap_dead_locked(vmown_cb *cb, uint32_t *granted);
+
 static int lock_block(vmown_cb *cb) {
     if (unlikely(atomic_load_explicit(&cb->b->hdr.state, ACQUIRE) != VMOWN__READY)) return VMOWN_EBROKEN;
     int rc = vmown__lock(&cb->b->lock);
     if (rc == 1) {
+        /* Somebody died holding the lock: make the queue whole, then free
+         * the slots of every dead process (it may have been half-way into
+         * the queue).  A waiter granted here is posted under the lock: this
+         * path is rare, and posting under it is safe. */
+        uint32_t granted = 0;
         rc = repair_locked(cb);
+        if (rc == 0) rc = reap_dead_locked(cb, &granted);
         if (rc < 0) {
             mark_broken(cb);
             vmown__unlock(&cb->b->lock);
             return rc;
         }
         vmown__lock_consistent(&cb->b->lock);
+        if (granted) vmown__sem_post(&slot_of(cb, granted)->sem);
         rc = 0;
     } else if (rc < 0) {
         mark_broken(cb);
@@ -274,29 +292,136 @@ static void unlock_block(vmown_cb *cb) { vmown__unlock(&cb->b->lock); }
 /* ---- hand-over ---- */
 
 /* Give an unowned VM to the head waiter, if both exist. */
-static int kick(vmown_cb *cb) {
+/* Under the lock: give an unowned VM to the head waiter, if both exist.
+ * Sets *granted to the slot to post after unlocking (0: none). */
+static int grant_head_locked(vmown_cb *cb, uint32_t *granted) {
     struct vmown__block *b = cb->b;
-    uint32_t head = 0;
-    int rc = lock_block(cb);
-    if (rc < 0) return rc;
+    uint32_t head;
+    int rc;
+    *granted = 0;
     for (;;) {
-        if ((rc = read_link(cb, &b->head, &head)) < 0 || head == 0) break;
+        if ((rc = read_link(cb, &b->head, &head)) < 0 || head == 0) return rc;
         uint64_t w = atomic_load_explicit(&b->owner_word, SEQ_CST);
-        if (VMOWN__OWNER(w) != 0) { head = 0; break; }  /* its owner will see the queue */
+        if (VMOWN__OWNER(w) != 0) return 0;  /* its owner will see the queue */
         if (atomic_compare_exchange_strong_explicit(&b->owner_word, &w, VMOWN__WORD(VMOWN__EPOCH(w), head),
-                                                    SEQ_CST, RELAXED)) {
-            rc = pop_head_locked(cb, &head);
+                                                    SEQ_CST, RELAXED))
             break;
-        }
         /* Lost the CAS to an epoch bump, or to a taker who will see us. */
     }
-    unlock_block(cb);
+    rc = pop_head_locked(cb, &head);
+    if (rc == 0) *granted = head;
+    return rc;
+}
+
+static void post_granted(vmown_cb *cb, uint32_t granted) {
+    if (!granted) return;
+    widen();
+    vmown__sem_post(&slot_of(cb, granted)->sem);
+}
+
+/* Give an unowned VM to the head waiter, if both exist. */
+static int kick(vmown_cb *cb) {
+    uint32_t granted;
+    int rc = lock_block(cb);
     if (rc < 0) return rc;
-    if (head) {
-        widen();
-        vmown__sem_post(&slot_of(cb, head)->sem);
+    rc = grant_head_locked(cb, &granted);
+    unlock_block(cb);
+    post_granted(cb, granted);
+    return rc;
+}
+
+/* ---- dead processes ----
+ *
+ * A process can die at any instruction.  What that leaves, and who mends it:
+ *   inside the lock: the robust mutex hands the next locker EOWNERDEAD;
+ *     repair_locked rebuilds the queue and the idle stack from the slots;
+ *   owning, or granted and not yet running, or activated while parked: the
+ *     owner word names a slot of a dead process.  Waiters sleep in slices of
+ *     SLICE_NS; at each slice they check the owner's process (pid and start
+ *     time, so a recycled pid does not pass) and, if it is dead, release the
+ *     VM on its behalf and hand it on;
+ *   waiting or parked: its slots stay linked until a repair frees them;
+ *   in a callout: its slot stays RUNNING until registration runs out of
+ *     slots and reclaims the slots of dead processes.
+ * Reaping frees every slot of the dead process at once, under the lock. */
+
+#define SLICE_NS 50000000  /* 50 ms: a dead owner is found within one slice */
+
+static void fold_counters_locked(vmown_cb *cb, struct vmown_slot *s) {
+    vmown_counters *f = &cb->b->folded;
+    /* folded is only written under the lock; readers tolerate a torn sum. */
+    f->fast_owns += atomic_load_explicit(&s->fast_owns, RELAXED);
+    f->slow_owns += atomic_load_explicit(&s->slow_owns, RELAXED);
+    f->waits += atomic_load_explicit(&s->waits, RELAXED);
+    f->hand_offs += atomic_load_explicit(&s->hand_offs, RELAXED);
+    f->disowns += atomic_load_explicit(&s->disowns, RELAXED);
+    f->interrupts += atomic_load_explicit(&s->interrupts, RELAXED);
+}
+
+static int idle_unlink_locked(vmown_cb *cb, uint32_t me);
+
+/* Free every slot of processes that are gone; release the VM if one of them
+ * owned it.  Returns how many slots were freed; *granted as above. */
+static int reap_dead_locked(vmown_cb *cb, uint32_t *granted) {
+    struct vmown__block *b = cb->b;
+    int32_t self = (int32_t)getpid(), dead_pid = 0, live_pid = 0;
+    int freed = 0, rc = 0;
+    *granted = 0;
+    for (uint32_t i = 1; i <= cb->nslots; i++) {
+        struct vmown_slot *s = slot_of(cb, i);
+        uint32_t st = atomic_load_explicit(&s->state, RELAXED);
+        int32_t pid = atomic_load_explicit(&s->pid, RELAXED);
+        if (st == VMOWN_SLOT_FREE || pid == self || pid == live_pid) continue;
+        if (pid != dead_pid) {
+            if (vmown__process_alive(pid, atomic_load_explicit(&s->start_time, RELAXED))) {
+                live_pid = pid;
+                continue;
+            }
+            dead_pid = pid;
+        }
+        if (st == VMOWN_SLOT_WAITING && (rc = unlink_locked(cb, i)) < 0) return rc;
+        if (st == VMOWN_SLOT_PARKED && (rc = idle_unlink_locked(cb, i)) < 0) return rc;
+        uint64_t w = atomic_load_explicit(&b->owner_word, SEQ_CST);
+        if (VMOWN__OWNER(w) == (int32_t)i)
+            atomic_compare_exchange_strong_explicit(&b->owner_word, &w, VMOWN__WORD(VMOWN__EPOCH(w) + 1, 0),
+                                                    SEQ_CST, RELAXED);
+        fold_counters_locked(cb, s);
+        atomic_store_explicit(&s->state, VMOWN_SLOT_FREE, RELEASE);
+        atomic_fetch_sub_explicit(&b->in_use, 1, RELAXED);
+        freed++;
     }
-    return 0;
+    if (freed) {
+        atomic_fetch_add_explicit(&b->reaped, (uint64_t)freed, RELAXED);
+        if ((rc = grant_head_locked(cb, granted)) < 0) return rc;
+    }
+    return freed;
+}
+
+/* A waiter's slice ran out: if the owner belongs to a dead process, reap. */
+static int check_owner(vmown_cb *cb) {
+    int32_t owner = VMOWN__OWNER(atomic_load_explicit(&cb->b->owner_word, ACQUIRE));
+    if (owner <= 0 || !valid_index(cb, (uint32_t)owner)) return 0;
+    struct vmown_slot *o = slot_of(cb, (uint32_t)owner);
+    int32_t pid = atomic_load_explicit(&o->pid, RELAXED);
+    if (pid == (int32_t)getpid() || vmown__process_alive(pid, atomic_load_explicit(&o->start_time, RELAXED)))
+        return 0;
+    uint32_t granted;
+    int rc = lock_block(cb);
+    if (rc < 0) return rc;
+    rc = reap_dead_locked(cb, &granted);
+    unlock_block(cb);
+    post_granted(cb, granted);
+    return rc < 0 ? rc : 0;
+}
+
+int vmown_reap(vmown_cb *cb) {
+    uint32_t granted;
+    int rc = lock_block(cb);
+    if (rc < 0) return rc;
+    rc = reap_dead_locked(cb, &granted);
+    unlock_block(cb);
+    post_granted(cb, granted);
+    return rc;
 }
 
 /* Sleep until GRANTED.  On a signal (if interruptible) or a timeout, leave the
@@ -304,10 +429,16 @@ static int kick(vmown_cb *cb) {
 static int await_grant(vmown_cb *cb, uint32_t me, int64_t deadline_ns, int flags) {
     struct vmown_slot *s = slot_of(cb, me);
     for (;;) {
-        int rc = vmown__sem_wait(&s->sem, deadline_ns);
+        int64_t slice_end = vmown__now_ns() + SLICE_NS;
+        bool sliced = deadline_ns < 0 || slice_end < deadline_ns;
+        int rc = vmown__sem_wait(&s->sem, sliced ? slice_end : deadline_ns);
         if (rc == 0) {
             if (atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_GRANTED) break;
             continue;  /* a stray post */
+        }
+        if (rc == VMOWN_ETIMEDOUT && sliced) {
+            if ((rc = check_owner(cb)) < 0) return rc;
+            continue;
         }
         if (rc == VMOWN_EINTR && !(flags & VMOWN_WAIT_INTERRUPTIBLE)) continue;
         int lrc = lock_block(cb);
@@ -324,6 +455,7 @@ static int await_grant(vmown_cb *cb, uint32_t me, int64_t deadline_ns, int flags
         deadline_ns = -1;
         flags = 0;
     }
+    debug_stop(VMOWN_DEBUG_STOP_GRANTED);
     if (VMOWN__OWNER(atomic_load_explicit(&cb->b->owner_word, ACQUIRE)) != (int32_t)me) {
         mark_broken(cb);  /* granted but not the owner: an invariant is broken */
         return VMOWN_EBROKEN;
@@ -411,8 +543,18 @@ int vmown_register(vmown_cb *cb) {
         if (atomic_load_explicit(&slot_of(cb, i)->state, RELAXED) == VMOWN_SLOT_FREE) found = i;
     }
     if (!found) {
-        unlock_block(cb);
-        return VMOWN_ENOSLOTS;
+        /* Full: slots of processes that died in a callout are reclaimable. */
+        uint32_t granted;
+        rc = reap_dead_locked(cb, &granted);
+        post_granted(cb, granted);  /* posting under the lock: rare, and safe */
+        if (rc > 0) {
+            for (uint32_t i = 1; i <= cb->nslots && !found; i++)
+                if (atomic_load_explicit(&slot_of(cb, i)->state, RELAXED) == VMOWN_SLOT_FREE) found = i;
+        }
+        if (!found) {
+            unlock_block(cb);
+            return rc < 0 ? rc : VMOWN_ENOSLOTS;
+        }
     }
     struct vmown_slot *s = slot_of(cb, found);
     rc = vmown__sem_init(&s->sem);
@@ -452,14 +594,7 @@ int vmown_unregister(vmown_cb *cb, uint32_t me) {
     }
     int rc = lock_block(cb);
     if (rc < 0) return rc;
-    vmown_counters *f = &b->folded;
-    /* folded is only written under the lock; readers tolerate a torn sum. */
-    f->fast_owns += atomic_load_explicit(&s->fast_owns, RELAXED);
-    f->slow_owns += atomic_load_explicit(&s->slow_owns, RELAXED);
-    f->waits += atomic_load_explicit(&s->waits, RELAXED);
-    f->hand_offs += atomic_load_explicit(&s->hand_offs, RELAXED);
-    f->disowns += atomic_load_explicit(&s->disowns, RELAXED);
-    f->interrupts += atomic_load_explicit(&s->interrupts, RELAXED);
+    fold_counters_locked(cb, s);
     vmown__sem_destroy(&s->sem);
     vmown__unbind_if(cb, me);
     atomic_store_explicit(&s->state, VMOWN_SLOT_FREE, RELEASE);
@@ -762,6 +897,7 @@ uint32_t vmown_slots_in_use(const vmown_cb *cb) { return atomic_load_explicit(&c
 
 int vmown_counters_read(const vmown_cb *cb, vmown_counters *out) {
     *out = cb->b->folded;
+    out->reaped = atomic_load_explicit(&cb->b->reaped, RELAXED);
     for (uint32_t i = 1; i <= cb->nslots; i++) {
         const struct vmown_slot *s = &cb->b->slots[i];
         if (atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_FREE) continue;

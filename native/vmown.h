@@ -80,6 +80,7 @@ typedef struct {
     uint64_t hand_offs;    /* releases that gave the VM straight to a waiter */
     uint64_t disowns;      /* disown() calls */
     uint64_t interrupts;   /* waits left because of a signal or timeout */
+    uint64_t reaped;       /* slots freed because their process died */
 } vmown_counters;
 
 typedef struct {
@@ -219,6 +220,20 @@ const vmown_callout_table *vmown_callout_api(void);
 /* Layout version of the control block this build reads and writes; the
  * Python package checks it against its own at import. */
 uint32_t vmown_layout_version(void);
+
+/* Free the slots of processes that died (pid gone, zombie, or recycled),
+ * releasing the VM if one of them owned it.  Waiters do this by themselves
+ * within 50 ms of a dead owner; returns how many slots were freed. */
+int vmown_reap(vmown_cb *cb);
+
+/* Debug: stop the calling process (SIGSTOP) at a point of the protocol, so a
+ * test can kill it exactly there.  Process-wide; VMOWN_DEBUG_STOP_NONE off. */
+enum {
+    VMOWN_DEBUG_STOP_NONE = 0,
+    VMOWN_DEBUG_STOP_GRANTED = 1,  /* handed the VM, before taking it */
+    VMOWN_DEBUG_STOP_IN_LOCK = 2   /* inside the lock, queue half-updated */
+};
+void vmown_debug_set_stop(int point);
 
 /* Debug: widen the race windows (between enqueueing and sleeping, between
  * storing a new owner and posting its semaphore) by spinning this many

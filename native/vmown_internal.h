@@ -93,6 +93,7 @@ struct vmown__block {
     _Atomic uint32_t alloc_hint;
     _Atomic uint32_t in_use;        /* registered slots */
     vmown_counters folded;          /* counters of slots given back */
+    _Atomic uint64_t reaped;        /* slots freed because their process died */
     struct vmown_slot slots[]       /* slots[0] unused: index 0 means "none" */
         __attribute__((aligned(VMOWN__CACHE_LINE)));
 };
@@ -133,11 +134,14 @@ void vmown__unlock(pthread_mutex_t *lock);
 int64_t vmown__now_ns(void);
 int32_t vmown__gettid(void);
 uint64_t vmown__process_start_time(int32_t pid);
+bool vmown__process_alive(int32_t pid, uint64_t start_time);
 void vmown__cpu_relax(void);
 void vmown__sleep_until(int64_t deadline_ns);
 /* Start a thread with every signal blocked (they belong to the program). */
 int vmown__thread_start(pthread_t *thread, void *(*fn)(void *), void *arg);
 void vmown__thread_yield(void);
+/* Stop the whole process (SIGSTOP), for the debug stop points. */
+void vmown__stop_self(void);
 
 /* A failure of an OS primitive that cannot fail: abort naming it. */
 _Noreturn void vmown__fatal(const char *what, int err);

@@ -11,6 +11,7 @@ from vmown._build import NATIVE, compile_program
 
 STRESS = NATIVE / "tests" / "stress.c"
 HEARTBEAT = NATIVE / "tests" / "heartbeat_test.c"
+LIVENESS = NATIVE / "tests" / "liveness_test.c"
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +22,7 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path
         "tsan": compile_program([STRESS], out / "stress_tsan", ["-O1", "-fsanitize=thread"]),
         "heartbeat": compile_program([HEARTBEAT], out / "heartbeat", ["-O2", "-Werror"]),
         "heartbeat_tsan": compile_program([HEARTBEAT], out / "heartbeat_tsan", ["-O1", "-fsanitize=thread"]),
+        "liveness": compile_program([LIVENESS], out / "liveness", ["-O2", "-Werror"]),
     }
 
 
@@ -74,3 +76,7 @@ def test_heartbeat_parks_activates_and_sleeps(programs: dict[str, pathlib.Path])
 
 def test_heartbeat_under_thread_sanitizer(programs: dict[str, pathlib.Path]) -> None:
     run(programs["heartbeat_tsan"], 5, expect="all passed")
+
+
+def test_dead_means_gone_zombie_or_recycled(programs: dict[str, pathlib.Path]) -> None:
+    run(programs["liveness"], expect="all passed")

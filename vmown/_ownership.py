@@ -48,7 +48,7 @@ _try_own = lib.vmown_try_own
 _EINTR = lib.VMOWN_EINTR
 _INTERRUPTIBLE = lib.VMOWN_WAIT_INTERRUPTIBLE
 
-_COUNTERS = ("fast_owns", "slow_owns", "waits", "hand_offs", "disowns", "interrupts")
+_COUNTERS = ("fast_owns", "slow_owns", "waits", "hand_offs", "disowns", "interrupts", "reaped")
 _SLOT_STATES = {
     lib.VMOWN_SLOT_FREE: "free",
     lib.VMOWN_SLOT_RUNNING: "running",
@@ -300,6 +300,16 @@ class Ownership:
             yield
         finally:
             self.own(token)
+
+    def reap(self) -> int:
+        """Free the slots of peer processes that died; returns how many.
+
+        A process that dies owning the VM (or handed it, or waiting for it)
+        is found by the threads waiting for ownership within 50 ms, without
+        calling this; it is for tidying up, e.g. before reading ``stats()``.
+        A pid recycled by a newer process does not pass for the dead one.
+        """
+        return check(lib.vmown_reap(self._handle()), "reap")
 
     # ---- observers (lock-free reads; any thread) ----
 

@@ -1,0 +1,168 @@
+"""vmown._ownership across processes: a peer that dies at any point of the
+protocol must not wedge the others.  Peers are forked children sharing the
+anonymous control block; each is SIGKILLed at the point under test (the
+core's debug stop points make a child stop itself exactly there)."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import signal
+import time
+from typing import Callable
+
+import pytest
+
+import vmown
+from vmown._native import lib
+
+from .support import wait_until
+
+RECOVERY_S = 10.0  # generous: the design goal is 50 ms per dead owner
+
+
+def _fork(body: Callable[[], None], stop_at: int = 0) -> int:
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            lib.vmown_debug_set_stop(stop_at)
+            body()
+        except BaseException:
+            code = 1
+        os._exit(code)
+    return pid
+
+
+def _kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+def _wait_stopped(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WUNTRACED | os.WNOHANG)
+        if done and os.WIFSTOPPED(status):
+            return
+        assert not done, "child ended instead of stopping"
+        time.sleep(0.001)
+    raise AssertionError("child did not stop at the debug point")
+
+
+def _recovers(vm: vmown.Ownership) -> None:
+    """This thread gets the VM despite the dead peer; the block is consistent."""
+    vm.own(timeout=RECOVERY_S)
+    assert vm.owner == vm.slot and vm.waiters == 0 and vm.queue() == []
+    vm.disown()
+    assert vm.stats()["reaped"] >= 1
+
+
+def test_peer_killed_while_owning() -> None:
+    vm = vmown.Ownership(slots=16)
+    flag = mmap.mmap(-1, mmap.PAGESIZE)
+
+    def child() -> None:
+        vm.own()
+        flag[0] = 1
+        time.sleep(60)
+
+    pid = _fork(child)
+    wait_until(lambda: flag[0] == 1, what="the child to own the VM")
+    os.kill(pid, signal.SIGKILL)  # left a zombie until reaped below: dead all the same
+    _recovers(vm)
+    os.waitpid(pid, 0)
+
+
+def test_peer_killed_while_waiting() -> None:
+    vm = vmown.Ownership(slots=16)
+    vm.own()
+    pid = _fork(lambda: vm.own())
+    wait_until(lambda: vm.waiters == 1, what="the child to queue")
+    _kill(pid)
+    vm.disown()  # hands the VM to the dead waiter's slot
+    _recovers(vm)
+
+
+def test_peer_killed_right_after_it_was_handed_the_vm() -> None:
+    vm = vmown.Ownership(slots=16)
+    vm.own()
+    pid = _fork(lambda: vm.own(), stop_at=lib.VMOWN_DEBUG_STOP_GRANTED)
+    wait_until(lambda: vm.waiters == 1, what="the child to queue")
+    vm.disown()
+    _wait_stopped(pid)
+    assert vm.owner not in (0, vm.slot)  # the stopped child holds it
+    _kill(pid)
+    _recovers(vm)
+
+
+def test_peer_killed_inside_the_lock() -> None:
+    vm = vmown.Ownership(slots=16)
+    vm.own()
+    pid = _fork(lambda: vm.own(), stop_at=lib.VMOWN_DEBUG_STOP_IN_LOCK)
+    _wait_stopped(pid)  # holding the lock, queue linked but not counted
+    _kill(pid)
+    vm.disown()  # takes the lock: EOWNERDEAD, the queue is rebuilt
+    _recovers(vm)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] not in "ZX"
+    except OSError:
+        return False
+
+
+def _crash_round(vm: vmown.Ownership, shared: mmap.mmap, rng: random.Random, children: int) -> None:
+    """Children cycle own -> critical section -> disown; some are killed at
+    random moments, some stop at a debug point and are killed there."""
+
+    def child() -> None:
+        me = os.getpid()
+        for _ in range(10_000):
+            vm.own()
+            inside = int.from_bytes(shared[0:4], "little")
+            assert inside in (0, me) or not _alive(inside), f"{inside} is inside too"
+            shared[0:4] = me.to_bytes(4, "little")
+            count = int.from_bytes(shared[4:12], "little")
+            shared[4:12] = (count + 1).to_bytes(8, "little")
+            shared[0:4] = (0).to_bytes(4, "little")
+            vm.disown()
+
+    points = [0, 0, lib.VMOWN_DEBUG_STOP_GRANTED, lib.VMOWN_DEBUG_STOP_IN_LOCK]
+    pids = [_fork(child, stop_at=rng.choice(points)) for _ in range(children)]
+    for pid in pids:
+        time.sleep(rng.uniform(0, 0.02))
+        done, status = os.waitpid(pid, os.WUNTRACED | os.WNOHANG)
+        if done and os.WIFEXITED(status):
+            assert os.WEXITSTATUS(status) == 0
+            continue
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_kills_bounded(seed: int) -> None:
+    vm = vmown.Ownership(slots=64)
+    shared = mmap.mmap(-1, mmap.PAGESIZE)
+    _crash_round(vm, shared, random.Random(seed), children=4)
+    _recovers_or_clean(vm)
+
+
+def _recovers_or_clean(vm: vmown.Ownership) -> None:
+    vm.own(timeout=RECOVERY_S)
+    vm.reap()
+    assert vm.waiters == 0 and vm.queue() == [] and vm.slots_in_use == 1
+    vm.disown()
+
+
+@pytest.mark.slow
+def test_random_kills_long() -> None:
+    vm = vmown.Ownership(slots=256)
+    shared = mmap.mmap(-1, mmap.PAGESIZE)
+    rng = random.Random(12345)
+    for _ in range(40):
+        _crash_round(vm, shared, rng, children=6)
+        _recovers_or_clean(vm)
