@@ -252,6 +252,20 @@ def test_attached_block_is_shared_with_its_creator() -> None:
     assert other.owner == 0
 
 
+def test_create_in_caller_memory_and_attach_from_another_handle() -> None:
+    memory = mmap.mmap(-1, vmown.Ownership.size_for(8))
+    vm = vmown.Ownership.create_in(memory, slots=8)
+    other = vmown.Ownership.attach(memory)
+    assert other.slots == 8
+    vm.own()
+    assert other.owner == vm.slot and not other.try_own()
+    vm.disown()
+    with pytest.raises(ValueError, match="needs .* bytes"):
+        vmown.Ownership.create_in(mmap.mmap(-1, mmap.PAGESIZE), slots=1000)
+    with pytest.raises(TypeError, match="writable buffer"):
+        vmown.Ownership.create_in(bytes(1 << 16))
+
+
 def test_closed_ownership_says_so() -> None:
     vm = vmown.Ownership(slots=8)
     vm.own()

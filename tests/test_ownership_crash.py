@@ -163,6 +163,6 @@ def test_random_kills_long() -> None:
     vm = vmown.Ownership(slots=256)
     shared = mmap.mmap(-1, mmap.PAGESIZE)
     rng = random.Random(12345)
-    for _ in range(40):
+    for _ in range(300):
         _crash_round(vm, shared, rng, children=6)
         _recovers_or_clean(vm)

@@ -148,6 +148,39 @@ class Ownership:
         self._setup(_Block(out[0], addr[0], size, None))
 
     @classmethod
+    def create_in(cls, buffer: Any, *, slots: int = DEFAULT_SLOTS) -> "Ownership":
+        """Make a new control block at the start of ``buffer`` (e.g. an arena's).
+
+        ``buffer`` must be writable, page-aligned and at least
+        :meth:`size_for` ``(slots)`` bytes.  Whatever it held is overwritten.
+        Other processes that map the same memory use it with :meth:`attach`.
+        """
+        pinned = cls._pin(buffer)
+        if not isinstance(slots, int) or not 1 <= slots <= 1 << 20:
+            raise ValueError(f"slots must be an int from 1 to {1 << 20}, not {slots!r}")
+        if len(pinned) < lib.vmown_cb_size(slots):
+            raise ValueError(
+                f"a block of {slots} slots needs {lib.vmown_cb_size(slots)} bytes, the buffer has {len(pinned)}"
+            )
+        out = ffi.new("vmown_cb **")
+        check(lib.vmown_cb_init(pinned, len(pinned), slots, out), "initialising the control block")
+        self = cls.__new__(cls)
+        self._setup(_Block(out[0], ffi.NULL, len(pinned), pinned))
+        return self
+
+    @staticmethod
+    def size_for(slots: int) -> int:
+        """Bytes (whole pages) that a control block of ``slots`` slots takes."""
+        return lib.vmown_cb_size(slots)
+
+    @staticmethod
+    def _pin(buffer: Any) -> Any:
+        try:
+            return ffi.from_buffer(buffer, require_writable=True)
+        except (TypeError, BufferError) as exc:
+            raise TypeError(f"needs a writable buffer, not {type(buffer).__name__}") from exc
+
+    @classmethod
     def attach(cls, buffer: Any) -> "Ownership":
         """Use the control block that lives at the start of ``buffer``.
 
@@ -155,10 +188,7 @@ class Ownership:
         memoryview) holding a block made by another :class:`Ownership`.  The
         header is checked; a bad one raises :class:`ControlBlockError`.
         """
-        try:
-            pinned = ffi.from_buffer(buffer, require_writable=True)
-        except (TypeError, BufferError) as exc:
-            raise TypeError(f"attach() needs a writable buffer, not {type(buffer).__name__}") from exc
+        pinned = cls._pin(buffer)
         out = ffi.new("vmown_cb **")
         check(lib.vmown_cb_attach(pinned, len(pinned), out), "attaching the control block")
         self = cls.__new__(cls)
