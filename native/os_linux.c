@@ -182,3 +182,137 @@ int vmown_map_anonymous(size_t len, void **out) {
 int vmown_unmap(void *addr, size_t len) { return munmap(addr, len) == 0 ? 0 : -errno; }
 
 size_t vmown_page_size(void) { return (size_t)sysconf(_SC_PAGESIZE); }
+
+/* ---- arena: files and mappings ---- */
+/* What arena.c assumes from here: O_NOFOLLOW on the last path component and
+ * exclusive creation; fstat's owner, mode and length; ftruncate that extends
+ * with zeros; a MAP_SHARED mapping (of a file, or anonymous) that may reach
+ * past the end of the file while PROT_NONE, and mprotect on parts of it;
+ * MAP_FIXED_NOREPLACE (Linux 4.17; older kernels take it as a hint, which is
+ * detected); MADV_POPULATE_WRITE (Linux 5.14, else pages are touched);
+ * kill(pid, 0) and /proc/PID/stat for liveness (one pid namespace). */
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+int vmown__file_create(const char *path, uint32_t mode, int *fd_out) {
+    /* Owner bits only until the fchmod: never more than asked, whatever the umask. */
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) return -errno;
+    if (fchmod(fd, (mode_t)mode) != 0) {
+        int err = errno;
+        close(fd);
+        unlink(path);
+        return -err;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+int vmown__file_open(const char *path, int writable, int *fd_out) {
+    /* O_NONBLOCK: a FIFO in the way must not block the open (fstat refuses it). */
+    int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) return -errno;
+    *fd_out = fd;
+    return 0;
+}
+
+int vmown__file_stat(int fd, struct vmown__file_status *out) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return -errno;
+    out->length = st.st_size < 0 ? 0 : (uint64_t)st.st_size;
+    out->uid = (uint32_t)st.st_uid;
+    out->mode = (uint32_t)st.st_mode & 07777;
+    out->regular = S_ISREG(st.st_mode);
+    return 0;
+}
+
+int vmown__file_resize(int fd, uint64_t length) {
+    int rc;
+    do rc = ftruncate(fd, (off_t)length);
+    while (rc != 0 && errno == EINTR);
+    return rc == 0 ? 0 : -errno;
+}
+
+int vmown__file_read(int fd, void *buf, size_t len, uint64_t offset) {
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = pread(fd, (char *)buf + got, len - got, (off_t)(offset + got));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -errno;
+        if (n == 0) break;
+        got += (size_t)n;
+    }
+    return (int)got;
+}
+
+void vmown__file_close(int fd) {
+    int saved = errno;
+    close(fd);
+    errno = saved;
+}
+
+int vmown__file_unlink(const char *path) { return unlink(path) == 0 ? 0 : -errno; }
+
+uint32_t vmown__euid(void) { return (uint32_t)geteuid(); }
+
+int vmown__map_reserve(int fd, size_t len, void *address, int huge, void **out) {
+    int flags = MAP_SHARED | (fd < 0 ? MAP_ANONYMOUS : 0) | (huge ? MAP_HUGETLB : 0) |
+                (address ? MAP_FIXED_NOREPLACE : 0);
+    void *p = mmap(address, len, PROT_NONE, flags, fd, 0);
+    if (p == MAP_FAILED) {
+        int err = errno;
+        if (address && err == EEXIST) return VMOWN_EARENA_ADDRINUSE;
+        if (huge && (err == ENOMEM || err == EINVAL || err == ENOENT)) return VMOWN_EARENA_NOHUGE;
+        return -err;
+    }
+    if (address && p != address) {  /* a kernel without MAP_FIXED_NOREPLACE took a hint */
+        munmap(p, len);
+        return VMOWN_EARENA_ADDRESS;
+    }
+    *out = p;
+    return 0;
+}
+
+int vmown__map_protect(void *addr, size_t len, int writable) {
+    if (len == 0) return 0;
+    return mprotect(addr, len, writable ? PROT_READ | PROT_WRITE : PROT_NONE) == 0 ? 0 : -errno;
+}
+
+int vmown__map_populate(void *addr, size_t len) {
+    if (len == 0 || madvise(addr, len, MADV_POPULATE_WRITE) == 0) return 0;
+    if (errno != EINVAL) return -errno;
+    size_t page = vmown_page_size();  /* before Linux 5.14: touch every page */
+    for (size_t off = 0; off < len; off += page) (void)*(volatile char *)((char *)addr + off);
+    return 0;
+}
+
+int vmown__map_discard(void *addr, size_t len) {
+    if (len == 0) return 0;
+    return madvise(addr, len, MADV_REMOVE) == 0 ? 0 : -errno;
+}
+
+uint64_t vmown__huge_page_size(void) {
+    char line[256];
+    unsigned long long kib = 0;
+    FILE *f = fopen("/proc/meminfo", "re");
+    if (!f) return 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "Hugepagesize: %llu kB", &kib) == 1) break;
+    fclose(f);
+    return (uint64_t)kib * 1024;
+}
+
+void vmown__sleep_ns(int64_t ns) {
+    int saved = errno;
+    struct timespec ts = {.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
+    nanosleep(&ts, NULL);
+    errno = saved;
+}

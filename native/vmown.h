@@ -245,6 +245,109 @@ int vmown_map_anonymous(size_t len, void **out);
 int vmown_unmap(void *addr, size_t len);
 size_t vmown_page_size(void);
 
+/* ---- Arena (arena.c) ---- */
+
+/* A shared mapping: a header page, page-aligned data, a PROT_NONE guard.
+ * Anonymous (shared with forked children) or a file (shared with whoever may
+ * open it).  Offsets and sizes are of the data area; sizes are rounded up to
+ * whole pages.  See arena.c for the protocol notes. */
+enum {
+    VMOWN_EARENA_BADMAGIC = -1100,    /* not an arena (bad magic: another format, word size, endianness) */
+    VMOWN_EARENA_VERSION = -1101,     /* an arena of another layout version */
+    VMOWN_EARENA_SIZES = -1102,       /* header sizes disagree with this build */
+    VMOWN_EARENA_NOTREADY = -1103,    /* the header never became READY within the timeout */
+    VMOWN_EARENA_TRUNCATED = -1104,   /* the file is shorter than its header says */
+    VMOWN_EARENA_SYMLINK = -1105,     /* the path is a symbolic link */
+    VMOWN_EARENA_NOTREGULAR = -1106,  /* the path is not a regular file */
+    VMOWN_EARENA_OWNER = -1107,       /* the file belongs to another user */
+    VMOWN_EARENA_MODE = -1108,        /* the file grants permissions not expected */
+    VMOWN_EARENA_FULL = -1109,        /* alloc: not enough free data bytes */
+    VMOWN_EARENA_BUSY = -1110,        /* shrink: a live peer maps more than the new size */
+    VMOWN_EARENA_ALLOCATED = -1111,   /* shrink: below the bytes handed out by alloc */
+    VMOWN_EARENA_ADDRINUSE = -1112,   /* the fixed address range is occupied */
+    VMOWN_EARENA_ADDRESS = -1113,     /* the kernel did not honour the fixed address */
+    VMOWN_EARENA_MAXSIZE = -1114,     /* beyond the size reserved by this handle */
+    VMOWN_EARENA_NOHUGE = -1115,      /* huge pages unavailable */
+    VMOWN_EARENA_RANGE = -1116,       /* offset + width beyond the mapped data */
+    VMOWN_EARENA_ALIGN = -1117,       /* offset not a multiple of the width */
+    VMOWN_EARENA_LOCKED = -1118,      /* a live peer held the header lock past the timeout */
+    VMOWN_EARENA_PEERS = -1119,       /* the table of processes mapping the arena is full */
+    VMOWN_EARENA_CORRUPT = -1120      /* a header value is impossible */
+};
+
+/* Flags for vmown_arena_create / vmown_arena_open. */
+enum {
+    VMOWN_ARENA_POPULATE = 1,         /* prefault mapped pages (as MAP_POPULATE) */
+    VMOWN_ARENA_HUGE = 2              /* MAP_HUGETLB (anonymous arenas only) */
+};
+
+/* Operations of vmown_arena_atomic; all sequentially consistent. */
+enum {
+    VMOWN_ARENA_LOAD = 0,
+    VMOWN_ARENA_STORE = 1,
+    VMOWN_ARENA_EXCHANGE = 2,
+    VMOWN_ARENA_CAS = 3,              /* value = expected, desired = new */
+    VMOWN_ARENA_FETCH_ADD = 4,        /* wraps modulo 2**(8*width) */
+    VMOWN_ARENA_TEST_AND_SET = 5      /* store 1 */
+};
+
+typedef struct vmown_arena vmown_arena;
+
+typedef struct {
+    uint64_t size;                /* data bytes, as the header says (untrusted) */
+    uint64_t mapped;              /* data bytes this handle maps (0 from probe) */
+    uint64_t max_size;            /* data bytes this handle reserved (0 from probe) */
+    uint64_t allocated;           /* data bytes handed out by alloc */
+    uint64_t page_size;
+    uint64_t creator_start_time;  /* clock ticks since boot */
+    int32_t creator_pid;
+    uint32_t state;               /* 1 initializing, 2 ready */
+    uint32_t creator_alive;
+    uint32_t live_peers;          /* processes mapping it now */
+} vmown_arena_info;
+
+/* Create an arena of `size` data bytes: a new file at `path` (O_CREAT|O_EXCL|
+ * O_NOFOLLOW|O_CLOEXEC, permissions exactly `mode`), or anonymous shared
+ * memory when path is NULL.  max_size: data bytes reserved so that growth
+ * never moves the mapping (0: size for anonymous, 1 GiB for files).  address:
+ * where the data area must start (MAP_FIXED_NOREPLACE), or NULL.  timeout_ns
+ * bounds waits for the header lock (< 0: none). */
+int vmown_arena_create(const char *path, uint64_t size, uint64_t max_size, uint32_t mode, void *address,
+                       uint32_t flags, int64_t timeout_ns, vmown_arena **out);
+/* Open an arena file: refuses a symlink, a non-regular file, another user's
+ * file, permission bits outside allowed_mode; waits up to timeout_ns for a
+ * header still being written; checks magic, version, sizes, file length. */
+int vmown_arena_open(const char *path, uint64_t max_size, uint32_t allowed_mode, void *address, uint32_t flags,
+                     int64_t timeout_ns, vmown_arena **out);
+/* Unmap, give back the peer entry, close the file.  Nothing may touch the
+ * memory any more. */
+int vmown_arena_close(vmown_arena *a);
+/* In a forked child: take a peer entry of its own (done lazily otherwise). */
+int vmown_arena_adopt(vmown_arena *a);
+void *vmown_arena_data(const vmown_arena *a);
+int vmown_arena_fd(const vmown_arena *a);
+/* Cheap reads for hot paths: data bytes mapped here; data bytes the header
+ * says (untrusted: compare, never use as a bound). */
+uint64_t vmown_arena_mapped(const vmown_arena *a);
+uint64_t vmown_arena_size(const vmown_arena *a);
+int vmown_arena_info_read(vmown_arena *a, vmown_arena_info *out);
+/* Map what the header says now (another process may have grown it). */
+int vmown_arena_refresh(vmown_arena *a);
+int vmown_arena_grow(vmown_arena *a, uint64_t new_size);
+/* Refused with VMOWN_EARENA_BUSY while a live peer maps more than new_size. */
+int vmown_arena_shrink(vmown_arena *a, uint64_t new_size);
+/* Hand out whole pages of the data area; *offset is where they start. */
+int vmown_arena_alloc(vmown_arena *a, uint64_t nbytes, uint64_t *offset);
+/* An atomic op on the 4- or 8-byte word at `offset`; *old gets the previous
+ * value (0 for a store).  Returns 1 when a CAS swapped, else 0. */
+int vmown_arena_atomic(vmown_arena *a, uint32_t op, uint64_t offset, uint32_t width, uint64_t value,
+                       uint64_t desired, uint64_t *old);
+/* Read an arena file's header without mapping it (find stale arenas). */
+int vmown_arena_probe(const char *path, vmown_arena_info *out);
+/* The granularity of an arena made with these flags; 0: no huge pages. */
+uint64_t vmown_arena_page_size(uint32_t flags);
+uint32_t vmown_arena_layout_version(void);
+
 /* cdef-end */
 
 #ifdef __cplusplus

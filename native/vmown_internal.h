@@ -146,4 +146,85 @@ void vmown__stop_self(void);
 /* A failure of an OS primitive that cannot fail: abort naming it. */
 _Noreturn void vmown__fatal(const char *what, int err);
 
+/* ---- arena ---- */
+
+/* "VMARN" + word size + a byte 0x01 in the writer's byte order, as
+ * VMOWN__MAGIC: a file written by another word size or endianness fails. */
+#define VMOWN__ARENA_MAGIC (0x4E52414D56ull | ((uint64_t)sizeof(void *) << 40) | (1ull << 48))
+#define VMOWN__ARENA_VERSION 1u
+#define VMOWN__ARENA_PEERS 128
+
+enum { VMOWN__ARENA_INITIALIZING = 1, VMOWN__ARENA_READY = 2 };
+
+/* A process that maps the arena.  who: pid in bits 0-31, low 32 bits of its
+ * start time in bits 32-63, 0 = free entry.  Invariant: mapped_size is raised
+ * before the process maps more and lowered only after it unmapped; both
+ * change under the header lock. */
+struct vmown__arena_peer {
+    _Atomic uint64_t who;
+    _Atomic uint64_t mapped_size;   /* data bytes, a multiple of page_size */
+};
+
+/* The header page of an arena.  The first 16 bytes (magic, version, state)
+ * keep their place in every layout version. */
+struct vmown__arena_header {
+    _Atomic uint64_t magic;
+    _Atomic uint32_t version;
+    _Atomic uint32_t state;         /* INITIALIZING -> READY (release) */
+    _Atomic uint32_t header_size;   /* sizeof(struct vmown__arena_header) */
+    _Atomic uint32_t npeers;        /* VMOWN__ARENA_PEERS */
+    _Atomic uint64_t page_size;     /* bytes; data starts at this offset */
+    _Atomic uint64_t size;          /* data bytes, multiple of page_size; under lock */
+    _Atomic uint64_t allocated;     /* data bytes handed out by alloc; under lock */
+    _Atomic uint64_t lock;          /* who-word of the holder, 0 = free */
+    _Atomic uint64_t creator;       /* who-word of the creator */
+    _Atomic uint64_t creator_start_time;  /* clock ticks since boot */
+    _Atomic uint32_t flags;         /* VMOWN_ARENA_HUGE */
+    _Atomic uint32_t reserved;
+    struct vmown__arena_peer peers[VMOWN__ARENA_PEERS];
+};
+
+/* The process-local handle: trusted copies of what bounds every access. */
+struct vmown_arena {
+    char *base;                     /* header page; data at base + page */
+    size_t reserved_len;            /* page + max_size + guard page */
+    uint64_t page;
+    uint64_t max_size;              /* data bytes the reservation can hold */
+    _Atomic uint64_t mapped;        /* data bytes mapped read/write; under the header lock */
+    int fd;                         /* -1: anonymous */
+    int32_t pid;                    /* process the handle belongs to (fork) */
+    int32_t peer;                   /* its entry in the peer table, -1 = none */
+    uint32_t flags;
+    int64_t timeout_ns;             /* bound on lock waits, < 0 = none */
+};
+
+struct vmown__file_status {
+    uint64_t length;
+    uint32_t uid;
+    uint32_t mode;                  /* permission bits */
+    bool regular;
+};
+
+/* OS layer for arenas (os_linux.c).  Return 0 or -errno unless noted. */
+int vmown__file_create(const char *path, uint32_t mode, int *fd_out);
+int vmown__file_open(const char *path, int writable, int *fd_out);
+int vmown__file_stat(int fd, struct vmown__file_status *out);
+int vmown__file_resize(int fd, uint64_t length);
+/* Bytes read (short only at the end of the file), or -errno. */
+int vmown__file_read(int fd, void *buf, size_t len, uint64_t offset);
+void vmown__file_close(int fd);
+int vmown__file_unlink(const char *path);
+uint32_t vmown__euid(void);
+/* PROT_NONE MAP_SHARED of fd (or anonymous when fd < 0); at `address` with
+ * MAP_FIXED_NOREPLACE when not NULL: VMOWN_EARENA_ADDRINUSE if occupied,
+ * VMOWN_EARENA_ADDRESS if the kernel put it elsewhere; VMOWN_EARENA_NOHUGE. */
+int vmown__map_reserve(int fd, size_t len, void *address, int huge, void **out);
+int vmown__map_protect(void *addr, size_t len, int writable);
+int vmown__map_populate(void *addr, size_t len);
+int vmown__map_discard(void *addr, size_t len);
+/* Bytes, 0 when the system has no huge pages. */
+uint64_t vmown__huge_page_size(void);
+/* Whether pid runs and (if start_low32 != 0) started at that time. */
+void vmown__sleep_ns(int64_t ns);
+
 #endif /* VMOWN_INTERNAL_H */

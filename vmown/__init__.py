@@ -11,8 +11,11 @@ that each is exported exactly once.
 
 from __future__ import annotations
 
+from ._arena import Arena
 from ._errors import (
     AlreadyOwnerError,
+    ArenaError,
+    ArenaFullError,
     BrokenError,
     ControlBlockError,
     NotOwnerError,
@@ -35,6 +38,9 @@ if _lib.vmown_layout_version() != _LAYOUT_VERSION:
 
 __all__ = [
     "AlreadyOwnerError",
+    "Arena",
+    "ArenaError",
+    "ArenaFullError",
     "BrokenError",
     "ControlBlockError",
     "NotOwnerError",

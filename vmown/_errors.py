@@ -13,6 +13,8 @@ from ._native import lib
 
 __all__ = [
     "AlreadyOwnerError",
+    "ArenaError",
+    "ArenaFullError",
     "BrokenError",
     "ControlBlockError",
     "NotOwnerError",
@@ -49,6 +51,14 @@ class BrokenError(VmownError):
     """The control block was found corrupt and is marked broken for good."""
 
 
+class ArenaError(VmownError):
+    """An arena file or header is unusable, or an arena operation was refused."""
+
+
+class ArenaFullError(ArenaError):
+    """``Arena.alloc`` found too few free bytes in the data area."""
+
+
 _MESSAGES: dict[int, tuple[type[BaseException], str]] = {
     lib.VMOWN_ENOTOWNER: (
         NotOwnerError,
@@ -82,6 +92,85 @@ _MESSAGES: dict[int, tuple[type[BaseException], str]] = {
     lib.VMOWN_ETIMEDOUT: (TimeoutError, "timed out waiting for ownership"),
     lib.VMOWN_EBUSY: (VmownError, "the slot is busy (it owns, waits, or is in use)"),
     lib.VMOWN_EINVAL: (ValueError, "invalid argument"),
+    lib.VMOWN_EARENA_BADMAGIC: (
+        ArenaError,
+        "the file is not a vmown arena (bad magic; or made on a machine of another word size or byte order)",
+    ),
+    lib.VMOWN_EARENA_VERSION: (
+        ArenaError,
+        "the arena was made by another layout version of vmown; use the same version on both sides",
+    ),
+    lib.VMOWN_EARENA_SIZES: (
+        ArenaError,
+        "the arena header's sizes disagree with this build (page size, header size) or are impossible",
+    ),
+    lib.VMOWN_EARENA_NOTREADY: (
+        ArenaError,
+        "the arena never became ready: its creator did not finish writing the header within the "
+        "timeout (it may have died); pass a longer timeout=, or remove the file if it is stale",
+    ),
+    lib.VMOWN_EARENA_TRUNCATED: (
+        ArenaError,
+        "the arena file is shorter than its header says (truncated, or not an arena); it was not mapped",
+    ),
+    lib.VMOWN_EARENA_SYMLINK: (
+        ArenaError,
+        "the path is a symbolic link; arenas are opened without following links: pass the real path",
+    ),
+    lib.VMOWN_EARENA_NOTREGULAR: (ArenaError, "the path is not a regular file, so it cannot hold an arena"),
+    lib.VMOWN_EARENA_OWNER: (
+        ArenaError,
+        "the arena file belongs to another user; only the owner's arenas are opened",
+    ),
+    lib.VMOWN_EARENA_MODE: (
+        ArenaError,
+        "the arena file grants permissions that were not expected; chmod it to 0600, or pass "
+        "mode= with the shared bits you expect (e.g. mode=0o660)",
+    ),
+    lib.VMOWN_EARENA_FULL: (
+        ArenaFullError,
+        "the arena's data area has too few free bytes; grow() it or create it larger",
+    ),
+    lib.VMOWN_EARENA_BUSY: (
+        ArenaError,
+        "a live process still maps more of the arena than the new size; it must close its arena first",
+    ),
+    lib.VMOWN_EARENA_ALLOCATED: (
+        ArenaError,
+        "cannot shrink below the bytes already handed out by alloc()",
+    ),
+    lib.VMOWN_EARENA_ADDRINUSE: (
+        ArenaError,
+        "the fixed address range is already in use (nothing there was touched); pick another address "
+        "or pass address=None",
+    ),
+    lib.VMOWN_EARENA_ADDRESS: (
+        ArenaError,
+        "the kernel did not map the arena at the fixed address (no MAP_FIXED_NOREPLACE before Linux "
+        "4.17); pass address=None",
+    ),
+    lib.VMOWN_EARENA_MAXSIZE: (
+        ArenaError,
+        "the size exceeds the address range this handle reserved; open or create it with a larger max_size=",
+    ),
+    lib.VMOWN_EARENA_NOHUGE: (
+        ArenaError,
+        "huge pages are not available; reserve some (sysctl vm.nr_hugepages=N) or pass huge_pages=False",
+    ),
+    lib.VMOWN_EARENA_RANGE: (IndexError, "offset + width is beyond the arena's data area"),
+    lib.VMOWN_EARENA_ALIGN: (ValueError, "offset is not a multiple of the width"),
+    lib.VMOWN_EARENA_LOCKED: (
+        ArenaError,
+        "another live process held the arena's header lock for longer than the timeout",
+    ),
+    lib.VMOWN_EARENA_PEERS: (
+        ArenaError,
+        "too many processes map the arena (its table of peers is full); close some first",
+    ),
+    lib.VMOWN_EARENA_CORRUPT: (
+        ArenaError,
+        "the arena header holds an impossible value (corrupted by a peer?); make a new arena",
+    ),
 }
 
 
