@@ -1,7 +1,10 @@
-"""vmown._ownership across processes: a peer that dies at any point of the
-protocol must not wedge the others.  Peers are forked children sharing the
-anonymous control block; each is SIGKILLed at the point under test (the
-core's debug stop points make a child stop itself exactly there)."""
+"""vmown._ownership across processes.
+
+Two unrelated processes share one ownership word through an arena file.  And
+a peer that dies at any point of the protocol must not wedge the others:
+peers are forked children sharing the anonymous control block, each SIGKILLed
+at the point under test (the core's debug stop points make a child stop
+itself exactly there)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,9 @@ import mmap
 import os
 import random
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 from typing import Callable
 
@@ -20,6 +26,66 @@ from vmown._native import lib
 from .support import wait_until
 
 RECOVERY_S = 10.0  # generous: the design goal is 50 ms per dead owner
+
+# ---- two processes, one by path ----
+
+# Inside the VM: the word at INSIDE must be 0 on entry (nobody else inside);
+# COUNTER is incremented non-atomically, so it ends exact only if the
+# critical sections never overlapped.
+SLOTS = 16
+INSIDE = vmown.Ownership.size_for(SLOTS)
+COUNTER = INSIDE + 8
+
+PEER = textwrap.dedent(
+    """
+    import os, sys, vmown
+    INSIDE, COUNTER = int(sys.argv[3]), int(sys.argv[3]) + 8
+    arena = vmown.Arena.open(sys.argv[1])
+    vm = vmown.Ownership.attach(arena.buffer)
+    me = os.getpid()
+    for _ in range(int(sys.argv[2])):
+        vm.own()
+        if arena.atomic_exchange(INSIDE, me) != 0:
+            sys.exit("two processes inside the VM")
+        arena.atomic_store(COUNTER, arena.atomic_load(COUNTER) + 1)
+        arena.atomic_store(INSIDE, 0)
+        vm.disown()
+    print(vm.stats()["hand_offs"])
+    """
+)
+
+
+def _cycles(arena: vmown.Arena, vm: vmown.Ownership, n: int) -> None:
+    me = os.getpid()
+    for _ in range(n):
+        vm.own()
+        assert arena.atomic_exchange(INSIDE, me) == 0, "two processes inside the VM"
+        arena.atomic_store(COUNTER, arena.atomic_load(COUNTER) + 1)
+        arena.atomic_store(INSIDE, 0)
+        vm.disown()
+
+
+def test_two_processes_by_path_hand_ownership_back_and_forth(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    n = 10_000
+    with vmown.Arena.create_temp(1 << 20, directory=tmp_path) as arena:
+        vm = vmown.Ownership.create_in(arena.buffer, slots=SLOTS)
+        vm.own()  # the peer starts by queueing
+        peer = subprocess.Popen(
+            [sys.executable, "-c", PEER, arena.path, str(n), str(INSIDE)], stdout=subprocess.PIPE, text=True
+        )
+        wait_until(lambda: vm.waiters == 1 or peer.poll() is not None, timeout=30, what="the peer to queue")
+        vm.disown()
+        _cycles(arena, vm, n)
+        out, _ = peer.communicate(timeout=120)
+        assert peer.returncode == 0, out
+        assert arena.atomic_load(COUNTER) == 2 * n
+        assert vm.stats()["hand_offs"] > 0 and vm.owner == 0 and vm.waiters == 0
+        vm.reap()  # the peer's slot, given back at its exit or freed as dead
+        assert vm.slots_in_use == 1
+        del vm
+        arena.unlink()
+
+# ---- dead peers ----
 
 
 def _fork(body: Callable[[], None], stop_at: int = 0) -> int:
