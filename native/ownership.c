@@ -892,6 +892,16 @@ uint32_t vmown_epoch(const vmown_cb *cb) { return VMOWN__EPOCH(vmown_owner_word(
 uint32_t vmown_waiters(const vmown_cb *cb) {
     return (uint32_t)(atomic_load_explicit(&cb->b->attention, RELAXED) & VMOWN__WAITERS_MASK);
 }
+const uint32_t *vmown_waiters_word(const vmown_cb *cb) {
+    /* The low half of `attention` (VMOWN__WAITERS_MASK) in this byte order. */
+    const uint32_t *halves = (const uint32_t *)(const void *)&cb->b->attention;
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    return halves + 1;
+#else
+    return halves;
+#endif
+}
+
 uint32_t vmown_nslots(const vmown_cb *cb) { return cb->nslots; }
 uint32_t vmown_slots_in_use(const vmown_cb *cb) { return atomic_load_explicit(&cb->b->in_use, RELAXED); }
 

@@ -149,6 +149,14 @@ uint64_t vmown_owner_word(const vmown_cb *cb);
 int32_t vmown_owner(const vmown_cb *cb);
 uint32_t vmown_epoch(const vmown_cb *cb);
 uint32_t vmown_waiters(const vmown_cb *cb);
+/* Where the count of queued threads lives, for reading it without a call:
+ * from Python, a cffi call releases and retakes the GIL, and an owner that
+ * does that at every scheduling point makes CPython's GIL hand-over (which
+ * asks the holder to drop the GIL only after a whole switch interval without
+ * any hand-over) starve a thread that waits for the GIL.  A plain load
+ * through this pointer releases nothing.  Aligned 32-bit word: loads are
+ * atomic; the value is a snapshot, as from vmown_waiters. */
+const uint32_t *vmown_waiters_word(const vmown_cb *cb);
 uint32_t vmown_nslots(const vmown_cb *cb);
 uint32_t vmown_slots_in_use(const vmown_cb *cb);
 int vmown_counters_read(const vmown_cb *cb, vmown_counters *out);
