@@ -9,7 +9,8 @@
  *
  * Each tick (a real thread on absolute CLOCK_MONOTONIC deadlines, 1000 Hz by
  * default; a late tick is skipped, never bunched) it reads the owner word W:
- *   - W equals the word read at the previous tick, and
+ *   - W equals the word read at the previous tick, first read at least one
+ *     period ago (measured, not counted: ticks can be late), and
  *   - W's owner field is 0, and
  *   - work waits: a runnable process, or a timer that is due
  * then the VM has been unowned for at least one whole tick with work to do:
@@ -76,8 +77,10 @@ static void *heartbeat_main(void *arg) {
     const int64_t period = 1000000000 / cb->hb_hz;
     int64_t next = vmown__now_ns() + period;
     uint64_t seen = atomic_load_explicit(&b->owner_word, memory_order_acquire);
+    int64_t seen_at = vmown__now_ns();  /* when `seen` was first read */
     unsigned quiet = 0;
     atomic_store(&cb->hb_tid, vmown__gettid());
+    vmown__set_timer_slack_ns(1000);  /* ticks on time: the default slack is 50 us */
     while (!atomic_load_explicit(&cb->hb_stop, memory_order_acquire)) {
         vmown__sleep_until(next);
         int64_t now = vmown__now_ns();
@@ -88,13 +91,19 @@ static void *heartbeat_main(void *arg) {
         uint64_t w = atomic_load_explicit(&b->owner_word, memory_order_acquire);
         if (w != seen) {
             quiet = 0;
+            seen_at = now;
         } else if (VMOWN__OWNER(w) == 0 && work_waits(b, now)) {
-            (void)vmown__activate(cb, w);  /* no idle worker: counted as starved */
+            /* By time, not by tick count: a late tick followed by one on
+             * time can be less than a period apart.  A tenth of a period of
+             * tolerance absorbs timer jitter; a call of half a tick still
+             * never qualifies. */
+            if (now - seen_at >= period - period / 10) (void)vmown__activate(cb, w);  /* else: starved */
             quiet = 0;
         } else if (++quiet >= QUIET_TICKS) {
             w = sleep_until_needed(cb, w);
             quiet = 0;
-            next = vmown__now_ns() + period;
+            seen_at = vmown__now_ns();
+            next = seen_at + period;
         }
         seen = w;
     }

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -154,6 +155,8 @@ void vmown__cpu_relax(void) {
 void vmown__thread_yield(void) { sched_yield(); }
 
 void vmown__stop_self(void) { raise(SIGSTOP); }
+
+void vmown__set_timer_slack_ns(unsigned long ns) { (void)prctl(PR_SET_TIMERSLACK, ns, 0, 0, 0); }
 
 void vmown__sleep_until(int64_t deadline_ns) {
     int saved = errno;

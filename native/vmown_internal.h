@@ -142,6 +142,8 @@ int vmown__thread_start(pthread_t *thread, void *(*fn)(void *), void *arg);
 void vmown__thread_yield(void);
 /* Stop the whole process (SIGSTOP), for the debug stop points. */
 void vmown__stop_self(void);
+/* Timer precision of the calling thread (the heartbeat's ticks). */
+void vmown__set_timer_slack_ns(unsigned long ns);
 
 /* A failure of an OS primitive that cannot fail: abort naming it. */
 _Noreturn void vmown__fatal(const char *what, int err);
