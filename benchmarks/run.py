@@ -44,6 +44,12 @@ sys.path.insert(0, str(HERE))  # suite modules and their helpers live here
 
 SUITES = {
     "ownership": "suite_ownership",
+    "callout": "suite_callout",
+    "detect": "suite_detect",
+    "return": "suite_return",
+    "mixed": "suite_mixed",
+    "sched": "suite_sched",
+    "heartbeat": "suite_heartbeat",
 }
 
 

@@ -1,0 +1,161 @@
+# Suite `detect`: how soon the runtime notices a callout that blocks, and
+# that it never mistakes a short call for a blocked one.  All inside
+# vmown.run(..., hz=1000); the C functions are those of benchmarks/_cfuncs.py.
+#
+#   detect_p50_ms, detect_p99_ms
+#       Process A spawns process B (runnable from then on, but A keeps the VM:
+#       a spawn is not a scheduling point), stamps t0 = time.monotonic_ns()
+#       and calls block_us(20000) through vmown.callout.  B's first statement
+#       stamps t1.  One sample is t1 - t0: the VM stays idle that long while
+#       work waits -- the heartbeat's detection (1-2 ticks by design) plus the
+#       activation of a parked worker and its taking the GIL.  A then joins B,
+#       and the next sample starts; the 20 ms call outlasts any plausible
+#       detection, so every sample is one detection.  t0 is taken in Python
+#       just before vmown.callout, so the few hundred ns of the call's entry
+#       are counted in, which errs on the pessimistic side.
+#   activation_rate_short, activation_rate_long
+#       Process B loops on `await vmown.checkpoint()`: runnable all along.
+#       Process A makes N calls of block_us(500) (then N of block_us(3000))
+#       through vmown.callout, with a checkpoint after each (so B runs between
+#       calls, as it would in a program).  Around each call A reads
+#       vmown.stats()['activations'] and times the call: a call "caused an
+#       activation" if the count grew across it.  By the design's hysteresis
+#       (the VM must stay unowned for one whole tick) a call shorter than a
+#       tick never causes an activation and one longer than two ticks always
+#       causes exactly one: the goals are 0 and 1.
+#       activation_rate_short counts the 0.5 ms calls that did last less than
+#       a tick (1 ms); on this shared machine a nanosleep of 0.5 ms now and
+#       then oversleeps by milliseconds, and an activation then is the design
+#       working, not a false positive.  Those calls are excluded, and shown:
+#         short_calls_over_1ms        fraction of the 0.5 ms calls excluded
+#         activation_rate_short_all   the rate over all the 0.5 ms calls,
+#                                     the excluded ones included
+#       activation_rate_long: fraction of the 3 ms calls (nanosleep never
+#       returns early) that caused exactly one activation;
+#       long_calls_activating_twice: those that caused more than one.
+#       long_calls_missed: those that caused none, and long_missed_max_ticks
+#       the most heartbeat ticks counted across one of them (the runtime's
+#       tick count, read around the call): a miss across fewer than 2 ticks
+#       means the heartbeat thread itself did not run in time.
+#       long_missed_min_hb_run_delay_ms: the least time, over the missed
+#       calls, that the heartbeat thread spent runnable but waiting for a core
+#       from just before the call until its next tick after it (run_delay of
+#       /proc/self/task/TID/schedstat, which the kernel updates when a wait
+#       ends): above a millisecond, the machine kept the heartbeat from
+#       ticking in time (other tenants on the 2 cores), not the hysteresis.
+# Goals (from the issue), at 1 kHz: detect_p50_ms <= 1.8, detect_p99_ms <=
+# 2.5, activation_rate_short == 0, activation_rate_long == 1.
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from _cfuncs import load
+from _measure import gc_off, heartbeat_tid, percentile, require_runtime, thread_run_delay_ns
+
+# detection samples; (calls of 0.5 ms, calls of 3 ms)
+DETECT_QUICK, DETECT_FULL = 150, 400
+RATES_QUICK, RATES_FULL = (600, 200), (2_000, 600)
+SHORT_US, LONG_US, BLOCK_US = 500, 3_000, 20_000
+TICK_NS = 1_000_000  # at hz=1000
+
+
+def _detection_ms(vmown: Any, lib: Any, samples: int) -> list[float]:
+    block_us, callout, spawn = lib.block_us, vmown.callout, vmown.spawn
+    latencies: list[float] = []
+    first_run = [0]
+
+    async def b() -> None:
+        first_run[0] = time.monotonic_ns()
+
+    async def main() -> None:
+        for _ in range(samples):
+            first_run[0] = 0
+            process = spawn(b)
+            t0 = time.monotonic_ns()
+            callout(block_us, BLOCK_US)
+            await process
+            if first_run[0] == 0:
+                raise RuntimeError("process B never ran")
+            latencies.append((first_run[0] - t0) / 1e6)
+
+    vmown.run(main, hz=1000)
+    return latencies
+
+
+Calls = dict[int, list[tuple[int, int, int, int]]]
+
+
+def _activation_rates(vmown: Any, lib: Any, short_calls: int, long_calls: int) -> Calls:
+    block_us, callout, checkpoint, spawn, stats = (
+        lib.block_us, vmown.callout, vmown.checkpoint, vmown.spawn, vmown.stats
+    )
+    # us -> [(activations, duration_ns, ticks, heartbeat's run delay in ns (missed long calls only))]
+    calls: Calls = {}
+
+    async def main() -> None:
+        done = [False]
+
+        async def b() -> None:
+            while not done[0]:
+                await checkpoint()
+
+        process = spawn(b)
+        await checkpoint()  # B is running and runnable from here on
+        tid = heartbeat_tid()
+        for us, n in ((SHORT_US, short_calls), (LONG_US, long_calls)):
+            samples = calls[us] = []
+            for _ in range(n):
+                before, delay_before_ns, delay_ns = stats(), thread_run_delay_ns(tid), 0
+                start = time.monotonic_ns()
+                callout(block_us, us)
+                duration_ns = time.monotonic_ns() - start
+                after = stats()
+                activations = after["activations"] - before["activations"]
+                if activations == 0 and us == LONG_US:
+                    # The kernel adds a wait for a core to run_delay only
+                    # when the wait ends: let the heartbeat tick once more.
+                    ticks = after["ticks"]
+                    while stats()["ticks"] == ticks and time.monotonic_ns() - start < 50_000_000:
+                        await checkpoint()
+                    delay_ns = thread_run_delay_ns(tid) - delay_before_ns
+                samples.append((activations, duration_ns, after["ticks"] - before["ticks"], delay_ns))
+                await checkpoint()
+        done[0] = True
+        await process
+
+    vmown.run(main, hz=1000)
+    return calls
+
+
+def run(quick: bool) -> dict[str, float]:
+    vmown = require_runtime("run", "spawn", "checkpoint", "callout", "stats")
+    _ffi, lib = load()
+    with gc_off():
+        latencies = _detection_ms(vmown, lib, DETECT_QUICK if quick else DETECT_FULL)
+        calls = _activation_rates(vmown, lib, *(RATES_QUICK if quick else RATES_FULL))
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    short, long = calls[SHORT_US], calls[LONG_US]
+    really_short = [activations for activations, duration_ns, _, _ in short if duration_ns < TICK_NS]
+    rate_short = sum(map(bool, really_short)) / len(really_short)
+    rate_long = sum(activations == 1 for activations, _, _, _ in long) / len(long)
+    missed = [(ticks, delay_ns) for activations, _, ticks, delay_ns in long if activations == 0]
+    return {
+        "detect_p50_ms": p50,
+        "detect_p99_ms": p99,
+        "detect_max_ms": max(latencies),
+        "detect_samples": len(latencies),
+        "activation_rate_short": rate_short,
+        "activation_rate_short_all": sum(bool(a) for a, _, _, _ in short) / len(short),
+        "short_calls_over_1ms": 1 - len(really_short) / len(short),
+        "activation_rate_long": rate_long,
+        "long_calls_missed": len(missed),
+        "long_missed_max_ticks": max((ticks for ticks, _ in missed), default=0),
+        "long_missed_min_hb_run_delay_ms": min((delay_ns / 1e6 for _, delay_ns in missed), default=0),
+        "long_calls_activating_twice": sum(a > 1 for a, _, _, _ in long),
+        "goal_detect_p50_le_1_8_ms": p50 <= 1.8,
+        "goal_detect_p99_le_2_5_ms": p99 <= 2.5,
+        "goal_activation_rate_short_eq_0": rate_short == 0,
+        "goal_activation_rate_long_eq_1": rate_long == 1,
+    }
