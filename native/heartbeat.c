@@ -49,7 +49,7 @@ static bool work_waits(struct vmown__block *b, int64_t now_ns) {
 
 void vmown__heartbeat_wake(vmown_cb *cb) {
     uint64_t was = atomic_fetch_and_explicit(&cb->b->attention, ~VMOWN__HB_ASLEEP, memory_order_seq_cst);
-    if (was & VMOWN__HB_ASLEEP) vmown__sem_post(&cb->b->hb_sem);
+    if (was & VMOWN__HB_ASLEEP) (void)vmown__sem_post(&cb->b->hb_sem);  /* fails only if corrupt */
 }
 
 /* Steps 1-3 of the notes.  `seen` is the word of the last tick; returns the

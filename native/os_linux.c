@@ -38,10 +38,11 @@ int vmown__sem_init(sem_t *sem) {
 
 void vmown__sem_destroy(sem_t *sem) { (void)sem_destroy(sem); }
 
-void vmown__sem_post(sem_t *sem) {
+int vmown__sem_post(sem_t *sem) {
     int saved = errno;
-    if (sem_post(sem) != 0) vmown__fatal("sem_post", errno);
+    int rc = sem_post(sem) == 0 ? 0 : -errno;  /* only on corrupt memory: EINVAL, EOVERFLOW */
     errno = saved;
+    return rc;
 }
 
 int vmown__sem_wait(sem_t *sem, int64_t deadline_ns) {
@@ -71,13 +72,24 @@ int vmown__lock_init(pthread_mutex_t *lock) {
     return -rc;
 }
 
-int vmown__lock(pthread_mutex_t *lock) {
-    int saved = errno;
-    int rc = pthread_mutex_lock(lock);
+int vmown__lock(pthread_mutex_t *lock, int64_t timeout_ns) {
+    int saved = errno, rc = pthread_mutex_trylock(lock);
+    if (rc == EBUSY) {
+        /* Held only for a few microseconds by a live holder; a dead holder
+         * is released by the kernel (EOWNERDEAD).  So a long wait means a
+         * stopped peer or a corrupt lock word: give up, never hang.  (The
+         * realtime clock: what timedlock takes and sanitizers know.) */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        int64_t at = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + timeout_ns;
+        ts = (struct timespec){.tv_sec = at / 1000000000, .tv_nsec = at % 1000000000};
+        rc = pthread_mutex_timedlock(lock, &ts);
+    }
     errno = saved;
     if (rc == 0) return 0;
     if (rc == EOWNERDEAD) return 1;
     if (rc == ENOTRECOVERABLE) return VMOWN_EBROKEN;
+    if (rc == ETIMEDOUT) return VMOWN_ESTUCK;
     return -rc;
 }
 

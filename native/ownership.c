@@ -96,6 +96,16 @@ static void debug_stop(int point) {
     if (unlikely(atomic_load_explicit(&vmown__debug_stop, RELAXED) == point)) vmown__stop_self();
 }
 
+#define LOCK_TIMEOUT_NS 2000000000  /* 2 s: the lock is held for microseconds */
+#define MAX_STRAY_POSTS 1000        /* in one wait: more means a corrupt semaphore */
+
+static void mark_broken(vmown_cb *cb);
+
+/* Post a slot's semaphore; a failure can only come from corrupt memory. */
+static void post(vmown_cb *cb, uint32_t slot) {
+    if (vmown__sem_post(&cb->b->slots[slot].sem) != 0) mark_broken(cb);
+}
+
 static inline void bump(_Atomic uint64_t *counter) {
     atomic_store_explicit(counter, atomic_load_explicit(counter, RELAXED) + 1, RELAXED);
 }
@@ -107,6 +117,25 @@ static inline bool valid_index(const vmown_cb *cb, uint32_t i) { return i >= 1 &
 static size_t header_size(void) { return offsetof(struct vmown__block, slots); }
 
 uint32_t vmown_layout_version(void) { return VMOWN__LAYOUT_VERSION; }
+
+void vmown_layout_read(vmown_layout *out) {
+    *out = (vmown_layout){
+        .owner_word = offsetof(struct vmown__block, owner_word),
+        .attention = offsetof(struct vmown__block, attention),
+        .lock = offsetof(struct vmown__block, lock),
+        .lock_size = sizeof(pthread_mutex_t),
+        .queue_head = offsetof(struct vmown__block, head),
+        .queue_tail = offsetof(struct vmown__block, tail),
+        .idle_head = offsetof(struct vmown__block, idle_head),
+        .slots = offsetof(struct vmown__block, slots),
+        .slot_size = sizeof(struct vmown_slot),
+        .slot_state = offsetof(struct vmown_slot, state),
+        .slot_next = offsetof(struct vmown_slot, next),
+        .slot_pid = offsetof(struct vmown_slot, pid),
+        .slot_sem = offsetof(struct vmown_slot, sem),
+        .sem_size = sizeof(sem_t),
+    };
+}
 
 size_t vmown_cb_size(uint32_t nslots) {
     size_t page = vmown_page_size();
@@ -264,7 +293,7 @@ static int reap_dead_locked(vmown_cb *cb, uint32_t *granted);
 
 static int lock_block(vmown_cb *cb) {
     if (unlikely(atomic_load_explicit(&cb->b->hdr.state, ACQUIRE) != VMOWN__READY)) return VMOWN_EBROKEN;
-    int rc = vmown__lock(&cb->b->lock);
+    int rc = vmown__lock(&cb->b->lock, LOCK_TIMEOUT_NS);
     if (rc == 1) {
         /* Somebody died holding the lock: make the queue whole, then free
          * the slots of every dead process (it may have been half-way into
@@ -279,9 +308,9 @@ static int lock_block(vmown_cb *cb) {
             return rc;
         }
         vmown__lock_consistent(&cb->b->lock);
-        if (granted) vmown__sem_post(&slot_of(cb, granted)->sem);
+        if (granted) post(cb, granted);
         rc = 0;
-    } else if (rc < 0) {
+    } else if (rc < 0 && rc != VMOWN_ESTUCK) {
         mark_broken(cb);
     }
     return rc;
@@ -316,7 +345,7 @@ static int grant_head_locked(vmown_cb *cb, uint32_t *granted) {
 static void post_granted(vmown_cb *cb, uint32_t granted) {
     if (!granted) return;
     widen();
-    vmown__sem_post(&slot_of(cb, granted)->sem);
+    post(cb, granted);
 }
 
 /* Give an unowned VM to the head waiter, if both exist. */
@@ -428,12 +457,14 @@ int vmown_reap(vmown_cb *cb) {
  * queue; if the grant won that race, take it instead. */
 static int await_grant(vmown_cb *cb, uint32_t me, int64_t deadline_ns, int flags) {
     struct vmown_slot *s = slot_of(cb, me);
+    unsigned strays = 0;
     for (;;) {
         int64_t slice_end = vmown__now_ns() + SLICE_NS;
         bool sliced = deadline_ns < 0 || slice_end < deadline_ns;
         int rc = vmown__sem_wait(&s->sem, sliced ? slice_end : deadline_ns);
         if (rc == 0) {
             if (atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_GRANTED) break;
+            if (++strays > MAX_STRAY_POSTS) { mark_broken(cb); return VMOWN_EBROKEN; }
             continue;  /* a stray post */
         }
         if (rc == VMOWN_ETIMEDOUT && sliced) {
@@ -632,7 +663,7 @@ int vmown_disown(vmown_cb *cb, uint32_t me, uint64_t callout) {
     if (rc < 0) return rc;
     if (head) {
         widen();
-        vmown__sem_post(&slot_of(cb, head)->sem);
+        post(cb, head);
         bump(&s->hand_offs);
     } else if (atomic_load_explicit(&b->attention, SEQ_CST) & VMOWN__WAITERS_MASK) {
         return kick(cb);
@@ -724,7 +755,7 @@ int vmown_yield(vmown_cb *cb, uint32_t me, int64_t timeout_ns, int flags) {
     atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, head), SEQ_CST);
     unlock_block(cb);
     widen();
-    vmown__sem_post(&slot_of(cb, head)->sem);
+    post(cb, head);
     bump(&s->hand_offs);
     rc = await_grant(cb, me, deadline, flags);
     return rc < 0 ? rc : 1;
@@ -796,19 +827,21 @@ int vmown_park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
     if (rc < 0) return rc;
     if (head) {
         widen();
-        vmown__sem_post(&slot_of(cb, head)->sem);
+        post(cb, head);
         bump(&s->hand_offs);
     }
     bump(&s->disowns);
     /* No waiter can be stranded: one that queues after the unlock finds the
      * VM unowned under the lock and takes it itself. */
     int interruptible = 1;
+    unsigned strays = 0;
     for (;;) {
         rc = vmown__sem_wait(&s->sem, deadline);
         uint32_t st = atomic_load_explicit(&s->state, ACQUIRE);
         if (rc == 0) {
             if (st == VMOWN_SLOT_GRANTED) break;
             if (st == VMOWN_SLOT_RUNNING) return 0;  /* unparked */
+            if (++strays > MAX_STRAY_POSTS) { mark_broken(cb); return VMOWN_EBROKEN; }
             continue;                                 /* a stray post */
         }
         if (!interruptible) continue;
@@ -847,7 +880,7 @@ int vmown_unpark(vmown_cb *cb, uint32_t target) {
     if ((rc = idle_unlink_locked(cb, target)) < 0) goto done;
     atomic_store_explicit(&slot_of(cb, target)->state, VMOWN_SLOT_RUNNING, RELEASE);
     unlock_block(cb);
-    vmown__sem_post(&slot_of(cb, target)->sem);
+    post(cb, target);
     return (int)target;
 done:
     unlock_block(cb);
@@ -874,7 +907,7 @@ int vmown__activate(vmown_cb *cb, uint64_t expected) {
     unlock_block(cb);
     if (rc < 0) return rc;
     widen();
-    vmown__sem_post(&slot_of(cb, worker)->sem);
+    post(cb, worker);
     atomic_fetch_add_explicit(&b->activations, 1, RELAXED);
     return 1;
 }

@@ -45,7 +45,8 @@ enum {
     VMOWN_EINTR = -1010,      /* wait interrupted by a signal; not queued now */
     VMOWN_ETIMEDOUT = -1011,  /* wait timed out; not queued now */
     VMOWN_EBUSY = -1012,      /* slot still owns, waits or is in use */
-    VMOWN_EINVAL = -1013      /* bad argument */
+    VMOWN_EINVAL = -1013,     /* bad argument */
+    VMOWN_ESTUCK = -1014      /* the block's lock was held far too long */
 };
 
 /* Slot states (vmown_slot_info.state). */
@@ -224,6 +225,14 @@ typedef struct {
 } vmown_callout_table;
 /* The table that generated wrappers in other modules are initialised with. */
 const vmown_callout_table *vmown_callout_api(void);
+
+/* Where things are in a control block (byte offsets from its start), for
+ * tools that read a block from outside and for tests that corrupt one. */
+typedef struct {
+    uint32_t owner_word, attention, lock, lock_size, queue_head, queue_tail, idle_head;
+    uint32_t slots, slot_size, slot_state, slot_next, slot_pid, slot_sem, sem_size;
+} vmown_layout;
+void vmown_layout_read(vmown_layout *out);
 
 /* Layout version of the control block this build reads and writes; the
  * Python package checks it against its own at import. */

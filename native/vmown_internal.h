@@ -121,14 +121,16 @@ void vmown__unbind_if(vmown_cb *cb, uint32_t slot);
 /* OS layer (os_linux.c): everything that a port to another OS rewrites. */
 int vmown__sem_init(sem_t *sem);
 void vmown__sem_destroy(sem_t *sem);
-void vmown__sem_post(sem_t *sem);
+/* 0, or -errno on corrupt memory (the caller marks the block broken). */
+int vmown__sem_post(sem_t *sem);
 /* 0 when posted, VMOWN_EINTR, VMOWN_ETIMEDOUT (deadline_ns is CLOCK_MONOTONIC,
  * < 0 for none). */
 int vmown__sem_wait(sem_t *sem, int64_t deadline_ns);
 int vmown__lock_init(pthread_mutex_t *lock);
 /* 0, or 1 when the previous holder died holding it (the caller repairs, then
- * calls vmown__lock_consistent), or a negative code. */
-int vmown__lock(pthread_mutex_t *lock);
+ * calls vmown__lock_consistent), VMOWN_ESTUCK after timeout_ns, or a negative
+ * code. */
+int vmown__lock(pthread_mutex_t *lock, int64_t timeout_ns);
 void vmown__lock_consistent(pthread_mutex_t *lock);
 void vmown__unlock(pthread_mutex_t *lock);
 int64_t vmown__now_ns(void);

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -240,6 +240,68 @@ def test_attach_to_a_foreign_block_with_a_bad_header() -> None:
     # The original was never touched by any of this.
     vm.own()
     vm.disown()
+
+
+def _layout() -> dict[str, int]:
+    layout = ffi.new("vmown_layout *")
+    lib.vmown_layout_read(layout)
+    return {name: getattr(layout, name) for name in dir(layout)}
+
+
+LAYOUT = _layout()
+FUZZ_SLOTS = 4
+# (offset, length) of the words garbage may land in: the owner word, the
+# attention word (waiter count), queue head/tail, idle stack, every slot.
+FUZZ_TARGETS = [
+    (LAYOUT["owner_word"], 8),
+    (LAYOUT["attention"], 8),
+    (LAYOUT["queue_head"], 8),
+    (LAYOUT["idle_head"], 4),
+    (LAYOUT["slots"], (FUZZ_SLOTS + 1) * LAYOUT["slot_size"]),
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_garbage_in_the_slot_table_and_queue_gives_errors_not_crashes_or_hangs(data) -> None:  # type: ignore[no-untyped-def]
+    source = vmown.Ownership(slots=FUZZ_SLOTS)
+    source.own()  # some live state to corrupt: a registered, owning slot
+    memory = _block_copy(source)
+    source.disown()
+    for _ in range(data.draw(st.integers(1, 6))):
+        start, length = data.draw(st.sampled_from(FUZZ_TARGETS))
+        at = start + data.draw(st.integers(0, length - 1))
+        garbage = data.draw(st.binary(min_size=1, max_size=8))
+        memory[at : at + len(garbage)] = garbage[: len(memory) - at]
+    vm = vmown.Ownership.attach(memory)
+    expected = (vmown.VmownError, TimeoutError, ValueError)
+    operations = [
+        lambda: vm.own(timeout=0.05),
+        vm.try_own,
+        lambda: vm.yield_to_waiters(timeout=0.05),
+        vm.disown,
+        vm.queue,
+        vm.stats,
+        vm.reap,
+        lambda: [vm.slot_info(i) for i in range(1, FUZZ_SLOTS + 1)],
+        lambda: vm.own(timeout=0.05),
+        vm.disown,
+    ]
+    for operation in operations:
+        try:
+            operation()
+        except expected:
+            pass
+
+
+def test_a_lock_word_held_for_ever_gives_an_error_not_a_hang() -> None:
+    vm = vmown.Ownership(slots=4)
+    memory = _block_copy(vm)
+    lock = LAYOUT["lock"]
+    memory[lock : lock + 4] = (os.getpid() + 1_000_000).to_bytes(4, "little")  # "held" by a thread id nobody has
+    stuck = vmown.Ownership.attach(memory)
+    with pytest.raises(vmown.VmownError, match="held for seconds"):
+        stuck.own()  # registering the thread needs the lock: 2 s, then this
 
 
 def test_attached_block_is_shared_with_its_creator() -> None:

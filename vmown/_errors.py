@@ -92,6 +92,11 @@ _MESSAGES: dict[int, tuple[type[BaseException], str]] = {
     lib.VMOWN_ETIMEDOUT: (TimeoutError, "timed out waiting for ownership"),
     lib.VMOWN_EBUSY: (VmownError, "the slot is busy (it owns, waits, or is in use)"),
     lib.VMOWN_EINVAL: (ValueError, "invalid argument"),
+    lib.VMOWN_ESTUCK: (
+        VmownError,
+        "the control block's lock has been held for seconds: a peer process is stopped (SIGSTOP, "
+        "a debugger) or the block is corrupt",
+    ),
     lib.VMOWN_EARENA_BADMAGIC: (
         ArenaError,
         "the file is not a vmown arena (bad magic; or made on a machine of another word size or byte order)",
