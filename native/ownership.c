@@ -469,6 +469,9 @@ static int await_grant(vmown_cb *cb, uint32_t me, int64_t deadline_ns, int flags
         }
         if (rc == VMOWN_ETIMEDOUT && sliced) {
             if ((rc = check_owner(cb)) < 0) return rc;
+            if ((flags & VMOWN_WAIT_SLICES) &&
+                atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_WAITING)
+                return VMOWN_EAGAIN;  /* still queued: the caller runs its signal handlers */
             continue;
         }
         if (rc == VMOWN_EINTR && !(flags & VMOWN_WAIT_INTERRUPTIBLE)) continue;
@@ -718,8 +721,33 @@ int vmown_own_wait(vmown_cb *cb, uint32_t me, int64_t timeout_ns, int flags) {
 
 int vmown_own(vmown_cb *cb, uint32_t me) { return vmown_own_wait(cb, me, -1, 0); }
 
+int vmown_own_resume(vmown_cb *cb, uint32_t me, int64_t deadline_ns, int flags) {
+    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
+    uint32_t st = atomic_load_explicit(&slot_of(cb, me)->state, ACQUIRE);
+    if (st != VMOWN_SLOT_WAITING && st != VMOWN_SLOT_GRANTED) return VMOWN_EBADSLOT;
+    return await_grant(cb, me, deadline_ns, flags);
+}
+
+int vmown_own_cancel(vmown_cb *cb, uint32_t me) {
+    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
+    struct vmown_slot *s = slot_of(cb, me);
+    int rc = lock_block(cb);
+    if (rc < 0) return rc;
+    if (atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_WAITING) {
+        rc = unlink_locked(cb, me);
+        atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
+        unlock_block(cb);
+        bump(&s->interrupts);
+        return rc;
+    }
+    unlock_block(cb);
+    if (atomic_load_explicit(&s->state, ACQUIRE) != VMOWN_SLOT_GRANTED) return 0;
+    rc = await_grant(cb, me, -1, 0);  /* granted meanwhile: take the post on its way */
+    return rc < 0 ? rc : 1;
+}
+
 int vmown_thread_own(const vmown_thread *t) {
-    return vmown_own_wait(t->cb, t->slot, -1, VMOWN_WAIT_INTERRUPTIBLE);
+    return vmown_own_wait(t->cb, t->slot, -1, VMOWN_WAIT_INTERRUPTIBLE | VMOWN_WAIT_SLICES);
 }
 
 int vmown_thread_disown(const vmown_thread *t) { return vmown_disown(t->cb, t->slot, 0); }

@@ -46,7 +46,8 @@ enum {
     VMOWN_ETIMEDOUT = -1011,  /* wait timed out; not queued now */
     VMOWN_EBUSY = -1012,      /* slot still owns, waits or is in use */
     VMOWN_EINVAL = -1013,     /* bad argument */
-    VMOWN_ESTUCK = -1014      /* the block's lock was held far too long */
+    VMOWN_ESTUCK = -1014,     /* the block's lock was held far too long */
+    VMOWN_EAGAIN = -1015      /* still queued: a slice of the wait passed */
 };
 
 /* Slot states (vmown_slot_info.state). */
@@ -60,7 +61,9 @@ enum {
 
 /* Wait flags for vmown_own_wait. */
 enum {
-    VMOWN_WAIT_INTERRUPTIBLE = 1  /* return VMOWN_EINTR when a signal arrives */
+    VMOWN_WAIT_INTERRUPTIBLE = 1, /* return VMOWN_EINTR when a signal arrives */
+    VMOWN_WAIT_SLICES = 2         /* return VMOWN_EAGAIN after each 50 ms slice,
+                                     still queued: see vmown_own_resume */
 };
 
 /* Owner word: bits 0-31 the owner (int32: 0 = unowned, >0 = slot index,
@@ -124,6 +127,15 @@ int vmown_own(vmown_cb *cb, uint32_t slot);
  * signal makes it return VMOWN_EINTR; a timeout returns VMOWN_ETIMEDOUT.  In
  * both cases the slot has left the queue and does not own the VM. */
 int vmown_own_wait(vmown_cb *cb, uint32_t slot, int64_t timeout_ns, int flags);
+/* Go on waiting after VMOWN_EAGAIN, the slot still queued; deadline_ns is
+ * CLOCK_MONOTONIC (vmown_now_ns), < 0 for none.  Why slices: a signal whose
+ * handler runs between two sleeps interrupts neither; returning to the
+ * caller at every slice lets it run its pending handlers (Python does at the
+ * next bytecode boundary) so that no Ctrl-C waits for the VM. */
+int vmown_own_resume(vmown_cb *cb, uint32_t slot, int64_t deadline_ns, int flags);
+/* Leave the queue after VMOWN_EAGAIN.  Returns 0 (not owning), or 1 if the
+ * VM was handed over meanwhile: the caller owns it and must release it. */
+int vmown_own_cancel(vmown_cb *cb, uint32_t slot);
 /* Take the VM only if nobody owns it: 1 taken, 0 not, negative on error. */
 int vmown_try_own(vmown_cb *cb, uint32_t slot);
 /* The owner gives the VM to the head waiter and queues for it again: returns
@@ -134,7 +146,8 @@ int vmown_yield(vmown_cb *cb, uint32_t slot, int64_t timeout_ns, int flags);
 /* One-argument forms for callers that pay per argument (cffi dispatches a
  * one-argument call without building an argument tuple: half the cost).
  * A vmown_thread names a block and a registered slot; own waits forever and
- * is interruptible (VMOWN_EINTR), disown records no callout tag. */
+ * is interruptible and sliced (VMOWN_EINTR, VMOWN_EAGAIN), disown records
+ * no callout tag. */
 typedef struct {
     vmown_cb *cb;
     uint32_t slot;

@@ -45,8 +45,14 @@ _disown = lib.vmown_disown
 _thread_own = lib.vmown_thread_own
 _thread_disown = lib.vmown_thread_disown
 _try_own = lib.vmown_try_own
+_own_resume = lib.vmown_own_resume
+_now_ns = lib.vmown_now_ns
 _EINTR = lib.VMOWN_EINTR
+_EAGAIN = lib.VMOWN_EAGAIN
 _INTERRUPTIBLE = lib.VMOWN_WAIT_INTERRUPTIBLE
+# Waits return to Python at every slice (still queued) so that a signal whose
+# handler ran between two sleeps is acted on within a slice, not never.
+_SLICED = lib.VMOWN_WAIT_INTERRUPTIBLE | lib.VMOWN_WAIT_SLICES
 
 _COUNTERS = ("fast_owns", "slow_owns", "waits", "hand_offs", "disowns", "interrupts", "reaped")
 _SLOT_STATES = {
@@ -237,30 +243,45 @@ class Ownership:
         raises :class:`TimeoutError`, leaving the queue.  Raises
         :class:`AlreadyOwnerError` if this thread owns the VM already.
         """
-        if token is None and timeout is None:
-            try:
-                rc = _thread_own(self._local.thread)  # the common case: one argument
-            except AttributeError:
-                rc = _thread_own(self._local.thread if self._slot() else None)
-            if rc:
-                self._own_retry(rc, self._local.slot, -1)
-            return
-        slot = self._slot()
+        try:
+            thread = self._local.thread
+        except AttributeError:
+            self._slot()
+            thread = self._local.thread
+        slot = self._local.slot
         if token is not None and token != slot:
             raise ValueError(f"token {token!r} was not issued to this thread (its slot is {slot})")
         timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
-        rc = _own_wait(self._cb, slot, timeout_ns, _INTERRUPTIBLE)
+        deadline_ns = -1 if timeout_ns < 0 else _now_ns() + timeout_ns
+        # The whole wait, the first call included, is inside the try: CPython
+        # runs signal handlers right after a call returns, before its result
+        # is stored, so a Ctrl-C can land while this slot is still queued.
+        try:
+            rc = _thread_own(thread) if timeout_ns < 0 else _own_wait(self._cb, slot, timeout_ns, _SLICED)
+            while rc == _EAGAIN or rc == _EINTR:
+                # Pending signal handlers run at this loop's backward jump.
+                if rc == _EAGAIN:  # a slice passed; still queued
+                    rc = _own_resume(self._cb, slot, deadline_ns, _SLICED)
+                else:  # left the queue for a signal whose handler returned: queue again
+                    left = -1 if deadline_ns < 0 else max(0, deadline_ns - _now_ns())
+                    rc = _own_wait(self._cb, slot, left, _SLICED)
+        except BaseException:
+            self._abandon(slot)
+            raise
         if rc:
-            self._own_retry(rc, slot, timeout_ns)
+            raise error(rc, "own")
 
-    def _own_retry(self, rc: int, slot: int, timeout_ns: int) -> None:
-        while rc:
-            if rc != _EINTR:
-                raise error(rc, "own")
-            # A signal arrived and this slot left the queue.  Its Python
-            # handler runs on this loop's backward jump; if it raises (Ctrl-C),
-            # the exception leaves here with nothing queued.  Else queue again.
-            rc = _own_wait(self._cb, slot, timeout_ns, _INTERRUPTIBLE)
+    def _abandon(self, slot: int) -> None:
+        """own() is leaving with an exception: be out of the queue, not owning.
+
+        If the VM was handed over meanwhile (or the core had just granted it
+        when the exception landed), pass it on.  The one case this gets wrong:
+        own() called while already owning (an error) with a Ctrl-C landing in
+        that very call gives the VM up.
+        """
+        cb = self._cb
+        if lib.vmown_own_cancel(cb, slot) == 1 or lib.vmown_owner(cb) == slot:
+            lib.vmown_disown(cb, slot, 0)
 
     def try_own(self) -> bool:
         """Take the VM if nobody owns it; never waits.  Returns whether it did."""
