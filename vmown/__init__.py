@@ -23,8 +23,11 @@ from ._errors import (
     VmownError,
 )
 from ._cffi_wrappers import bind_threaded, threaded_wrappers
+from ._callout import callout, threaded
 from ._native import lib as _lib
 from ._ownership import LAYOUT_VERSION as _LAYOUT_VERSION, Ownership
+from ._scheduler import Process, checkpoint, run, sleep, spawn, stats
+from ._sync import Event, Lock, Queue, Semaphore
 
 __version__ = "0.1.0"
 
@@ -43,10 +46,22 @@ __all__ = [
     "ArenaFullError",
     "BrokenError",
     "ControlBlockError",
+    "Event",
+    "Lock",
     "NotOwnerError",
     "Ownership",
+    "Process",
+    "Queue",
+    "Semaphore",
     "SlotsExhaustedError",
     "VmownError",
     "bind_threaded",
+    "callout",
+    "checkpoint",
+    "run",
+    "sleep",
+    "spawn",
+    "stats",
+    "threaded",
     "threaded_wrappers",
 ]

@@ -1,0 +1,368 @@
+"""vmown._callout: callouts and threaded wrappers, pinning, errno, exceptions."""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import cffi
+import pytest
+from vmown._native import lib
+
+import vmown
+from vmown import _callout, _scheduler
+
+_ffi = cffi.FFI()
+_ffi.cdef(
+    """
+    int usleep(unsigned int usec);
+    long read(int fd, void *buf, size_t n);
+    long write(int fd, const void *buf, size_t n);
+    int close(int fd);
+    int getpid(void);
+    size_t strlen(const char *s);
+    int printf(const char *format, ...);
+    """
+)
+libc = _ffi.dlopen(None)
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left_behind() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    assert set(threading.enumerate()) <= before, "a thread outlived vmown.run()"
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    r, w = os.pipe()
+    try:
+        yield r, w
+    finally:
+        for fd in (r, w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def run(main: Any, *args: Any, **kwargs: Any) -> Any:
+    return vmown.run(main, *args, **kwargs)
+
+
+async def settled_stats() -> dict[str, int]:
+    """vmown.stats() once the callout count holds still.
+
+    vmown_park (native/ownership.c) counts its disown after it has released
+    the VM, so a thread parking right now may not be counted yet when the
+    new owner reads; two reads 10 ms apart that agree are settled.
+    """
+    previous = None
+    for _ in range(50):
+        await vmown.sleep(0.01)
+        current = vmown.stats()
+        if previous is not None and current["callouts"] == previous["callouts"]:
+            break
+        previous = current
+    return current
+
+
+# ---- outside any VM: plain calls ----
+
+
+def test_outside_a_vm_a_callout_is_a_plain_call() -> None:
+    assert vmown.callout(lambda a, b=0: a + b, 1, b=2) == 3
+    assert vmown.threaded(libc.getpid)() == os.getpid()
+    assert vmown.threaded(lib.vmown_layout_version)() == lib.vmown_layout_version()
+
+
+def test_errno_survives_a_plain_callout() -> None:
+    _ffi.errno = 0
+    assert vmown.threaded(libc.close)(-1) == -1
+    assert _ffi.errno == errno.EBADF
+
+
+# ---- inside a run ----
+
+
+def test_callouts_are_counted_and_really_disown() -> None:
+    close = vmown.threaded(libc.close)
+    owners: list[int] = []
+
+    def observe() -> None:
+        owners.append(lib.vmown_owner(_scheduler._here.state.cb))  # type: ignore[union-attr]
+
+    async def main() -> dict[str, int]:
+        before = await settled_stats()
+        for _ in range(100):
+            close(-1)
+        vmown.callout(observe)
+        after = await settled_stats()
+        return {key: after[key] - before[key] for key in ("callouts", "disowns")}
+
+    grown = run(main)
+    assert grown["callouts"] == 101 and grown["disowns"] >= 101  # the scheduler disowns too
+    assert owners == [0]  # the VM was unowned while observe() ran
+
+
+def test_errno_is_the_calls_own_on_the_fast_path() -> None:
+    close, getpid = vmown.threaded(libc.close), vmown.threaded(libc.getpid)
+
+    async def main() -> tuple[int, int, int]:
+        _ffi.errno = 0
+        close(-1)
+        after_close = _ffi.errno
+        _ffi.errno = 1234
+        getpid()  # sets no errno: the value stays what the caller had
+        after_getpid = _ffi.errno
+        vmown.callout(libc.close, -1)
+        return after_close, after_getpid, _ffi.errno
+
+    assert run(main) == (errno.EBADF, 1234, errno.EBADF)
+
+
+def test_errno_survives_waiting_for_the_vm() -> None:
+    """The callout comes back while another process holds the VM: its own
+    waits in the core (the slow path), and errno is still the call's."""
+    b_runs = threading.Event()
+
+    def close_then_wait_for_b() -> int:
+        result = libc.close(-1)
+        assert b_runs.wait(10), "process b never ran while the callout was out"
+        return result
+
+    async def b() -> None:
+        b_runs.set()
+        time.sleep(0.05)  # holds the VM: the callout's own must wait
+
+    async def main() -> tuple[int, int, int]:
+        waits = vmown.stats()["waits"]
+        vmown.spawn(b)
+        _ffi.errno = 0
+        result = vmown.callout(close_then_wait_for_b)
+        return result, _ffi.errno, vmown.stats()["waits"] - waits
+
+    result, error_number, waits = run(main)
+    assert result == -1 and error_number == errno.EBADF
+    assert waits >= 1  # the own did wait
+
+
+def test_exceptions_of_callouts_propagate_with_their_traceback() -> None:
+    def deep() -> None:
+        raise ValueError("from inside the callout")
+
+    def fn() -> None:
+        deep()
+
+    async def main() -> tuple[list[str], int]:
+        try:
+            vmown.callout(fn)
+        except ValueError as exc:
+            names = [frame.name for frame in traceback.extract_tb(exc.__traceback__)]
+        else:
+            raise AssertionError("no exception")
+        vmown.threaded(libc.close)(-1)  # the VM is owned again: callouts still work
+        return names, (await settled_stats())["callouts"]
+
+    names, callouts = run(main)
+    assert names[-2:] == ["fn", "deep"] and "main" in names
+    assert callouts == 2
+
+
+def test_a_callout_inside_a_callout_is_a_plain_call() -> None:
+    close = vmown.threaded(libc.close)
+
+    def outer() -> int:
+        return close(-1) + close(-1)
+
+    async def main() -> tuple[int, int]:
+        before = (await settled_stats())["callouts"]
+        result = vmown.callout(outer)
+        return result, (await settled_stats())["callouts"] - before
+
+    assert run(main) == (-2, 1)
+
+
+# ---- pinning ----
+
+
+def test_a_buffer_held_by_a_blocked_callout_cannot_be_resized(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    read = vmown.threaded(libc.read)
+    buf = bytearray(8)
+    in_read = threading.Event()
+
+    async def reader() -> int:
+        in_read.set()
+        return read(r, buf, len(buf))  # blocks until the writer writes
+
+    async def main() -> tuple[str, int, bytes, int]:
+        proc = vmown.spawn(reader)
+        while not in_read.is_set():
+            await vmown.sleep(0.001)
+        await vmown.sleep(0.01)  # the reader is in read() now, or about to be
+        try:
+            buf.extend(b"!")
+            outcome = "resized"
+        except BufferError:
+            outcome = "BufferError"
+        os.write(w, b"pinned")
+        count = await proc
+        buf.extend(b"!")  # released: resizes now
+        return outcome, count, bytes(buf), len(buf)
+
+    outcome, count, data, size = run(main)
+    assert outcome == "BufferError"
+    assert count == 6 and data.startswith(b"pinned") and size == 9
+
+
+def test_callout_pins_buffers_and_passes_them_unchanged() -> None:
+    buf = bytearray(b"abc")
+    seen: list[Any] = []
+
+    def fn(value: bytearray, view: memoryview, arr: array.array) -> None:  # type: ignore[type-arg]
+        seen.append(value is buf)
+        try:
+            value.extend(b"d")
+        except BufferError:
+            seen.append("pinned")
+
+    async def main() -> None:
+        vmown.callout(fn, buf, memoryview(bytearray(2)), array.array("i", [1, 2]))
+
+    run(main)
+    assert seen == [True, "pinned"]
+    buf.extend(b"d")
+    assert buf == b"abcd"
+
+
+def test_threaded_passes_buffers_as_pointers(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    write, read = vmown.threaded(libc.write), vmown.threaded(libc.read)
+
+    async def main() -> bytes:
+        write(w, bytearray(b"ab"), 2)
+        write(w, memoryview(b"cd"), 2)
+        write(w, array.array("b", b"ef"), 2)
+        write(w, b"gh", 2)
+        out = bytearray(8)
+        assert read(r, out, 8) == 8
+        return bytes(out)
+
+    assert run(main) == b"abcdefgh"
+
+
+def test_unpinnable_arguments_are_refused_before_the_call(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    write, strlen = vmown.threaded(libc.write), vmown.threaded(libc.strlen)
+    called: list[int] = []
+
+    def fn(*args: Any, **kwargs: Any) -> None:
+        called.append(1)
+
+    async def main() -> tuple[list[str], int]:
+        before = (await settled_stats())["callouts"]
+        messages = []
+        for attempt in (
+            lambda: vmown.callout(fn, 1, [1, 2]),
+            lambda: vmown.callout(fn, key={"a": 1}),
+            lambda: vmown.callout(fn, object()),
+            lambda: write(w, [1, 2], 2),
+            lambda: write(w, (1, 2), 2),
+            lambda: strlen("text"),
+            lambda: write(w, 5, 2),
+        ):
+            with pytest.raises(TypeError) as info:
+                attempt()
+            messages.append(str(info.value))
+        return messages, (await settled_stats())["callouts"] - before
+
+    messages, callouts = run(main)
+    assert callouts == 0 and called == []
+    assert "argument 2" in messages[0] and "list" in messages[0]
+    assert "argument 'key'" in messages[1] and "dict" in messages[1]
+    assert "argument 1" in messages[2] and "object" in messages[2]
+    assert "argument 2 of the callout to C function long(*)(int, void *, size_t)" in messages[3]
+    assert "list" in messages[3]
+    assert "tuple" in messages[4]
+    assert "str" in messages[5] and "encode" in messages[5]
+    assert "int" in messages[6]
+    os.close(w)
+    assert os.read(r, 16) == b""  # nothing was written
+
+
+def test_threaded_takes_exactly_the_c_parameters() -> None:
+    close = vmown.threaded(libc.close)
+    with pytest.raises(TypeError):
+        close()  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        close(1, 2)  # type: ignore[call-arg]
+    assert close.__wrapped__ is libc.close  # type: ignore[attr-defined]
+    assert "callout" in (close.__doc__ or "")
+    named = vmown.threaded(lib.vmown_layout_version)
+    assert named.__name__ == "vmown_layout_version"
+    with pytest.raises(TypeError):
+        named(1)  # type: ignore[call-arg]
+
+
+def test_threaded_of_other_callables_follows_the_callout_rules() -> None:
+    add = vmown.threaded(lambda a, b: a + b)
+    printf = vmown.threaded(libc.printf)  # variadic: the generic wrapper
+
+    async def main() -> int:
+        with pytest.raises(TypeError, match="list"):
+            add([1], [2])
+        printf(b"")
+        return add(2, 3)
+
+    assert run(main) == 5
+
+
+def test_numpy_arrays_are_pinned_when_numpy_is_installed(pipe: tuple[int, int]) -> None:
+    numpy = pytest.importorskip("numpy")
+    r, w = pipe
+    read = vmown.threaded(libc.read)
+    os.write(w, bytes(range(8)))
+
+    async def main() -> list[int]:
+        out = numpy.zeros(8, dtype=numpy.uint8)
+        read(r, out, 8)
+        return out.tolist()
+
+    assert run(main) == list(range(8))
+
+
+# ---- the one window where KeyboardInterrupt must wait ----
+
+
+def test_the_begin_window_is_the_call_that_disowns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen from inside begin, the caller's frame stands on the begin CALL:
+    the SIGINT handler must defer there, and only there."""
+    seen: list[tuple[bool, bool]] = []
+    real_begin = _callout._begin
+
+    def spy_begin(tag: int) -> int:
+        caller = sys._getframe(1)
+        seen.append((_callout._in_begin_window(caller), _scheduler._ki_deferred(caller)))
+        return real_begin(tag)
+
+    monkeypatch.setattr(_callout, "_begin", spy_begin)
+    wrapper = vmown.threaded(libc.getpid)
+    monkeypatch.setitem(wrapper.__globals__, "_begin", spy_begin)
+
+    def inside() -> tuple[bool, bool]:
+        frame = sys._getframe(1)  # callout(), past its begin
+        return _callout._in_begin_window(frame), _callout._in_begin_window(sys._getframe())
+
+    vmown.callout(lambda: None)
+    wrapper()
+    assert seen == [(True, False), (True, False)]  # in the window; user code otherwise
+    assert vmown.callout(inside) == (False, False)

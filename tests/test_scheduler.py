@@ -1,0 +1,673 @@
+"""vmown._scheduler: run, processes, the loop, workers and the heartbeat, Ctrl-C."""
+
+from __future__ import annotations
+
+import contextvars
+import importlib.util
+import os
+import pathlib
+import signal
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import cffi
+import pytest
+
+import vmown
+from vmown import _scheduler
+
+_ffi = cffi.FFI()
+_ffi.cdef(
+    """
+    int usleep(unsigned int usec);
+    long read(int fd, void *buf, size_t n);
+    """
+)
+libc = _ffi.dlopen(None)
+usleep = vmown.threaded(libc.usleep)
+read = vmown.threaded(libc.read)
+
+var: contextvars.ContextVar[object] = contextvars.ContextVar("var")
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left_behind() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    assert set(threading.enumerate()) <= before, "a thread outlived vmown.run()"
+
+
+def names_in(exc: BaseException) -> list[str]:
+    return [frame.name for frame in traceback.extract_tb(exc.__traceback__)]
+
+
+async def settled_stats() -> dict[str, int]:
+    """vmown.stats() once the callout count holds still.
+
+    vmown_park (native/ownership.c) counts its disown after it has released
+    the VM, so a thread parking right now may not be counted yet when the
+    new owner reads; two reads 10 ms apart that agree are settled.
+    """
+    previous = None
+    for _ in range(50):
+        await vmown.sleep(0.01)
+        current = vmown.stats()
+        if previous is not None and current["callouts"] == previous["callouts"]:
+            break
+        previous = current
+    return current
+
+
+# ---- run and processes ----
+
+
+def test_run_returns_mains_result() -> None:
+    async def main(a: int, b: int) -> int:
+        await vmown.checkpoint()
+        return a * b
+
+    assert vmown.run(main, 6, 7) == 42
+
+
+def test_run_raises_mains_exception_with_its_traceback() -> None:
+    async def failing() -> None:
+        await vmown.sleep(0.001)
+        raise ValueError("boom")
+
+    async def main() -> None:
+        await failing()
+
+    with pytest.raises(ValueError, match="boom") as info:
+        vmown.run(main)
+    assert names_in(info.value)[-2:] == ["main", "failing"]
+
+
+def test_spawned_processes_return_results_and_raise_exceptions() -> None:
+    async def child(i: int) -> int:
+        await vmown.sleep(0.001 * (i % 3))
+        if i == 3:
+            raise KeyError(i)
+        return i * i
+
+    async def main() -> tuple[list[int], list[str], bool, str]:
+        procs = [vmown.spawn(child, i) for i in range(5)]
+        results = []
+        for proc in procs:
+            try:
+                results.append(await proc)
+            except KeyError as exc:
+                names = names_in(exc)
+        return results, names, procs[0].done(), repr(procs[0])
+
+    results, names, done, text = vmown.run(main)
+    assert results == [0, 1, 4, 16]
+    assert names[-1] == "child" and "main" in names
+    assert (
+        done
+        and text
+        == "<vmown.Process test_spawned_processes_return_results_and_raise_exceptions.<locals>.child done>"
+    )
+
+
+def test_checkpoint_lets_the_others_run() -> None:
+    order: list[str] = []
+
+    async def worker(name: str) -> None:
+        for _ in range(3):
+            order.append(name)
+            await vmown.checkpoint()
+
+    async def main() -> None:
+        a, b = vmown.spawn(worker, "a"), vmown.spawn(worker, "b")
+        await a
+        await b
+
+    vmown.run(main)
+    assert order == ["a", "b"] * 3
+
+
+def test_sleepers_wake_in_deadline_order() -> None:
+    woke: list[int] = []
+
+    async def sleeper(ms: int) -> None:
+        await vmown.sleep(ms / 1000)
+        woke.append(ms)
+
+    async def main() -> None:
+        procs = [vmown.spawn(sleeper, ms) for ms in (30, 10, 0, 20)]
+        for proc in procs:
+            await proc
+
+    vmown.run(main)
+    assert woke == [0, 10, 20, 30]
+
+
+def test_processes_left_at_the_end_are_closed() -> None:
+    cleaned: list[str] = []
+
+    async def forever(name: str) -> None:
+        try:
+            await vmown.sleep(3600)
+        finally:
+            cleaned.append(name)
+
+    async def main() -> str:
+        vmown.spawn(forever, "sleeping")
+        await vmown.checkpoint()
+        vmown.spawn(forever, "never started")
+        return "done"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "coroutine was never awaited" either
+        assert vmown.run(main) == "done"
+    assert cleaned == ["sleeping"]  # the other never started: no finally to run
+
+
+def test_an_exception_nobody_awaits_is_reported() -> None:
+    async def failing() -> None:
+        raise OSError("lost")
+
+    async def main() -> None:
+        vmown.spawn(failing)
+        await vmown.sleep(0.005)
+
+    with pytest.warns(RuntimeWarning, match="nobody awaited it") as record:
+        vmown.run(main)
+    assert "OSError: lost" in str(record[0].message)
+
+
+def test_keyboard_interrupt_in_any_process_ends_the_run() -> None:
+    async def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    async def main() -> None:
+        vmown.spawn(interrupted)
+        await vmown.sleep(30)
+
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        vmown.run(main)
+    assert time.monotonic() - start < 15
+
+
+def test_awaiting_something_foreign_raises_in_the_process() -> None:
+    class Foreign:
+        def __await__(self) -> Any:
+            yield "not a vmown trap"
+
+    async def main() -> tuple[str, str]:
+        with pytest.raises(TypeError, match="vmown does not know") as foreign:
+            await Foreign()
+        me = vmown.spawn(vmown.sleep, 0)
+        await me
+        return str(foreign.value), "still running"
+
+    message, after = vmown.run(main)
+    assert "'not a vmown trap'" in message and after == "still running"
+
+
+def test_a_deadlock_is_reported_not_hung() -> None:
+    async def main() -> None:
+        await vmown.Event().wait()
+
+    with pytest.raises(RuntimeError, match="deadlock"):
+        vmown.run(main)
+
+
+def test_misuse_gets_clear_errors() -> None:
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="inside vmown.run"):
+            vmown.run(main)
+        with pytest.raises(TypeError, match="async def"):
+            vmown.spawn(lambda: 1)  # type: ignore[arg-type, return-value]
+        with pytest.raises(TypeError, match="spawn\\(fn, \\*args\\)"):
+            vmown.spawn(main())  # type: ignore[arg-type]
+
+    vmown.run(main)
+    with pytest.raises(RuntimeError, match="from a process"):
+        vmown.spawn(main)
+    with pytest.raises(RuntimeError, match="from a process"):
+        vmown.stats()
+    with pytest.raises(ValueError, match="hz"):
+        vmown.run(main, hz=0)
+    with pytest.raises(ValueError, match="max_threads"):
+        vmown.run(main, max_threads=1)
+    with pytest.raises(ValueError, match="idle_timeout"):
+        vmown.run(main, idle_timeout=0)
+
+
+def test_run_works_on_any_thread() -> None:
+    async def main() -> str:
+        await vmown.sleep(0.001)
+        return threading.current_thread().name
+
+    results: list[str] = []
+    thread = threading.Thread(target=lambda: results.append(vmown.run(main)), name="not-main")
+    thread.start()
+    thread.join(30)
+    assert results and results[0] != "MainThread"
+
+
+def test_shutdown_waits_for_callouts_still_out_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_scheduler, "_SHUTDOWN_WARN_S", 0.05)
+    finished: list[bool] = []
+
+    async def straggler() -> None:
+        # A callout on the thread that called run() delays the shutdown itself;
+        # the point is the ones on workers.
+        usleep(10_000 if threading.current_thread() is threading.main_thread() else 300_000)
+        finished.append(True)
+
+    async def main() -> None:
+        vmown.spawn(straggler)
+        vmown.spawn(straggler)
+        await vmown.sleep(0.05)  # both are in their callouts
+
+    with pytest.warns(RuntimeWarning, match="still in a callout"):
+        vmown.run(main)
+    assert finished == [True, True]  # their steps ended before run() returned
+
+
+# ---- contextvars ----
+
+
+def test_each_process_has_its_own_copy_of_the_context() -> None:
+    async def child() -> object:
+        seen = var.get()
+        var.set("child")
+        await vmown.checkpoint()
+        return seen, var.get()
+
+    async def main() -> tuple[object, object]:
+        var.set("parent")
+        result = await vmown.spawn(child)
+        return result, var.get()
+
+    assert vmown.run(main) == (("parent", "child"), "parent")
+
+
+def test_a_contextvar_survives_migration_to_another_thread() -> None:
+    """The thread that runs a process's step blocks in a callout; the next
+    step of the process runs on another thread, with its context intact."""
+
+    async def blocker() -> None:
+        usleep(100_000)
+
+    async def mover(tag: int) -> tuple[bool, object]:
+        var.set(tag)
+        first = threading.get_ident()
+        for _ in range(30):
+            vmown.spawn(blocker)  # runs next, on this thread, and blocks it
+            await vmown.sleep(0.005)
+            if var.get() != tag:
+                return False, var.get()
+            if threading.get_ident() != first:
+                return True, var.get()
+        return False, var.get()
+
+    async def main() -> tuple[list[tuple[bool, object]], object]:
+        var.set("main")
+        procs = [vmown.spawn(mover, tag) for tag in range(3)]
+        return [await proc for proc in procs], var.get()
+
+    moved, main_value = vmown.run(main)
+    assert moved == [(True, 0), (True, 1), (True, 2)]
+    assert main_value == "main"
+
+
+# ---- callouts that block, the heartbeat, workers ----
+
+
+def test_a_blocking_callout_does_not_stop_a_ticker() -> None:
+    async def ticker(stop: vmown.Event) -> tuple[float, int]:
+        worst, ticks = 0.0, 0
+        while not stop.is_set():
+            start = time.monotonic()
+            await vmown.sleep(0.001)
+            worst = max(worst, time.monotonic() - start - 0.001)
+            ticks += 1
+        return worst, ticks
+
+    async def main() -> tuple[float, float, int]:
+        stop = vmown.Event()
+        proc = vmown.spawn(ticker, stop)
+        await vmown.sleep(0.02)
+        blocked = []
+        for _ in range(4):
+            start = time.monotonic()
+            usleep(50_000)
+            blocked.append(time.monotonic() - start)
+        stop.set()
+        worst, ticks = await proc
+        return min(blocked), worst, ticks
+
+    blocked, worst, ticks = vmown.run(main)
+    assert blocked >= 0.05
+    assert worst < blocked / 2, f"the ticker was {worst * 1e3:.1f} ms late while a callout blocked"
+    assert ticks >= 20  # it ticked during the 200 ms of blocking, not only between the calls
+
+
+def test_short_calls_cause_no_activation_long_calls_do() -> None:
+    async def spinner(stop: vmown.Event) -> None:
+        while not stop.is_set():
+            await vmown.checkpoint()
+
+    async def main() -> tuple[int, int, int]:
+        stop = vmown.Event()
+        vmown.spawn(spinner, stop)
+        await vmown.sleep(0.01)
+        before = vmown.stats()["activations"]
+        stretched = 0
+        for _ in range(2000):
+            start = time.monotonic_ns()
+            usleep(200)  # 0.2 ms: shorter than a tick
+            stretched += time.monotonic_ns() - start >= 1_000_000
+        short = vmown.stats()["activations"] - before
+        before = vmown.stats()["activations"]
+        for _ in range(20):
+            usleep(5000)  # 5 ms: several ticks, with the spinner runnable
+        long = vmown.stats()["activations"] - before
+        stop.set()
+        return short, stretched, long
+
+    short, stretched, long = vmown.run(main)
+    # A broken hysteresis would activate on about every tick of the 0.5 s of
+    # short calls (hundreds).  A loaded machine stretches some calls past a
+    # tick, and those may activate.
+    assert short <= 5 + 2 * stretched, (
+        f"{short} activations for 2000 calls of 0.2 ms ({stretched} took > 1 ms)"
+    )
+    assert long >= 1, "20 calls of 5 ms with a process runnable caused no activation"
+
+
+def test_a_callout_comes_back_promptly_while_processes_hog_the_cpu() -> None:
+    """The processes are always runnable, so the VM comes back only through
+    the hand-off at a scheduling point; and the thread coming back needs the
+    GIL first, which the thread running the steps holds (see "The GIL")."""
+
+    async def hog(stop: vmown.Event) -> None:
+        while not stop.is_set():
+            end = time.monotonic_ns() + 100_000
+            while time.monotonic_ns() < end:
+                pass
+            await vmown.checkpoint()
+
+    async def main() -> list[float]:
+        stop = vmown.Event()
+        hogs = [vmown.spawn(hog, stop) for _ in range(2)]
+        await vmown.checkpoint()
+        overruns = []
+        for _ in range(150):
+            start = time.monotonic()
+            usleep(5000)
+            overruns.append(time.monotonic() - start - 0.005)
+        stop.set()
+        for proc in hogs:
+            await proc
+        return sorted(overruns)
+
+    overruns = vmown.run(main)
+    # Starved of the GIL (no yield in the loop), the worst of these reached
+    # 0.3-3 s in some runs; without the hand-off it would never come back.
+    assert overruns[-1] < 0.1, f"a 5 ms callout came back {overruns[-1] * 1e3:.0f} ms late"
+
+
+def test_the_c_wrappers_of_threaded_wrappers_work_on_every_worker(tmp_path: pathlib.Path) -> None:
+    """Every thread that serves the run is bound to its block, so a generated
+    C wrapper disowns (here: a ticker keeps ticking while it blocks), on
+    whichever thread the process runs."""
+    declarations = "int block_ms(int ms);"
+    builder = cffi.FFI()
+    builder.cdef(declarations)
+    cdef, source = vmown.threaded_wrappers(declarations)
+    builder.cdef(cdef)
+    builder.set_source(
+        "_vmown_scheduler_wrapped",
+        "#include <time.h>\n"
+        "int block_ms(int ms) { struct timespec ts = {0, ms * 1000000L}; nanosleep(&ts, 0); return ms; }\n"
+        + source,
+    )
+    spec = importlib.util.spec_from_file_location(
+        "_vmown_scheduler_wrapped", builder.compile(tmpdir=str(tmp_path))
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    vmown.bind_threaded(module.lib)
+    block_ms = module.lib.block_ms_threaded
+
+    async def ticker(stop: vmown.Event) -> int:
+        ticks = 0
+        while not stop.is_set():
+            await vmown.sleep(0.001)
+            ticks += 1
+        return ticks
+
+    async def blocker() -> None:
+        block_ms(50)  # on whichever thread runs this process
+
+    async def main() -> tuple[int, int]:
+        stop = vmown.Event()
+        proc = vmown.spawn(ticker, stop)
+        before = (await settled_stats())["callouts"]
+        for _ in range(3):
+            block_ms(50)
+            await vmown.spawn(blocker)
+        callouts = (await settled_stats())["callouts"] - before
+        stop.set()
+        return await proc, callouts
+
+    ticks, callouts = vmown.run(main)
+    assert callouts == 6
+    assert ticks >= 30  # it ticked through 300 ms of blocking
+
+
+def test_a_thousand_processes_making_blocking_callouts() -> None:
+    async def worker(i: int) -> int:
+        for _ in range(2):
+            usleep(1000)
+            await vmown.checkpoint()
+        return i
+
+    async def main() -> tuple[list[int], dict[str, int]]:
+        procs = [vmown.spawn(worker, i) for i in range(1000)]
+        results = [await proc for proc in procs]
+        return results, await settled_stats()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the cap may be met
+        results, stats = vmown.run(main, max_threads=32)
+    assert results == list(range(1000))
+    assert stats["threads_high"] <= 32 and stats["threads"] <= stats["threads_high"]
+    assert stats["callouts"] == 2000
+    assert stats["spawned"] == 1001 and stats["processes"] == 1
+    assert stats["steps"] >= 3000 + 1  # three steps per worker, main's first
+    # Every acquisition of the VM is an own or an activation; every one but
+    # main's current one was given back by a disown (a park included).
+    assert stats["fast_owns"] + stats["slow_owns"] + stats["activations"] == stats["disowns"] + 1
+    assert stats["activations"] <= stats["ticks"]
+
+
+def test_meeting_the_thread_cap_warns_and_still_finishes() -> None:
+    async def blocker() -> None:
+        usleep(20_000)
+
+    async def main() -> dict[str, int]:
+        procs = [vmown.spawn(blocker) for _ in range(40)]
+        for proc in procs:
+            await proc
+        return vmown.stats()
+
+    with pytest.warns(RuntimeWarning, match="max_threads") as record:
+        stats = vmown.run(main, max_threads=4)
+    assert stats["threads_high"] <= 4 and stats["cap_hits"] >= 1
+    assert "starved" in str(record[0].message)
+
+
+def test_idle_workers_retire_and_one_spare_stays() -> None:
+    async def blocker() -> None:
+        usleep(30_000)
+
+    async def main() -> tuple[int, int]:
+        procs = [vmown.spawn(blocker) for _ in range(6)]
+        for proc in procs:
+            await proc
+        high = vmown.stats()["threads"]
+        await vmown.sleep(0.5)  # ten idle timeouts
+        return high, vmown.stats()["threads"]
+
+    high, after = vmown.run(main, idle_timeout=0.05)
+    assert high >= 4
+    assert 2 <= after <= 3  # the thread running main, a spare (and maybe one starting)
+
+
+# ---- Ctrl-C ----
+
+
+def _sigint_main_thread_once(
+    ready: threading.Event, then: Callable[[], None] = lambda: None
+) -> threading.Thread:
+    main_ident = threading.main_thread().ident
+    assert main_ident is not None
+
+    def helper() -> None:
+        if ready.wait(30):
+            time.sleep(0.05)
+            signal.pthread_kill(main_ident, signal.SIGINT)
+            then()
+
+    thread = threading.Thread(target=helper)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def on_main_thread_with_default_sigint() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("needs the main thread")
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is handled by someone else here")
+
+
+def test_ctrl_c_while_every_process_sleeps(on_main_thread_with_default_sigint: None) -> None:
+    ready = threading.Event()
+
+    async def main() -> None:
+        ready.set()
+        await vmown.sleep(30)
+
+    before = set(threading.enumerate())
+    helper = _sigint_main_thread_once(ready)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        vmown.run(main)
+    elapsed = time.monotonic() - start
+    helper.join(10)
+    assert elapsed < 15, f"KeyboardInterrupt took {elapsed:.1f} s against a 30 s sleep"
+    assert set(threading.enumerate()) == before  # no worker left behind
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_the_main_thread_is_in_a_blocked_callout(
+    on_main_thread_with_default_sigint: None,
+) -> None:
+    """Processes block in callouts until the main thread is one of the
+    blocked threads (in a 30 s usleep); SIGINT interrupts that call.  The
+    other callouts are reads on a pipe, released after the signal."""
+    r, w = os.pipe()
+    main_blocked = threading.Event()
+
+    async def blocker() -> None:
+        if threading.current_thread() is threading.main_thread():
+            main_blocked.set()
+            usleep(30_000_000)
+        else:
+            read(r, bytearray(1), 1)
+
+    async def main() -> None:
+        for _ in range(200):
+            vmown.spawn(blocker)
+            await vmown.sleep(0.005)
+            if main_blocked.is_set():
+                break
+        else:
+            raise AssertionError("the main thread never ran a blocking callout")
+        await vmown.sleep(60)
+
+    before = set(threading.enumerate())
+    helper = _sigint_main_thread_once(main_blocked, then=lambda: os.close(w))
+    start = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            vmown.run(main)
+    finally:
+        helper.join(10)
+        os.close(r)
+    elapsed = time.monotonic() - start
+    assert elapsed < 15, f"KeyboardInterrupt took {elapsed:.1f} s against a 30 s callout"
+    assert set(threading.enumerate()) == before  # no worker left behind
+
+
+# ---- invariants, with the core's race windows widened ----
+
+
+def _check_invariants(processes: int, rounds: int) -> None:
+    """Each step claims the VM code region on entry and gives it back before
+    each await and callout: two steps running at once would find it taken."""
+    inside: list[int | None] = [None]
+    steps = [0] * processes
+
+    def enter() -> None:
+        assert inside[0] is None, "two steps run at once"
+        inside[0] = threading.get_ident()
+
+    def leave() -> None:
+        assert inside[0] == threading.get_ident(), "a step migrated mid-step"
+        inside[0] = None
+
+    async def proc(i: int) -> int:
+        var.set(i)
+        enter()
+        for r in range(rounds):
+            steps[i] += 1
+            kind = (i + r) % 4
+            leave()
+            if kind == 0:
+                usleep(1500)  # blocks past a tick: activations
+            elif kind == 1:
+                await vmown.checkpoint()
+            elif kind == 2:
+                await vmown.sleep(0.0005)
+            else:
+                usleep(50)  # short: back before any activation
+            enter()
+            assert var.get() == i
+        leave()
+        return i
+
+    async def main() -> list[int]:
+        procs = [vmown.spawn(proc, i) for i in range(processes)]
+        return [await p for p in procs]
+
+    assert vmown.run(main) == list(range(processes))
+    assert steps == [rounds] * processes
+
+
+def test_invariants() -> None:
+    _check_invariants(processes=20, rounds=40)
+
+
+def test_invariants_with_race_windows_widened(widen: Callable[[int], None]) -> None:
+    widen(20_000)
+    _check_invariants(processes=12, rounds=20)
+
+
+@pytest.mark.slow
+def test_invariants_long(widen: Callable[[int], None]) -> None:
+    _check_invariants(processes=500, rounds=300)
+    widen(5_000)
+    _check_invariants(processes=100, rounds=300)
