@@ -210,22 +210,36 @@ static int enqueue_locked(vmown_cb *cb, uint32_t me) {
     return 0;
 }
 
-/* Unlink `me` from wherever it is in the queue. */
-static int unlink_locked(vmown_cb *cb, uint32_t me) {
-    struct vmown__block *b = cb->b;
+/* Unlink `me` from a slot list (the queue: field `next`; the idle stack:
+ * `idle_next`) whose first link is *head.  The walk is bounded by nslots and
+ * every link is checked, so a corrupt list marks the block broken instead of
+ * looping.  *prev_out is me's predecessor (0: it was first). */
+static int list_unlink_locked(vmown_cb *cb, _Atomic uint32_t *head, size_t link, uint32_t me,
+                              uint32_t *prev_out) {
+#define LINK(i) ((_Atomic uint32_t *)((char *)slot_of(cb, (i)) + link))
     uint32_t prev = 0, cur, next;
     int rc;
-    if ((rc = read_link(cb, &b->head, &cur)) < 0) return rc;
+    if ((rc = read_link(cb, head, &cur)) < 0) return rc;
     for (uint32_t steps = 0; cur != me; steps++) {
         if (cur == 0 || steps > cb->nslots) { mark_broken(cb); return VMOWN_EBROKEN; }
         prev = cur;
-        if ((rc = read_link(cb, &slot_of(cb, cur)->next, &cur)) < 0) return rc;
+        if ((rc = read_link(cb, LINK(cur), &cur)) < 0) return rc;
     }
-    if ((rc = read_link(cb, &slot_of(cb, me)->next, &next)) < 0) return rc;
-    if (prev) atomic_store_explicit(&slot_of(cb, prev)->next, next, RELAXED);
-    else atomic_store_explicit(&b->head, next, RELAXED);
+    if ((rc = read_link(cb, LINK(me), &next)) < 0) return rc;
+    atomic_store_explicit(prev ? LINK(prev) : head, next, RELAXED);
+    atomic_store_explicit(LINK(me), 0, RELAXED);
+    *prev_out = prev;
+    return 0;
+#undef LINK
+}
+
+/* Unlink `me` from wherever it is in the queue. */
+static int unlink_locked(vmown_cb *cb, uint32_t me) {
+    struct vmown__block *b = cb->b;
+    uint32_t prev;
+    int rc = list_unlink_locked(cb, &b->head, offsetof(struct vmown_slot, next), me, &prev);
+    if (rc < 0) return rc;
     if (atomic_load_explicit(&b->tail, RELAXED) == me) atomic_store_explicit(&b->tail, prev, RELAXED);
-    atomic_store_explicit(&slot_of(cb, me)->next, 0, RELAXED);
     atomic_fetch_sub_explicit(&b->attention, 1, SEQ_CST);
     return 0;
 }
@@ -817,21 +831,10 @@ int vmown_set_priority(vmown_cb *cb, uint32_t me, int32_t priority) {
  * somebody took the VM, and the worker stays parked. */
 
 static int idle_unlink_locked(vmown_cb *cb, uint32_t me) {
-    struct vmown__block *b = cb->b;
-    uint32_t prev = 0, cur, next;
-    int rc;
-    if ((rc = read_link(cb, &b->idle_head, &cur)) < 0) return rc;
-    for (uint32_t steps = 0; cur != me; steps++) {
-        if (cur == 0 || steps > cb->nslots) { mark_broken(cb); return VMOWN_EBROKEN; }
-        prev = cur;
-        if ((rc = read_link(cb, &slot_of(cb, cur)->idle_next, &cur)) < 0) return rc;
-    }
-    if ((rc = read_link(cb, &slot_of(cb, me)->idle_next, &next)) < 0) return rc;
-    if (prev) atomic_store_explicit(&slot_of(cb, prev)->idle_next, next, RELAXED);
-    else atomic_store_explicit(&b->idle_head, next, RELAXED);
-    atomic_store_explicit(&slot_of(cb, me)->idle_next, 0, RELAXED);
-    atomic_fetch_sub_explicit(&b->idle_count, 1, RELAXED);
-    return 0;
+    uint32_t prev;
+    int rc = list_unlink_locked(cb, &cb->b->idle_head, offsetof(struct vmown_slot, idle_next), me, &prev);
+    if (rc == 0) atomic_fetch_sub_explicit(&cb->b->idle_count, 1, RELAXED);
+    return rc;
 }
 
 int vmown_park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
