@@ -50,6 +50,7 @@ SUITES = {
     "mixed": "suite_mixed",
     "sched": "suite_sched",
     "heartbeat": "suite_heartbeat",
+    "ipc": "suite_ipc",
 }
 
 

@@ -331,3 +331,33 @@ void vmown__sleep_ns(int64_t ns) {
     nanosleep(&ts, NULL);
     errno = saved;
 }
+
+/* ---- channel: futex waits ---- */
+/* What channel.c assumes from here: FUTEX_WAIT_BITSET with an absolute
+ * CLOCK_MONOTONIC deadline and FUTEX_WAKE on 32-bit words of a MAP_SHARED
+ * mapping, keyed by the memory (not the address), so they work across
+ * processes that map it at different addresses.  A wait returns on a signal
+ * (EINTR is not restarted) so that the caller can run its handlers. */
+#include <limits.h>
+#include <linux/futex.h>
+
+int vmown__futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline_ns) {
+    int saved = errno;
+    struct timespec ts = {.tv_sec = deadline_ns / 1000000000, .tv_nsec = deadline_ns % 1000000000};
+    long rc = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET, expected, deadline_ns < 0 ? NULL : &ts,
+                      NULL, FUTEX_BITSET_MATCH_ANY);
+    int err = rc == 0 ? 0 : errno;
+    errno = saved;
+    if (rc == 0 || err == EAGAIN) return 0;
+    if (err == EINTR) return VMOWN_EINTR;
+    if (err == ETIMEDOUT) return VMOWN_ETIMEDOUT;
+    return -err;
+}
+
+int vmown__futex_wake(_Atomic uint32_t *word, int count) {
+    int saved = errno;
+    long rc = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, count < 1 ? INT_MAX : count, NULL, NULL, 0);
+    if (rc < 0) vmown__fatal("futex wake", errno);
+    errno = saved;
+    return (int)rc;
+}

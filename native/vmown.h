@@ -378,6 +378,106 @@ int vmown_arena_probe(const char *path, vmown_arena_info *out);
 uint64_t vmown_arena_page_size(uint32_t flags);
 uint32_t vmown_arena_layout_version(void);
 
+/* ---- Channel (channel.c) ----
+ *
+ * A bounded byte channel between threads and processes, in shared memory
+ * (an arena's pages, or any 64-byte-aligned shared mapping): senders append
+ * length-prefixed records to a ring, receivers take them in order.  The
+ * uncontended path is one compare-and-swap per side and no system call;
+ * waits spin briefly, then sleep on a process-shared futex.  Every value read
+ * back from the shared memory is bounds-checked: a corrupt channel gives
+ * VMOWN_ECHAN_CORRUPT, never an access outside it.  See channel.c. */
+enum {
+    VMOWN_ECHAN_BADMAGIC = -1200,   /* the memory does not hold a channel */
+    VMOWN_ECHAN_VERSION = -1201,    /* a channel of another layout version */
+    VMOWN_ECHAN_SIZES = -1202,      /* sizes impossible, or larger than the memory given */
+    VMOWN_ECHAN_NOTREADY = -1203,   /* the channel's header is still being written */
+    VMOWN_ECHAN_CLOSED = -1204,     /* closed: send refused; recv found it empty */
+    VMOWN_ECHAN_CORRUPT = -1205,    /* an impossible value in the ring: marked broken */
+    VMOWN_ECHAN_TOOBIG = -1206,     /* message longer than max_message */
+    VMOWN_ECHAN_SMALLBUF = -1207    /* the next message does not fit the buffer (port.need says its length) */
+};
+
+/* Debug stop points (vmown_channel_debug_set_stop): SIGSTOP the calling
+ * process there, so that a test can kill it holding a side's lock. */
+enum {
+    VMOWN_CHANNEL_STOP_NONE = 0,
+    VMOWN_CHANNEL_STOP_IN_SEND = 1,  /* send lock held, record half written, not published */
+    VMOWN_CHANNEL_STOP_IN_RECV = 2   /* recv lock held, record copied out, not yet consumed */
+};
+
+/* A process-local handle on a channel (vmown_channel_init / _attach; freed by
+ * vmown_channel_detach, which leaves the shared memory as it is). */
+typedef struct vmown_channel vmown_channel;
+
+/* Where a receiving thread wants messages copied: one per thread, so that
+ * recv is a one-argument call.  need: set on VMOWN_ECHAN_SMALLBUF to the
+ * length of the message that did not fit (it stays in the channel). */
+typedef struct {
+    vmown_channel *ch;
+    char *buf;
+    uint64_t cap;
+    uint64_t need;
+} vmown_channel_port;
+
+typedef struct {
+    uint64_t capacity;      /* ring bytes (a power of two) */
+    uint64_t max_message;   /* bytes */
+    uint64_t used;          /* ring bytes holding messages now (record headers included) */
+    uint64_t messages;      /* messages waiting now */
+    uint64_t sent;          /* messages ever published */
+    uint64_t received;      /* messages ever taken */
+    uint64_t send_sleeps;   /* sends that slept because the ring was full */
+    uint64_t recv_sleeps;   /* receives that slept because it was empty */
+    uint64_t wakes;         /* futex wake calls made (a waker found a sleeper) */
+    uint64_t takeovers;     /* side locks taken from a dead holder */
+    uint32_t closed;
+    uint32_t broken;
+    int32_t send_holder;    /* pid holding the send lock now, 0 if none */
+    int32_t recv_holder;    /* pid holding the recv lock now, 0 if none */
+} vmown_channel_stats;
+
+/* Bytes of memory a channel with a ring of `capacity` bytes takes; capacity
+ * must be a power of two from 64 to 2**40 (else 0). */
+uint64_t vmown_channel_size(uint64_t capacity);
+/* Make a channel in `len` bytes at `mem` (64-byte aligned; whatever it held
+ * is overwritten).  max_message: 1 .. capacity - 8, and below 2**32.
+ * Two-phase: READY is stored with release after everything else. */
+int vmown_channel_init(void *mem, uint64_t len, uint64_t capacity, uint64_t max_message,
+                       vmown_channel **out);
+/* Check a channel made elsewhere (another process) and return a handle. */
+int vmown_channel_attach(void *mem, uint64_t len, vmown_channel **out);
+void vmown_channel_detach(vmown_channel *ch);
+
+/* Append one message.  send waits for room (spinning first, then asleep);
+ * send_timed waits at most timeout_ns (0: not at all, < 0: for ever).  0,
+ * or VMOWN_ECHAN_CLOSED, _TOOBIG, _CORRUPT, VMOWN_ETIMEDOUT, VMOWN_EINTR.
+ * On every error nothing was sent.  VMOWN_EINTR comes when a signal
+ * interrupts the sleep and also after each 50 ms asleep (a signal may have
+ * arrived between two sleeps): run handlers, then call again. */
+int vmown_channel_send(vmown_channel *ch, const char *data, uint64_t len);
+int vmown_channel_send_timed(vmown_channel *ch, const char *data, uint64_t len, int64_t timeout_ns);
+/* Take the oldest message into port->buf; returns its length, or
+ * VMOWN_ECHAN_CLOSED (closed and drained), _SMALLBUF, _CORRUPT,
+ * VMOWN_ETIMEDOUT, VMOWN_EINTR (as for send).  On every error nothing was
+ * taken. */
+int64_t vmown_channel_recv(vmown_channel_port *port);
+int64_t vmown_channel_recv_timed(vmown_channel_port *port, int64_t timeout_ns);
+/* Close for every process: later sends fail, receivers drain what is left
+ * and then get VMOWN_ECHAN_CLOSED; every sleeper is woken.  Every send that
+ * returned 0 before is received.  timeout_ns bounds the wait for the send
+ * lock (VMOWN_EINTR as for send).  Closing twice is harmless. */
+int vmown_channel_close(vmown_channel *ch, int64_t timeout_ns);
+int vmown_channel_stats_read(vmown_channel *ch, vmown_channel_stats *out);
+uint64_t vmown_channel_capacity(const vmown_channel *ch);
+uint64_t vmown_channel_max_message(const vmown_channel *ch);
+/* This handle's spin before sleeping, in ns (default 20000; 0: sleep at once). */
+void vmown_channel_set_spin_ns(vmown_channel *ch, int64_t ns);
+int64_t vmown_channel_spin_ns(const vmown_channel *ch);
+uint32_t vmown_channel_layout_version(void);
+/* Process-wide; VMOWN_CHANNEL_STOP_NONE turns it off. */
+void vmown_channel_debug_set_stop(int point);
+
 /* cdef-end */
 
 #ifdef __cplusplus

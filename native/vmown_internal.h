@@ -231,4 +231,83 @@ uint64_t vmown__huge_page_size(void);
 /* Whether pid runs and (if start_low32 != 0) started at that time. */
 void vmown__sleep_ns(int64_t ns);
 
+/* ---- channel ---- */
+
+/* "VMCHN" + word size + a byte 0x01 in the writer's byte order, as
+ * VMOWN__MAGIC: a channel written by another word size or endianness fails. */
+#define VMOWN__CHANNEL_MAGIC (0x4E48434D56ull | ((uint64_t)sizeof(void *) << 40) | (1ull << 48))
+#define VMOWN__CHANNEL_VERSION 1u
+
+enum { VMOWN__CHANNEL_INITIALIZING = 1, VMOWN__CHANNEL_READY = 2 };
+enum { VMOWN__CHANNEL_CLOSED = 1, VMOWN__CHANNEL_BROKEN = 2 };  /* bits of `flags` */
+
+/* A futex word that one kind of waiter sleeps on.  Bit 0: somebody sleeps
+ * (or is about to); bits 1-31: bumped by every wake.  A sleeper sets bit 0
+ * (seq_cst RMW), re-checks its condition, and sleeps while the word still
+ * holds the value it set.  A waker changes the condition (seq_cst), then
+ * loads the word; only if bit 0 is set does it CAS word -> word + 1 (clears
+ * the bit, bumps the count) and wake every sleeper.  A sleeper that died
+ * leaves at most one needless wake behind: the bit heals itself. */
+struct vmown__channel_wait {
+    _Atomic uint32_t event;
+    _Atomic uint32_t reserved;
+    _Atomic uint64_t wakes;         /* wake calls made */
+} __attribute__((aligned(VMOWN__CACHE_LINE)));
+
+/* One side (senders or receivers): its lock and what the holder keeps, in
+ * one cache line that only that side writes. */
+struct vmown__channel_side {
+    _Atomic uint64_t holder;        /* who-word (pid | start << 32) of the holder, 0 = free */
+    _Atomic uint64_t seen;          /* the other side's position at the last look; under the lock */
+    _Atomic uint64_t count;         /* messages sent / received; under the lock */
+    _Atomic uint64_t sleeps;        /* waits for room / data that slept */
+    _Atomic uint64_t takeovers;     /* locks taken over from a dead holder */
+    _Atomic uint32_t lock_event;    /* lock waiters sleep here: the protocol of vmown__channel_wait */
+} __attribute__((aligned(VMOWN__CACHE_LINE)));
+
+/* The shared channel: header, the two sides, their positions, the waits,
+ * then the ring.  Positions are byte counts since the channel was made
+ * (multiples of 8); a position's byte in the ring is at pos & (capacity-1). */
+struct vmown__channel {
+    _Atomic uint64_t magic;
+    _Atomic uint32_t version;
+    _Atomic uint32_t state;         /* INITIALIZING -> READY (release) */
+    _Atomic uint32_t header_size;   /* offsetof(ring) */
+    _Atomic uint32_t flags;         /* CLOSED | BROKEN; bits are only ever set */
+    _Atomic uint64_t capacity;      /* ring bytes, a power of two */
+    _Atomic uint64_t max_message;   /* bytes */
+    _Atomic uint64_t creator;       /* who-word of the creator */
+    struct vmown__channel_side send;
+    _Atomic uint64_t tail __attribute__((aligned(VMOWN__CACHE_LINE)));  /* published; under send.holder */
+    struct vmown__channel_side recv;
+    _Atomic uint64_t head __attribute__((aligned(VMOWN__CACHE_LINE)));  /* consumed; under recv.holder */
+    struct vmown__channel_wait data;   /* receivers wait for data here */
+    struct vmown__channel_wait room;   /* senders wait for room here */
+    char ring[] __attribute__((aligned(VMOWN__CACHE_LINE)));
+};
+
+/* The process-local handle: trusted copies of everything that bounds an
+ * access, made once at init/attach. */
+struct vmown_channel {
+    struct vmown__channel *s;
+    char *ring;
+    uint64_t capacity;
+    uint64_t mask;                  /* capacity - 1 */
+    uint64_t max_message;
+    _Atomic int64_t spin_ns;
+    /* Adaptive spinning, per kind of wait ([0] room, [1] data): spins in a
+     * row that found nothing, and a count of waits to pick the probes. */
+    _Atomic uint32_t spin_misses[2];
+    _Atomic uint32_t spin_waits[2];
+};
+
+/* OS layer for channels (os_linux.c): futexes on 32-bit words of shared
+ * memory, shared between processes (never FUTEX_PRIVATE_FLAG). */
+/* Sleep while *word == expected, until woken, a signal, or deadline_ns
+ * (CLOCK_MONOTONIC, < 0: none).  0 when woken or the word differed (the
+ * caller re-checks), VMOWN_EINTR, VMOWN_ETIMEDOUT, or -errno. */
+int vmown__futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline_ns);
+/* Wake up to `count` sleepers of word; returns how many were woken. */
+int vmown__futex_wake(_Atomic uint32_t *word, int count);
+
 #endif /* VMOWN_INTERNAL_H */

@@ -12,11 +12,15 @@ that each is exported exactly once.
 from __future__ import annotations
 
 from ._arena import Arena
+from ._channel import Channel
 from ._errors import (
     AlreadyOwnerError,
     ArenaError,
     ArenaFullError,
     BrokenError,
+    ChannelBrokenError,
+    ChannelClosed,
+    ChannelError,
     ControlBlockError,
     NotOwnerError,
     SlotsExhaustedError,
@@ -45,6 +49,10 @@ __all__ = [
     "ArenaError",
     "ArenaFullError",
     "BrokenError",
+    "Channel",
+    "ChannelBrokenError",
+    "ChannelClosed",
+    "ChannelError",
     "ControlBlockError",
     "Event",
     "Lock",

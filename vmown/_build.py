@@ -16,7 +16,7 @@ from cffi import FFI
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "native"
 # One .c per subsystem; os_linux.c holds every OS call.
-SOURCES = ["ownership.c", "heartbeat.c", "callout.c", "os_linux.c", "arena.c"]
+SOURCES = ["ownership.c", "heartbeat.c", "callout.c", "os_linux.c", "arena.c", "channel.c"]
 CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 
 

@@ -16,6 +16,9 @@ __all__ = [
     "ArenaError",
     "ArenaFullError",
     "BrokenError",
+    "ChannelBrokenError",
+    "ChannelClosed",
+    "ChannelError",
     "ControlBlockError",
     "NotOwnerError",
     "SlotsExhaustedError",
@@ -57,6 +60,18 @@ class ArenaError(VmownError):
 
 class ArenaFullError(ArenaError):
     """``Arena.alloc`` found too few free bytes in the data area."""
+
+
+class ChannelError(VmownError):
+    """Memory that should hold a channel does not (bad header, wrong offset)."""
+
+
+class ChannelBrokenError(ChannelError):
+    """The channel held an impossible value (corrupted by a peer?) and is marked broken for good."""
+
+
+class ChannelClosed(VmownError):
+    """The channel is closed: ``send`` is refused; ``recv`` found it closed and drained."""
 
 
 _MESSAGES: dict[int, tuple[type[BaseException], str]] = {
@@ -175,6 +190,41 @@ _MESSAGES: dict[int, tuple[type[BaseException], str]] = {
     lib.VMOWN_EARENA_CORRUPT: (
         ArenaError,
         "the arena header holds an impossible value (corrupted by a peer?); make a new arena",
+    ),
+    lib.VMOWN_ECHAN_BADMAGIC: (
+        ChannelError,
+        "no channel at this offset (bad magic; or made on a machine of another word size or byte "
+        "order); pass the offset Channel.create gave (channel.offset)",
+    ),
+    lib.VMOWN_ECHAN_VERSION: (
+        ChannelError,
+        "the channel was made by another layout version of vmown; use the same version in every process",
+    ),
+    lib.VMOWN_ECHAN_SIZES: (
+        ChannelError,
+        "the channel's header holds impossible sizes, or more than the memory after the offset "
+        "(wrong offset?)",
+    ),
+    lib.VMOWN_ECHAN_NOTREADY: (
+        ChannelError,
+        "no channel here yet (still being created, or never made at this offset); open it after "
+        "Channel.create returned",
+    ),
+    lib.VMOWN_ECHAN_CLOSED: (ChannelClosed, "the channel is closed"),
+    lib.VMOWN_ECHAN_CORRUPT: (
+        ChannelBrokenError,
+        "the channel held an impossible value (corrupted by a peer?) and is now marked broken for "
+        "every process; make a new channel",
+    ),
+    lib.VMOWN_ECHAN_TOOBIG: (
+        ValueError,
+        "the message is longer than the channel's max_message; make the channel with a larger "
+        "max_message= or send less",
+    ),
+    lib.VMOWN_ECHAN_SMALLBUF: (
+        ValueError,
+        "the next message does not fit in the buffer (it stays in the channel); pass a buffer of "
+        "channel.max_message bytes",
     ),
 }
 
