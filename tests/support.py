@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+import traceback
 from typing import Callable
 
 
@@ -36,3 +39,33 @@ def run_threads(target: Callable[[int], None], count: int, timeout: float = 120.
         raise AssertionError(f"threads still running after {timeout} s: deadlock?")
     if errors:
         raise errors[0]
+
+
+def fork(body: Callable[[], None]) -> int:
+    """Run ``body`` in a forked child that always leaves by os._exit (1 on failure)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            body()
+            code = 0
+        except BaseException:  # noqa: BLE001 - reported on stderr, exit code says it
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    return pid
+
+
+def reap(pid: int, timeout: float = 60.0) -> None:
+    """Wait (bounded) for a child and check that it succeeded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0, "child failed (see its stderr)"
+            return
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"child {pid} still running after {timeout} s")
+        time.sleep(0.005)

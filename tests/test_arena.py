@@ -12,8 +12,6 @@ import sys
 import tempfile
 import textwrap
 import time
-import traceback
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,40 +22,12 @@ from vmown._native import ffi
 from vmown._arena import _HEADER_OFFSETS, Arena
 from vmown._errors import ArenaError, ArenaFullError, VmownError
 
+from .support import fork, reap
+
 PAGE = mmap.PAGESIZE
 HEADER_BYTES = _HEADER_OFFSETS["peers"] + 128 * 16
 
 # ---- helpers ----
-
-
-def fork(body: Callable[[], None]) -> int:
-    """Run ``body`` in a forked child that always leaves by os._exit (1 on failure)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            body()
-            code = 0
-        except BaseException:  # noqa: BLE001 - reported on stderr, exit code says it
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    return pid
-
-
-def reap(pid: int, timeout: float = 30.0) -> None:
-    """Wait (bounded) for a child and check that it succeeded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            assert os.waitstatus_to_exitcode(status) == 0, "child failed (see its stderr)"
-            return
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"child {pid} still running after {timeout} s")
-        time.sleep(0.005)
 
 
 def run_python(code: str, timeout: float = 60.0) -> str:

@@ -327,6 +327,8 @@ def test_threaded_of_other_callables_follows_the_callout_rules() -> None:
 
 
 def test_numpy_arrays_are_pinned_when_numpy_is_installed(pipe: tuple[int, int]) -> None:
+    # numpy is in the `test` extra, so CI runs this; it skips only where
+    # numpy is not installed.
     numpy = pytest.importorskip("numpy")
     r, w = pipe
     read = vmown.threaded(libc.read)

@@ -12,7 +12,6 @@ import sys
 import textwrap
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -25,41 +24,11 @@ from vmown._channel import _HEADER_OFFSETS, Channel
 from vmown._errors import ChannelBrokenError, ChannelClosed, ChannelError, VmownError
 from vmown._native import lib
 
-from .support import run_threads
+from .support import fork, reap, run_threads
 
 CHANNEL_TEST = NATIVE / "tests" / "channel_test.c"
 
 # ---- helpers ----
-
-
-def fork(body: Callable[[], None]) -> int:
-    """Run ``body`` in a forked child that always leaves by os._exit (1 on failure)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            body()
-            code = 0
-        except BaseException:  # noqa: BLE001 - reported on stderr, exit code says it
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    return pid
-
-
-def reap(pid: int, timeout: float = 60.0) -> None:
-    """Wait (bounded) for a child and check that it succeeded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            assert os.waitstatus_to_exitcode(status) == 0, "child failed (see its stderr)"
-            return
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"child {pid} still running after {timeout} s")
-        time.sleep(0.005)
 
 
 def wait_stopped(pid: int, timeout: float = 30.0) -> None:

@@ -547,6 +547,10 @@ def _sigint_main_thread_once(
 
 @pytest.fixture
 def on_main_thread_with_default_sigint() -> None:
+    # These tests signal the process: they need the main thread and Python's
+    # own SIGINT handler, which is how pytest runs them (CI included).  Under
+    # a runner that moves tests to threads or installs its own handler they
+    # cannot mean anything, so they say so instead of failing.
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("needs the main thread")
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
