@@ -58,10 +58,19 @@ void vmown_callout_end(uint32_t token) {
     if (rc != 0) vmown__fatal("vmown_callout_end: own", rc == VMOWN_EBROKEN ? EIO : EINVAL);
 }
 
+int vmown_callout_try_end(uint32_t token) {
+    if (!token) return 1;
+    int saved = errno;
+    int rc = vmown_try_own(bound_cb, token);
+    errno = saved;
+    return rc == 1;
+}
+
 static const vmown_callout_table table = {
     .version = VMOWN_CALLOUT_API_VERSION,
     .begin = vmown_callout_begin,
     .end = vmown_callout_end,
+    .try_end = vmown_callout_try_end,
 };
 
 const vmown_callout_table *vmown_callout_api(void) { return &table; }

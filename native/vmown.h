@@ -229,12 +229,20 @@ uint32_t vmown_callout_begin(uint64_t tag);
 /* Own again (waiting without the GIL if need be); errno is preserved.  A
  * failure here cannot be reported to the caller and aborts, naming it. */
 void vmown_callout_end(uint32_t token);
+/* Own again only if that takes one CAS (nobody took the VM meanwhile):
+ * returns 1 if this thread owns the VM again (or token is 0), 0 if it must
+ * wait, with vmown_callout_end, best with the GIL released. */
+int vmown_callout_try_end(uint32_t token);
 
+/* Fields are only ever appended (a reader of version 1 that knows fewer
+ * fields still reads the ones it knows); the version changes only if a
+ * field's meaning does. */
 enum { VMOWN_CALLOUT_API_VERSION = 1 };
 typedef struct {
     int version;
     uint32_t (*begin)(uint64_t tag);
     void (*end)(uint32_t token);
+    int (*try_end)(uint32_t token);
 } vmown_callout_table;
 /* The table that generated wrappers in other modules are initialised with. */
 const vmown_callout_table *vmown_callout_api(void);

@@ -342,29 +342,59 @@ def test_numpy_arrays_are_pinned_when_numpy_is_installed(pipe: tuple[int, int]) 
     assert run(main) == list(range(8))
 
 
-# ---- the one window where KeyboardInterrupt must wait ----
+# ---- exceptions between disown and own ----
 
 
-def test_the_begin_window_is_the_call_that_disowns(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Seen from inside begin, the caller's frame stands on the begin CALL:
-    the SIGINT handler must defer there, and only there."""
-    seen: list[tuple[bool, bool]] = []
-    real_begin = _callout._begin
+def test_an_exception_inside_the_call_leaves_the_vm_owned_again() -> None:
+    """KeyboardInterrupt (what the SIGINT handler raises in user code) from
+    inside the called function propagates, and the thread owns the VM again:
+    the process goes on running steps."""
 
-    def spy_begin(tag: int) -> int:
-        caller = sys._getframe(1)
-        seen.append((_callout._in_begin_window(caller), _scheduler._ki_deferred(caller)))
-        return real_begin(tag)
+    def interrupted() -> None:
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(_callout, "_begin", spy_begin)
-    wrapper = vmown.threaded(libc.getpid)
-    monkeypatch.setitem(wrapper.__globals__, "_begin", spy_begin)
+    async def main() -> list[tuple[int, int]]:
+        state = _scheduler._here.state
+        assert state is not None
+        seen = []
+        for call in (lambda: vmown.callout(interrupted), vmown.threaded(interrupted)):
+            with pytest.raises(KeyboardInterrupt):
+                call()
+            seen.append((lib.vmown_owner(state.cb), state.slot))
+        await vmown.checkpoint()
+        return seen
 
-    def inside() -> tuple[bool, bool]:
-        frame = sys._getframe(1)  # callout(), past its begin
-        return _callout._in_begin_window(frame), _callout._in_begin_window(sys._getframe())
+    for owner, slot in run(main):
+        assert owner == slot
 
-    vmown.callout(lambda: None)
-    wrapper()
-    assert seen == [(True, False), (True, False)]  # in the window; user code otherwise
-    assert vmown.callout(inside) == (False, False)
+
+def test_many_buffers_and_keyword_buffers_are_all_pinned() -> None:
+    """More buffers than the C code keeps on its stack (8), and buffers passed
+    by keyword: every one is pinned while the call runs, released after."""
+    bufs = [bytearray(b"x") for _ in range(12)]
+    outcomes: list[str] = []
+
+    def fn(*args: bytearray, last: bytearray) -> None:
+        for buf in (*args, last):
+            try:
+                buf.extend(b"!")
+                outcomes.append("resized")
+            except BufferError:
+                outcomes.append("pinned")
+
+    async def main() -> None:
+        vmown.callout(fn, *bufs[:-1], last=bufs[-1])
+
+    run(main)
+    assert outcomes == ["pinned"] * 12
+    for buf in bufs:
+        buf.extend(b"!")
+    with pytest.raises(TypeError, match="argument 'last'.*list"):
+        vmown.callout(fn, last=[1])
+
+
+def test_callout_without_a_function_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="function to call"):
+        vmown.callout()  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="not callable"):
+        vmown.callout(42)  # type: ignore[arg-type]

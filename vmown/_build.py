@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "native"
 # One .c per subsystem; os_linux.c holds every OS call.
 SOURCES = ["ownership.c", "heartbeat.c", "callout.c", "os_linux.c", "arena.c", "channel.c"]
-CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"]
 
 
 def cdef_text() -> str:

@@ -15,32 +15,31 @@
 # queues for the VM, the worker hands it over at its next scheduling point,
 # and the callout's process finishes its step on its own thread.
 #
-# begin and end are the core's vmown_callout_begin/end (native/callout.c),
-# the very functions that the C wrappers of vmown.threaded_wrappers call:
-# the scheduler binds each thread that serves a vmown.run() to the run's
-# block and the thread's slot (vmown_bind_thread).  begin disowns only if the
-# thread is bound and owns the VM; otherwise it returns 0 and end(0) does
-# nothing, so a callout from a thread outside any VM, or from inside another
-# callout (a Python function called as a callout calls a threaded C
-# function), is a plain call.  Both take one small integer: cffi calls a
-# one-argument function without building an argument tuple, and the pair
-# costs about twice a plain call.  The slot records the tag: one per threaded
-# wrapper, _CALLOUT_TAG for callout().
+# Where it runs.  Both callout() and the wrappers of threaded() are C code
+# (native/pyext/callout_ext.c, the module vmown._callout_ext): the check of
+# the arguments, begin, the call and end happen in one builtin call, so a
+# callout costs about 1.5 plain calls where the same sequence in Python (two
+# cffi calls and a frame around the call) cost 5.  begin and end are the
+# core's vmown_callout_begin/end (native/callout.c), the very functions the C
+# wrappers of vmown.threaded_wrappers call, reached through the core's table
+# of function pointers: one copy of the core per process.  The scheduler
+# binds each thread that serves a vmown.run() to the run's block and the
+# thread's slot (vmown_bind_thread).  begin disowns only if the thread is
+# bound and owns the VM; otherwise it returns 0 and end(0) does nothing, so a
+# callout from a thread outside any VM, or from inside another callout (a
+# Python function called as a callout calls a threaded C function), is a
+# plain call.  The slot records the tag: one per threaded wrapper,
+# _CALLOUT_TAG for callout().
 #
-# Exceptions at any point.  CPython runs signal handlers at eval-breaker
-# checks (function entry, backward jumps, right after each CALL), and the
-# SIGINT handler of vmown.run() raises KeyboardInterrupt in user code and in
-# these wrappers.  Where it could land:
-#   - before the begin CALL: nothing has changed, the VM is still owned;
-#   - right after the begin CALL, before its result is stored: the VM is
-#     disowned and the token would be lost.  This is the one window where
-#     raising is wrong, and the handler does not raise there: it asks
-#     _in_begin_window(frame), which compares the frame's f_lasti with the
-#     offsets of that CALL (found once with dis) and defers;
-#   - in fn or right after it returned: the finally owns again;
-#   - after the end CALL: the VM is owned again.
-# end never fails in a way it could report (it aborts, naming the failure,
-# as the core does for "cannot fail" OS primitives).
+# Exceptions at any point.  CPython runs signal handlers (the SIGINT handler
+# of vmown.run() raises KeyboardInterrupt in user code) only between
+# bytecodes.  Between begin and end no bytecode of ours runs: an exception
+# can come only from fn itself, and end runs after it with the exception kept
+# in the thread state.  (A callout written in Python had a window right after
+# its begin call, where an exception would lose the token with the VM
+# disowned; in C there is none.)  end never fails in a way it could report
+# (it aborts, naming the failure, as the core does for "cannot fail" OS
+# primitives).
 #
 # The GIL.  cffi releases the GIL around fn and takes it back when fn
 # returns, before end can run: a callout that comes back while another thread
@@ -51,18 +50,17 @@
 #
 # errno.  cffi saves errno per thread right after each C call and restores it
 # right before the next one, in one slot shared by every FFI instance of the
-# process (ffi.errno reads it).  After fn, that slot holds fn's errno; the end
-# call restores it into errno, and vmown_callout_end preserves errno on every
-# path, the wait included, so cffi saves the same value back.  The caller
-# sees fn's ffi.errno; tests/test_callout.py checks it on the fast path and
-# on the path that waits for the VM.
+# process (ffi.errno reads it).  After fn, that slot holds fn's errno, and
+# nothing of the callout writes it (end is not a cffi call; vmown_callout_end
+# also preserves errno itself, for the C wrappers).  The caller sees fn's
+# ffi.errno; tests/test_callout.py checks it on the fast path and on the path
+# that waits for the VM.
 #
 # Pinning.  While the VM is disowned other processes run; they must not move
 # or free memory that C is using.  CPython never moves objects, and the call
 # holds a reference to each argument, so what remains is mutable buffers: a
 # bytearray can be resized (realloc) and a buffer can be released.  Holding a
-# buffer export (ffi.from_buffer) for the whole call makes any resize raise
-# BufferError.  The rules, checked before anything runs:
+# buffer export for the whole call makes any resize raise BufferError.  The rules, checked before anything runs:
 #   callout(fn, ...): None, bool, int, float, complex, str and bytes pass as
 #     they are (immutable); cffi cdata passes (the caller owns what it points
 #     to, and the reference keeps it alive); any other object with the buffer
@@ -76,54 +74,34 @@
 #     type (which cffi alone would refuse); a str, list, tuple or anything else
 #     is refused (cffi would copy a list into a temporary array that the C
 #     code writes into and the caller never sees; a str needs encoding).
-# The common case (numbers and cdata) costs one set lookup per argument in
+# The common case (numbers and cdata) costs a type test per argument in
 # callout(), and nothing at all in threaded() for non-pointer parameters.
 
 from __future__ import annotations
 
-import dis
 import itertools
 import sys
 import types
-import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import _cffi_backend
 
+from . import _callout_ext
 from ._native import ffi, lib
 
 __all__ = ["callout", "threaded"]
 
 T = TypeVar("T")
 
-_begin = lib.vmown_callout_begin
-_end = lib.vmown_callout_end
-
 _CData = _cffi_backend._CDataBase
 
-
-def _subclasses(cls: type) -> set[type]:
-    found = {cls}
-    sub: type
-    for sub in type.__subclasses__(cls):
-        found |= _subclasses(sub)
-    return found
+# Tags recorded in the slot while in a callout: small integers, one per
+# threaded wrapper (1 is callout()'s, in callout_ext.c).
+_tags = itertools.count(2)
 
 
-_CDATA_TYPES = frozenset(_subclasses(_CData))
-# Arguments of callout() that need no pin: immutable, or cdata.
-_AS_IS = frozenset({type(None), bool, int, float, complex, str, bytes}) | _CDATA_TYPES
-# Arguments for a pointer parameter that cffi takes as they are.
-_POINTER_AS_IS = frozenset({type(None), bytes}) | _CDATA_TYPES
-
-# Tags recorded in the slot while in a callout: small integers (cheap to
-# convert), one per threaded wrapper.
-_CALLOUT_TAG = 1
-_tags = itertools.count(_CALLOUT_TAG + 1)
-
-
-# ---- pinning ----
+# ---- messages (the C code calls these to refuse an argument) ----
 
 
 def _name(fn: Any) -> str:
@@ -142,30 +120,8 @@ def _refuse(fn: Any, where: str, arg: Any, what: str) -> TypeError:
     )
 
 
-def _pin(fn: Any, arg: Any, where: str, pins: list[Any]) -> None:
-    """Check one argument of callout(); pin it into ``pins`` if it is a buffer."""
-    if type(arg) in _AS_IS or isinstance(arg, (_CData, int, float, str, bytes)):
-        return
-    try:
-        pins.append(ffi.from_buffer(arg))
-    except TypeError:
-        raise _refuse(fn, where, arg, "which cannot be pinned while the VM is disowned") from None
-
-
-def _pins(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
-    """Buffer exports that pin the buffers among the arguments; TypeError for the unpinnable."""
-    pins: list[Any] = []
-    for index, arg in enumerate(args, 1):
-        _pin(fn, arg, f"argument {index}", pins)
-    for key, arg in kwargs.items():
-        _pin(fn, arg, f"argument {key!r}", pins)
-    return pins
-
-
 def _pin_pointer(fn: Any, arg: Any, ctype: Any, index: int) -> Any:
-    """The value to pass for a pointer parameter: ``arg`` itself, or a pinning cdata."""
-    if isinstance(arg, _CData):
-        return arg
+    """The value to pass for a pointer parameter: a cdata pinning ``arg``'s buffer, or TypeError."""
     if isinstance(arg, str):
         raise _refuse(fn, f"argument {index}", arg, f"not a pointer for {ctype.cname} (encode it to bytes)")
     if isinstance(arg, (list, tuple, dict, set, int, float)):
@@ -178,91 +134,14 @@ def _pin_pointer(fn: Any, arg: Any, ctype: Any, index: int) -> Any:
         ) from None
 
 
-# ---- the begin window (see "Exceptions at any point") ----
-
-
-def _begin_window(code: types.CodeType) -> range:
-    """Offsets of the CALL of _begin in ``code`` (with its inline caches)."""
-    instructions = list(dis.get_instructions(code))
-    loaded = next(i for i, ins in enumerate(instructions) if ins.argval == "_begin")
-    call = next(i for i in range(loaded, len(instructions)) if instructions[i].opname == "CALL")
-    return range(instructions[call].offset, instructions[call + 1].offset)
-
-
-# code object of callout() or of a compiled wrapper -> its begin window; the
-# entry goes with the wrapper.
-_BEGIN_WINDOWS: weakref.WeakKeyDictionary[types.CodeType, range] = weakref.WeakKeyDictionary()
-
-
-def _in_begin_window(frame: types.FrameType) -> bool:
-    """Whether ``frame`` stands right after a callout's begin, its token not yet stored."""
-    window = _BEGIN_WINDOWS.get(frame.f_code)
-    return window is not None and frame.f_lasti in window
-
+_callout_ext.init(int(ffi.cast("uintptr_t", lib.vmown_callout_api())), _CData, _refuse, _pin_pointer)
 
 # ---- the callout ----
 
-
-def callout(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """Call ``fn(*args, **kwargs)`` with the VM disowned, and own it again after.
-
-    From a process of :func:`vmown.run`, the VM is given up for the duration
-    of the call, so other processes keep running if the call blocks (after a
-    heartbeat tick, another thread takes the VM).  Exceptions propagate with
-    their traceback, and ``ffi.errno`` after the call is the call's own.
-    From a thread that serves no VM, or from inside another callout, it is a
-    plain call.
-
-    Buffers among the arguments (bytearray, memoryview, array.array, numpy
-    arrays) are pinned for the call: resizing one meanwhile raises
-    BufferError.  None, numbers, str, bytes and cffi cdata pass as they are;
-    anything else (a list, a dict...) is refused with a TypeError naming the
-    argument, before ``fn`` runs.  For cffi functions, :func:`threaded` is
-    faster and also turns buffers into pointers.
-    """
-    if kwargs:
-        return _callout_with_keywords(fn, args, kwargs)
-    for arg in args:
-        if type(arg) not in _AS_IS:
-            pins = _pins(fn, args, {})  # noqa: F841 - held until the call returns: pinned
-            break
-    token = _begin(_CALLOUT_TAG)
-    try:
-        return fn(*args)
-    finally:
-        _end(token)
-
-
-def _callout_with_keywords(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
-    pins = _pins(fn, args, kwargs)  # noqa: F841 - held until the call returns
-    token = _begin(_CALLOUT_TAG)
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        _end(token)
-
-
-for _function in (callout, _callout_with_keywords):
-    _BEGIN_WINDOWS[_function.__code__] = _begin_window(_function.__code__)
+callout = _callout_ext.callout
 
 
 # ---- threaded wrappers ----
-
-# One wrapper is compiled per cffi function, with the function's exact
-# parameters (no *args tuple) and its pointer parameters checked inline:
-# the same technique as collections.namedtuple, for the same reason (speed).
-_WRAPPER = """\
-def {name}({params}):
-{pin_lines}    token = _begin(tag)
-    try:
-        return fn({params})
-    finally:
-        _end(token)
-"""
-_PIN_LINE = """\
-    if type(a{i}) not in pointer_as_is:
-        a{i} = pin_pointer(fn, a{i}, ctype{i}, {n})
-"""
 
 
 def _function_ctype(fn: Any) -> Any:
@@ -282,42 +161,12 @@ def _function_ctype(fn: Any) -> Any:
         return None
 
 
-def _compile_wrapper(fn: Any, ctype: Any) -> Callable[..., Any]:
-    count = len(ctype.args)
-    params = ", ".join(f"a{i}" for i in range(count))
-    namespace: dict[str, Any] = {
-        "__name__": __name__,
-        "fn": fn,
-        "tag": next(_tags),
-        "_begin": _begin,
-        "_end": _end,
-        "pointer_as_is": _POINTER_AS_IS,
-        "pin_pointer": _pin_pointer,
-    }
-    pin_lines = []
-    for i, arg_type in enumerate(ctype.args):
-        if arg_type.kind in ("pointer", "array"):
-            namespace[f"ctype{i}"] = arg_type
-            pin_lines.append(_PIN_LINE.format(i=i, n=i + 1))
-    exec(_WRAPPER.format(name="threaded_call", params=params, pin_lines="".join(pin_lines)), namespace)
-    wrapper: Callable[..., Any] = namespace["threaded_call"]
-    _BEGIN_WINDOWS[wrapper.__code__] = _begin_window(wrapper.__code__)
-    return wrapper
-
-
-def _generic_wrapper(fn: Callable[..., T]) -> Callable[..., T]:
-    def threaded_call(*args: Any, **kwargs: Any) -> T:
-        return callout(fn, *args, **kwargs)
-
-    return threaded_call
-
-
 def threaded(fn: Callable[..., T]) -> Callable[..., T]:
     """Wrap ``fn`` so that every call to it is a :func:`callout`.
 
     Made for cffi functions (``lib.f`` of an out-of-line module, or a function
     of ``ffi.dlopen``): the wrapper takes exactly the C function's parameters
-    and costs a few hundred nanoseconds more than a plain call.  Buffers
+    and costs about half a plain call more than a plain call.  Buffers
     passed for pointer parameters are pinned for the call and passed as
     pointers of the parameter's type; a str, list, tuple or other unpinnable
     object for a pointer parameter is refused with a TypeError before the
@@ -326,12 +175,13 @@ def threaded(fn: Callable[..., T]) -> Callable[..., T]:
     """
     ctype = _function_ctype(fn)
     if ctype is None or ctype.ellipsis:
-        wrapper = _generic_wrapper(fn)
+        ctypes = None  # the rules of callout()
     else:
-        wrapper = _compile_wrapper(fn, ctype)
+        ctypes = tuple(arg if arg.kind in ("pointer", "array") else None for arg in ctype.args)
+    wrapper = _callout_ext.Threaded(fn, next(_tags), ctypes)
     name = getattr(fn, "__name__", None)
     if isinstance(name, str) and name.isidentifier():
         wrapper.__name__ = wrapper.__qualname__ = name
     wrapper.__doc__ = f"{_name(fn)} as a callout: the VM is disowned while it runs (vmown.threaded)."
-    wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
-    return wrapper
+    wrapper.__wrapped__ = fn
+    return wrapper  # type: ignore[no-any-return]

@@ -117,14 +117,12 @@
 #    (this module, _sync) comes first, it only records KeyboardInterrupt and
 #    sets `halt`, which the loop sees at the next scheduling point and a
 #    parked main thread sees when vmown_park returns VMOWN_EINTR; if user
-#    code of a step comes first (a process, or a callout wrapper: it takes an
-#    exception at any check but one, see _callout.py), it raises there, and
-#    the process ends with KeyboardInterrupt, which halts the run.  The one
-#    check where a callout wrapper cannot take it, right after its begin
-#    disowned and before the token is stored, is recognised by its offset
-#    and deferred like scheduler code.  A second Ctrl-C while the first is
-#    pending raises at once (but in that window): the escape from a program
-#    that does not come back (see shutdown).
+#    code of a step comes first (a process, or a function called as a
+#    callout), it raises there, and the process ends with KeyboardInterrupt,
+#    which halts the run.  Callouts themselves are C (_callout.py): no
+#    handler runs between their disown and their own.  A second Ctrl-C while
+#    the first is pending raises at once: the escape from a program that
+#    does not come back (see shutdown).
 # 7. A spare is started with the VM disowned.
 #      W: disown; Thread.start()    S (the spare): own: CAS, the VM is free
 #      W: own: queued ...           S: serves; next scheduling point: parks,
@@ -228,7 +226,6 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
-from ._callout import _in_begin_window
 from ._errors import VmownError, check, error
 from ._native import ffi, lib
 from ._ownership import Ownership
@@ -1084,9 +1081,8 @@ def _ki_deferred(frame: types.FrameType | None) -> bool:
 
 def _on_sigint(rt: _Runtime, signum: int, frame: types.FrameType | None) -> None:
     """Raise KeyboardInterrupt where it is safe (user code), else halt the run for it."""
-    in_window = frame is not None and _in_begin_window(frame)
     again = isinstance(rt.fatal, KeyboardInterrupt)  # Ctrl-C twice: give up waiting
-    if not in_window and (again or not _ki_deferred(frame)):
+    if again or not _ki_deferred(frame):
         raise KeyboardInterrupt
     if rt.fatal is None:
         rt.fatal = KeyboardInterrupt()

@@ -1,0 +1,345 @@
+/* callout_ext.c -- vmown.callout and vmown.threaded as C callables.
+ *
+ * A callout is: check the arguments, disown, call, own again.  Written in
+ * Python it costs two cffi calls (~45 ns each) and a Python frame around the
+ * call it protects, ~5x a plain cffi call.  Here it is one vectorcall of a
+ * builtin around the user's call; disown and own are direct calls into the
+ * core, ~1.5x a plain call.
+ *
+ * One copy of the core per process: this module does not link the core.  It
+ * gets vmown_callout_begin / _try_end / _end through the table of
+ * vmown_callout_api() (the table the generated C wrappers use), passed in by
+ * address from vmown/_callout.py through init().
+ *
+ * The sequence and its windows:
+ *   1. check every argument; pin buffers (a buffer export held until 5: a
+ *      resize meanwhile raises BufferError); refuse the unpinnable -- all
+ *      before anything changes;
+ *   2. token = begin(tag): disown if this thread is bound and owns the VM;
+ *   3. call fn (a cffi function releases the GIL around the C function);
+ *   4. own again: try_end (one CAS, GIL held); if another thread took the VM
+ *      meanwhile, end() with the GIL released: queue, sleep on our slot's
+ *      semaphore until handed the VM;
+ *   5. release the pins.
+ * No Python code runs between 2 and 3 nor after 3 until 4 is done: CPython
+ * runs signal handlers only between bytecodes, so KeyboardInterrupt cannot
+ * land with the VM disowned and the token lost (the Python version had such a
+ * window after its begin call and needed the SIGINT handler to defer there).
+ * An exception raised by fn stays set across 4 (it lives in the thread state,
+ * which the GIL release does not touch).
+ *
+ * errno.  cffi saves errno in its per-thread slot right after the C function
+ * returns (before 4); ffi.errno reads that slot, and nothing here writes it.
+ *
+ * What passes as it is (the rules of vmown/_callout.py, where they are
+ * explained): callout(): None, numbers, str, bytes and cffi cdata; any other
+ * object with the buffer protocol is pinned; anything else is refused.
+ * threaded(cffi function): only pointer parameters are checked: None, bytes
+ * and cdata pass, other objects go through pin_pointer() (Python), which
+ * returns a cdata pinning the buffer, or raises.  The messages of refusals
+ * are made by the Python helpers, so they are written once.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Mirrors vmown_callout_table of native/vmown.h, version 1, with try_end. */
+typedef struct {
+    int version;
+    uint32_t (*begin)(uint64_t tag);
+    void (*end)(uint32_t token);
+    int (*try_end)(uint32_t token);
+} callout_table;
+
+static uint32_t (*core_begin)(uint64_t);
+static void (*core_end)(uint32_t);
+static int (*core_try_end)(uint32_t);
+
+static PyTypeObject *cdata_type;  /* _cffi_backend._CDataBase */
+static PyObject *refuse_fn;       /* _callout._refuse(fn, where, arg, what) -> TypeError */
+static PyObject *pin_pointer_fn;  /* _callout._pin_pointer(fn, arg, ctype, n) -> cdata */
+
+enum { CALLOUT_TAG = 1, SMALL = 8 };
+
+/* ---- the call itself (steps 2-4) ---- */
+
+static PyObject *call_disowned(PyObject *fn, uint64_t tag, PyObject *const *args, size_t nargs,
+                               PyObject *kwnames) {
+    uint32_t token = core_begin(tag);
+    PyObject *result = PyObject_Vectorcall(fn, args, nargs, kwnames);
+    if (token && !core_try_end(token)) {
+        Py_BEGIN_ALLOW_THREADS
+        core_end(token);
+        Py_END_ALLOW_THREADS
+    }
+    return result;
+}
+
+static int not_ready(void) {
+    if (core_begin) return 0;
+    PyErr_SetString(PyExc_RuntimeError, "vmown._callout_ext is not initialised (import vmown first)");
+    return -1;
+}
+
+/* ---- callout(): the generic rules ---- */
+
+/* Immutable, or cdata: passed as it is. */
+static inline int as_is(PyObject *arg) {
+    PyTypeObject *t = Py_TYPE(arg);
+    return arg == Py_None || t == &PyLong_Type || t == &PyFloat_Type || t == &PyBool_Type ||
+           t == &PyUnicode_Type || t == &PyBytes_Type || t == &PyComplex_Type ||
+           PyObject_TypeCheck(arg, cdata_type) || PyLong_Check(arg) || PyFloat_Check(arg) ||
+           PyUnicode_Check(arg) || PyBytes_Check(arg);
+}
+
+static void refuse(PyObject *fn, PyObject *where, PyObject *arg) {
+    if (!where) return;  /* its error is set */
+    PyObject *exc = PyObject_CallFunction(refuse_fn, "OOOs", fn, where, arg,
+                                          "which cannot be pinned while the VM is disowned");
+    Py_DECREF(where);
+    if (exc) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+}
+
+/* Pins held for one call: on the stack for the usual few, else on the heap. */
+typedef struct {
+    Py_buffer small[SMALL];
+    Py_buffer *views;
+    Py_ssize_t count, cap;
+} pins;
+
+static void pins_release(pins *p) {
+    for (Py_ssize_t i = 0; i < p->count; i++) PyBuffer_Release(&p->views[i]);
+    if (p->views != p->small) PyMem_Free(p->views);
+}
+
+/* Check one argument; 0 if it passes (pinned if a buffer), -1 with the error set. */
+static int pin(pins *p, PyObject *fn, PyObject *arg, Py_ssize_t index, PyObject *key) {
+    if (as_is(arg)) return 0;
+    if (!PyObject_CheckBuffer(arg)) {
+        refuse(fn, key ? PyUnicode_FromFormat("argument %R", key) : PyUnicode_FromFormat("argument %zd", index),
+               arg);
+        return -1;
+    }
+    if (p->count == p->cap) {
+        Py_ssize_t cap = p->cap * 2;
+        Py_buffer *views = PyMem_Malloc(sizeof *views * (size_t)cap);
+        if (!views) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(views, p->views, sizeof *views * (size_t)p->count);
+        if (p->views != p->small) PyMem_Free(p->views);
+        p->views = views;
+        p->cap = cap;
+    }
+    /* Any layout will do (the call gets the object itself, not the view):
+     * the export is held only to pin.  RO: a writable exporter accepts it. */
+    if (PyObject_GetBuffer(arg, &p->views[p->count], PyBUF_FULL_RO) < 0) return -1;
+    p->count++;
+    return 0;
+}
+
+static PyObject *generic_call(PyObject *fn, uint64_t tag, PyObject *const *args, size_t nargs,
+                              PyObject *kwnames) {
+    Py_ssize_t n = (Py_ssize_t)nargs, nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    Py_ssize_t i = 0;
+    while (i < n + nkw && as_is(args[i])) i++;
+    if (i == n + nkw) return call_disowned(fn, tag, args, nargs, kwnames);  /* nothing to pin */
+    pins p = {.views = p.small, .cap = SMALL};
+    for (; i < n + nkw; i++) {
+        PyObject *key = i < n ? NULL : PyTuple_GET_ITEM(kwnames, i - n);
+        if (pin(&p, fn, args[i], i + 1, key) < 0) {
+            pins_release(&p);
+            return NULL;
+        }
+    }
+    PyObject *result = call_disowned(fn, tag, args, nargs, kwnames);
+    pins_release(&p);
+    return result;
+}
+
+static PyObject *callout(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "callout() needs the function to call");
+        return NULL;
+    }
+    if (not_ready() < 0) return NULL;
+    return generic_call(args[0], CALLOUT_TAG, args + 1, (size_t)(nargs - 1), kwnames);
+}
+
+/* ---- threaded(): a callable wrapping one function ---- */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *fn;
+    PyObject *dict;        /* __name__, __doc__, __wrapped__ ... */
+    PyObject *ctypes;      /* tuple: the ctype of each pointer parameter, else None */
+    Py_ssize_t nparams;    /* -1: any arguments, the rules of callout() */
+    uint64_t tag;
+    int pointers;          /* whether any parameter is a pointer */
+} threaded_object;
+
+static PyObject *threaded_cfunction_call(threaded_object *self, PyObject *const *args, size_t nargs) {
+    if (!self->pointers) return call_disowned(self->fn, self->tag, args, nargs, NULL);
+    PyObject *small[SMALL], **stack = small;
+    if (nargs > SMALL && !(stack = PyMem_Malloc(sizeof *stack * nargs))) return PyErr_NoMemory();
+    size_t i;
+    PyObject *result = NULL;
+    for (i = 0; i < nargs; i++) {
+        PyObject *arg = args[i], *ctype = PyTuple_GET_ITEM(self->ctypes, i);
+        if (ctype == Py_None || arg == Py_None || PyBytes_CheckExact(arg) || PyObject_TypeCheck(arg, cdata_type)) {
+            stack[i] = Py_NewRef(arg);
+            continue;
+        }
+        stack[i] = PyObject_CallFunction(pin_pointer_fn, "OOOn", self->fn, arg, ctype, (Py_ssize_t)i + 1);
+        if (!stack[i]) goto done;
+    }
+    result = call_disowned(self->fn, self->tag, stack, nargs, NULL);
+done:
+    while (i > 0) Py_DECREF(stack[--i]);  /* a pinning cdata releases its export here */
+    if (stack != small) PyMem_Free(stack);
+    return result;
+}
+
+static PyObject *threaded_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    threaded_object *self = (threaded_object *)callable;
+    size_t nargs = PyVectorcall_NARGS(nargsf);
+    if (not_ready() < 0) return NULL;
+    if (self->nparams < 0) return generic_call(self->fn, self->tag, args, nargs, kwnames);
+    if (kwnames && PyTuple_GET_SIZE(kwnames)) {
+        PyErr_Format(PyExc_TypeError, "%R takes no keyword arguments", self->fn);
+        return NULL;
+    }
+    if ((Py_ssize_t)nargs != self->nparams) {
+        PyErr_Format(PyExc_TypeError, "%R takes %zd argument%s (%zd given)", self->fn, self->nparams,
+                     self->nparams == 1 ? "" : "s", (Py_ssize_t)nargs);
+        return NULL;
+    }
+    return threaded_cfunction_call(self, args, nargs);
+}
+
+static PyObject *threaded_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"fn", "tag", "ctypes", NULL};
+    PyObject *fn, *ctypes = Py_None;
+    unsigned long long tag;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OK|O:Threaded", names, &fn, &tag, &ctypes)) return NULL;
+    if (ctypes != Py_None && !PyTuple_Check(ctypes)) {
+        PyErr_SetString(PyExc_TypeError, "ctypes must be a tuple (one entry per parameter) or None");
+        return NULL;
+    }
+    threaded_object *self = (threaded_object *)type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    self->vectorcall = threaded_vectorcall;
+    self->fn = Py_NewRef(fn);
+    self->ctypes = Py_NewRef(ctypes);
+    self->tag = tag;
+    self->nparams = ctypes == Py_None ? -1 : PyTuple_GET_SIZE(ctypes);
+    for (Py_ssize_t i = 0; i < self->nparams; i++)
+        if (PyTuple_GET_ITEM(ctypes, i) != Py_None) self->pointers = 1;
+    return (PyObject *)self;
+}
+
+static int threaded_traverse(threaded_object *self, visitproc visit, void *arg) {
+    Py_VISIT(self->fn);
+    Py_VISIT(self->ctypes);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int threaded_clear(threaded_object *self) {
+    Py_CLEAR(self->fn);
+    Py_CLEAR(self->ctypes);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void threaded_dealloc(threaded_object *self) {
+    PyObject_GC_UnTrack(self);
+    threaded_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *threaded_repr(threaded_object *self) {
+    return PyUnicode_FromFormat("<vmown.threaded %R>", self->fn);
+}
+
+static PyTypeObject threaded_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "vmown._callout_ext.Threaded",
+    .tp_doc = PyDoc_STR("A function whose every call is a callout (made by vmown.threaded)."),
+    .tp_basicsize = sizeof(threaded_object),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = threaded_new,
+    .tp_traverse = (traverseproc)threaded_traverse,
+    .tp_clear = (inquiry)threaded_clear,
+    .tp_dealloc = (destructor)threaded_dealloc,
+    .tp_repr = (reprfunc)threaded_repr,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(threaded_object, vectorcall),
+    .tp_dictoffset = offsetof(threaded_object, dict),
+};
+
+/* ---- module ---- */
+
+static PyObject *init(PyObject *module, PyObject *args) {
+    unsigned long long address;
+    PyObject *cdata, *refuse_, *pin_pointer_;
+    if (!PyArg_ParseTuple(args, "KO!OO:init", &address, &PyType_Type, &cdata, &refuse_, &pin_pointer_))
+        return NULL;
+    const callout_table *table = (const callout_table *)(uintptr_t)address;
+    if (!table || table->version != 1 || !table->try_end) {
+        PyErr_SetString(PyExc_ImportError, "vmown._callout_ext does not match vmown._native (rebuild vmown)");
+        return NULL;
+    }
+    Py_XSETREF(cdata_type, (PyTypeObject *)Py_NewRef(cdata));
+    Py_XSETREF(refuse_fn, Py_NewRef(refuse_));
+    Py_XSETREF(pin_pointer_fn, Py_NewRef(pin_pointer_));
+    core_end = table->end;
+    core_try_end = table->try_end;
+    core_begin = table->begin;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(callout_doc,
+"callout($module, fn, /, *args, **kwargs)\n--\n\n"
+"Call ``fn(*args, **kwargs)`` with the VM disowned, and own it again after.\n\n"
+"From a process of :func:`vmown.run`, the VM is given up for the duration\n"
+"of the call, so other processes keep running if the call blocks (after a\n"
+"heartbeat tick, another thread takes the VM).  Exceptions propagate with\n"
+"their traceback, and ``ffi.errno`` after the call is the call's own.\n"
+"From a thread that serves no VM, or from inside another callout, it is a\n"
+"plain call.\n\n"
+"Buffers among the arguments (bytearray, memoryview, array.array, numpy\n"
+"arrays) are pinned for the call: resizing one meanwhile raises\n"
+"BufferError.  None, numbers, str, bytes and cffi cdata pass as they are;\n"
+"anything else (a list, a dict...) is refused with a TypeError naming the\n"
+"argument, before ``fn`` runs.  For cffi functions, :func:`threaded` also\n"
+"turns buffers into pointers.");
+
+static PyMethodDef methods[] = {
+    {"init", init, METH_VARARGS, PyDoc_STR("init(table_address, cdata_type, refuse, pin_pointer)")},
+    {"callout", (PyCFunction)(void (*)(void))callout, METH_FASTCALL | METH_KEYWORDS, callout_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "vmown._callout_ext", "vmown.callout and vmown.threaded in C.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__callout_ext(void) {
+    if (PyType_Ready(&threaded_type) < 0) return NULL;
+    PyObject *module = PyModule_Create(&module_def);
+    if (!module) return NULL;
+    if (PyModule_AddObjectRef(module, "Threaded", (PyObject *)&threaded_type) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
