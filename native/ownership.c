@@ -673,6 +673,7 @@ int vmown_disown(vmown_cb *cb, uint32_t me, uint64_t callout) {
     int rc = lock_block(cb);
     if (rc < 0) return rc;
     rc = pop_head_locked(cb, &head);
+    if (head) bump(&s->hand_offs);  /* before the release, as in vmown_park */
     /* Caution: once the word names head, head may run VM code; nothing of the
      * VM may be touched after this store. */
     atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, head), SEQ_CST);
@@ -681,7 +682,6 @@ int vmown_disown(vmown_cb *cb, uint32_t me, uint64_t callout) {
     if (head) {
         widen();
         post(cb, head);
-        bump(&s->hand_offs);
     } else if (atomic_load_explicit(&b->attention, SEQ_CST) & VMOWN__WAITERS_MASK) {
         return kick(cb);
     }
@@ -794,11 +794,11 @@ int vmown_yield(vmown_cb *cb, uint32_t me, int64_t timeout_ns, int flags) {
         unlock_block(cb);
         return rc;
     }
+    bump(&s->hand_offs);
     atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, head), SEQ_CST);
     unlock_block(cb);
     widen();
     post(cb, head);
-    bump(&s->hand_offs);
     rc = await_grant(cb, me, deadline, flags);
     return rc < 0 ? rc : 1;
 }
@@ -852,6 +852,9 @@ int vmown_park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
     atomic_fetch_add_explicit(&b->idle_count, 1, RELAXED);
     atomic_store_explicit(&s->state, VMOWN_SLOT_PARKED, RELAXED);
     rc = pop_head_locked(cb, &head);
+    /* Counted before the release: whoever owns next sees the counts. */
+    bump(&s->disowns);
+    if (head) bump(&s->hand_offs);
     /* Caution: after this store another thread may run VM code. */
     atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, head), SEQ_CST);
     unlock_block(cb);
@@ -859,9 +862,7 @@ int vmown_park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
     if (head) {
         widen();
         post(cb, head);
-        bump(&s->hand_offs);
     }
-    bump(&s->disowns);
     /* No waiter can be stranded: one that queues after the unlock finds the
      * VM unowned under the lock and takes it itself. */
     int interruptible = 1;

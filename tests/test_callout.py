@@ -58,23 +58,6 @@ def run(main: Any, *args: Any, **kwargs: Any) -> Any:
     return vmown.run(main, *args, **kwargs)
 
 
-async def settled_stats() -> dict[str, int]:
-    """vmown.stats() once the callout count holds still.
-
-    vmown_park (native/ownership.c) counts its disown after it has released
-    the VM, so a thread parking right now may not be counted yet when the
-    new owner reads; two reads 10 ms apart that agree are settled.
-    """
-    previous = None
-    for _ in range(50):
-        await vmown.sleep(0.01)
-        current = vmown.stats()
-        if previous is not None and current["callouts"] == previous["callouts"]:
-            break
-        previous = current
-    return current
-
-
 # ---- outside any VM: plain calls ----
 
 
@@ -101,11 +84,11 @@ def test_callouts_are_counted_and_really_disown() -> None:
         owners.append(lib.vmown_owner(_scheduler._here.state.cb))  # type: ignore[union-attr]
 
     async def main() -> dict[str, int]:
-        before = await settled_stats()
+        before = vmown.stats()
         for _ in range(100):
             close(-1)
         vmown.callout(observe)
-        after = await settled_stats()
+        after = vmown.stats()
         return {key: after[key] - before[key] for key in ("callouts", "disowns")}
 
     grown = run(main)
@@ -170,7 +153,7 @@ def test_exceptions_of_callouts_propagate_with_their_traceback() -> None:
         else:
             raise AssertionError("no exception")
         vmown.threaded(libc.close)(-1)  # the VM is owned again: callouts still work
-        return names, (await settled_stats())["callouts"]
+        return names, vmown.stats()["callouts"]
 
     names, callouts = run(main)
     assert names[-2:] == ["fn", "deep"] and "main" in names
@@ -184,9 +167,9 @@ def test_a_callout_inside_a_callout_is_a_plain_call() -> None:
         return close(-1) + close(-1)
 
     async def main() -> tuple[int, int]:
-        before = (await settled_stats())["callouts"]
+        before = vmown.stats()["callouts"]
         result = vmown.callout(outer)
-        return result, (await settled_stats())["callouts"] - before
+        return result, vmown.stats()["callouts"] - before
 
     assert run(main) == (-2, 1)
 
@@ -269,7 +252,7 @@ def test_unpinnable_arguments_are_refused_before_the_call(pipe: tuple[int, int])
         called.append(1)
 
     async def main() -> tuple[list[str], int]:
-        before = (await settled_stats())["callouts"]
+        before = vmown.stats()["callouts"]
         messages = []
         for attempt in (
             lambda: vmown.callout(fn, 1, [1, 2]),
@@ -283,7 +266,7 @@ def test_unpinnable_arguments_are_refused_before_the_call(pipe: tuple[int, int])
             with pytest.raises(TypeError) as info:
                 attempt()
             messages.append(str(info.value))
-        return messages, (await settled_stats())["callouts"] - before
+        return messages, vmown.stats()["callouts"] - before
 
     messages, callouts = run(main)
     assert callouts == 0 and called == []

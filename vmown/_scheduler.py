@@ -1119,8 +1119,6 @@ def stats() -> dict[str, int]:
     included), ``idle_workers``, ``processes`` (alive now), ``spawned``,
     ``steps``, ``parks``, ``cap_hits`` (spares not started: max_threads), and
     the ownership counters ``disowns``, ``fast_owns``, ``slow_owns``, ``waits``.
-    The core counts a park just after the parked thread released the VM, so
-    right after a hand-off ``callouts`` may miss a moment's worth of parks.
     """
     return _stats(_current("vmown.stats()")._rt)
 
