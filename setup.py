@@ -1,16 +1,19 @@
-# The C core is compiled by cffi (vmown/_build.py); the two entry points that
-# must cost about a plain call, vmown.callout and vmown.threaded, are a small
-# CPython extension that reaches the core through a table of function
-# pointers (native/pyext/callout_ext.c).  Everything else is in pyproject.toml.
+# The C core is compiled by cffi (vmown/_build.py: vmown._native).  Next to it
+# are two plain CPython extensions for the calls that must cost about a plain
+# call: vmown._callout_ext (vmown.callout and vmown.threaded) and
+# vmown._channel_ext (the per-message calls of Channel).  They link none of
+# the core: they reach it through tables of function pointers that
+# vmown._native exports, so there is one copy of the core per process
+# (native/pyext/*.c say why).  The rest is in pyproject.toml.
 from setuptools import Extension, setup
 
-setup(
-    cffi_modules=["vmown/_build.py:ffibuilder"],
-    ext_modules=[
-        Extension(
-            "vmown._callout_ext",
-            ["native/pyext/callout_ext.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
-        )
-    ],
-)
+FLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+
+
+def extension(name: str) -> Extension:
+    # Relative paths, as in vmown/_build.py.
+    return Extension(f"vmown._{name}", sources=[f"native/pyext/{name}.c"], include_dirs=["native"],
+                     extra_compile_args=FLAGS)
+
+
+setup(cffi_modules=["vmown/_build.py:ffibuilder"], ext_modules=[extension("callout_ext"), extension("channel_ext")])

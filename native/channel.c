@@ -79,6 +79,13 @@
  * returned 0 published before, so a receiver that sees CLOSED (acquire) and
  * then an empty ring has seen every message there will ever be.
  *
+ * try_send / try_recv are the first pass of send / recv with the side lock
+ * tried once: VMOWN_EAGAIN ("not now", nothing done) for a held lock, a full
+ * or an empty ring.  They are for callers that hold a lock of their own and
+ * must not wait under it: vmown._channel_ext calls them with the GIL held,
+ * where a wait would stall every Python thread of the process, among them
+ * perhaps the very peer that was to make the room or send the message.
+ *
  * Untrusted shared memory: the handle keeps its own copies of capacity and
  * max_message (checked at attach); every index into the ring is masked;
  * positions must be multiples of 8 with 0 <= tail - head <= capacity; a
@@ -257,9 +264,14 @@ static int lock_slow(struct vmown__channel_side *side, uint64_t self, budget *b)
     }
 }
 
+static inline bool try_lock_side(struct vmown__channel_side *side, uint64_t self) {
+    uint64_t free_ = 0;
+    return atomic_compare_exchange_strong_explicit(&side->holder, &free_, self, ACQUIRE, RELAXED);
+}
+
 static inline int lock_side(struct vmown__channel_side *side, budget *b) {
-    uint64_t self = me(), free_ = 0;
-    if (likely(atomic_compare_exchange_strong_explicit(&side->holder, &free_, self, ACQUIRE, RELAXED))) return 0;
+    uint64_t self = me();
+    if (likely(try_lock_side(side, self))) return 0;
     return lock_slow(side, self, b);
 }
 
@@ -362,6 +374,15 @@ static inline int take_locked(vmown_channel *ch, vmown_channel_port *port, uint6
     return 1;
 }
 
+/* After a record is published (consumed): wake the receivers (senders) if one sleeps. */
+static inline void published(struct vmown__channel *s) {
+    if (unlikely(atomic_load_explicit(&s->data.event, SEQ_CST) & 1)) wake(&s->data.event, &s->data.wakes);
+}
+
+static inline void consumed(struct vmown__channel *s) {
+    if (unlikely(atomic_load_explicit(&s->room.event, SEQ_CST) & 1)) wake(&s->room.event, &s->room.wakes);
+}
+
 /* ---- waiting for data or room, without a lock ---- */
 
 static inline bool ready(vmown_channel *ch, bool for_data, uint64_t size) {
@@ -433,7 +454,7 @@ static int send_impl(vmown_channel *ch, const char *data, uint64_t len, int64_t 
         rc = append_locked(ch, data, len, size);
         unlock_side(&s->send);
         if (likely(rc == 1)) {
-            if (unlikely(atomic_load_explicit(&s->data.event, SEQ_CST) & 1)) wake(&s->data.event, &s->data.wakes);
+            published(s);
             return 0;
         }
         if (rc < 0) return rc;
@@ -463,7 +484,7 @@ static int64_t recv_impl(vmown_channel_port *port, int64_t timeout_ns) {
         rc = take_locked(ch, port, &len);
         unlock_side(&s->recv);
         if (likely(rc == 1)) {
-            if (unlikely(atomic_load_explicit(&s->room.event, SEQ_CST) & 1)) wake(&s->room.event, &s->room.wakes);
+            consumed(s);
             return (int64_t)len;
         }
         if (rc < 0) return rc;
@@ -488,6 +509,44 @@ int64_t vmown_channel_recv_timed(vmown_channel_port *port, int64_t timeout_ns) {
     return recv_impl(port, timeout_ns);
 }
 
+/* The first attempt of send_impl / recv_impl, with a lock that is tried
+ * once: for callers that must not wait while they hold a lock of their own
+ * (vmown._channel_ext holds the GIL).  Nothing here spins or sleeps. */
+int vmown_channel_try_send(vmown_channel *ch, const char *data, uint64_t len) {
+    if (unlikely(!ch || (!data && len))) return VMOWN_EINVAL;
+    if (unlikely(len > ch->max_message)) return VMOWN_ECHAN_TOOBIG;
+    struct vmown__channel *s = ch->s;
+    if (unlikely(!try_lock_side(&s->send, me()))) return VMOWN_EAGAIN;
+    int rc = append_locked(ch, data, len, record_size(len));
+    unlock_side(&s->send);
+    if (likely(rc == 1)) {
+        published(s);
+        return 0;
+    }
+    return rc == 0 ? VMOWN_EAGAIN : rc;
+}
+
+int64_t vmown_channel_try_recv(vmown_channel_port *port) {
+    vmown_channel *ch = port ? port->ch : NULL;
+    if (unlikely(!ch || (!port->buf && port->cap))) return VMOWN_EINVAL;
+    struct vmown__channel *s = ch->s;
+    if (unlikely(!try_lock_side(&s->recv, me()))) return VMOWN_EAGAIN;
+    uint64_t len = 0;
+    int rc = take_locked(ch, port, &len);
+    unlock_side(&s->recv);
+    if (likely(rc == 1)) {
+        consumed(s);
+        return (int64_t)len;
+    }
+    if (rc < 0) return rc;
+    uint32_t flags = atomic_load_explicit(&s->flags, ACQUIRE);  /* as recv_impl */
+    if (flags & VMOWN__CHANNEL_BROKEN) return VMOWN_ECHAN_CORRUPT;
+    if ((flags & VMOWN__CHANNEL_CLOSED) &&
+        atomic_load_explicit(&s->tail, ACQUIRE) == atomic_load_explicit(&s->head, ACQUIRE))
+        return VMOWN_ECHAN_CLOSED;
+    return VMOWN_EAGAIN;
+}
+
 int vmown_channel_close(vmown_channel *ch, int64_t timeout_ns) {
     if (!ch) return VMOWN_EINVAL;
     struct vmown__channel *s = ch->s;
@@ -504,6 +563,14 @@ int vmown_channel_close(vmown_channel *ch, int64_t timeout_ns) {
 /* ---- making handles ---- */
 
 uint32_t vmown_channel_layout_version(void) { return VMOWN__CHANNEL_VERSION; }
+
+static const vmown_channel_table api_table = {
+    .version = VMOWN_CHANNEL_API_VERSION,
+    .try_send = vmown_channel_try_send,
+    .try_recv = vmown_channel_try_recv,
+};
+
+const vmown_channel_table *vmown_channel_api(void) { return &api_table; }
 
 uint64_t vmown_channel_size(uint64_t capacity) {
     if (capacity < MIN_CAPACITY || capacity > MAX_CAPACITY || (capacity & (capacity - 1))) return 0;

@@ -47,7 +47,8 @@ enum {
     VMOWN_EBUSY = -1012,      /* slot still owns, waits or is in use */
     VMOWN_EINVAL = -1013,     /* bad argument */
     VMOWN_ESTUCK = -1014,     /* the block's lock was held far too long */
-    VMOWN_EAGAIN = -1015      /* still queued: a slice of the wait passed */
+    VMOWN_EAGAIN = -1015      /* still queued: a slice of the wait passed;
+                                 channel try_send / try_recv: not now, nothing done */
 };
 
 /* Slot states (vmown_slot_info.state). */
@@ -476,6 +477,16 @@ int64_t vmown_channel_recv_timed(vmown_channel_port *port, int64_t timeout_ns);
  * returned 0 before is received.  timeout_ns bounds the wait for the send
  * lock (VMOWN_EINTR as for send).  Closing twice is harmless. */
 int vmown_channel_close(vmown_channel *ch, int64_t timeout_ns);
+/* One attempt that never waits: no spin, no sleep, no system call unless a
+ * peer sleeps and must be woken; a busy side lock counts as "not now".
+ * try_send returns 0 (sent), VMOWN_EAGAIN (nothing sent: the ring is full or
+ * the send lock is held), or an error as for send.  try_recv returns the
+ * message's length (taken), VMOWN_EAGAIN (nothing taken: empty, or the recv
+ * lock is held), or an error as for recv (VMOWN_ECHAN_CLOSED when closed and
+ * drained).  For callers that hold a lock of their own, such as Python's GIL:
+ * on VMOWN_EAGAIN they let it go and make the blocking call. */
+int vmown_channel_try_send(vmown_channel *ch, const char *data, uint64_t len);
+int64_t vmown_channel_try_recv(vmown_channel_port *port);
 int vmown_channel_stats_read(vmown_channel *ch, vmown_channel_stats *out);
 uint64_t vmown_channel_capacity(const vmown_channel *ch);
 uint64_t vmown_channel_max_message(const vmown_channel *ch);
@@ -483,6 +494,16 @@ uint64_t vmown_channel_max_message(const vmown_channel *ch);
 void vmown_channel_set_spin_ns(vmown_channel *ch, int64_t ns);
 int64_t vmown_channel_spin_ns(const vmown_channel *ch);
 uint32_t vmown_channel_layout_version(void);
+/* The table that other extension modules (vmown._channel_ext) call the
+ * channel through, so that the process holds one copy of the core; checked
+ * by version when they are bound. */
+enum { VMOWN_CHANNEL_API_VERSION = 1 };
+typedef struct {
+    int version;
+    int (*try_send)(vmown_channel *ch, const char *data, uint64_t len);
+    int64_t (*try_recv)(vmown_channel_port *port);
+} vmown_channel_table;
+const vmown_channel_table *vmown_channel_api(void);
 /* Process-wide; VMOWN_CHANNEL_STOP_NONE turns it off. */
 void vmown_channel_debug_set_stop(int point);
 

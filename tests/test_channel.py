@@ -6,6 +6,7 @@ from __future__ import annotations
 import array
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -682,7 +683,10 @@ def test_c_stress_without_spinning_on_a_tiny_ring(programs: dict[str, pathlib.Pa
 
 
 def test_c_core_under_thread_sanitizer(programs: dict[str, pathlib.Path]) -> None:
-    assert "received=15000 " in run_c(programs["tsan"], 3, 3, 5_000, 512, 2000)
+    out = run_c(programs["tsan"], 3, 3, 5_000, 512, 2000)
+    assert "received=15000 " in out
+    done, made = map(int, re.search(r"tries=(\d+)/(\d+)", out).groups())
+    assert 0 < done <= made  # the one-attempt calls (vmown._channel_ext's) ran, and moved messages
 
 
 @pytest.mark.slow

@@ -29,18 +29,29 @@
 #   timeout.  Pickled objects from a peer you do not trust are another
 #   matter: unpickling runs code (use send/recv and your own format then).
 #
-# The hot paths are written for what cffi charges: a call with one argument
-# costs about half of one with two or more (METH_O), and every call releases
-# and re-takes the GIL.  send() is one three-argument call.  recv() is one
-# one-argument call on a per-thread "port" (where C copies the message, sized
-# max_message or 64 KiB, whichever is smaller, grown on demand) plus a slice
-# of an ffi.buffer over it, which builds the bytes object directly: measured
-# faster than ffi.unpack or bytes(memoryview[:n]).  The port lives in a
-# threading.local, so threads of one process may share a Channel.  Blocking
-# happens in C with the GIL released: spin up to 20 us (`spin_ns`), then
-# sleep on a futex.  Spinning is adaptive: after a few spins in a row that
-# found nothing (a busy machine, where the peer cannot run while we spin, or
-# a quiet channel) waits sleep at once, probing a spin now and then.  A
+# The per-message path is one C call: send() and recv() are methods of the
+# C base type ChannelBase (native/pyext/channel_ext.c, module
+# vmown._channel_ext), which make one attempt that never waits, with the GIL
+# held -- room in the ring (a message in it): copy, publish, return.  A cffi
+# call costs ~45 ns with one argument, ~100 ns with more, and releases and
+# re-takes the GIL; a Python method around it adds a frame: that, not the
+# ring, was the limit of streaming small messages.  Everything the fast path
+# does not do it hands, unchanged, to _send_slow / _recv_slow here: waiting
+# (full, empty, a busy lock), every error (so one place, _raise, makes the
+# exceptions of both paths), checking unusual arguments, and messages over
+# 64 KiB (copied without the GIL).  The extension gets the core's functions
+# from vmown._native (bind() below): one copy of the core in the process.
+#
+# The slow paths are written for what cffi charges: send is one
+# three-argument call; recv is one one-argument call on a per-thread "port"
+# (where C copies the message, sized max_message or 64 KiB, whichever is
+# smaller, grown on demand) plus a slice of an ffi.buffer over it, which
+# builds the bytes object directly.  The port lives in a threading.local, so
+# threads of one process may share a Channel.  Blocking happens in C with
+# the GIL released: spin up to 20 us (`spin_ns`), then sleep on a futex.
+# Spinning is adaptive: after a few spins in a row that found nothing (a
+# busy machine, where the peer cannot run while we spin, or a quiet
+# channel) waits sleep at once, probing a spin now and then.  A
 # signal ends the sleep so that its handler runs here (Ctrl-C raises), and
 # the call resumes if the handler returns; sleeps last 50 ms at most, so a
 # signal that came between two sleeps is handled within 50 ms.
@@ -58,6 +69,8 @@ import threading
 import time
 from typing import Any, Iterator
 
+from . import _channel_ext
+from ._channel_ext import ChannelBase
 from ._errors import ChannelClosed, error
 from ._native import ffi, lib
 
@@ -74,6 +87,10 @@ if not hasattr(lib, "vmown_channel_recv") or lib.vmown_channel_layout_version() 
     raise ImportError(
         f"vmown._native is stale (no channel layout {LAYOUT_VERSION}); reinstall with pip install -e ."
     )
+
+# One copy of the core: the extension calls vmown._native's functions
+# through this table (ImportError if the two come from different builds).
+_channel_ext.bind(int(ffi.cast("uintptr_t", lib.vmown_channel_api())))
 
 _send = lib.vmown_channel_send
 _send_timed = lib.vmown_channel_send_timed
@@ -166,7 +183,7 @@ class _Memory:
         self.pinned = None
 
 
-class Channel:
+class Channel(ChannelBase):
     """A bounded channel of messages between threads and processes, in an arena.
 
     Make one with :meth:`create`; other processes use :meth:`open` with its
@@ -245,7 +262,7 @@ class Channel:
 
     @classmethod
     def _wrap(cls, handle: Any, pinned: Any, arena: Any, offset: int, size: int) -> "Channel":
-        self = object.__new__(cls)
+        self = ChannelBase.__new__(cls)
         memory = _Memory(pinned)
         self._h = ffi.gc(handle, memory.free)
         self._arena = arena
@@ -254,26 +271,15 @@ class Channel:
         self._capacity = lib.vmown_channel_capacity(handle)
         self._max = lib.vmown_channel_max_message(handle)
         self._local = threading.local()
+        self._bind(int(ffi.cast("uintptr_t", handle)), self._max)  # lent to ChannelBase: see detach()
         return self
 
     # ---- sending ----
 
-    def send(self, data: Any, timeout: float | None = None) -> None:
-        """Send ``data`` (bytes-like), waiting up to ``timeout`` seconds (None: for ever) for room.
+    # send(data, timeout=None): ChannelBase's, in C; it calls this for all
+    # that its one attempt without waiting did not do.
 
-        Raises ValueError if it is longer than :attr:`max_message`,
-        :class:`ChannelClosed` once the channel is closed, TimeoutError.
-        ``timeout=0`` never waits.
-        """
-        if timeout is None and data.__class__ is bytes:
-            rc = _send(self._h, data, len(data))
-            if not rc:
-                return
-            self._send_slow(data, None, rc)
-        else:
-            self._send_slow(data, timeout, None)
-
-    def _send_slow(self, data: Any, timeout: float | None, rc: int | None) -> None:
+    def _send_slow(self, data: Any, timeout: float | None) -> None:
         if data.__class__ is not bytes:
             if isinstance(data, str):
                 raise TypeError("send() takes bytes-like data, not str; encode it first (or send_obj)")
@@ -284,17 +290,16 @@ class Channel:
         length = len(data)
         deadline = None if timeout is None else time.monotonic() + _timeout_ns(timeout) / 1e9
         while True:
-            if rc is None or rc == _EINTR:
-                # First try, or a signal interrupted the wait: its handler has
-                # run (on this loop's backward jump) and returned.  Nothing
-                # was sent; try again with what is left of the timeout.
-                h = self._h
-                if deadline is None:
-                    rc = _send(h, data, length)
-                else:
-                    rc = _send_timed(h, data, length, _remaining_ns(deadline))
-                if rc == _EINTR:
-                    continue
+            h = self._h
+            if deadline is None:
+                rc = _send(h, data, length)
+            else:
+                rc = _send_timed(h, data, length, _remaining_ns(deadline))
+            if rc == _EINTR:
+                # A signal interrupted the wait: its handler has run (on this
+                # loop's backward jump) and returned.  Nothing was sent; try
+                # again with what is left of the timeout.
+                continue
             if not rc:
                 return
             self._raise(rc, "send", length=length)
@@ -327,23 +332,13 @@ class Channel:
         self._local.rx = rx
         return rx
 
-    def recv(self, timeout: float | None = None) -> bytes:
-        """The oldest message, waiting up to ``timeout`` seconds (None: for ever) for one.
+    # recv(timeout=None): ChannelBase's, in C, as send.
 
-        Raises :class:`ChannelClosed` once the channel is closed and empty,
-        TimeoutError.  ``timeout=0`` never waits.
-        """
+    def _recv_slow(self, timeout: float | None) -> bytes:
         try:
             rx = self._local.rx
         except AttributeError:
             rx = self._port()
-        if timeout is None:
-            n = _recv(rx[0])
-            if n >= 0:
-                return rx[1][:n]
-        return self._recv_slow(rx, timeout)
-
-    def _recv_slow(self, rx: tuple[Any, Any, Any, Any], timeout: float | None) -> bytes:
         deadline = None if timeout is None else time.monotonic() + _timeout_ns(timeout) / 1e9
         while True:
             port = rx[0]
@@ -444,6 +439,7 @@ class Channel:
         Calls still running in other threads finish first (they hold the
         handle).  Detaching twice is harmless.
         """
+        self._bind(0, 0)  # first: ChannelBase must not use the handle once _h lets it go
         self._h = _NULL
         self._local = threading.local()
 

@@ -3,7 +3,9 @@
  * Usage: channel_test [PRODUCERS] [CONSUMERS] [MESSAGES_PER_PRODUCER] [CAPACITY] [SPIN_NS]
  * Each producer sends MESSAGES messages of varying length (0 .. max_message)
  * holding its id, a sequence number and a pattern derived from both; some
- * sends use short timeouts and retry.  Consumers check every byte of every
+ * sends use short timeouts and retry, and some make one attempt that does
+ * not wait (try_send, as vmown._channel_ext does) before the blocking call;
+ * some receives likewise (try_recv).  Consumers check every byte of every
  * message, that each producer's messages reach them in increasing order,
  * and mark each (producer, seq) in a table that must end with every entry
  * seen exactly once.  When the producers are done, main closes the channel;
@@ -28,7 +30,7 @@ static vmown_channel *ch;
 static long per_producer;
 static int producers, consumers;
 static _Atomic unsigned char *seen;  /* producers * per_producer entries */
-static _Atomic long failures, received, timeouts;
+static _Atomic long failures, received, timeouts, tries_done, tries_not_now;
 
 static void fail(const char *what, long a, long b) {
     fprintf(stderr, "channel_test: invariant broken: %s (%ld, %ld)\n", what, a, b);
@@ -49,7 +51,13 @@ static void *producer(void *arg) {
         memcpy(msg + 8, &seq, 8);
         for (size_t i = 16; i < len; i++) msg[i] = (char)pattern(id, seq, (long)i);
         int rc;
-        if (seq % 5 == 0) {
+        if (seq % 5 == 1) {
+            rc = vmown_channel_try_send(ch, msg, len);
+            atomic_fetch_add(rc == VMOWN_EAGAIN ? &tries_not_now : &tries_done, 1);
+            if (rc == VMOWN_EAGAIN)
+                while ((rc = vmown_channel_send(ch, msg, len)) == VMOWN_EINTR) {
+                }
+        } else if (seq % 5 == 0) {
             while ((rc = vmown_channel_send_timed(ch, msg, len, 20000)) == VMOWN_ETIMEDOUT || rc == VMOWN_EINTR)
                 if (rc == VMOWN_ETIMEDOUT) atomic_fetch_add(&timeouts, 1);
         } else {
@@ -67,7 +75,14 @@ static void *consumer(void *arg) {
     long last[MAX_PRODUCERS];
     for (int i = 0; i < MAX_PRODUCERS; i++) last[i] = -1;
     for (long k = (long)(size_t)arg;; k++) {
-        int64_t n = k % 7 == 0 ? vmown_channel_recv_timed(&port, 30000) : vmown_channel_recv(&port);
+        int64_t n;
+        if (k % 7 == 1) {
+            n = vmown_channel_try_recv(&port);
+            atomic_fetch_add(n == VMOWN_EAGAIN ? &tries_not_now : &tries_done, 1);
+            if (n == VMOWN_EAGAIN) continue;  /* the next k blocks */
+        } else {
+            n = k % 7 == 0 ? vmown_channel_recv_timed(&port, 30000) : vmown_channel_recv(&port);
+        }
         if (n == VMOWN_ETIMEDOUT || n == VMOWN_EINTR) {  /* EINTR: a slice asleep; look again */
             if (n == VMOWN_ETIMEDOUT) atomic_fetch_add(&timeouts, 1);
             continue;
@@ -117,6 +132,12 @@ int main(int argc, char **argv) {
     }
     vmown_channel_set_spin_ns(ch, spin_ns);
     if (vmown_channel_send(ch, "x", MAX_MESSAGE + 1) != VMOWN_ECHAN_TOOBIG) fail("too big accepted", 0, 0);
+    if (vmown_channel_try_send(ch, "x", MAX_MESSAGE + 1) != VMOWN_ECHAN_TOOBIG) fail("too big tried", 0, 0);
+    {
+        char buf[MAX_MESSAGE];
+        vmown_channel_port port = {.ch = ch, .buf = buf, .cap = sizeof buf};
+        if (vmown_channel_try_recv(&port) != VMOWN_EAGAIN) fail("try_recv on an empty channel", 0, 0);
+    }
     pthread_t threads[2 * MAX_PRODUCERS + 64];
     int nthreads = 0;
     for (long i = 0; i < consumers; i++) pthread_create(&threads[nthreads++], NULL, consumer, (void *)(size_t)i);
@@ -127,6 +148,12 @@ int main(int argc, char **argv) {
     if (rc != 0) fail("close", rc, 0);
     for (int i = 0; i < consumers; i++) pthread_join(threads[i], NULL);
     if (vmown_channel_send(ch, "x", 1) != VMOWN_ECHAN_CLOSED) fail("send after close", 0, 0);
+    if (vmown_channel_try_send(ch, "x", 1) != VMOWN_ECHAN_CLOSED) fail("try_send after close", 0, 0);
+    {
+        char buf[MAX_MESSAGE];
+        vmown_channel_port port = {.ch = ch, .buf = buf, .cap = sizeof buf};
+        if (vmown_channel_try_recv(&port) != VMOWN_ECHAN_CLOSED) fail("try_recv after close", 0, 0);
+    }
     for (long i = 0; i < producers * per_producer; i++)
         if (atomic_load(&seen[i]) != 1) {
             fail("message lost", i / per_producer, i % per_producer);
@@ -136,8 +163,9 @@ int main(int argc, char **argv) {
     vmown_channel_stats_read(ch, &stats);
     if (stats.sent != stats.received || stats.messages != 0 || stats.used != 0 || !stats.closed || stats.broken)
         fail("stats after draining", (long)stats.sent, (long)stats.received);
-    printf("failures=%ld received=%ld timeouts=%ld send_sleeps=%llu recv_sleeps=%llu wakes=%llu\n",
-           atomic_load(&failures), atomic_load(&received), atomic_load(&timeouts),
+    printf("failures=%ld received=%ld timeouts=%ld tries=%ld/%ld send_sleeps=%llu recv_sleeps=%llu wakes=%llu\n",
+           atomic_load(&failures), atomic_load(&received), atomic_load(&timeouts), atomic_load(&tries_done),
+           atomic_load(&tries_done) + atomic_load(&tries_not_now),
            (unsigned long long)stats.send_sleeps, (unsigned long long)stats.recv_sleeps,
            (unsigned long long)stats.wakes);
     vmown_channel_detach(ch);
