@@ -19,6 +19,15 @@
 #   vmown_last_start_s  in the run that gave vmown_s: when the last process
 #                    first ran, from the start (a process's first statement
 #                    stamps time.perf_counter())
+#   vmown_start_p50_s   in the same run: when half of the processes had run
+#   vmown_activations   in the same run: VMs given to a parked worker by the
+#                    heartbeat (vmown.stats()['activations']): the only way a
+#                    new process gets a thread while every thread is in a step
+#   vmown_hand_offs  in the same run: releases straight to a queued thread.
+#                    Each is a semaphore wake (microseconds) where a call with
+#                    nobody queued pays one own/disown pair (~15 ns): a count
+#                    near the 40,000 calls means the threads have formed a
+#                    convoy, every 2 us call handing the VM to the next one
 #   critical_path_s  the slow calls of the task that has the most of them,
 #                    end to end: no contender can finish sooner
 #   trio_thread_s    trio, every call through trio.to_thread.run_sync
@@ -73,11 +82,11 @@ def make_plan(processes: int, calls: int) -> Plan:
 
 def _vmown_s(
     vmown: Any, spin: Callable[[int], int], block: Callable[[int], int], plan: Plan
-) -> tuple[float, int, float]:
-    """(wall time, most worker threads alive at once, when the last process first ran)."""
+) -> tuple[float, dict[str, int], list[float]]:
+    """(wall time, vmown.stats() at the end, when each process first ran, sorted)."""
     spawn = vmown.spawn
     elapsed = [0.0]
-    threads_high = [0]
+    stats: dict[str, int] = {}
     first_run = [0.0] * len(plan)
 
     async def task(i: int, flags: list[bool]) -> None:
@@ -94,11 +103,11 @@ def _vmown_s(
         for process in processes:
             await process
         elapsed[0] = time.perf_counter() - start
-        threads_high[0] = vmown.stats()["threads_high"]
-        first_run[:] = [t - start for t in first_run]
+        stats.update(vmown.stats())
+        first_run[:] = sorted(t - start for t in first_run)
 
     vmown.run(main, hz=1000)
-    return elapsed[0], threads_high[0], max(first_run)
+    return elapsed[0], stats, first_run
 
 
 def _trio_s(lib: Any, plan: Plan, offload_fast: bool, offload_slow: bool) -> float:
@@ -177,13 +186,14 @@ def run(quick: bool) -> dict[str, float]:
     plan = make_plan(processes, calls)
     callout = vmown.callout
     threads_high = [0]
-    wrapped_runs: list[tuple[float, float]] = []  # (vmown_s, when its last process first ran)
+    # (vmown_s, its vmown.stats(), when each of its processes first ran)
+    wrapped_runs: list[tuple[float, dict[str, int], list[float]]] = []
 
     def with_vmown(spin: Callable[[int], int], block: Callable[[int], int]) -> float:
-        elapsed, high, last_start = _vmown_s(vmown, spin, block, plan)
-        threads_high[0] = max(threads_high[0], high)
+        elapsed, stats, first_run = _vmown_s(vmown, spin, block, plan)
+        threads_high[0] = max(threads_high[0], stats["threads_high"])
         if spin is lib.spin_us_threaded:
-            wrapped_runs.append((elapsed, last_start))
+            wrapped_runs.append((elapsed, stats, first_run))
         return elapsed
 
     contenders: dict[str, Callable[[], float]] = {
@@ -201,6 +211,7 @@ def run(quick: bool) -> dict[str, float]:
                 best[name] = min(best[name], contender())
         trio_inline = _trio_s(lib, plan, offload_fast=False, offload_slow=False)
     vmown_s, oracle_s = best["vmown_s"], best["oracle_s"]
+    _, best_stats, first_run = min(wrapped_runs, key=lambda run: run[0])
     return {
         "vmown_s": vmown_s,
         "vmown_callout_s": best["vmown_callout_s"],
@@ -213,7 +224,10 @@ def run(quick: bool) -> dict[str, float]:
         "calls_each": calls,
         "slow_calls": sum(map(sum, plan)),
         "vmown_threads_high": threads_high[0],
-        "vmown_last_start_s": min(wrapped_runs)[1],
+        "vmown_last_start_s": first_run[-1],
+        "vmown_start_p50_s": first_run[len(first_run) // 2],
+        "vmown_activations": best_stats["activations"],
+        "vmown_hand_offs": best_stats["hand_offs"],
         "critical_path_s": max(map(sum, plan)) * BLOCK_US / 1e6,
         "trio_thread_over_vmown": best["trio_thread_s"] / vmown_s,
         "trio_inline_over_vmown": trio_inline / vmown_s,
