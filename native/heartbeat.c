@@ -17,6 +17,8 @@
  * activate a parked worker (vmown__activate: CAS W -> that worker, post it).
  * Because every acquisition changes the owner field and every release bumps
  * the epoch, "W unchanged" cannot be fooled by an own + disown in between.
+ * A pending soft grant (ownership.c) is owned: its owner field is not 0, and
+ * its claim or steal changes the word, so it never qualifies either.
  * Consequences: a call shorter than one tick never causes an activation (the
  * word it released differs from the word the previous tick saw, and it is
  * gone by the next); a call longer than two ticks always does.

@@ -68,7 +68,8 @@ enum {
 };
 
 /* Owner word: bits 0-31 the owner (int32: 0 = unowned, >0 = slot index,
- * -1 = reserved during a hand-over), bits 32-63 the ownership epoch, bumped
+ * -1 = reserved during a hand-over, 0x40000000 | slot = a soft grant to slot
+ * not claimed yet; vmown_owner reports that slot), bits 32-63 the ownership epoch, bumped
  * by every release.  Packing both into one word makes a release one atomic
  * store and lets an observer tell "unowned all along" from "owned and
  * released again" by comparing two reads of a single word. */
@@ -85,6 +86,9 @@ typedef struct {
     uint64_t hand_offs;    /* releases that gave the VM straight to a waiter */
     uint64_t disowns;      /* disown() calls */
     uint64_t interrupts;   /* waits left because of a signal or timeout */
+    uint64_t soft_grants;  /* callout disowns that woke a waiter with a soft grant */
+    uint64_t steals;       /* soft grants taken back by their granter before the claim */
+    uint64_t robberies;    /* waiters that woke to a grant taken back (and queued again) */
     uint64_t reaped;       /* slots freed because their process died */
 } vmown_counters;
 
@@ -120,6 +124,7 @@ int vmown_register(vmown_cb *cb);
 int vmown_unregister(vmown_cb *cb, uint32_t slot);
 
 /* Release the VM: hand it to the head waiter if there is one, else store 0.
+ * Always a hard, FIFO hand-off; only vmown_callout_begin makes soft grants.
  * `callout` tags what the caller is about to do (0 = nothing in particular). */
 int vmown_disown(vmown_cb *cb, uint32_t slot, uint64_t callout);
 /* Take the VM, waiting as long as it takes (signals are not reported). */
@@ -225,7 +230,9 @@ int vmown_heartbeat_read(const vmown_cb *cb, vmown_heartbeat_stats *out);
 /* Bind the calling thread to a block and its slot (cb NULL unbinds). */
 int vmown_bind_thread(vmown_cb *cb, uint32_t slot);
 /* Disown if this thread is bound and owns the VM; returns a token for
- * vmown_callout_end (0: nothing was disowned, the call is a plain call). */
+ * vmown_callout_end (0: nothing was disowned, the call is a plain call).
+ * A queued thread gets a soft grant: end (or try_end) takes the VM back with
+ * one CAS if that thread has not claimed it yet (ownership.c). */
 uint32_t vmown_callout_begin(uint64_t tag);
 /* Own again (waiting without the GIL if need be); errno is preserved.  A
  * failure here cannot be reported to the caller and aborts, naming it. */
@@ -270,7 +277,8 @@ int vmown_reap(vmown_cb *cb);
 enum {
     VMOWN_DEBUG_STOP_NONE = 0,
     VMOWN_DEBUG_STOP_GRANTED = 1,  /* handed the VM, before taking it */
-    VMOWN_DEBUG_STOP_IN_LOCK = 2   /* inside the lock, queue half-updated */
+    VMOWN_DEBUG_STOP_IN_LOCK = 2,  /* inside the lock, queue half-updated */
+    VMOWN_DEBUG_STOP_CLAIM = 3     /* woken by a soft grant, before claiming it */
 };
 void vmown_debug_set_stop(int point);
 
