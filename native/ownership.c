@@ -102,9 +102,10 @@
  *     thief (S3) is an ordinary unowned word; the activation's CAS and W's
  *     CAS (S2) race from it and one wins.
  * S5. Unfairness is bounded: a grant is hard (as for a Python disown) when the
- *     head has been robbed MAX_ROBBED times in this wait, or queued for
- *     ROB_LIMIT_NS since it first queued (its ticket and wait_since survive a
- *     re-queue).  A thread making only short callouts hands over within ~1 ms.
+ *     head has been robbed MAX_ROBBED times in this wait, or ROB_LIMIT_NS
+ *     have passed since its first robbery (its ticket, robbery count and
+ *     time survive a re-queue).  A thread making only short callouts hands
+ *     over within ~1 ms of robbing somebody.
  * S6. Dead processes.  A holder of a pending grant that died: waiters' slices
  *     check the holder (VMOWN__HOLDER) like an owner, and reaping releases a
  *     word that names it, owning or pending (a thief's CAS may win instead:
@@ -251,7 +252,6 @@ static int enqueue_locked(vmown_cb *cb, uint32_t me) {
     atomic_store_explicit(&s->ticket, atomic_fetch_add_explicit(&b->next_ticket, 1, RELAXED), RELAXED);
     atomic_store_explicit(&s->state, VMOWN_SLOT_WAITING, RELAXED);
     atomic_store_explicit(&s->robbed, 0, RELAXED);  /* a new wait: no robbery yet */
-    atomic_store_explicit(&s->wait_since_ns, vmown__now_ns(), RELAXED);
     if ((rc = read_link(cb, &b->tail, &tail)) < 0) return rc;
     if (tail == 0 || atomic_load_explicit(&slot_of(cb, tail)->priority, RELAXED) >= prio) {
         /* The common case: append. */
@@ -619,7 +619,9 @@ static int settle_grant(vmown_cb *cb, uint32_t me) {
         return VMOWN_EBROKEN;
     }
     atomic_store_explicit(&b->claimant, 0, RELAXED);
-    atomic_store_explicit(&s->robbed, atomic_load_explicit(&s->robbed, RELAXED) + 1, RELAXED);
+    uint32_t robbed = atomic_load_explicit(&s->robbed, RELAXED);
+    if (robbed == 0) atomic_store_explicit(&s->robbed_since_ns, vmown__now_ns(), RELAXED);
+    atomic_store_explicit(&s->robbed, robbed + 1, RELAXED);
     bump(&s->robberies);
     w = atomic_load_explicit(&b->owner_word, SEQ_CST);
     if (VMOWN__OWNER(w) == 0 &&
@@ -829,8 +831,9 @@ int vmown_unregister(vmown_cb *cb, uint32_t me) {
     return 0;
 }
 
-/* A soft grant turns hard for a waiter robbed this often, or queued this long:
- * a thread that makes only short callouts cannot keep the VM from it. */
+/* A soft grant turns hard for a waiter robbed this often, or this long after
+ * its first robbery: a thread that makes only short callouts cannot keep the
+ * VM from it. */
 #ifndef MAX_ROBBED
 #define MAX_ROBBED 64
 #endif
@@ -873,8 +876,9 @@ static int disown(vmown_cb *cb, uint32_t me, uint64_t callout, bool soft) {
     uint32_t word_owner = head;
     if (soft && head) {
         struct vmown_slot *h = slot_of(cb, head);
-        soft = atomic_load_explicit(&h->robbed, RELAXED) < MAX_ROBBED &&
-               vmown__now_ns() - atomic_load_explicit(&h->wait_since_ns, RELAXED) < ROB_LIMIT_NS;
+        uint32_t robbed = atomic_load_explicit(&h->robbed, RELAXED);
+        soft = robbed == 0 || (robbed < MAX_ROBBED && vmown__now_ns() -
+                                   atomic_load_explicit(&h->robbed_since_ns, RELAXED) < ROB_LIMIT_NS);
     }
     if (soft && head) {
         word_owner = VMOWN__PENDING | head;
@@ -1061,8 +1065,25 @@ static int idle_unlink_locked(vmown_cb *cb, uint32_t me) {
     return rc;
 }
 
+static int park(vmown_cb *cb, uint32_t me, int64_t timeout_ns);
+
 int vmown_park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
     if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
+    int rc = park(cb, me, timeout_ns);
+    struct vmown_slot *s = slot_of(cb, me);
+    if (atomic_load_explicit(&s->serving, RELAXED)) {
+        /* Queued as a server (vmown__queue_idle), out of the queue now: its
+         * own priority again.  Owning, it came through the queue as a waiter
+         * does: counted as a slow own, so that every acquisition is an own
+         * or an activation. */
+        if (rc == 1) bump(&s->slow_owns);
+        atomic_store_explicit(&s->priority, atomic_load_explicit(&s->saved_priority, RELAXED), RELAXED);
+        atomic_store_explicit(&s->serving, 0, RELAXED);
+    }
+    return rc;
+}
+
+static int park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
     struct vmown__block *b = cb->b;
     struct vmown_slot *s = slot_of(cb, me);
     uint64_t w = atomic_load_explicit(&b->owner_word, RELAXED);
@@ -1110,14 +1131,23 @@ int vmown_park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
             bump(&s->interrupts);
             return lrc < 0 ? lrc : rc;
         }
+        bool queued = atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_WAITING;
         unlock_block(cb);
+        if (queued) {
+            /* Queued by the heartbeat (vmown__queue_idle): a waiter now,
+             * which waits like any other, its timeout no longer applying. */
+            rc = await_grant(cb, me, -1, 0);
+            return rc < 0 ? rc : 1;
+        }
         /* Activated or unparked meanwhile: that post is on its way. */
         deadline = -1;
         interruptible = 0;
     }
-    if (VMOWN__OWNER(atomic_load_explicit(&b->owner_word, ACQUIRE)) != (int32_t)me) {
-        mark_broken(cb);
-        return VMOWN_EBROKEN;
+    /* Activated (a hard grant), or granted from the queue, perhaps softly. */
+    if ((rc = settle_grant(cb, me)) < 0) return rc;
+    if (rc == 0) {
+        rc = await_grant(cb, me, -1, 0);  /* robbed and queued again */
+        return rc < 0 ? rc : 1;
     }
     atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
     bump(&s->waits);
@@ -1141,6 +1171,32 @@ int vmown_unpark(vmown_cb *cb, uint32_t target) {
 done:
     unlock_block(cb);
     return rc;
+}
+
+int vmown__queue_idle(vmown_cb *cb) {
+    uint32_t target, granted = 0;
+    int rc = lock_block(cb);
+    if (rc < 0) return rc;
+    if ((rc = read_link(cb, &cb->b->idle_head, &target)) < 0 || target == 0) goto done;
+    /* Off the idle stack and into the queue in one critical section: whoever
+     * looks under the lock finds it in exactly one of them. */
+    struct vmown_slot *s = slot_of(cb, target);
+    if ((rc = idle_unlink_locked(cb, target)) < 0) goto done;
+    /* Behind every other waiter: a thread back from a callout carries a
+     * process already under way. */
+    atomic_store_explicit(&s->saved_priority, atomic_load_explicit(&s->priority, RELAXED), RELAXED);
+    atomic_store_explicit(&s->priority, INT32_MIN, RELAXED);
+    atomic_store_explicit(&s->serving, 1, RELAXED);
+    if ((rc = enqueue_locked(cb, target)) < 0) goto done;
+    /* enqueue_locked counted it in `attention` (seq_cst) before this load of
+     * the owner word: an owner releasing meanwhile sees the waiter (and hands
+     * off or kicks, blocking on the lock until we are done), or we see the VM
+     * unowned and grant it here. */
+    rc = grant_head_locked(cb, &granted);
+done:
+    unlock_block(cb);
+    post_granted(cb, granted);
+    return rc < 0 ? rc : (int)target;
 }
 
 int vmown__activate(vmown_cb *cb, uint64_t expected) {
@@ -1169,7 +1225,7 @@ int vmown__activate(vmown_cb *cb, uint64_t expected) {
 }
 
 void vmown_set_work(vmown_cb *cb, uint64_t runnable, int64_t next_timer_ns) {
-    atomic_store_explicit(&cb->b->runnable, runnable, RELAXED);
+    atomic_store_explicit(&cb->b->work[1], runnable, RELAXED);
     atomic_store_explicit(&cb->b->next_timer_ns, next_timer_ns, RELAXED);
 }
 
@@ -1191,6 +1247,12 @@ const uint32_t *vmown_waiters_word(const vmown_cb *cb) {
 #else
     return halves;
 #endif
+}
+
+uint64_t *vmown_work_words(vmown_cb *cb) {
+    /* An _Atomic uint64_t has the layout of a uint64_t; the owner is its one
+     * writer, and an aligned 64-bit store is atomic on every target built for. */
+    return (uint64_t *)(void *)cb->b->work;
 }
 
 uint32_t vmown_nslots(const vmown_cb *cb) { return cb->nslots; }

@@ -81,7 +81,8 @@ typedef struct vmown_cb vmown_cb;
  * slots' own counters (each slot counts its own events without atomics RMW). */
 typedef struct {
     uint64_t fast_owns;    /* own() that won the CAS without the lock */
-    uint64_t slow_owns;    /* own() that took the lock (waited or not) */
+    uint64_t slow_owns;    /* own() that took the lock (waited or not), and parked
+                              workers given the VM through the queue */
     uint64_t waits;        /* own() or yield that slept on a semaphore */
     uint64_t hand_offs;    /* releases that gave the VM straight to a waiter */
     uint64_t disowns;      /* disown() calls */
@@ -177,6 +178,11 @@ uint32_t vmown_waiters(const vmown_cb *cb);
  * through this pointer releases nothing.  Aligned 32-bit word: loads are
  * atomic; the value is a snapshot, as from vmown_waiters. */
 const uint32_t *vmown_waiters_word(const vmown_cb *cb);
+/* Two words for the owner to write in place (plain stores through this
+ * pointer, no call, nothing released), read by the heartbeat (heartbeat.c):
+ * [0] processes taken off the run queue so far, bumped at each; [1] processes
+ * runnable now, the word vmown_set_work writes. */
+uint64_t *vmown_work_words(vmown_cb *cb);
 uint32_t vmown_nslots(const vmown_cb *cb);
 uint32_t vmown_slots_in_use(const vmown_cb *cb);
 int vmown_counters_read(const vmown_cb *cb, vmown_counters *out);
@@ -200,6 +206,7 @@ typedef struct {
     uint64_t activations;   /* idle workers given the VM by the heartbeat */
     uint64_t starved;       /* ticks that found work but no idle worker */
     uint64_t sleeps;        /* times the heartbeat stopped ticking */
+    uint64_t servers;       /* idle workers queued for the VM: run queue stalled */
     uint32_t idle_workers;  /* workers parked now */
     uint32_t running;       /* 1 while this process's heartbeat runs */
     int32_t tid;            /* its thread id (for /proc and py-spy), 0 if none */

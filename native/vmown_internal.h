@@ -73,10 +73,15 @@ struct vmown_slot {
     _Atomic uint64_t callout_tick;
     _Atomic uint32_t idle_next;     /* idle stack link, 0 = end; under lock */
     _Atomic uint32_t robbed;        /* soft grants taken back from it in this wait; under lock */
-    _Atomic int64_t wait_since_ns;  /* CLOCK_MONOTONIC when this wait began; its thread, before queueing */
+    _Atomic int64_t robbed_since_ns; /* CLOCK_MONOTONIC of its first robbery in this wait; under lock */
     /* The pending word this slot's last soft grant stored: only a word equal
      * to it may be stolen back by this slot.  Its own thread only. */
     _Atomic uint64_t soft_word;
+    /* Queued by the heartbeat from the idle stack (a server): it waits behind
+     * every other waiter (priority INT32_MIN) until its park returns, which
+     * restores saved_priority.  Under lock. */
+    _Atomic uint32_t serving;
+    _Atomic int32_t saved_priority;
     /* counters, written only by the slot's thread (relaxed load + store) */
     _Atomic uint64_t fast_owns, slow_owns, waits, hand_offs, disowns, interrupts;
     _Atomic uint64_t soft_grants, steals, robberies;
@@ -92,11 +97,15 @@ struct vmown__block {
     _Atomic uint64_t attention __attribute__((aligned(VMOWN__CACHE_LINE)));
     /* Work that waits if the VM is left unowned: written by the owner with
      * plain stores before it releases, read by the heartbeat. */
-    _Atomic uint64_t runnable __attribute__((aligned(VMOWN__CACHE_LINE)));
+    /* work[0]: processes taken off the run queue so far (the heartbeat sees
+     * the queue served); work[1]: processes runnable (vmown_set_work).  The
+     * owner writes both in place too (vmown_work_words). */
+    _Atomic uint64_t work[2] __attribute__((aligned(VMOWN__CACHE_LINE)));
     _Atomic int64_t next_timer_ns;  /* CLOCK_MONOTONIC; 0 = no timer */
     /* Written by heartbeats. */
     _Atomic uint64_t ticks __attribute__((aligned(VMOWN__CACHE_LINE)));
     _Atomic uint64_t activations, starved, hb_sleeps;
+    _Atomic uint64_t servers;       /* idle workers queued for a stalled run queue */
     sem_t hb_sem;                   /* a sleeping heartbeat waits here */
     /* Everything below is protected by `lock` unless it says otherwise. */
     pthread_mutex_t lock __attribute__((aligned(VMOWN__CACHE_LINE)));
@@ -133,6 +142,10 @@ struct vmown_cb {
 
 /* Shared between ownership.c and heartbeat.c. */
 int vmown__activate(vmown_cb *cb, uint64_t expected_word);
+/* Move the most recently parked worker from the idle stack into the wait
+ * queue (granting it the VM at once if unowned); returns its slot, 0 if none
+ * is parked.  Its vmown_park returns 1 once it owns the VM. */
+int vmown__queue_idle(vmown_cb *cb);
 /* vmown_disown with a soft grant to the head waiter: callout.c. */
 int vmown__disown_soft(vmown_cb *cb, uint32_t slot, uint64_t callout);
 void vmown__heartbeat_wake(vmown_cb *cb);

@@ -54,7 +54,10 @@ _INTERRUPTIBLE = lib.VMOWN_WAIT_INTERRUPTIBLE
 # handler ran between two sleeps is acted on within a slice, not never.
 _SLICED = lib.VMOWN_WAIT_INTERRUPTIBLE | lib.VMOWN_WAIT_SLICES
 
-_COUNTERS = ("fast_owns", "slow_owns", "waits", "hand_offs", "disowns", "interrupts", "soft_grants", "steals", "robberies", "reaped")
+_COUNTERS = (
+    "fast_owns", "slow_owns", "waits", "hand_offs", "disowns", "interrupts", "soft_grants", "steals", "robberies",
+    "reaped",
+)
 _SLOT_STATES = {
     lib.VMOWN_SLOT_FREE: "free",
     lib.VMOWN_SLOT_RUNNING: "running",

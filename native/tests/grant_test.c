@@ -13,7 +13,7 @@
  *   not starved: with every claim held back (widen 100 us), A works 50 us
  *     owning the VM, then makes an empty callout, in a loop, stealing each
  *     grant back; the waiter, robbed again and again, still gets the VM (its
- *     grant turns hard after 1 ms or 64 robberies);
+ *     grant turns hard 1 ms after its first robbery, or at the 64th);
  *   keeps its place: two waiters B then C under the same loop: B owns first
  *     (a robbed waiter goes back to the head, and no second waiter is woken
  *     while a robbed one is on its way back).
