@@ -254,22 +254,30 @@ def _alive(pid: int) -> bool:
 
 
 def _crash_round(vm: vmown.Ownership, shared: mmap.mmap, rng: random.Random, children: int) -> None:
-    """Children cycle own -> critical section -> disown; some are killed at
-    random moments, some stop at a debug point and are killed there."""
+    """Children cycle own -> critical section -> callout -> critical section
+    -> disown (the callout's disown gives a waiter a soft grant, which it
+    claims or the child steals back); some are killed at random moments, some
+    stop at a debug point and are killed there."""
+
+    def critical(me: int) -> None:
+        inside = int.from_bytes(shared[0:4], "little")
+        assert inside in (0, me) or not _alive(inside), f"{inside} is inside too"
+        shared[0:4] = me.to_bytes(4, "little")
+        count = int.from_bytes(shared[4:12], "little")
+        shared[4:12] = (count + 1).to_bytes(8, "little")
+        shared[0:4] = (0).to_bytes(4, "little")
 
     def child() -> None:
         me = os.getpid()
+        vm.bind_thread()
         for _ in range(10_000):
             vm.own()
-            inside = int.from_bytes(shared[0:4], "little")
-            assert inside in (0, me) or not _alive(inside), f"{inside} is inside too"
-            shared[0:4] = me.to_bytes(4, "little")
-            count = int.from_bytes(shared[4:12], "little")
-            shared[4:12] = (count + 1).to_bytes(8, "little")
-            shared[0:4] = (0).to_bytes(4, "little")
+            critical(me)
+            lib.vmown_callout_end(lib.vmown_callout_begin(1))
+            critical(me)
             vm.disown()
 
-    points = [0, 0, lib.VMOWN_DEBUG_STOP_GRANTED, lib.VMOWN_DEBUG_STOP_IN_LOCK]
+    points = [0, 0, lib.VMOWN_DEBUG_STOP_GRANTED, lib.VMOWN_DEBUG_STOP_IN_LOCK, lib.VMOWN_DEBUG_STOP_CLAIM]
     pids = [_fork(child, stop_at=rng.choice(points)) for _ in range(children)]
     for pid in pids:
         time.sleep(rng.uniform(0, 0.02))
