@@ -563,7 +563,7 @@ static int check_owner(vmown_cb *cb) {
     if (!slot_dead(cb, VMOWN__HOLDER(w)) &&
         !slot_dead(cb, (int32_t)atomic_load_explicit(&cb->b->claimant, RELAXED))) {
         if (VMOWN__OWNER(w) == 0 && (atomic_load_explicit(&cb->b->attention, RELAXED) & VMOWN__WAITERS_MASK))
-            return kick(cb) < 0 ? VMOWN_EBROKEN : 0;
+            return kick(cb);
         return 0;
     }
     uint32_t granted;

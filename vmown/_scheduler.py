@@ -1165,7 +1165,11 @@ def stats() -> dict[str, int]:
     ``threads_high`` (serving the VM now / at most, the caller of run()
     included), ``idle_workers``, ``processes`` (alive now), ``spawned``,
     ``steps``, ``parks``, ``cap_hits`` (spares not started: max_threads), and
-    the ownership counters ``disowns``, ``fast_owns``, ``slow_owns``, ``waits``.
+    the ownership counters ``disowns``, ``fast_owns``, ``slow_owns``, ``waits``;
+    ``servers`` (parked workers the heartbeat queued for a stalled run
+    queue), ``soft_grants``, ``steals`` and ``robberies`` (callout disowns
+    that woke a waiter softly, grants taken back before the claim, waiters
+    that woke to find theirs taken; native/ownership.c, "Soft grants").
     """
     return _stats(_current("vmown.stats()")._rt)
 
