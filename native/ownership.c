@@ -116,6 +116,14 @@
  *     VM the ordinary way.  At a slice end a waiter that finds the VM unowned
  *     kicks.  Debug stop VMOWN_DEBUG_STOP_CLAIM stops a waiter woken by a
  *     soft grant before its claim, for the crash tests.
+ * S7. A robbed waiter repairs the block.  Its own lock_block may find the
+ *     last holder dead: repair_locked queues it again (GRANTED, named
+ *     nowhere) and clears claimant, and the reap that follows may grant it
+ *     the VM, hard.  So under the lock it checks its state (WAITING: sleep
+ *     again) and the word (names it: owning) before it calls the missing
+ *     claimant a broken invariant.  Found by the crash rounds.
+ * S8. A granter that dies between its store and its post (hard or soft):
+ *     the waiter, GRANTED for a whole slice with no post, settles anyway.
  *
  * Lock order: the block's lock is the only lock; no semaphore is posted and no
  * other lock is taken while holding it, except in repair.
@@ -611,6 +619,13 @@ static int settle_grant(vmown_cb *cb, uint32_t me) {
         unlock_block(cb);
         return 0;  /* a repair queued us again meanwhile */
     }
+    if (VMOWN__OWNER(atomic_load_explicit(&b->owner_word, ACQUIRE)) == (int32_t)me) {
+        /* Taking this lock repaired the block (its last holder died): the
+         * repair queued us again and the reap handed us the VM, hard.  Its
+         * post is a stray now, which the next wait skips. */
+        unlock_block(cb);
+        return 1;
+    }
     if (atomic_load_explicit(&b->claimant, RELAXED) != me) {
         /* GRANTED, not named by the word, yet no soft grant of ours is
          * unsettled: a hard grant was lost.  Fail loudly. */
@@ -657,6 +672,10 @@ static int await_grant(vmown_cb *cb, uint32_t me, int64_t deadline_ns, int flags
             continue;  /* a stray post */
         }
         if (rc == VMOWN_ETIMEDOUT && sliced) {
+            /* Granted, but no post for a whole slice: the granter died
+             * between its store and its post.  Take the grant; should the
+             * post come after all, the next wait skips it as a stray. */
+            if (atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_GRANTED) goto granted;
             if ((rc = check_owner(cb)) < 0) return rc;
             if ((flags & VMOWN_WAIT_SLICES) &&
                 atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_WAITING)
