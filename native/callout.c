@@ -14,6 +14,11 @@
  * the previous owner has parked (in C, GIL released), so the GIL is free and
  * the switch interval (5 ms) never enters into it.
  *
+ * begin's disown gives a queued thread a *soft* grant (ownership.c, "Soft
+ * grants"): if the call is back before that thread has woken and claimed the
+ * VM, end takes it back with one CAS instead of queueing behind it.  A short
+ * call thus costs a queued thread a wake-up but never a convoy.
+ *
  * A thread that is not bound, or does not own the VM, makes a plain call:
  * begin returns 0 and end does nothing.
  *
@@ -47,7 +52,7 @@ void vmown__unbind_if(vmown_cb *cb, uint32_t slot) {
 uint32_t vmown_callout_begin(uint64_t tag) {
     vmown_cb *cb = bound_cb;
     if (!cb) return 0;
-    return vmown_disown(cb, bound_slot, tag) == 0 ? bound_slot : 0;
+    return vmown__disown_soft(cb, bound_slot, tag) == 0 ? bound_slot : 0;
 }
 
 void vmown_callout_end(uint32_t token) {

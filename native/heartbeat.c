@@ -17,12 +17,36 @@
  * activate a parked worker (vmown__activate: CAS W -> that worker, post it).
  * Because every acquisition changes the owner field and every release bumps
  * the epoch, "W unchanged" cannot be fooled by an own + disown in between.
+ * A pending soft grant (ownership.c) is owned: its owner field is not 0, and
+ * its claim or steal changes the word, so it never qualifies either.
  * Consequences: a call shorter than one tick never causes an activation (the
  * word it released differs from the word the previous tick saw, and it is
  * gone by the next); a call longer than two ticks always does.
  *
+ * Servers: starting processes while the VM is busy.  An activation needs the
+ * VM unowned for a whole tick; with threads coming back from callouts the VM
+ * rarely is, and processes that wait in the run queue do not start (measured
+ * in benchmarks suite `mixed`: half of 200 processes first ran after 0.2 s).
+ * So the heartbeat also reads work[0], the count of processes the owner has
+ * taken off its run queue, and work[1], how many are runnable, and
+ *   - stall: if work[0] has not moved for a whole tick (measured as W is)
+ *     while work is runnable and the VM is owned, it moves up to SERVERS
+ *     parked workers from the idle stack into the wait queue
+ *     (vmown__queue_idle), once per stall (again only after work[0] moved);
+ *   - after an activation, with more than one process runnable, it queues
+ *     servers for the rest in the same way: every thread was out for a tick,
+ *     more are likely to be soon.
+ * A server waits behind every other waiter (priority INT32_MIN: a thread back
+ * from a callout carries a process already under way) and gets the VM from
+ * the next disown: at once from a callout that blocks (a soft grant it
+ * claims within its wake-up), within ~1 ms of being robbed by one that makes
+ * short callouts (ownership.c, S5).  It then runs at least one step
+ * (vmown/_scheduler.py).  Queueing is not an activation: the counts of
+ * activations keep their meaning (0 for calls under a tick, 1 for calls over
+ * two), and a server never takes the VM from a short callout by itself.
+ *
  * Sleeping when there is nothing to watch.  After QUIET_TICKS ticks with W
- * unchanged and nothing to do, the heartbeat stops ticking:
+ * unchanged and nothing to do (no stall either), the heartbeat stops ticking:
  *   1. set HB_ASLEEP in `attention` (seq_cst);
  *   2. load the owner word (seq_cst); if it moved since the last tick, clear
  *      the bit and tick on;
@@ -40,9 +64,21 @@
 #include "vmown_internal.h"
 
 #define QUIET_TICKS 8
+#ifndef SERVERS
+#define SERVERS 4  /* idle workers queued at a stall or an activation (see the notes) */
+#endif
+
+/* Queue up to n parked workers for the VM; returns how many. */
+static unsigned queue_servers(vmown_cb *cb, unsigned n) {
+    unsigned k = 0;
+    while (k < n && vmown__queue_idle(cb) > 0) k++;
+    if (k) atomic_fetch_add_explicit(&cb->b->servers, k, memory_order_relaxed);
+    else atomic_fetch_add_explicit(&cb->b->starved, 1, memory_order_relaxed);
+    return k;
+}
 
 static bool work_waits(struct vmown__block *b, int64_t now_ns) {
-    if (atomic_load_explicit(&b->runnable, memory_order_relaxed)) return true;
+    if (atomic_load_explicit(&b->work[1], memory_order_relaxed)) return true;
     int64_t timer = atomic_load_explicit(&b->next_timer_ns, memory_order_relaxed);
     return timer != 0 && timer <= now_ns;
 }
@@ -79,6 +115,9 @@ static void *heartbeat_main(void *arg) {
     uint64_t seen = atomic_load_explicit(&b->owner_word, memory_order_acquire);
     int64_t seen_at = vmown__now_ns();  /* when `seen` was first read */
     unsigned quiet = 0;
+    uint64_t served = atomic_load_explicit(&b->work[0], memory_order_relaxed);
+    int64_t served_at = seen_at;  /* when `served` was first read */
+    bool queued = false;          /* servers queued since the run queue last moved */
     atomic_store(&cb->hb_tid, vmown__gettid());
     vmown__set_timer_slack_ns(1000);  /* ticks on time: the default slack is 50 us */
     while (!atomic_load_explicit(&cb->hb_stop, memory_order_acquire)) {
@@ -89,6 +128,20 @@ static void *heartbeat_main(void *arg) {
         atomic_store_explicit(&b->ticks, atomic_load_explicit(&b->ticks, memory_order_relaxed) + 1,
                               memory_order_relaxed);
         uint64_t w = atomic_load_explicit(&b->owner_word, memory_order_acquire);
+        uint64_t progress = atomic_load_explicit(&b->work[0], memory_order_relaxed);
+        uint64_t runnable = atomic_load_explicit(&b->work[1], memory_order_relaxed);
+        bool stalled = false;
+        if (progress != served || !runnable) {
+            served = progress;
+            served_at = now;
+            queued = false;
+        } else {
+            stalled = !queued && VMOWN__OWNER(w) != 0 && now - served_at >= period - period / 10;
+        }
+        if (stalled) {
+            queued = queue_servers(cb, runnable < SERVERS ? (unsigned)runnable : SERVERS) > 0;
+            quiet = 0;
+        }
         if (w != seen) {
             quiet = 0;
             seen_at = now;
@@ -97,12 +150,18 @@ static void *heartbeat_main(void *arg) {
              * time can be less than a period apart.  A tenth of a period of
              * tolerance absorbs timer jitter; a call of half a tick still
              * never qualifies. */
-            if (now - seen_at >= period - period / 10) (void)vmown__activate(cb, w);  /* else: starved */
+            if (now - seen_at >= period - period / 10 && vmown__activate(cb, w) > 0 && runnable > 1) {
+                /* Evidence that every thread is out: more are likely to
+                 * be soon.  Queue servers for the rest of the run queue. */
+                (void)queue_servers(cb, runnable - 1 < SERVERS ? (unsigned)runnable - 1 : SERVERS);
+                queued = true;
+            }
             quiet = 0;
-        } else if (++quiet >= QUIET_TICKS) {
+        } else if (!stalled && ++quiet >= QUIET_TICKS) {
             w = sleep_until_needed(cb, w);
             quiet = 0;
-            seen_at = vmown__now_ns();
+            seen_at = served_at = vmown__now_ns();
+            served = atomic_load_explicit(&b->work[0], memory_order_relaxed);
             next = seen_at + period;
         }
         seen = w;
@@ -139,6 +198,7 @@ int vmown_heartbeat_read(const vmown_cb *cb, vmown_heartbeat_stats *out) {
         .activations = atomic_load_explicit(&b->activations, memory_order_relaxed),
         .starved = atomic_load_explicit(&b->starved, memory_order_relaxed),
         .sleeps = atomic_load_explicit(&b->hb_sleeps, memory_order_relaxed),
+        .servers = atomic_load_explicit(&b->servers, memory_order_relaxed),
         .idle_workers = atomic_load_explicit(&b->idle_count, memory_order_relaxed),
         .running = cb->hb_running,
         .tid = cb->hb_running ? atomic_load(&cb->hb_tid) : 0,

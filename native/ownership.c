@@ -14,12 +14,14 @@
  * the receiver's index into it, then posting the receiver's semaphore.
  *
  * Owner word = epoch << 32 | owner.  Only the owner writes the word while it
- * is owned; anybody may CAS it while the owner field is 0.  Hence a release is
+ * is owned; anybody may CAS it while the owner field is 0 (and, while it is a
+ * pending soft grant, its holder and its granter may: see Soft grants).  Hence a release is
  * a plain store, and an acquisition is a CAS from (epoch, 0).
  *
  * Disown (release), by the owner:
  *   1. if waiters are counted, take the lock, dequeue the head, store
- *      (epoch+1, head), unlock, post head's semaphore;
+ *      (epoch+1, head), unlock, post head's semaphore (a callout's disown
+ *      stores a soft grant instead, see below);
  *   2. else store (epoch+1, 0) seq_cst, then load `attention` seq_cst; if a
  *      waiter appeared meanwhile, kick (below).
  * Own, by a thread that does not own:
@@ -51,12 +53,85 @@
  * is still WAITING it unlinks itself; if it is GRANTED the VM is already its
  * own and a post is on its way, so it takes that post and returns success.
  *
+ * Soft grants (callout disowns only)
+ * ----------------------------------
+ * A hard hand-off costs the receiver a wake-up (~5-40 us) during which nobody
+ * runs VM code; and a thread whose callout takes 2 us is back long before
+ * that, finds the VM given away and queues in turn.  With many threads in
+ * flight every short callout then hands the VM on: a lock convoy (measured:
+ * up to 39,000 hand-offs for 40,000 calls).  The classic cure is to let a
+ * running thread barge, as glibc's mutexes do.  So vmown_callout_begin's
+ * disown (vmown__disown_soft) gives the head waiter a *soft* grant:
+ *   under the lock: dequeue head (state GRANTED), claimant := head, store
+ *   (epoch+1, PENDING | head), remember that word in my slot (soft_word);
+ *   unlock, post head.
+ * The waiter, woken, claims: CAS (e, PENDING|head) -> (e, head).  The granter,
+ * back from its call first, steals: CAS (e, PENDING|head) -> (e, me), allowed
+ * only while the word equals its own soft_word (the epoch makes that word
+ * unique).  The Python API's disown, park and yield keep hard, FIFO grants.
+ * A pending word is owned for everybody else: the heartbeat does not activate
+ * on it, own() queues behind it, observers report its holder (vmown_owner).
+ *
+ * Invariant: at most one soft grant is unsettled (b->claimant != 0): a soft
+ * disown that finds a claimant releases the VM (store (epoch+1, 0)) instead
+ * of waking another waiter -- the claimant will look under the lock.
+ *
+ * S1. Claim vs steal.
+ *       G: store (e, P|W) ; post W      W: wakes ; CAS (e, P|W) -> (e, W)
+ *       G: callout returns: CAS (e, P|W) -> (e, G)
+ *     Both CAS from the same word: exactly one wins.  W wins: it clears
+ *     claimant (CAS W -> 0) and runs; G's CAS fails and G queues as any own.
+ *     G wins: W's CAS fails, W is robbed (S2).
+ * S2. The robbed waiter goes back.  Under the lock: claimant := 0, robbed++;
+ *     if the VM is free (G released it meanwhile, S3), CAS it to W and run;
+ *     else re-queue at the place its ticket gives it (the head, among equal
+ *     priorities), unlock, then load the owner word (seq_cst): if unowned,
+ *     kick -- the store-load pair of the notes above, W's side being the
+ *     `attention` increment of the re-queue.
+ * S3. The thief disowns again while W is on its way back.
+ *       G: lock; claimant == W: store (e', 0); unlock
+ *       W: lock; VM free: CAS -> W  |  VM taken (by G again, or anybody's
+ *          fast own): re-queue; that owner's disown sees the queue
+ *     G decides and stores under the lock, W looks under the lock: if G goes
+ *     first W sees its release; if W goes first, claimant is 0 and W is
+ *     counted, so G grants W.  No waiter sleeps with the VM free and nobody
+ *     to wake it.  Not waking another waiter here avoids a herd: one wake
+ *     per robbery, not one per disown.
+ * S4. Steal vs activation.  The heartbeat CASes only from an unowned word, a
+ *     pending word is owned: they never race on one word.  A release by the
+ *     thief (S3) is an ordinary unowned word; the activation's CAS and W's
+ *     CAS (S2) race from it and one wins.
+ * S5. Unfairness is bounded: a grant is hard (as for a Python disown) when the
+ *     head has been robbed MAX_ROBBED times in this wait, or ROB_LIMIT_NS
+ *     have passed since its first robbery (its ticket, robbery count and
+ *     time survive a re-queue).  A thread making only short callouts hands
+ *     over within ~1 ms of robbing somebody.
+ * S6. Dead processes.  A holder of a pending grant that died: waiters' slices
+ *     check the holder (VMOWN__HOLDER) like an owner, and reaping releases a
+ *     word that names it, owning or pending (a thief's CAS may win instead:
+ *     the reaper's CAS then fails, rightly).  A claimant that died robbed,
+ *     before re-queueing: its slot is GRANTED and named nowhere; reaping
+ *     clears claimant (a waiter's slice checks the claimant's process too)
+ *     and repair_locked queues such a slot again.  A thief that died owns the
+ *     VM the ordinary way.  At a slice end a waiter that finds the VM unowned
+ *     kicks.  Debug stop VMOWN_DEBUG_STOP_CLAIM stops a waiter woken by a
+ *     soft grant before its claim, for the crash tests.
+ * S7. A robbed waiter repairs the block.  Its own lock_block may find the
+ *     last holder dead: repair_locked queues it again (GRANTED, named
+ *     nowhere) and clears claimant, and the reap that follows may grant it
+ *     the VM, hard.  So under the lock it checks its state (WAITING: sleep
+ *     again) and the word (names it: owning) before it calls the missing
+ *     claimant a broken invariant.  Found by the crash rounds.
+ * S8. A granter that dies between its store and its post (hard or soft):
+ *     the waiter, GRANTED for a whole slice with no post, settles anyway.
+ *
  * Lock order: the block's lock is the only lock; no semaphore is posted and no
  * other lock is taken while holding it, except in repair.
  *
- * Debug: vmown_debug_set_widen_ns() stretches the two windows that the
- * argument above is about (enqueue -> sleep, store owner -> post) so that
- * stress tests run through them instead of past them.
+ * Debug: vmown_debug_set_widen_ns() stretches the windows that the
+ * arguments above are about (enqueue -> sleep, store owner -> post, a soft
+ * grant's wake -> claim) so that stress tests run through them instead of
+ * past them.
  */
 #define _GNU_SOURCE
 #include "vmown_internal.h"
@@ -184,6 +259,7 @@ static int enqueue_locked(vmown_cb *cb, uint32_t me) {
     int rc;
     atomic_store_explicit(&s->ticket, atomic_fetch_add_explicit(&b->next_ticket, 1, RELAXED), RELAXED);
     atomic_store_explicit(&s->state, VMOWN_SLOT_WAITING, RELAXED);
+    atomic_store_explicit(&s->robbed, 0, RELAXED);  /* a new wait: no robbery yet */
     if ((rc = read_link(cb, &b->tail, &tail)) < 0) return rc;
     if (tail == 0 || atomic_load_explicit(&slot_of(cb, tail)->priority, RELAXED) >= prio) {
         /* The common case: append. */
@@ -206,6 +282,35 @@ static int enqueue_locked(vmown_cb *cb, uint32_t me) {
     }
     debug_stop(VMOWN_DEBUG_STOP_IN_LOCK);  /* linked, not yet counted */
     /* seq_cst: pairs with the load of `attention` after a release store. */
+    atomic_fetch_add_explicit(&b->attention, 1, SEQ_CST);
+    return 0;
+}
+
+/* Put `me` back in the queue at the place its ticket gives it: a waiter
+ * robbed of a soft grant keeps its place (among equal priorities it is older
+ * than everybody, so this is the head).  Bounded walk, as enqueue_locked. */
+static int requeue_locked(vmown_cb *cb, uint32_t me) {
+    struct vmown__block *b = cb->b;
+    struct vmown_slot *s = slot_of(cb, me);
+    int32_t prio = atomic_load_explicit(&s->priority, RELAXED);
+    uint64_t ticket = atomic_load_explicit(&s->ticket, RELAXED);
+    uint32_t prev = 0, cur;
+    int rc;
+    if ((rc = read_link(cb, &b->head, &cur)) < 0) return rc;
+    for (uint32_t steps = 0; cur; steps++) {
+        struct vmown_slot *c = slot_of(cb, cur);
+        int32_t p = atomic_load_explicit(&c->priority, RELAXED);
+        if (p < prio || (p == prio && atomic_load_explicit(&c->ticket, RELAXED) > ticket)) break;
+        if (steps > cb->nslots) { mark_broken(cb); return VMOWN_EBROKEN; }
+        prev = cur;
+        if ((rc = read_link(cb, &c->next, &cur)) < 0) return rc;
+    }
+    atomic_store_explicit(&s->state, VMOWN_SLOT_WAITING, RELAXED);
+    atomic_store_explicit(&s->next, cur, RELAXED);
+    if (prev) atomic_store_explicit(&slot_of(cb, prev)->next, me, RELAXED);
+    else atomic_store_explicit(&b->head, me, RELAXED);
+    if (cur == 0) atomic_store_explicit(&b->tail, me, RELAXED);
+    /* seq_cst: the same store-load pair as enqueue_locked. */
     atomic_fetch_add_explicit(&b->attention, 1, SEQ_CST);
     return 0;
 }
@@ -274,12 +379,15 @@ static int repair_locked(vmown_cb *cb) {
         uint32_t st = atomic_load_explicit(&slot_of(cb, i)->state, RELAXED);
         if (st != VMOWN_SLOT_FREE) in_use++;
         if (st == VMOWN_SLOT_WAITING) order[n++] = i;
-        /* GRANTED but not the owner: the granter died between dequeue and
-         * store; queue it again. */
+        /* GRANTED but the word names it neither as owner nor as pending:
+         * the granter died between dequeue and store, or it was robbed of a
+         * soft grant and died before queueing again; queue it again (a live
+         * robbed claimant that finds itself WAITING just sleeps on). */
         if (st == VMOWN_SLOT_GRANTED &&
-            VMOWN__OWNER(atomic_load_explicit(&b->owner_word, RELAXED)) != (int32_t)i) {
+            VMOWN__HOLDER(atomic_load_explicit(&b->owner_word, RELAXED)) != (int32_t)i) {
             atomic_store_explicit(&slot_of(cb, i)->state, VMOWN_SLOT_WAITING, RELAXED);
             order[n++] = i;
+            if (atomic_load_explicit(&b->claimant, RELAXED) == i) atomic_store_explicit(&b->claimant, 0, RELAXED);
         }
     }
     qsort_r(order, n, sizeof *order, cmp_by_queue_order, cb);
@@ -399,6 +507,9 @@ static void fold_counters_locked(vmown_cb *cb, struct vmown_slot *s) {
     f->hand_offs += atomic_load_explicit(&s->hand_offs, RELAXED);
     f->disowns += atomic_load_explicit(&s->disowns, RELAXED);
     f->interrupts += atomic_load_explicit(&s->interrupts, RELAXED);
+    f->soft_grants += atomic_load_explicit(&s->soft_grants, RELAXED);
+    f->steals += atomic_load_explicit(&s->steals, RELAXED);
+    f->robberies += atomic_load_explicit(&s->robberies, RELAXED);
 }
 
 static int idle_unlink_locked(vmown_cb *cb, uint32_t me);
@@ -424,10 +535,14 @@ static int reap_dead_locked(vmown_cb *cb, uint32_t *granted) {
         }
         if (st == VMOWN_SLOT_WAITING && (rc = unlink_locked(cb, i)) < 0) return rc;
         if (st == VMOWN_SLOT_PARKED && (rc = idle_unlink_locked(cb, i)) < 0) return rc;
+        /* Owning, hard-granted, or holding a pending soft grant (a thief
+         * may steal the last one meanwhile: then this CAS fails, rightly). */
         uint64_t w = atomic_load_explicit(&b->owner_word, SEQ_CST);
-        if (VMOWN__OWNER(w) == (int32_t)i)
+        if (VMOWN__HOLDER(w) == (int32_t)i)
             atomic_compare_exchange_strong_explicit(&b->owner_word, &w, VMOWN__WORD(VMOWN__EPOCH(w) + 1, 0),
                                                     SEQ_CST, RELAXED);
+        /* A claimant that died unsettled: soft grants may wake waiters again. */
+        if (atomic_load_explicit(&b->claimant, RELAXED) == i) atomic_store_explicit(&b->claimant, 0, RELAXED);
         fold_counters_locked(cb, s);
         atomic_store_explicit(&s->state, VMOWN_SLOT_FREE, RELEASE);
         atomic_fetch_sub_explicit(&b->in_use, 1, RELAXED);
@@ -440,14 +555,25 @@ static int reap_dead_locked(vmown_cb *cb, uint32_t *granted) {
     return freed;
 }
 
-/* A waiter's slice ran out: if the owner belongs to a dead process, reap. */
-static int check_owner(vmown_cb *cb) {
-    int32_t owner = VMOWN__OWNER(atomic_load_explicit(&cb->b->owner_word, ACQUIRE));
-    if (owner <= 0 || !valid_index(cb, (uint32_t)owner)) return 0;
-    struct vmown_slot *o = slot_of(cb, (uint32_t)owner);
+static bool slot_dead(vmown_cb *cb, int32_t i) {
+    if (i <= 0 || !valid_index(cb, (uint32_t)i)) return false;
+    struct vmown_slot *o = slot_of(cb, (uint32_t)i);
     int32_t pid = atomic_load_explicit(&o->pid, RELAXED);
-    if (pid == (int32_t)getpid() || vmown__process_alive(pid, atomic_load_explicit(&o->start_time, RELAXED)))
+    return pid != (int32_t)getpid() && !vmown__process_alive(pid, atomic_load_explicit(&o->start_time, RELAXED));
+}
+
+/* A waiter's slice ran out: if the owner (or the holder of a pending grant,
+ * or an unsettled claimant) belongs to a dead process, reap.  If the VM is
+ * unowned, kick: whoever should have handed it on (a claimant that died
+ * between its robbery and its re-queue) cannot any more. */
+static int check_owner(vmown_cb *cb) {
+    uint64_t w = atomic_load_explicit(&cb->b->owner_word, ACQUIRE);
+    if (!slot_dead(cb, VMOWN__HOLDER(w)) &&
+        !slot_dead(cb, (int32_t)atomic_load_explicit(&cb->b->claimant, RELAXED))) {
+        if (VMOWN__OWNER(w) == 0 && (atomic_load_explicit(&cb->b->attention, RELAXED) & VMOWN__WAITERS_MASK))
+            return kick(cb);
         return 0;
+    }
     uint32_t granted;
     int rc = lock_block(cb);
     if (rc < 0) return rc;
@@ -467,21 +593,89 @@ int vmown_reap(vmown_cb *cb) {
     return rc;
 }
 
+/* Woken GRANTED: take the VM.  A hard grant named us in the word already; a
+ * soft grant is claimed by CAS, which races with the granter's steal (see
+ * "Soft grants" at the top).  Returns 1 owning, 0 robbed and queued again
+ * (the caller sleeps again), or a negative code. */
+static int settle_grant(vmown_cb *cb, uint32_t me) {
+    struct vmown__block *b = cb->b;
+    struct vmown_slot *s = slot_of(cb, me);
+    uint64_t w = atomic_load_explicit(&b->owner_word, ACQUIRE);
+    if (VMOWN__OWNER(w) == (int32_t)me) return 1;  /* a hard grant */
+    if (VMOWN__IS_PENDING(w) && VMOWN__HOLDER(w) == (int32_t)me) {
+        debug_stop(VMOWN_DEBUG_STOP_CLAIM);
+        widen();  /* lets the granter's steal come first */
+        if (atomic_compare_exchange_strong_explicit(&b->owner_word, &w, VMOWN__WORD(VMOWN__EPOCH(w), me), ACQUIRE,
+                                                    RELAXED)) {
+            uint32_t mine = me;  /* settled: soft grants may wake waiters again */
+            atomic_compare_exchange_strong_explicit(&b->claimant, &mine, 0, RELAXED, RELAXED);
+            return 1;
+        }
+    }
+    /* Robbed: the granter took the VM back before our claim. */
+    int rc = lock_block(cb);
+    if (rc < 0) return rc;
+    if (atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_GRANTED) {
+        unlock_block(cb);
+        return 0;  /* a repair queued us again meanwhile */
+    }
+    if (VMOWN__OWNER(atomic_load_explicit(&b->owner_word, ACQUIRE)) == (int32_t)me) {
+        /* Taking this lock repaired the block (its last holder died): the
+         * repair queued us again and the reap handed us the VM, hard.  Its
+         * post is a stray now, which the next wait skips. */
+        unlock_block(cb);
+        return 1;
+    }
+    if (atomic_load_explicit(&b->claimant, RELAXED) != me) {
+        /* GRANTED, not named by the word, yet no soft grant of ours is
+         * unsettled: a hard grant was lost.  Fail loudly. */
+        mark_broken(cb);
+        unlock_block(cb);
+        return VMOWN_EBROKEN;
+    }
+    atomic_store_explicit(&b->claimant, 0, RELAXED);
+    uint32_t robbed = atomic_load_explicit(&s->robbed, RELAXED);
+    if (robbed == 0) atomic_store_explicit(&s->robbed_since_ns, vmown__now_ns(), RELAXED);
+    atomic_store_explicit(&s->robbed, robbed + 1, RELAXED);
+    bump(&s->robberies);
+    w = atomic_load_explicit(&b->owner_word, SEQ_CST);
+    if (VMOWN__OWNER(w) == 0 &&
+        atomic_compare_exchange_strong_explicit(&b->owner_word, &w, VMOWN__WORD(VMOWN__EPOCH(w), me), ACQUIRE,
+                                                RELAXED)) {
+        unlock_block(cb);
+        return 1;  /* free by now (the thief released it without waking anybody): ours */
+    }
+    rc = requeue_locked(cb, me);
+    unlock_block(cb);
+    if (rc < 0) return rc;
+    /* The store-load pair again: an owner that released before it could see
+     * us counted did not hand the VM to anybody. */
+    if (VMOWN__OWNER(atomic_load_explicit(&b->owner_word, SEQ_CST)) == 0 && (rc = kick(cb)) < 0) return rc;
+    return 0;
+}
+
 /* Sleep until GRANTED.  On a signal (if interruptible) or a timeout, leave the
- * queue; if the grant won that race, take it instead. */
+ * queue; if the grant won that race, take it instead.  Robbed of a soft grant,
+ * sleep again, with the caller's deadline and flags. */
 static int await_grant(vmown_cb *cb, uint32_t me, int64_t deadline_ns, int flags) {
     struct vmown_slot *s = slot_of(cb, me);
+    const int64_t deadline_asked = deadline_ns;
+    const int flags_asked = flags;
     unsigned strays = 0;
     for (;;) {
         int64_t slice_end = vmown__now_ns() + SLICE_NS;
         bool sliced = deadline_ns < 0 || slice_end < deadline_ns;
         int rc = vmown__sem_wait(&s->sem, sliced ? slice_end : deadline_ns);
         if (rc == 0) {
-            if (atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_GRANTED) break;
+            if (atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_GRANTED) goto granted;
             if (++strays > MAX_STRAY_POSTS) { mark_broken(cb); return VMOWN_EBROKEN; }
             continue;  /* a stray post */
         }
         if (rc == VMOWN_ETIMEDOUT && sliced) {
+            /* Granted, but no post for a whole slice: the granter died
+             * between its store and its post.  Take the grant; should the
+             * post come after all, the next wait skips it as a stray. */
+            if (atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_GRANTED) goto granted;
             if ((rc = check_owner(cb)) < 0) return rc;
             if ((flags & VMOWN_WAIT_SLICES) &&
                 atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_WAITING)
@@ -499,14 +693,17 @@ static int await_grant(vmown_cb *cb, uint32_t me, int64_t deadline_ns, int flags
             return lrc < 0 ? lrc : rc;
         }
         unlock_block(cb);
-        /* GRANTED: the VM is ours and the post is on its way. */
+        /* GRANTED: the VM is ours (or a soft grant is) and the post is on
+         * its way. */
         deadline_ns = -1;
         flags = 0;
-    }
-    debug_stop(VMOWN_DEBUG_STOP_GRANTED);
-    if (VMOWN__OWNER(atomic_load_explicit(&cb->b->owner_word, ACQUIRE)) != (int32_t)me) {
-        mark_broken(cb);  /* granted but not the owner: an invariant is broken */
-        return VMOWN_EBROKEN;
+        continue;
+    granted:
+        debug_stop(VMOWN_DEBUG_STOP_GRANTED);
+        if ((rc = settle_grant(cb, me)) < 0) return rc;
+        if (rc == 1) break;
+        deadline_ns = deadline_asked;  /* robbed: queued again, as asked */
+        flags = flags_asked;
     }
     atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
     bump(&s->waits);
@@ -618,8 +815,10 @@ int vmown_register(vmown_cb *cb) {
     atomic_store_explicit(&s->start_time, start_time, RELAXED);
     atomic_store_explicit(&s->callout, 0, RELAXED);
     atomic_store_explicit(&s->callout_tick, 0, RELAXED);
-    _Atomic uint64_t *counters[] = {&s->fast_owns, &s->slow_owns, &s->waits,
-                                    &s->hand_offs, &s->disowns,   &s->interrupts};
+    atomic_store_explicit(&s->soft_word, 0, RELAXED);
+    atomic_store_explicit(&s->robbed, 0, RELAXED);
+    _Atomic uint64_t *counters[] = {&s->fast_owns, &s->slow_owns,   &s->waits,  &s->hand_offs, &s->disowns,
+                                    &s->interrupts, &s->soft_grants, &s->steals, &s->robberies};
     for (size_t k = 0; k < sizeof counters / sizeof *counters; k++) atomic_store_explicit(counters[k], 0, RELAXED);
     atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELEASE);
     atomic_store_explicit(&b->alloc_hint, found, RELAXED);
@@ -651,7 +850,17 @@ int vmown_unregister(vmown_cb *cb, uint32_t me) {
     return 0;
 }
 
-int vmown_disown(vmown_cb *cb, uint32_t me, uint64_t callout) {
+/* A soft grant turns hard for a waiter robbed this often, or this long after
+ * its first robbery: a thread that makes only short callouts cannot keep the
+ * VM from it. */
+#ifndef MAX_ROBBED
+#define MAX_ROBBED 64
+#endif
+#ifndef ROB_LIMIT_NS
+#define ROB_LIMIT_NS 1000000  /* 1 ms: one heartbeat tick at the default rate */
+#endif
+
+static int disown(vmown_cb *cb, uint32_t me, uint64_t callout, bool soft) {
     if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
     struct vmown__block *b = cb->b;
     struct vmown_slot *s = slot_of(cb, me);
@@ -672,11 +881,35 @@ int vmown_disown(vmown_cb *cb, uint32_t me, uint64_t callout) {
     uint32_t head = 0;
     int rc = lock_block(cb);
     if (rc < 0) return rc;
+    if (soft && atomic_load_explicit(&b->claimant, RELAXED) != 0) {
+        /* A robbed claimant is on its way back (race S3): it looks again
+         * under this lock after us, so it finds the VM free or queues and
+         * is granted by a later disown.  Waking another waiter now would
+         * only make a herd. */
+        atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, 0), SEQ_CST);
+        unlock_block(cb);
+        if (atomic_load_explicit(&b->attention, SEQ_CST) & VMOWN__HB_ASLEEP) vmown__heartbeat_wake(cb);
+        return 0;
+    }
     rc = pop_head_locked(cb, &head);
-    if (head) bump(&s->hand_offs);  /* before the release, as in vmown_park */
+    uint32_t word_owner = head;
+    if (soft && head) {
+        struct vmown_slot *h = slot_of(cb, head);
+        uint32_t robbed = atomic_load_explicit(&h->robbed, RELAXED);
+        soft = robbed == 0 || (robbed < MAX_ROBBED && vmown__now_ns() -
+                                   atomic_load_explicit(&h->robbed_since_ns, RELAXED) < ROB_LIMIT_NS);
+    }
+    if (soft && head) {
+        word_owner = VMOWN__PENDING | head;
+        atomic_store_explicit(&b->claimant, head, RELAXED);
+        atomic_store_explicit(&s->soft_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, word_owner), RELAXED);
+        bump(&s->soft_grants);
+    } else if (head) {
+        bump(&s->hand_offs);  /* before the release, as in vmown_park */
+    }
     /* Caution: once the word names head, head may run VM code; nothing of the
      * VM may be touched after this store. */
-    atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, head), SEQ_CST);
+    atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, word_owner), SEQ_CST);
     unlock_block(cb);
     if (rc < 0) return rc;
     if (head) {
@@ -688,13 +921,27 @@ int vmown_disown(vmown_cb *cb, uint32_t me, uint64_t callout) {
     return 0;
 }
 
+int vmown_disown(vmown_cb *cb, uint32_t me, uint64_t callout) { return disown(cb, me, callout, false); }
+
+int vmown__disown_soft(vmown_cb *cb, uint32_t me, uint64_t callout) { return disown(cb, me, callout, true); }
+
 static int own_fast(vmown_cb *cb, struct vmown_slot *s, uint32_t me, uint64_t *w) {
     *w = atomic_load_explicit(&cb->b->owner_word, RELAXED);
-    if (likely(VMOWN__OWNER(*w) == 0) &&
-        atomic_compare_exchange_strong_explicit(&cb->b->owner_word, w, VMOWN__WORD(VMOWN__EPOCH(*w), me),
-                                                ACQUIRE, RELAXED)) {
-        bump(&s->fast_owns);
-        return 1;
+    if (likely(VMOWN__OWNER(*w) == 0)) {
+        if (atomic_compare_exchange_strong_explicit(&cb->b->owner_word, w, VMOWN__WORD(VMOWN__EPOCH(*w), me),
+                                                    ACQUIRE, RELAXED)) {
+            bump(&s->fast_owns);
+            return 1;
+        }
+    } else if (*w == atomic_load_explicit(&s->soft_word, RELAXED)) {
+        /* Our own soft grant, not claimed yet: steal it back (race S1). */
+        if (atomic_compare_exchange_strong_explicit(&cb->b->owner_word, w, VMOWN__WORD(VMOWN__EPOCH(*w), me),
+                                                    ACQUIRE, RELAXED)) {
+            atomic_store_explicit(&s->soft_word, 0, RELAXED);
+            bump(&s->steals);
+            bump(&s->fast_owns);
+            return 1;
+        }
     }
     return 0;
 }
@@ -837,8 +1084,25 @@ static int idle_unlink_locked(vmown_cb *cb, uint32_t me) {
     return rc;
 }
 
+static int park(vmown_cb *cb, uint32_t me, int64_t timeout_ns);
+
 int vmown_park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
     if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
+    int rc = park(cb, me, timeout_ns);
+    struct vmown_slot *s = slot_of(cb, me);
+    if (atomic_load_explicit(&s->serving, RELAXED)) {
+        /* Queued as a server (vmown__queue_idle), out of the queue now: its
+         * own priority again.  Owning, it came through the queue as a waiter
+         * does: counted as a slow own, so that every acquisition is an own
+         * or an activation. */
+        if (rc == 1) bump(&s->slow_owns);
+        atomic_store_explicit(&s->priority, atomic_load_explicit(&s->saved_priority, RELAXED), RELAXED);
+        atomic_store_explicit(&s->serving, 0, RELAXED);
+    }
+    return rc;
+}
+
+static int park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
     struct vmown__block *b = cb->b;
     struct vmown_slot *s = slot_of(cb, me);
     uint64_t w = atomic_load_explicit(&b->owner_word, RELAXED);
@@ -886,14 +1150,23 @@ int vmown_park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
             bump(&s->interrupts);
             return lrc < 0 ? lrc : rc;
         }
+        bool queued = atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_WAITING;
         unlock_block(cb);
+        if (queued) {
+            /* Queued by the heartbeat (vmown__queue_idle): a waiter now,
+             * which waits like any other, its timeout no longer applying. */
+            rc = await_grant(cb, me, -1, 0);
+            return rc < 0 ? rc : 1;
+        }
         /* Activated or unparked meanwhile: that post is on its way. */
         deadline = -1;
         interruptible = 0;
     }
-    if (VMOWN__OWNER(atomic_load_explicit(&b->owner_word, ACQUIRE)) != (int32_t)me) {
-        mark_broken(cb);
-        return VMOWN_EBROKEN;
+    /* Activated (a hard grant), or granted from the queue, perhaps softly. */
+    if ((rc = settle_grant(cb, me)) < 0) return rc;
+    if (rc == 0) {
+        rc = await_grant(cb, me, -1, 0);  /* robbed and queued again */
+        return rc < 0 ? rc : 1;
     }
     atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
     bump(&s->waits);
@@ -917,6 +1190,32 @@ int vmown_unpark(vmown_cb *cb, uint32_t target) {
 done:
     unlock_block(cb);
     return rc;
+}
+
+int vmown__queue_idle(vmown_cb *cb) {
+    uint32_t target, granted = 0;
+    int rc = lock_block(cb);
+    if (rc < 0) return rc;
+    if ((rc = read_link(cb, &cb->b->idle_head, &target)) < 0 || target == 0) goto done;
+    /* Off the idle stack and into the queue in one critical section: whoever
+     * looks under the lock finds it in exactly one of them. */
+    struct vmown_slot *s = slot_of(cb, target);
+    if ((rc = idle_unlink_locked(cb, target)) < 0) goto done;
+    /* Behind every other waiter: a thread back from a callout carries a
+     * process already under way. */
+    atomic_store_explicit(&s->saved_priority, atomic_load_explicit(&s->priority, RELAXED), RELAXED);
+    atomic_store_explicit(&s->priority, INT32_MIN, RELAXED);
+    atomic_store_explicit(&s->serving, 1, RELAXED);
+    if ((rc = enqueue_locked(cb, target)) < 0) goto done;
+    /* enqueue_locked counted it in `attention` (seq_cst) before this load of
+     * the owner word: an owner releasing meanwhile sees the waiter (and hands
+     * off or kicks, blocking on the lock until we are done), or we see the VM
+     * unowned and grant it here. */
+    rc = grant_head_locked(cb, &granted);
+done:
+    unlock_block(cb);
+    post_granted(cb, granted);
+    return rc < 0 ? rc : (int)target;
 }
 
 int vmown__activate(vmown_cb *cb, uint64_t expected) {
@@ -945,14 +1244,16 @@ int vmown__activate(vmown_cb *cb, uint64_t expected) {
 }
 
 void vmown_set_work(vmown_cb *cb, uint64_t runnable, int64_t next_timer_ns) {
-    atomic_store_explicit(&cb->b->runnable, runnable, RELAXED);
+    atomic_store_explicit(&cb->b->work[1], runnable, RELAXED);
     atomic_store_explicit(&cb->b->next_timer_ns, next_timer_ns, RELAXED);
 }
 
 /* ---- observers ---- */
 
 uint64_t vmown_owner_word(const vmown_cb *cb) { return atomic_load_explicit(&cb->b->owner_word, ACQUIRE); }
-int32_t vmown_owner(const vmown_cb *cb) { return VMOWN__OWNER(vmown_owner_word(cb)); }
+/* A pending soft grant reads as its holder, as a hard grant names its waiter
+ * before it wakes. */
+int32_t vmown_owner(const vmown_cb *cb) { return VMOWN__HOLDER(vmown_owner_word(cb)); }
 uint32_t vmown_epoch(const vmown_cb *cb) { return VMOWN__EPOCH(vmown_owner_word(cb)); }
 uint32_t vmown_waiters(const vmown_cb *cb) {
     return (uint32_t)(atomic_load_explicit(&cb->b->attention, RELAXED) & VMOWN__WAITERS_MASK);
@@ -965,6 +1266,12 @@ const uint32_t *vmown_waiters_word(const vmown_cb *cb) {
 #else
     return halves;
 #endif
+}
+
+uint64_t *vmown_work_words(vmown_cb *cb) {
+    /* An _Atomic uint64_t has the layout of a uint64_t; the owner is its one
+     * writer, and an aligned 64-bit store is atomic on every target built for. */
+    return (uint64_t *)(void *)cb->b->work;
 }
 
 uint32_t vmown_nslots(const vmown_cb *cb) { return cb->nslots; }
@@ -982,6 +1289,9 @@ int vmown_counters_read(const vmown_cb *cb, vmown_counters *out) {
         out->hand_offs += atomic_load_explicit(&s->hand_offs, RELAXED);
         out->disowns += atomic_load_explicit(&s->disowns, RELAXED);
         out->interrupts += atomic_load_explicit(&s->interrupts, RELAXED);
+        out->soft_grants += atomic_load_explicit(&s->soft_grants, RELAXED);
+        out->steals += atomic_load_explicit(&s->steals, RELAXED);
+        out->robberies += atomic_load_explicit(&s->robberies, RELAXED);
     }
     return 0;
 }

@@ -68,7 +68,8 @@ enum {
 };
 
 /* Owner word: bits 0-31 the owner (int32: 0 = unowned, >0 = slot index,
- * -1 = reserved during a hand-over), bits 32-63 the ownership epoch, bumped
+ * -1 = reserved during a hand-over, 0x40000000 | slot = a soft grant to slot
+ * not claimed yet; vmown_owner reports that slot), bits 32-63 the ownership epoch, bumped
  * by every release.  Packing both into one word makes a release one atomic
  * store and lets an observer tell "unowned all along" from "owned and
  * released again" by comparing two reads of a single word. */
@@ -80,11 +81,15 @@ typedef struct vmown_cb vmown_cb;
  * slots' own counters (each slot counts its own events without atomics RMW). */
 typedef struct {
     uint64_t fast_owns;    /* own() that won the CAS without the lock */
-    uint64_t slow_owns;    /* own() that took the lock (waited or not) */
+    uint64_t slow_owns;    /* own() that took the lock (waited or not), and parked
+                              workers given the VM through the queue */
     uint64_t waits;        /* own() or yield that slept on a semaphore */
     uint64_t hand_offs;    /* releases that gave the VM straight to a waiter */
     uint64_t disowns;      /* disown() calls */
     uint64_t interrupts;   /* waits left because of a signal or timeout */
+    uint64_t soft_grants;  /* callout disowns that woke a waiter with a soft grant */
+    uint64_t steals;       /* soft grants taken back by their granter before the claim */
+    uint64_t robberies;    /* waiters that woke to a grant taken back (and queued again) */
     uint64_t reaped;       /* slots freed because their process died */
 } vmown_counters;
 
@@ -120,6 +125,7 @@ int vmown_register(vmown_cb *cb);
 int vmown_unregister(vmown_cb *cb, uint32_t slot);
 
 /* Release the VM: hand it to the head waiter if there is one, else store 0.
+ * Always a hard, FIFO hand-off; only vmown_callout_begin makes soft grants.
  * `callout` tags what the caller is about to do (0 = nothing in particular). */
 int vmown_disown(vmown_cb *cb, uint32_t slot, uint64_t callout);
 /* Take the VM, waiting as long as it takes (signals are not reported). */
@@ -172,6 +178,11 @@ uint32_t vmown_waiters(const vmown_cb *cb);
  * through this pointer releases nothing.  Aligned 32-bit word: loads are
  * atomic; the value is a snapshot, as from vmown_waiters. */
 const uint32_t *vmown_waiters_word(const vmown_cb *cb);
+/* Two words for the owner to write in place (plain stores through this
+ * pointer, no call, nothing released), read by the heartbeat (heartbeat.c):
+ * [0] processes taken off the run queue so far, bumped at each; [1] processes
+ * runnable now, the word vmown_set_work writes. */
+uint64_t *vmown_work_words(vmown_cb *cb);
 uint32_t vmown_nslots(const vmown_cb *cb);
 uint32_t vmown_slots_in_use(const vmown_cb *cb);
 int vmown_counters_read(const vmown_cb *cb, vmown_counters *out);
@@ -195,6 +206,7 @@ typedef struct {
     uint64_t activations;   /* idle workers given the VM by the heartbeat */
     uint64_t starved;       /* ticks that found work but no idle worker */
     uint64_t sleeps;        /* times the heartbeat stopped ticking */
+    uint64_t servers;       /* idle workers queued for the VM: run queue stalled */
     uint32_t idle_workers;  /* workers parked now */
     uint32_t running;       /* 1 while this process's heartbeat runs */
     int32_t tid;            /* its thread id (for /proc and py-spy), 0 if none */
@@ -225,7 +237,9 @@ int vmown_heartbeat_read(const vmown_cb *cb, vmown_heartbeat_stats *out);
 /* Bind the calling thread to a block and its slot (cb NULL unbinds). */
 int vmown_bind_thread(vmown_cb *cb, uint32_t slot);
 /* Disown if this thread is bound and owns the VM; returns a token for
- * vmown_callout_end (0: nothing was disowned, the call is a plain call). */
+ * vmown_callout_end (0: nothing was disowned, the call is a plain call).
+ * A queued thread gets a soft grant: end (or try_end) takes the VM back with
+ * one CAS if that thread has not claimed it yet (ownership.c). */
 uint32_t vmown_callout_begin(uint64_t tag);
 /* Own again (waiting without the GIL if need be); errno is preserved.  A
  * failure here cannot be reported to the caller and aborts, naming it. */
@@ -270,7 +284,8 @@ int vmown_reap(vmown_cb *cb);
 enum {
     VMOWN_DEBUG_STOP_NONE = 0,
     VMOWN_DEBUG_STOP_GRANTED = 1,  /* handed the VM, before taking it */
-    VMOWN_DEBUG_STOP_IN_LOCK = 2   /* inside the lock, queue half-updated */
+    VMOWN_DEBUG_STOP_IN_LOCK = 2,  /* inside the lock, queue half-updated */
+    VMOWN_DEBUG_STOP_CLAIM = 3     /* woken by a soft grant, before claiming it */
 };
 void vmown_debug_set_stop(int point);
 

@@ -20,7 +20,7 @@
  * order: a block written by a machine of another word size or endianness
  * fails the magic check. */
 #define VMOWN__MAGIC (0x000000004E574F4D56ull | ((uint64_t)sizeof(void *) << 40) | (1ull << 48))
-#define VMOWN__LAYOUT_VERSION 1u
+#define VMOWN__LAYOUT_VERSION 2u
 
 enum { VMOWN__INITIALIZING = 1, VMOWN__READY = 2, VMOWN__BROKEN = 3 };
 
@@ -28,6 +28,14 @@ enum { VMOWN__INITIALIZING = 1, VMOWN__READY = 2, VMOWN__BROKEN = 3 };
 #define VMOWN__EPOCH(word) ((uint32_t)((word) >> 32))
 #define VMOWN__WORD(epoch, owner) (((uint64_t)(uint32_t)(epoch) << 32) | (uint32_t)(int32_t)(owner))
 #define VMOWN__RESERVED (-1)
+/* A soft grant (ownership.c): the owner field holds PENDING | slot while the
+ * slot has been given the VM but has not claimed it yet.  Such a word is
+ * owned (not 0) and names no valid slot (indices are < 2^20), so every test
+ * "OWNER(w) == me" fails for it; VMOWN__HOLDER reads the slot it names. */
+#define VMOWN__PENDING 0x40000000u
+#define VMOWN__IS_PENDING(word) (((uint32_t)(word) & 0xc0000000u) == VMOWN__PENDING)
+#define VMOWN__HOLDER(word) \
+    (VMOWN__IS_PENDING(word) ? (int32_t)((uint32_t)(word) & ~VMOWN__PENDING) : VMOWN__OWNER(word))
 
 /* attention word: the count of queued threads in the low 32 bits.  The upper
  * bits are for the heartbeat (asleep, work pending); the disown fast path
@@ -64,8 +72,19 @@ struct vmown_slot {
     _Atomic uint64_t callout;
     _Atomic uint64_t callout_tick;
     _Atomic uint32_t idle_next;     /* idle stack link, 0 = end; under lock */
+    _Atomic uint32_t robbed;        /* soft grants taken back from it in this wait; under lock */
+    _Atomic int64_t robbed_since_ns; /* CLOCK_MONOTONIC of its first robbery in this wait; under lock */
+    /* The pending word this slot's last soft grant stored: only a word equal
+     * to it may be stolen back by this slot.  Its own thread only. */
+    _Atomic uint64_t soft_word;
+    /* Queued by the heartbeat from the idle stack (a server): it waits behind
+     * every other waiter (priority INT32_MIN) until its park returns, which
+     * restores saved_priority.  Under lock. */
+    _Atomic uint32_t serving;
+    _Atomic int32_t saved_priority;
     /* counters, written only by the slot's thread (relaxed load + store) */
     _Atomic uint64_t fast_owns, slow_owns, waits, hand_offs, disowns, interrupts;
+    _Atomic uint64_t soft_grants, steals, robberies;
 } __attribute__((aligned(VMOWN__CACHE_LINE)));
 
 /* The shared control block: header, hot words, lock, queue, slot table. */
@@ -78,15 +97,24 @@ struct vmown__block {
     _Atomic uint64_t attention __attribute__((aligned(VMOWN__CACHE_LINE)));
     /* Work that waits if the VM is left unowned: written by the owner with
      * plain stores before it releases, read by the heartbeat. */
-    _Atomic uint64_t runnable __attribute__((aligned(VMOWN__CACHE_LINE)));
+    /* work[0]: processes taken off the run queue so far (the heartbeat sees
+     * the queue served); work[1]: processes runnable (vmown_set_work).  The
+     * owner writes both in place too (vmown_work_words). */
+    _Atomic uint64_t work[2] __attribute__((aligned(VMOWN__CACHE_LINE)));
     _Atomic int64_t next_timer_ns;  /* CLOCK_MONOTONIC; 0 = no timer */
     /* Written by heartbeats. */
     _Atomic uint64_t ticks __attribute__((aligned(VMOWN__CACHE_LINE)));
     _Atomic uint64_t activations, starved, hb_sleeps;
+    _Atomic uint64_t servers;       /* idle workers queued for a stalled run queue */
     sem_t hb_sem;                   /* a sleeping heartbeat waits here */
     /* Everything below is protected by `lock` unless it says otherwise. */
     pthread_mutex_t lock __attribute__((aligned(VMOWN__CACHE_LINE)));
     _Atomic uint32_t head, tail;    /* wait queue, slot indices, 0 = empty */
+    /* The slot woken by a soft grant that has not settled yet (claimed, or
+     * back in the queue or owning after a robbery), 0 = none.  Set under the
+     * lock; cleared under the lock, or by the claimant itself (CAS) right
+     * after its claim.  Invariant: at most one soft grant is unsettled. */
+    _Atomic uint32_t claimant;
     _Atomic uint64_t next_ticket;
     _Atomic uint32_t idle_head;     /* idle stack of parked workers (LIFO) */
     _Atomic uint32_t idle_count;
@@ -114,6 +142,12 @@ struct vmown_cb {
 
 /* Shared between ownership.c and heartbeat.c. */
 int vmown__activate(vmown_cb *cb, uint64_t expected_word);
+/* Move the most recently parked worker from the idle stack into the wait
+ * queue (granting it the VM at once if unowned); returns its slot, 0 if none
+ * is parked.  Its vmown_park returns 1 once it owns the VM. */
+int vmown__queue_idle(vmown_cb *cb);
+/* vmown_disown with a soft grant to the head waiter: callout.c. */
+int vmown__disown_soft(vmown_cb *cb, uint32_t slot, uint64_t callout);
 void vmown__heartbeat_wake(vmown_cb *cb);
 /* Unbind the calling thread if it is bound to (cb, slot): callout.c. */
 void vmown__unbind_if(vmown_cb *cb, uint32_t slot);

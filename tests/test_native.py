@@ -1,4 +1,4 @@
-"""The C core without Python: native/tests/stress.c, plain and under ThreadSanitizer."""
+"""The C core without Python: native/tests/*.c, plain and under ThreadSanitizer."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from vmown._build import NATIVE, compile_program
 STRESS = NATIVE / "tests" / "stress.c"
 HEARTBEAT = NATIVE / "tests" / "heartbeat_test.c"
 LIVENESS = NATIVE / "tests" / "liveness_test.c"
+GRANT = NATIVE / "tests" / "grant_test.c"
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +24,8 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path
         "heartbeat": compile_program([HEARTBEAT], out / "heartbeat", ["-O2", "-Werror"]),
         "heartbeat_tsan": compile_program([HEARTBEAT], out / "heartbeat_tsan", ["-O1", "-fsanitize=thread"]),
         "liveness": compile_program([LIVENESS], out / "liveness", ["-O2", "-Werror"]),
+        "grant": compile_program([GRANT], out / "grant", ["-O2", "-Werror"]),
+        "grant_tsan": compile_program([GRANT], out / "grant_tsan", ["-O1", "-fsanitize=thread"]),
     }
 
 
@@ -76,6 +79,15 @@ def test_heartbeat_parks_activates_and_sleeps(programs: dict[str, pathlib.Path])
 
 def test_heartbeat_under_thread_sanitizer(programs: dict[str, pathlib.Path]) -> None:
     run(programs["heartbeat_tsan"], 5, expect="all passed")
+
+
+def test_soft_grant_stolen_claimed_and_bounded(programs: dict[str, pathlib.Path]) -> None:
+    out = run(programs["grant"], 10, expect="all passed")
+    assert "steal: robbed waiter queued again" in out and "claim: the waiter claimed" in out
+
+
+def test_soft_grant_under_thread_sanitizer(programs: dict[str, pathlib.Path]) -> None:
+    run(programs["grant_tsan"], 3, expect="all passed")
 
 
 def test_dead_means_gone_zombie_or_recycled(programs: dict[str, pathlib.Path]) -> None:

@@ -15,13 +15,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from typing import Callable
 
 import pytest
 
 import vmown
-from vmown._native import lib
+from vmown._native import ffi, lib
 
 from .support import wait_until
 
@@ -173,6 +174,77 @@ def test_peer_killed_inside_the_lock() -> None:
     _recovers(vm)
 
 
+def _recovers_in_thread(vm: vmown.Ownership) -> threading.Thread:
+    """_recovers on a thread of its own (this one is in a callout); queued on return."""
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            _recovers(vm)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    wait_until(lambda: vm.waiters == 1 or not thread.is_alive(), what="the recovering thread to queue")
+    return thread
+
+
+def _join(thread: threading.Thread) -> None:
+    thread.join(timeout=RECOVERY_S + 5)
+    assert not thread.is_alive(), "the recovering thread is stuck"
+    if thread.errors:  # type: ignore[attr-defined]
+        raise thread.errors[0]  # type: ignore[attr-defined]
+
+
+def test_peer_killed_holding_a_pending_soft_grant() -> None:
+    """A callout's disown gives the queued child a soft grant; the child dies
+    before claiming it, and the granter stays out: a waiter reaps the holder."""
+    vm = vmown.Ownership(slots=16)
+    vm.own()
+    vm.bind_thread()
+    try:
+        pid = _fork(lambda: vm.own(), stop_at=lib.VMOWN_DEBUG_STOP_CLAIM)
+        wait_until(lambda: vm.waiters == 1, what="the child to queue")
+        token = lib.vmown_callout_begin(7)  # a soft grant to the child
+        assert token == vm.slot
+        _wait_stopped(pid)
+        assert vm.owner not in (0, vm.slot) and vm.stats()["soft_grants"] == 1
+        _kill(pid)
+        thread = _recovers_in_thread(vm)  # queues behind the dead holder, reaps it
+        _join(thread)
+        lib.vmown_callout_end(token)  # the grant is gone: own the ordinary way
+        assert vm.owned and vm.stats()["steals"] == 0
+        vm.disown()
+    finally:
+        lib.vmown_bind_thread(ffi.NULL, 0)
+
+
+def test_peer_killed_after_it_was_robbed() -> None:
+    """The granter steals its soft grant back; the robbed child dies before it
+    queues again: soft grants must not keep waiting for it to come back."""
+    vm = vmown.Ownership(slots=16)
+    vm.own()
+    vm.bind_thread()
+    try:
+        pid = _fork(lambda: vm.own(), stop_at=lib.VMOWN_DEBUG_STOP_CLAIM)
+        wait_until(lambda: vm.waiters == 1, what="the child to queue")
+        token = lib.vmown_callout_begin(7)
+        _wait_stopped(pid)
+        lib.vmown_callout_end(token)  # steals it back: the child is robbed
+        assert vm.owned and vm.stats()["steals"] == 1
+        _kill(pid)
+        thread = _recovers_in_thread(vm)
+        token = lib.vmown_callout_begin(8)  # the robbed child is still the claimant
+        _join(thread)
+        lib.vmown_callout_end(token)
+        assert vm.owned
+        vm.disown()
+    finally:
+        lib.vmown_bind_thread(ffi.NULL, 0)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -182,22 +254,30 @@ def _alive(pid: int) -> bool:
 
 
 def _crash_round(vm: vmown.Ownership, shared: mmap.mmap, rng: random.Random, children: int) -> None:
-    """Children cycle own -> critical section -> disown; some are killed at
-    random moments, some stop at a debug point and are killed there."""
+    """Children cycle own -> critical section -> callout -> critical section
+    -> disown (the callout's disown gives a waiter a soft grant, which it
+    claims or the child steals back); some are killed at random moments, some
+    stop at a debug point and are killed there."""
+
+    def critical(me: int) -> None:
+        inside = int.from_bytes(shared[0:4], "little")
+        assert inside in (0, me) or not _alive(inside), f"{inside} is inside too"
+        shared[0:4] = me.to_bytes(4, "little")
+        count = int.from_bytes(shared[4:12], "little")
+        shared[4:12] = (count + 1).to_bytes(8, "little")
+        shared[0:4] = (0).to_bytes(4, "little")
 
     def child() -> None:
         me = os.getpid()
+        vm.bind_thread()
         for _ in range(10_000):
             vm.own()
-            inside = int.from_bytes(shared[0:4], "little")
-            assert inside in (0, me) or not _alive(inside), f"{inside} is inside too"
-            shared[0:4] = me.to_bytes(4, "little")
-            count = int.from_bytes(shared[4:12], "little")
-            shared[4:12] = (count + 1).to_bytes(8, "little")
-            shared[0:4] = (0).to_bytes(4, "little")
+            critical(me)
+            lib.vmown_callout_end(lib.vmown_callout_begin(1))
+            critical(me)
             vm.disown()
 
-    points = [0, 0, lib.VMOWN_DEBUG_STOP_GRANTED, lib.VMOWN_DEBUG_STOP_IN_LOCK]
+    points = [0, 0, lib.VMOWN_DEBUG_STOP_GRANTED, lib.VMOWN_DEBUG_STOP_IN_LOCK, lib.VMOWN_DEBUG_STOP_CLAIM]
     pids = [_fork(child, stop_at=rng.choice(points)) for _ in range(children)]
     for pid in pids:
         time.sleep(rng.uniform(0, 0.02))

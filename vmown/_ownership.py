@@ -38,7 +38,7 @@ from ._native import ffi, lib
 __all__ = ["Ownership"]
 
 DEFAULT_SLOTS = 1024
-LAYOUT_VERSION = 1  # of the control block; must match native/vmown_internal.h
+LAYOUT_VERSION = 2  # of the control block; must match native/vmown_internal.h
 
 _own_wait = lib.vmown_own_wait
 _disown = lib.vmown_disown
@@ -54,7 +54,10 @@ _INTERRUPTIBLE = lib.VMOWN_WAIT_INTERRUPTIBLE
 # handler ran between two sleeps is acted on within a slice, not never.
 _SLICED = lib.VMOWN_WAIT_INTERRUPTIBLE | lib.VMOWN_WAIT_SLICES
 
-_COUNTERS = ("fast_owns", "slow_owns", "waits", "hand_offs", "disowns", "interrupts", "reaped")
+_COUNTERS = (
+    "fast_owns", "slow_owns", "waits", "hand_offs", "disowns", "interrupts", "soft_grants", "steals", "robberies",
+    "reaped",
+)
 _SLOT_STATES = {
     lib.VMOWN_SLOT_FREE: "free",
     lib.VMOWN_SLOT_RUNNING: "running",

@@ -56,9 +56,30 @@
 # due: own and serve; or idle_timeout passed: a surplus worker exits if
 # another one is parked, so one spare always stays).
 #
-# Spares.  The heartbeat can only activate parked workers, so a worker that
-# comes back from the idle stack (it used one up) makes sure that another is
-# parked or on its way (_ensure_spare).  The spare is started with the VM
+# Servers.  An activation needs the VM unowned for a whole tick, which it
+# rarely is while threads come back from callouts; so processes that wait in
+# the run queue would start only as others end.  The heartbeat therefore
+# watches the run queue too (native/heartbeat.c): when no process has been
+# taken off it for a tick while processes wait and the VM is owned, or right
+# after an activation with more than one waiting, it moves parked workers
+# into the wait queue (servers), behind every thread that waits on its own.
+# A server gets the VM from the next disown: a callout that blocks gives it
+# a soft grant that it claims within its wake-up, a stream of short callouts
+# hands it over within ~1 ms (native/ownership.c, "Soft grants").  Given the
+# VM from the idle stack, a worker runs at least one step before it looks at
+# the queue (_serve's `first`): it was brought in for the run queue, and
+# handing the VM straight on to the next waiter would waste the trip.  The
+# owner writes the words the heartbeat reads in place, without a call:
+# work[0] = steps at every step, work[1] = the run queue's length at each
+# spawn (and in _publish).
+#
+# Spares.  The heartbeat can only activate (or queue) parked workers, so a
+# worker that comes back from the idle stack (it used one up) makes sure that
+# others are parked or on their way (_ensure_spare): one, or min(run queue,
+# _SPARES) while processes wait, since a long run queue wants servers, not
+# one at a time (measured, suite `mixed` probed at 200 x 200 calls: with 1
+# spare, starts p50 0.15 s and 0.45 s in all; with 8, 0.07-0.09 s and
+# 0.37-0.40 s; 16 or 32 no better).  A spare is started with the VM
 # disowned (a thread start takes ~100 us) and queues for the VM; whoever owns
 # it hands it over at the next scheduling point and parks, so one thread is
 # parked again.  A new worker that gets the VM some other way (from a
@@ -144,6 +165,15 @@
 #    until it ends, on its own thread, with the VM owned, so whatever it will
 #    wake is never declared stuck.  Nothing outside the VM can wake a process
 #    (primitives refuse other threads), so the check is exact.
+# 10. The heartbeat queues a server while the owner parks or ends.
+#      HB: queue W (idle stack -> wait queue)   O: park: idle stack, release
+#    Both under the block's lock: if O parks first, its release finds W
+#    queued or the heartbeat finds the VM unowned and grants W at once; W,
+#    owning, runs one step (or none, if the run queue emptied meanwhile) and
+#    parks.  A server whose run queue emptied costs one wake-up, nothing else.
+#    A server granted while a callout is out runs steps on its thread; the
+#    callout, back, queues ahead of other servers (priority) and is handed
+#    the VM at the server's next scheduling point, as in race 1.
 #
 # The GIL.  A callout made through the C wrappers of vmown.threaded_wrappers
 # waits for the VM in C, without the GIL, and takes the GIL only once it owns
@@ -239,6 +269,8 @@ DEFAULT_IDLE_TIMEOUT_S = 10.0
 # Slots beyond max_threads: a retired thread keeps its slot until its
 # thread-locals are freed, a moment after it stopped counting as a thread.
 _SLOT_MARGIN = 8
+# Parked workers kept ready while processes wait (see "Spares").
+_SPARES = 8
 # Shutdown warns when workers still in a callout keep it waiting this long.
 _SHUTDOWN_WARN_S = 5.0
 # The loop lets a thread waiting for the GIL in at least this often (see "The
@@ -381,8 +413,8 @@ class _Runtime:
     """
 
     __slots__ = (
-        "ownership", "cb", "waiters_word", "run_queue", "timers", "timer_seq", "processes", "main", "halt", "fatal",
-        "running", "unretrieved", "pub_run", "pub_timer_ns", "watch_ns", "run_slot", "max_threads",
+        "ownership", "cb", "waiters_word", "work_words", "run_queue", "timers", "timer_seq", "processes", "main",
+        "halt", "fatal", "running", "unretrieved", "pub_run", "pub_timer_ns", "watch_ns", "run_slot", "max_threads",
         "idle_timeout_ns", "threads_lock", "threads", "thread_count", "thread_high", "starting",
         "cap_hits", "starters_out", "steps", "spawned", "parks", "releases",
     )  # fmt: skip
@@ -391,6 +423,11 @@ class _Runtime:
         self.ownership = Ownership(slots=max_threads + _SLOT_MARGIN)
         self.cb = self.ownership._cb  # vmown_cb *, valid until ownership.close()
         self.waiters_word = lib.vmown_waiters_word(self.cb)  # read in place by _serve
+        # [0] written in place by _serve at every step, [1] by spawn (and by
+        # _publish): a memoryview store costs ~20 ns where a cffi pointer
+        # store costs ~65 (one aligned 8-byte store either way; the heartbeat
+        # only reads the words).
+        self.work_words = memoryview(ffi.buffer(lib.vmown_work_words(self.cb), 16)).cast("Q")
         self.run_queue: deque[Process] = deque()
         self.timers: list[tuple[int, int, Process]] = []  # (deadline_ns, seq, process) heap
         self.timer_seq = itertools.count()
@@ -462,6 +499,8 @@ def _spawn(rt: _Runtime, fn: Callable[..., Any], args: tuple[Any, ...], ctx: con
     rt.run_queue.append(proc)
     if not rt.pub_run:
         _publish(rt)
+    else:
+        rt.work_words[1] = len(rt.run_queue)  # how many servers the heartbeat may queue
     return proc
 
 
@@ -627,8 +666,11 @@ def _release_timers(rt: _Runtime) -> None:
         run_queue.append(proc)
 
 
-def _serve(rt: _Runtime) -> None:
+def _serve(rt: _Runtime, first: bool = False) -> None:
     """Run steps until the run halts, a thread waits for the VM, or nothing is runnable.
+
+    With ``first``, run one step even if threads wait: the caller was given
+    the VM from the idle stack because the run queue stalled.
 
     The caller owns the VM and still owns it on return.  This is the hot
     path: everything it touches is bound to a local first.  It calls only C
@@ -644,10 +686,12 @@ def _serve(rt: _Runtime) -> None:
     # cffi call, so the loop never drops and retakes the GIL to look, which
     # would reset CPython's switch timer and starve a callout coming back.
     waiters_word = rt.waiters_word
+    work_words = rt.work_words
     now = _now
     countdown = _CLOCK_EVERY
     yield_at = now() + _GIL_YIELD_NS
-    while not rt.halt and not waiters_word[0]:
+    while not rt.halt and (first or not waiters_word[0]):
+        first = False
         countdown -= 1
         if timers or not countdown:  # read the clock: each step if timers wait
             countdown = _CLOCK_EVERY
@@ -666,7 +710,7 @@ def _serve(rt: _Runtime) -> None:
             _broken(f"{proc!r} was in the run queue")
         proc._state = _RUNNING
         rt.running += 1
-        rt.steps += 1
+        work_words[0] = rt.steps = rt.steps + 1  # the heartbeat sees the run queue move
         try:
             trap = proc._ctx_run(proc._resume, proc._value)  # type: ignore[misc]
         except BaseException as exc:  # noqa: BLE001 - the process's outcome
@@ -696,12 +740,14 @@ def _work(rt: _Runtime, me: _ThreadState) -> None:
     The caller owns the VM.  The run thread returns owning it; a worker
     returns not owning it.
     """
+    given = False
     while not rt.halt:
-        _serve(rt)
+        _serve(rt, given)
         if rt.halt:
             break
         if not _park(rt, me):
             return
+        given = True
     if not me.run_thread:
         _release(rt, me)
 
@@ -802,8 +848,9 @@ def _ensure_spare(rt: _Runtime, me: _ThreadState) -> None:
 def _spare_ready(rt: _Runtime) -> bool:
     out = ffi.new("vmown_heartbeat_stats *")
     lib.vmown_heartbeat_read(rt.cb, out)
+    want = min(len(rt.run_queue), _SPARES) or 1
     with rt.threads_lock:
-        return out.idle_workers > 0 or rt.starting > 0
+        return out.idle_workers + rt.starting >= want
 
 
 def _new_worker(rt: _Runtime) -> threading.Thread:
@@ -1118,7 +1165,11 @@ def stats() -> dict[str, int]:
     ``threads_high`` (serving the VM now / at most, the caller of run()
     included), ``idle_workers``, ``processes`` (alive now), ``spawned``,
     ``steps``, ``parks``, ``cap_hits`` (spares not started: max_threads), and
-    the ownership counters ``disowns``, ``fast_owns``, ``slow_owns``, ``waits``.
+    the ownership counters ``disowns``, ``fast_owns``, ``slow_owns``, ``waits``;
+    ``servers`` (parked workers the heartbeat queued for a stalled run
+    queue), ``soft_grants``, ``steals`` and ``robberies`` (callout disowns
+    that woke a waiter softly, grants taken back before the claim, waiters
+    that woke to find theirs taken; native/ownership.c, "Soft grants").
     """
     return _stats(_current("vmown.stats()")._rt)
 
@@ -1133,6 +1184,7 @@ def _stats(rt: _Runtime) -> dict[str, int]:
     return {
         "callouts": counters.disowns - rt.parks - rt.releases,
         "activations": heartbeat.activations,
+        "servers": heartbeat.servers,
         "hand_offs": counters.hand_offs,
         "ticks": heartbeat.ticks,
         "starved": heartbeat.starved,
@@ -1148,6 +1200,9 @@ def _stats(rt: _Runtime) -> dict[str, int]:
         "fast_owns": counters.fast_owns,
         "slow_owns": counters.slow_owns,
         "waits": counters.waits,
+        "soft_grants": counters.soft_grants,
+        "steals": counters.steals,
+        "robberies": counters.robberies,
     }
 
 

@@ -8,6 +8,10 @@
  *     blocks 20 ms; a parked worker is activated (it runs while the callout
  *     is still out) -- ROUNDS times; the latency is printed, not asserted;
  *   no work, no activation: the same callout with nothing runnable;
+ *   stall: the owner keeps the VM while runnable work makes no progress
+ *     (vmown_work_words[0] unchanged): the heartbeat queues the parked
+ *     worker as a server, behind a thread that queued on its own; the
+ *     worker gets the VM after that thread, its priority restored;
  *   quiet: with no callout in flight the heartbeat stops ticking, and the
  *     next disown makes it tick again.
  */
@@ -22,6 +26,7 @@
 
 static vmown_cb *cb;
 static _Atomic int64_t activated_at;
+static _Atomic int worker_slot;
 
 #define CHECK(cond, ...)                                   \
     do {                                                   \
@@ -44,12 +49,27 @@ static void wait_for(int (*cond)(void), const char *what) {
 }
 
 static int one_idle(void) { return hb().idle_workers == 1; }
+static int two_waiters(void) { return vmown_waiters(cb) == 2; }
+
+/* A thread that queues for the VM on its own, then gives it back. */
+static _Atomic int other_owned;
+static void *other(void *arg) {
+    (void)arg;
+    int me = vmown_register(cb);
+    CHECK(me > 0, "register");
+    CHECK(vmown_own(cb, me) == 0, "other own");
+    other_owned = me;
+    CHECK(vmown_disown(cb, me, 0) == 0, "other disown");
+    vmown_unregister(cb, me);
+    return NULL;
+}
 
 /* A worker: park; when activated, note the time, clear the work, park again. */
 static void *worker(void *arg) {
     (void)arg;
     int me = vmown_register(cb);
     CHECK(me > 0, "register");
+    worker_slot = me;
     CHECK(vmown_own(cb, me) == 0, "worker own");
     for (;;) {
         vmown_set_work(cb, 0, 0);
@@ -118,6 +138,26 @@ int main(int argc, char **argv) {
     CHECK(hb().activations == before + 1, "a due timer caused no activation");
     wait_for(one_idle, "the worker to park again");
     printf("no activation without work; one for a due timer: ok\n");
+
+    /* stall: runnable work, no progress, the VM kept */
+    CHECK(vmown_own(cb, me) == 0, "own");
+    uint64_t servers = hb().servers;
+    vmown_set_work(cb, 3, 0);
+    CHECK(vmown_disown(cb, me, 4) == 0 && vmown_own(cb, me) == 0, "a short callout (wakes the heartbeat)");
+    pthread_t o;
+    pthread_create(&o, NULL, other, NULL);
+    wait_for(two_waiters, "the other thread and a server to queue");
+    CHECK(hb().servers == servers + 1 && hb().idle_workers == 0, "no server queued");
+    uint32_t q[4];
+    CHECK(vmown_queue_read(cb, q, 4) == 2 && (int)q[1] == worker_slot, "the server is not behind the other thread");
+    activated_at = 0;
+    CHECK(vmown_disown(cb, me, 0) == 0, "disown");
+    pthread_join(o, NULL);
+    wait_for(one_idle, "the server to run and park again");
+    CHECK(other_owned && activated_at != 0, "the server did not own the VM after the other thread");
+    vmown_slot_info info;
+    CHECK(vmown_slot_read(cb, (uint32_t)worker_slot, &info) == 0 && info.priority == 0, "priority not restored");
+    printf("stall: a server queued behind a returning thread, then served: ok\n");
 
     /* quiet: nothing changes, so the heartbeat sleeps and stops ticking */
     CHECK(vmown_own(cb, me) == 0, "own");

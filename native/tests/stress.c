@@ -4,7 +4,9 @@
  * Each cycle takes the VM (by own, by try_own until it wins, or by yield when
  * it already owns and others wait), checks inside the critical section that
  * nobody else is inside and that the owner word names it, bumps a plain
- * (non-atomic) counter, and disowns.  At the end the counter must equal
+ * (non-atomic) counter, and disowns.  Some cycles also make a callout in the
+ * middle (vmown_callout_begin/end: a soft grant to the head waiter, stolen
+ * back or claimed) and check the critical section again after it.  At the end the counter must equal
  * THREADS * CYCLES and the queue must be empty.  Built plain and with
  * -fsanitize=thread by tests/test_native.py.  Exit 0 and one summary line
  * when every invariant held.
@@ -40,6 +42,7 @@ static void *worker(void *arg) {
     unsigned seed = (unsigned)(size_t)arg * 2654435761u;
     int me = vmown_register(cb);
     if (me < 1) { fail("register"); return NULL; }
+    if (vmown_bind_thread(cb, (uint32_t)me) != 0) fail("bind");
     for (long i = 0; i < cycles; i++) {
         int how = rand_r(&seed) % 8, rc;
         if (how == 0) {
@@ -56,9 +59,20 @@ static void *worker(void *arg) {
             critical(me);
             counter--;  /* the second visit is not a cycle */
         }
+        if (how == 3 || how == 4) {
+            /* A callout: soft grant if others wait; 3 comes back at once
+             * (the steal races the claim), 4 after a yield (the claim wins). */
+            uint32_t token = vmown_callout_begin((uint64_t)i + 1);
+            if (token != (uint32_t)me) fail("callout_begin");
+            if (how == 4) sched_yield();
+            vmown_callout_end(token);
+            critical(me);
+            counter--;
+        }
         if (vmown_disown(cb, me, (uint64_t)i) != 0) fail("disown");
     }
     if (vmown_unregister(cb, me) != 0) fail("unregister");
+    vmown_bind_thread(NULL, 0);
     return NULL;
 }
 
@@ -81,9 +95,11 @@ int main(int argc, char **argv) {
     if (counter != (unsigned long)threads * (unsigned long)cycles) fail("counter is not exact");
     if (vmown_waiters(cb) != 0 || vmown_owner(cb) != 0) fail("queue or owner left behind");
     if (vmown_slots_in_use(cb) != 0) fail("slots left registered");
-    printf("stress: threads=%d cycles=%ld counter=%lu fast=%llu slow=%llu waits=%llu hand_offs=%llu failures=%ld\n",
+    printf("stress: threads=%d cycles=%ld counter=%lu fast=%llu slow=%llu waits=%llu hand_offs=%llu soft_grants=%llu "
+           "steals=%llu robberies=%llu failures=%ld\n",
            threads, cycles, counter, (unsigned long long)c.fast_owns, (unsigned long long)c.slow_owns,
-           (unsigned long long)c.waits, (unsigned long long)c.hand_offs, (long)failures);
+           (unsigned long long)c.waits, (unsigned long long)c.hand_offs, (unsigned long long)c.soft_grants,
+           (unsigned long long)c.steals, (unsigned long long)c.robberies, (long)failures);
     vmown_cb_detach(cb);
     munmap(mem, len);
     return failures ? 1 : 0;
