@@ -132,7 +132,7 @@ def test_processes_start_while_another_keeps_the_vm_busy_with_short_calls(module
     workers ("servers") when the run queue has not moved for a tick, and the
     calls' disowns hand them the VM.  Each other process runs longer than one
     call (0.3 ms of Python), so each start needs a hand-over of its own.  The
-    busy process stops once all have started, or after 10 s."""
+    busy process stops once all have started, or after 30 s."""
     lib = module.lib
     vmown.bind_threaded(lib)
     count = 20
@@ -146,7 +146,7 @@ def test_processes_start_while_another_keeps_the_vm_busy_with_short_calls(module
 
     async def busy() -> int:
         calls = 0
-        give_up = time.monotonic() + 10
+        give_up = time.monotonic() + 30
         while len(started) < count and time.monotonic() < give_up:
             lib.block_us_threaded(200)
             calls += 1
