@@ -1,9 +1,11 @@
-"""Helpers shared by the tests: bounded waits, threads that must not hang."""
+"""Helpers shared by the tests: bounded waits, threads that must not hang, C test programs."""
 
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
+import subprocess
 import threading
 import time
 import traceback
@@ -69,3 +71,20 @@ def reap(pid: int, timeout: float = 60.0) -> None:
             os.waitpid(pid, 0)
             raise AssertionError(f"child {pid} still running after {timeout} s")
         time.sleep(0.005)
+
+
+def run_c(program: pathlib.Path, *args: int, timeout: float = 300, expect: str = "failures=0") -> str:
+    """Run a C test program (plain or ThreadSanitizer build); fail on a non-zero
+    exit, any ThreadSanitizer report, or output without ``expect``."""
+    done = subprocess.run(
+        [str(program), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"TSAN_OPTIONS": "halt_on_error=1 exitcode=66"},
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "ThreadSanitizer" not in output, output
+    assert expect in output, output
+    return output

@@ -25,7 +25,7 @@ from vmown._channel import _HEADER_OFFSETS, Channel
 from vmown._errors import ChannelBrokenError, ChannelClosed, ChannelError, VmownError
 from vmown._native import lib
 
-from .support import fork, reap, run_threads
+from .support import fork, reap, run_c, run_threads
 
 CHANNEL_TEST = NATIVE / "tests" / "channel_test.c"
 
@@ -657,21 +657,6 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path
         "plain": compile_program([CHANNEL_TEST], out / "channel_test", ["-O2", "-Werror"]),
         "tsan": compile_program([CHANNEL_TEST], out / "channel_test_tsan", ["-O1", "-fsanitize=thread"]),
     }
-
-
-def run_c(program: pathlib.Path, *args: int, timeout: float = 300) -> str:
-    done = subprocess.run(
-        [str(program), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={"TSAN_OPTIONS": "halt_on_error=1 exitcode=66"},
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
-    assert "ThreadSanitizer" not in output, output
-    assert "failures=0" in output, output
-    return output
 
 
 def test_c_stress_4_producers_4_consumers(programs: dict[str, pathlib.Path]) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pathlib
-import subprocess
 
 import pytest
 
 from vmown._build import NATIVE, compile_program
+
+from .support import run_c
 
 STRESS = NATIVE / "tests" / "stress.c"
 HEARTBEAT = NATIVE / "tests" / "heartbeat_test.c"
@@ -29,66 +30,51 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path
     }
 
 
-def run(program: pathlib.Path, *args: int, timeout: float = 300, expect: str = "failures=0") -> str:
-    done = subprocess.run(
-        [str(program), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={"TSAN_OPTIONS": "halt_on_error=1 exitcode=66"},
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
-    assert "ThreadSanitizer" not in output, output
-    assert expect in output, output
-    return output
-
-
 def test_stress_8_threads_100k_cycles(programs: dict[str, pathlib.Path]) -> None:
-    out = run(programs["plain"], 8, 100_000)
+    out = run_c(programs["plain"], 8, 100_000)
     assert "counter=800000" in out
 
 
 def test_stress_with_race_windows_widened(programs: dict[str, pathlib.Path]) -> None:
-    out = run(programs["plain"], 16, 5_000, 20_000)
+    out = run_c(programs["plain"], 16, 5_000, 20_000)
     assert "counter=80000" in out
 
 
 def test_thread_sanitizer_8_threads_100k_cycles(programs: dict[str, pathlib.Path]) -> None:
-    out = run(programs["tsan"], 8, 100_000)
+    out = run_c(programs["tsan"], 8, 100_000)
     assert "counter=800000" in out
 
 
 def test_thread_sanitizer_with_race_windows_widened(programs: dict[str, pathlib.Path]) -> None:
-    run(programs["tsan"], 8, 2_000, 20_000)
+    run_c(programs["tsan"], 8, 2_000, 20_000)
 
 
 @pytest.mark.slow
 def test_thread_sanitizer_32_threads_widened(programs: dict[str, pathlib.Path]) -> None:
-    run(programs["tsan"], 32, 10_000, 5_000)
+    run_c(programs["tsan"], 32, 10_000, 5_000)
 
 
 @pytest.mark.slow
 def test_stress_long_widened(programs: dict[str, pathlib.Path]) -> None:
-    run(programs["plain"], 32, 50_000, 5_000)
+    run_c(programs["plain"], 32, 50_000, 5_000)
 
 
 def test_heartbeat_parks_activates_and_sleeps(programs: dict[str, pathlib.Path]) -> None:
-    run(programs["heartbeat"], 20, expect="all passed")
+    run_c(programs["heartbeat"], 20, expect="all passed")
 
 
 def test_heartbeat_under_thread_sanitizer(programs: dict[str, pathlib.Path]) -> None:
-    run(programs["heartbeat_tsan"], 5, expect="all passed")
+    run_c(programs["heartbeat_tsan"], 5, expect="all passed")
 
 
 def test_soft_grant_stolen_claimed_and_bounded(programs: dict[str, pathlib.Path]) -> None:
-    out = run(programs["grant"], 10, expect="all passed")
+    out = run_c(programs["grant"], 10, expect="all passed")
     assert "steal: robbed waiter queued again" in out and "claim: the waiter claimed" in out
 
 
 def test_soft_grant_under_thread_sanitizer(programs: dict[str, pathlib.Path]) -> None:
-    run(programs["grant_tsan"], 3, expect="all passed")
+    run_c(programs["grant_tsan"], 3, expect="all passed")
 
 
 def test_dead_means_gone_zombie_or_recycled(programs: dict[str, pathlib.Path]) -> None:
-    run(programs["liveness"], expect="all passed")
+    run_c(programs["liveness"], expect="all passed")
