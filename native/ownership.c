@@ -543,6 +543,9 @@ static int reap_dead_locked(vmown_cb *cb, uint32_t *granted) {
                                                     SEQ_CST, RELAXED);
         /* A claimant that died unsettled: soft grants may wake waiters again. */
         if (atomic_load_explicit(&b->claimant, RELAXED) == i) atomic_store_explicit(&b->claimant, 0, RELAXED);
+        /* A server that died queued or granted: the heartbeat counts on it no more. */
+        if (atomic_exchange_explicit(&s->serving, 0, RELAXED))
+            atomic_fetch_sub_explicit(&b->servers_out, 1, RELAXED);
         fold_counters_locked(cb, s);
         atomic_store_explicit(&s->state, VMOWN_SLOT_FREE, RELEASE);
         atomic_fetch_sub_explicit(&b->in_use, 1, RELAXED);
@@ -1084,11 +1087,20 @@ static int idle_unlink_locked(vmown_cb *cb, uint32_t me) {
     return rc;
 }
 
-static int park(vmown_cb *cb, uint32_t me, int64_t timeout_ns);
+static int park(vmown_cb *cb, uint32_t me, int64_t timeout_ns, bool owning);
 
 int vmown_park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
     if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
-    int rc = park(cb, me, timeout_ns);
+    return vmown__park(cb, me, timeout_ns, true);
+}
+
+int vmown_park_new(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
+    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
+    return vmown__park(cb, me, timeout_ns, false);
+}
+
+int vmown__park(vmown_cb *cb, uint32_t me, int64_t timeout_ns, bool owning) {
+    int rc = park(cb, me, timeout_ns, owning);
     struct vmown_slot *s = slot_of(cb, me);
     if (atomic_load_explicit(&s->serving, RELAXED)) {
         /* Queued as a server (vmown__queue_idle), out of the queue now: its
@@ -1098,15 +1110,17 @@ int vmown_park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
         if (rc == 1) bump(&s->slow_owns);
         atomic_store_explicit(&s->priority, atomic_load_explicit(&s->saved_priority, RELAXED), RELAXED);
         atomic_store_explicit(&s->serving, 0, RELAXED);
+        atomic_fetch_sub_explicit(&cb->b->servers_out, 1, RELAXED);
     }
     return rc;
 }
 
-static int park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
+static int park(vmown_cb *cb, uint32_t me, int64_t timeout_ns, bool owning) {
     struct vmown__block *b = cb->b;
     struct vmown_slot *s = slot_of(cb, me);
     uint64_t w = atomic_load_explicit(&b->owner_word, RELAXED);
-    if (VMOWN__OWNER(w) != (int32_t)me) return VMOWN_ENOTOWNER;
+    if (owning ? VMOWN__OWNER(w) != (int32_t)me : VMOWN__HOLDER(w) == (int32_t)me) return VMOWN_ENOTOWNER;
+    if (!owning && atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_RUNNING) return VMOWN_EBADSLOT;
     int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
     uint32_t head = 0;
     int rc = lock_block(cb);
@@ -1115,6 +1129,10 @@ static int park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
     atomic_store_explicit(&b->idle_head, me, RELAXED);
     atomic_fetch_add_explicit(&b->idle_count, 1, RELAXED);
     atomic_store_explicit(&s->state, VMOWN_SLOT_PARKED, RELAXED);
+    if (!owning) {
+        unlock_block(cb);
+        goto wait;
+    }
     rc = pop_head_locked(cb, &head);
     /* Counted before the release: whoever owns next sees the counts. */
     bump(&s->disowns);
@@ -1129,6 +1147,7 @@ static int park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
     }
     /* No waiter can be stranded: one that queues after the unlock finds the
      * VM unowned under the lock and takes it itself. */
+wait:;
     int interruptible = 1;
     unsigned strays = 0;
     for (;;) {
@@ -1206,6 +1225,7 @@ int vmown__queue_idle(vmown_cb *cb) {
     atomic_store_explicit(&s->saved_priority, atomic_load_explicit(&s->priority, RELAXED), RELAXED);
     atomic_store_explicit(&s->priority, INT32_MIN, RELAXED);
     atomic_store_explicit(&s->serving, 1, RELAXED);
+    atomic_fetch_add_explicit(&cb->b->servers_out, 1, RELAXED);
     if ((rc = enqueue_locked(cb, target)) < 0) goto done;
     /* enqueue_locked counted it in `attention` (seq_cst) before this load of
      * the owner word: an owner releasing meanwhile sees the waiter (and hands

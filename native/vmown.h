@@ -217,6 +217,12 @@ typedef struct {
  * Returns 1 once given the VM (activated), 0 when woken by vmown_unpark
  * (not owning), VMOWN_ETIMEDOUT (not owning) after timeout_ns (< 0: none). */
 int vmown_park(vmown_cb *cb, uint32_t slot, int64_t timeout_ns);
+/* Park a worker that does not own the VM (a new one): join the idle stack and
+ * wait, as vmown_park does after its release; same results.  A thread pool
+ * can thus start workers without handing the VM to each.  VMOWN_ENOTOWNER if
+ * the caller owns the VM (or holds a grant of it), VMOWN_EBADSLOT if its slot
+ * is queued or parked already. */
+int vmown_park_new(vmown_cb *cb, uint32_t slot, int64_t timeout_ns);
 /* Wake one parked worker (slot 0: the most recently parked) without giving
  * it the VM: its vmown_park returns 0.  Returns the slot woken, 0 if none. */
 int vmown_unpark(vmown_cb *cb, uint32_t slot);

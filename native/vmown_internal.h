@@ -20,7 +20,7 @@
  * order: a block written by a machine of another word size or endianness
  * fails the magic check. */
 #define VMOWN__MAGIC (0x000000004E574F4D56ull | ((uint64_t)sizeof(void *) << 40) | (1ull << 48))
-#define VMOWN__LAYOUT_VERSION 2u
+#define VMOWN__LAYOUT_VERSION 3u
 
 enum { VMOWN__INITIALIZING = 1, VMOWN__READY = 2, VMOWN__BROKEN = 3 };
 
@@ -106,6 +106,10 @@ struct vmown__block {
     _Atomic uint64_t ticks __attribute__((aligned(VMOWN__CACHE_LINE)));
     _Atomic uint64_t activations, starved, hb_sleeps;
     _Atomic uint64_t servers;       /* idle workers queued for a stalled run queue */
+    /* Servers queued (vmown__queue_idle) whose park has not returned yet:
+     * the heartbeat tops them up to SERVERS.  Changed under the lock, or by
+     * the server itself as its park returns. */
+    _Atomic uint32_t servers_out;
     sem_t hb_sem;                   /* a sleeping heartbeat waits here */
     /* Everything below is protected by `lock` unless it says otherwise. */
     pthread_mutex_t lock __attribute__((aligned(VMOWN__CACHE_LINE)));
@@ -146,6 +150,7 @@ int vmown__activate(vmown_cb *cb, uint64_t expected_word);
  * queue (granting it the VM at once if unowned); returns its slot, 0 if none
  * is parked.  Its vmown_park returns 1 once it owns the VM. */
 int vmown__queue_idle(vmown_cb *cb);
+int vmown__park(vmown_cb *cb, uint32_t slot, int64_t timeout_ns, bool owning);
 /* vmown_disown with a soft grant to the head waiter: callout.c. */
 int vmown__disown_soft(vmown_cb *cb, uint32_t slot, uint64_t callout);
 void vmown__heartbeat_wake(vmown_cb *cb);

@@ -491,6 +491,35 @@ def test_meeting_the_thread_cap_warns_and_still_finishes() -> None:
     assert "starved" in str(record[0].message)
 
 
+def test_workers_are_started_off_the_vm(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The spawner thread starts workers and each parks without ever owning
+    # the VM, so the scheduler never lets go of the VM to start a thread: its
+    # only releases are parks (and the callouts of processes).
+    releases: list[str] = []
+    release = _scheduler._release
+
+    def recording_release(rt: Any, me: Any) -> None:
+        if not rt.halt:
+            releases.append(threading.current_thread().name)
+        release(rt, me)
+
+    monkeypatch.setattr(_scheduler, "_release", recording_release)
+
+    async def blocker() -> None:
+        usleep(30_000)
+
+    async def main() -> dict[str, int]:
+        procs = [vmown.spawn(blocker) for _ in range(20)]
+        for proc in procs:
+            await proc
+        return vmown.stats()
+
+    stats = vmown.run(main)
+    assert stats["threads_high"] >= 10, stats  # workers were started, and used
+    assert stats["callouts"] == 20
+    assert releases == []
+
+
 def test_idle_workers_retire_and_one_spare_stays() -> None:
     async def blocker() -> None:
         usleep(30_000)

@@ -59,19 +59,24 @@
 # Servers.  An activation needs the VM unowned for a whole tick, which it
 # rarely is while threads come back from callouts; so processes that wait in
 # the run queue would start only as others end.  The heartbeat therefore
-# watches the run queue too (native/heartbeat.c): when no process has been
-# taken off it for a tick while processes wait and the VM is owned, or right
-# after an activation with more than one waiting, it moves parked workers
-# into the wait queue (servers), behind every thread that waits on its own.
-# A server gets the VM from the next disown: a callout that blocks gives it
-# a soft grant that it claims within its wake-up, a stream of short callouts
-# hands it over within ~1 ms (native/ownership.c, "Soft grants").  Given the
-# VM from the idle stack, a worker runs at least one step before it looks at
-# the queue (_serve's `first`): it was brought in for the run queue, and
-# handing the VM straight on to the next waiter would waste the trip.  The
-# owner writes the words the heartbeat reads in place, without a call:
-# work[0] = steps at every step, work[1] = the run queue's length at each
-# spawn (and in _publish).
+# watches the run queue too (native/heartbeat.c): at each tick where fewer
+# than SERVERS (8) processes were taken off it while some wait and the VM is
+# owned -- its steps are long, or it is out in a callout -- and right after
+# an activation, it tops up the parked workers it keeps in the wait queue
+# (servers) to min(run queue, SERVERS), behind every thread that waits on
+# its own.  A server gets the VM from the next disown: a callout that blocks
+# gives it a soft grant that it claims within its wake-up, a stream of short
+# callouts hands it over within ~1 ms (native/ownership.c, "Soft grants").
+# Topping up each tick, not once per stall, matters when every process is
+# one long step: each step that blocks uses up a server to start the next
+# process (suite `mixed`, 200 x 200 calls, measured in one sitting: half the
+# processes started by 0.09 s with once-per-stall queueing of 4, by 0.06 s
+# with top-ups of 8).  Given the VM from the idle stack, a worker runs at
+# least one step before it looks at the queue (_serve's `first`): it was
+# brought in for the run queue, and handing the VM straight on to the next
+# waiter would waste the trip.  The owner writes the words the heartbeat
+# reads in place, without a call: work[0] = steps at every step, work[1] =
+# the run queue's length at each spawn (and in _publish).
 #
 # Spares.  The heartbeat can only activate (or queue) parked workers, so a
 # worker that comes back from the idle stack (it used one up) makes sure that
@@ -79,14 +84,18 @@
 # _SPARES) while processes wait, since a long run queue wants servers, not
 # one at a time (measured, suite `mixed` probed at 200 x 200 calls: with 1
 # spare, starts p50 0.15 s and 0.45 s in all; with 8, 0.07-0.09 s and
-# 0.37-0.40 s; 16 or 32 no better).  A spare is started with the VM
-# disowned (a thread start takes ~100 us) and queues for the VM; whoever owns
-# it hands it over at the next scheduling point and parks, so one thread is
-# parked again.  A new worker that gets the VM some other way (from a
-# callout's disown, nobody parked) checks for a spare in turn.  The number of
-# threads thus follows the number of callouts blocked at once, up to
-# max_threads; a run that meets the cap gets a RuntimeWarning with the
-# heartbeat's `starved` count.
+# 0.37-0.40 s; 16 or 32 no better).  The owner only counts and asks: the
+# spawner thread (_spawner_main, one per run, never serving the VM) starts
+# the workers, and a new worker parks at once without ever owning the VM
+# (vmown_park_new).  So a thread start (~90 us here, most of it waiting for
+# the new thread to run) costs the VM nothing but the new thread's first
+# steps under the GIL.  It used to cost a release, a hand-off to whoever
+# waited, an own that queued, and a second hand-off when the new worker got
+# the VM only to park: traced in suite `mixed`, runs of a millisecond in
+# which the VM went round new threads and no process started.  The number
+# of threads thus follows the number of callouts blocked at once, up to
+# max_threads; a run that meets the cap gets a RuntimeWarning (from the
+# spawner) with the heartbeat's `starved` count.
 #
 # Publishing the work.  The heartbeat reads two words while the VM is
 # unowned: runnable (non-zero: a process waits) and next_timer_ns.  The owner
@@ -144,17 +153,17 @@
 #    handler runs between their disown and their own.  A second Ctrl-C while
 #    the first is pending raises at once: the escape from a program that
 #    does not come back (see shutdown).
-# 7. A spare is started with the VM disowned.
-#      W: disown; Thread.start()    S (the spare): own: CAS, the VM is free
-#      W: own: queued ...           S: serves; next scheduling point: parks,
-#                                      hands W the VM
-#    Had S checked for a spare itself, it would have found none parked (W is
-#    starting it, not parked) and started another with the VM disowned, which
-#    would take the VM and start another: a chain of threads.  So a new
-#    worker skips the check while a starter is out (starters_out); W checks
-#    again once it owns the VM again, and starts another only if S has gone
-#    into a callout by then, which is a real need.  If instead a returning
-#    callout takes the VM while W is out, W queues behind it the same way.
+# 7. The spawner starts a worker while the VM is owned, or unowned.
+#      S (spawner): Thread.start()   N (new): park_new: under the lock,
+#                                       join the idle stack, sleep
+#      O (owner): ...                HB: activate N (under the lock)
+#    N never competes for the VM: it is on the idle stack, or not yet
+#    findable, like a thread that has not started.  The heartbeat and the
+#    owner see it only through the idle stack, under the lock, so an
+#    activation finds it parked or not at all.  At shutdown the run thread
+#    stops the spawner first (no new starts), then unparks every parked
+#    worker again at each round of joining: a worker that was still starting
+#    parks after a round and is woken by the next (it sees `halt`).
 # 8. The timer watcher and the heartbeat both act on a due timer.  The one
 #    worker parked with the earliest deadline as its timeout wakes and owns;
 #    if the heartbeat activated another worker first, the watcher queues, is
@@ -416,7 +425,7 @@ class _Runtime:
         "ownership", "cb", "waiters_word", "work_words", "run_queue", "timers", "timer_seq", "processes", "main",
         "halt", "fatal", "running", "unretrieved", "pub_run", "pub_timer_ns", "watch_ns", "run_slot", "max_threads",
         "idle_timeout_ns", "threads_lock", "threads", "thread_count", "thread_high", "starting",
-        "cap_hits", "starters_out", "steps", "spawned", "parks", "releases",
+        "cap_hits", "spawn_wanted", "spawn_signal", "spawner", "steps", "spawned", "parks", "releases",
     )  # fmt: skip
 
     def __init__(self, max_threads: int, idle_timeout_s: float) -> None:
@@ -451,7 +460,11 @@ class _Runtime:
         self.thread_high = 1  # most alive at once; under threads_lock
         self.starting = 0  # spares started that have not owned the VM yet; under threads_lock
         self.cap_hits = 0  # spares not started because of max_threads; under threads_lock
-        self.starters_out = 0  # threads disowned while starting a worker (owner only)
+        self.spawn_wanted = 0  # workers asked of the spawner, not yet made; under threads_lock
+        # Released (by the owner) to wake the spawner thread; held otherwise.
+        self.spawn_signal = threading.Lock()
+        self.spawn_signal.acquire()
+        self.spawner = threading.Thread(target=_spawner_main, args=(self,), name="vmown-spawner", daemon=True)
         # Counters (owner only).
         self.steps = 0
         self.spawned = 0
@@ -734,13 +747,12 @@ def _yield_gil(rt: _Runtime) -> None:
         time.sleep(0)  # a syscall that blocks briefly (timer slack), the GIL released
 
 
-def _work(rt: _Runtime, me: _ThreadState) -> None:
+def _work(rt: _Runtime, me: _ThreadState, given: bool = False) -> None:
     """Serve and park, until the run halts or (a worker) this thread retires.
 
     The caller owns the VM.  The run thread returns owning it; a worker
     returns not owning it.
     """
-    given = False
     while not rt.halt:
         _serve(rt, given)
         if rt.halt:
@@ -770,7 +782,7 @@ def _park(rt: _Runtime, me: _ThreadState) -> bool:
         _own(rt, me)
     if watch_ns and rt.watch_ns == watch_ns:
         rt.watch_ns = 0
-    _ensure_spare(rt, me)
+    _ensure_spare(rt)
     return True
 
 
@@ -819,38 +831,60 @@ def _release(rt: _Runtime, me: _ThreadState) -> None:
 # ---- workers ----
 
 
-def _ensure_spare(rt: _Runtime, me: _ThreadState) -> None:
-    """Owner: make sure a worker is parked or on its way, for the heartbeat to activate.
+def _ensure_spare(rt: _Runtime) -> None:
+    """Owner: make sure enough workers are parked or on their way (see "Spares").
 
     Called by a thread that has just come back from the idle stack (it used
-    up a parked worker), and by a new worker when it first gets the VM (the
-    VM may have come from a callout, with nobody parked).  But not by a new
-    worker that got the VM while a starter was disowned to start a thread:
-    it would start the next one in turn, and that one the next, a chain.  The
-    starter checks again once it owns the VM again: if the new worker has
-    gone into a callout by then, another one is needed indeed.
+    up a parked worker).  It only counts and asks: the spawner thread starts
+    the workers, off the VM, and each parks itself without ever owning it.
     """
-    while not rt.halt and not _spare_ready(rt):
-        with rt.threads_lock:
-            capped = rt.thread_count >= rt.max_threads
-            if capped:
-                rt.cap_hits += 1
-                first_hit = rt.cap_hits == 1
-            else:
-                thread = _new_worker(rt)
-        if capped:
-            if first_hit:
-                _warn_cap(rt)
-            return
-        _start_disowned(rt, me, thread)
-
-
-def _spare_ready(rt: _Runtime) -> bool:
+    if rt.halt:
+        return
     out = ffi.new("vmown_heartbeat_stats *")
     lib.vmown_heartbeat_read(rt.cb, out)
     want = min(len(rt.run_queue), _SPARES) or 1
     with rt.threads_lock:
-        return out.idle_workers + rt.starting >= want
+        need = want - out.idle_workers - rt.starting - rt.spawn_wanted
+        if need <= 0:
+            return
+        rt.spawn_wanted += need
+    try:
+        rt.spawn_signal.release()
+    except RuntimeError:  # released already: the spawner has not looked yet
+        pass
+
+
+def _spawner_main(rt: _Runtime) -> None:
+    """The spawner thread: start the workers that _ensure_spare asks for.
+
+    A thread start takes ~100 us (clone, then the new thread's first steps
+    under the GIL); here nobody waits for it while owning the VM.
+    """
+    _block_async_signals()
+    try:
+        while True:
+            rt.spawn_signal.acquire()
+            while not rt.halt:
+                with rt.threads_lock:
+                    if rt.spawn_wanted <= 0:
+                        break
+                    rt.spawn_wanted -= 1
+                    capped = rt.thread_count >= rt.max_threads
+                    if capped:
+                        rt.spawn_wanted = 0
+                        rt.cap_hits += 1
+                        first_hit = rt.cap_hits == 1
+                    else:
+                        thread = _new_worker(rt)
+                if capped:
+                    if first_hit:
+                        _warn_cap(rt)
+                    break
+                _start_worker(rt, thread)
+            if rt.halt:
+                return
+    except BaseException as exc:  # noqa: BLE001 - a scheduler bug: fail loudly, never hang
+        _crash(rt, None, exc)
 
 
 def _new_worker(rt: _Runtime) -> threading.Thread:
@@ -865,10 +899,7 @@ def _new_worker(rt: _Runtime) -> threading.Thread:
     return thread
 
 
-def _start_disowned(rt: _Runtime, me: _ThreadState, thread: threading.Thread) -> None:
-    """Start a worker with the VM disowned: a thread start takes ~100 us (race 7)."""
-    rt.starters_out += 1
-    _release(rt, me)
+def _start_worker(rt: _Runtime, thread: threading.Thread) -> None:
     try:
         thread.start()
     except RuntimeError as exc:  # the OS refused a thread
@@ -877,9 +908,6 @@ def _start_disowned(rt: _Runtime, me: _ThreadState, thread: threading.Thread) ->
             rt.starting -= 1
             rt.threads.discard(thread)
         warnings.warn(f"vmown: could not start a worker thread: {exc}", RuntimeWarning, stacklevel=2)
-    finally:
-        _own(rt, me)
-        rt.starters_out -= 1
 
 
 def _warn_cap(rt: _Runtime) -> None:
@@ -899,19 +927,18 @@ def _block_async_signals() -> None:
 
 
 def _worker_main(rt: _Runtime) -> None:
-    """A worker thread: queue for the VM, then serve and park until halt or retirement."""
+    """A worker thread: park without the VM, then serve and park until halt or retirement."""
     _block_async_signals()
     me: _ThreadState | None = None
     started = False
     try:
         me = _enter(rt, run_thread=False)
-        _own(rt, me)
         with rt.threads_lock:
             rt.starting -= 1
         started = True
-        if not rt.starters_out:
-            _ensure_spare(rt, me)
-        _work(rt, me)
+        if _park_new(rt, me):
+            _ensure_spare(rt)
+            _work(rt, me, given=True)
     except BaseException as exc:  # noqa: BLE001 - a scheduler bug: fail loudly, never hang
         _crash(rt, me, exc)
     finally:
@@ -920,6 +947,19 @@ def _worker_main(rt: _Runtime) -> None:
             if not started:
                 rt.starting -= 1
         _leave()
+
+
+def _park_new(rt: _Runtime, me: _ThreadState) -> bool:
+    """A new worker: join the idle stack without the VM; True once owning it, False to leave."""
+    while not rt.halt:
+        rc = lib.vmown_park_new(rt.cb, me.slot, rt.idle_timeout_ns)
+        if rc == 1:
+            return True
+        if rc not in (0, _ETIMEDOUT, _EINTR):
+            raise error(rc, "park")
+        if rc == _ETIMEDOUT and _surplus(rt):
+            return False
+    return False
 
 
 def _crash(rt: _Runtime, me: _ThreadState | None, exc: BaseException) -> None:
@@ -982,7 +1022,8 @@ def run(
             try:
                 check(lib.vmown_heartbeat_start(rt.cb, hz), "starting the heartbeat")
                 rt.main = _spawn(rt, main, args, contextvars.copy_context())
-                _ensure_spare(rt, me)
+                rt.spawner.start()
+                _ensure_spare(rt)
                 _work(rt, me)
             finally:
                 _shutdown(rt, me)
@@ -1022,8 +1063,7 @@ def _shutdown(rt: _Runtime, me: _ThreadState) -> None:
         _own(rt, me)
     _publish(rt)
     check(lib.vmown_heartbeat_stop(rt.cb), "stopping the heartbeat")
-    while lib.vmown_unpark(rt.cb, 0) > 0:
-        pass
+    _stop_spawner(rt)
     if rt.threads:
         _release(rt, me)
         _join_workers(rt)
@@ -1032,11 +1072,26 @@ def _shutdown(rt: _Runtime, me: _ThreadState) -> None:
     _report_unretrieved(rt)
 
 
+def _stop_spawner(rt: _Runtime) -> None:
+    """Run thread, `halt` set: the spawner starts no more workers; wait for it to end."""
+    if rt.spawner.ident is None:
+        return  # never started
+    try:
+        rt.spawn_signal.release()
+    except RuntimeError:  # released already
+        pass
+    rt.spawner.join()
+
+
 def _join_workers(rt: _Runtime) -> None:
     """Wait for every worker to exit; warn about the ones that keep us waiting."""
     warn_at = time.monotonic() + _SHUTDOWN_WARN_S
     for thread in list(rt.threads):
         while thread.is_alive():
+            # Again each round: a worker that was starting parks after the
+            # previous round (it sees `halt` only after its park returns).
+            while lib.vmown_unpark(rt.cb, 0) > 0:
+                pass
             thread.join(0.05)
             if warn_at and time.monotonic() > warn_at:
                 warn_at = 0

@@ -3,9 +3,10 @@
  * Usage: heartbeat_test [ROUNDS]
  * Checks, printing one line each and exiting non-zero on the first failure:
  *   park/unpark/timeout: a parked worker is woken without the VM by unpark,
- *     and a park with a timeout returns ETIMEDOUT, off the idle stack;
+ *     and a park with a timeout returns ETIMEDOUT, off the idle stack; so
+ *     does a new worker's park (vmown_park_new), which the owner may not make;
  *   activation: the owner publishes work and disowns around a "callout" that
- *     blocks 20 ms; a parked worker is activated (it runs while the callout
+ *     blocks 20 ms; a parked worker (first parked new, never owning) is activated (it runs while the callout
  *     is still out) -- ROUNDS times; the latency is printed, not asserted;
  *   no work, no activation: the same callout with nothing runnable;
  *   stall: the owner keeps the VM while runnable work makes no progress
@@ -64,20 +65,20 @@ static void *other(void *arg) {
     return NULL;
 }
 
-/* A worker: park; when activated, note the time, clear the work, park again. */
+/* A worker: park without ever having owned the VM (vmown_park_new); when
+ * activated, note the time, clear the work, park again (vmown_park). */
 static void *worker(void *arg) {
     (void)arg;
     int me = vmown_register(cb);
     CHECK(me > 0, "register");
     worker_slot = me;
-    CHECK(vmown_own(cb, me) == 0, "worker own");
-    for (;;) {
-        vmown_set_work(cb, 0, 0);
-        int rc = vmown_park(cb, me, -1);
-        if (rc == 0) break;  /* unparked: time to go */
-        CHECK(rc == 1, "park returned %d", rc);
+    int rc = vmown_park_new(cb, me, -1);
+    while (rc == 1) {
         activated_at = vmown_now_ns();
+        vmown_set_work(cb, 0, 0);
+        rc = vmown_park(cb, me, -1);
     }
+    CHECK(rc == 0, "park returned %d", rc);  /* unparked: time to go */
     vmown_unregister(cb, me);
     return NULL;
 }
@@ -94,6 +95,11 @@ int main(int argc, char **argv) {
     CHECK(vmown_park(cb, me, 2000000) == VMOWN_ETIMEDOUT, "park timeout");
     CHECK(hb().idle_workers == 0 && vmown_owner(cb) == 0, "timed-out park left the idle stack");
     CHECK(vmown_unpark(cb, 0) == 0, "unpark with nobody parked");
+    /* a new worker's park: refused to the owner; times out off the stack */
+    CHECK(vmown_own(cb, me) == 0 && vmown_park_new(cb, me, 0) == VMOWN_ENOTOWNER, "park_new by the owner");
+    CHECK(vmown_disown(cb, me, 0) == 0, "disown");
+    CHECK(vmown_park_new(cb, me, 2000000) == VMOWN_ETIMEDOUT, "park_new timeout");
+    CHECK(hb().idle_workers == 0 && vmown_owner(cb) == 0, "timed-out park_new left the idle stack");
     printf("park timeout and unpark: ok\n");
 
     CHECK(vmown_heartbeat_start(cb, 1000) == 0, "heartbeat start");
