@@ -1088,18 +1088,16 @@ static int idle_unlink_locked(vmown_cb *cb, uint32_t me) {
 }
 
 static int park(vmown_cb *cb, uint32_t me, int64_t timeout_ns, bool owning);
+static int park_and_settle(vmown_cb *cb, uint32_t me, int64_t timeout_ns, bool owning);
 
-int vmown_park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
-    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
-    return vmown__park(cb, me, timeout_ns, true);
-}
+int vmown_park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) { return park_and_settle(cb, me, timeout_ns, true); }
 
 int vmown_park_new(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
-    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
-    return vmown__park(cb, me, timeout_ns, false);
+    return park_and_settle(cb, me, timeout_ns, false);
 }
 
-int vmown__park(vmown_cb *cb, uint32_t me, int64_t timeout_ns, bool owning) {
+static int park_and_settle(vmown_cb *cb, uint32_t me, int64_t timeout_ns, bool owning) {
+    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
     int rc = park(cb, me, timeout_ns, owning);
     struct vmown_slot *s = slot_of(cb, me);
     if (atomic_load_explicit(&s->serving, RELAXED)) {

@@ -150,7 +150,6 @@ int vmown__activate(vmown_cb *cb, uint64_t expected_word);
  * queue (granting it the VM at once if unowned); returns its slot, 0 if none
  * is parked.  Its vmown_park returns 1 once it owns the VM. */
 int vmown__queue_idle(vmown_cb *cb);
-int vmown__park(vmown_cb *cb, uint32_t slot, int64_t timeout_ns, bool owning);
 /* vmown_disown with a soft grant to the head waiter: callout.c. */
 int vmown__disown_soft(vmown_cb *cb, uint32_t slot, uint64_t callout);
 void vmown__heartbeat_wake(vmown_cb *cb);

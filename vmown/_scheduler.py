@@ -741,9 +741,7 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
 
 def _yield_gil(rt: _Runtime) -> None:
     """If a thread of the run is out of the VM, let it take the GIL (see "The GIL")."""
-    stats = ffi.new("vmown_heartbeat_stats *")
-    lib.vmown_heartbeat_read(rt.cb, stats)
-    if rt.thread_count - stats.idle_workers > 1:  # not parked, not this one
+    if rt.thread_count - _idle_workers(rt) > 1:  # not parked, not this one
         time.sleep(0)  # a syscall that blocks briefly (timer slack), the GIL released
 
 
@@ -798,9 +796,14 @@ def _park_timeout(rt: _Runtime, me: _ThreadState) -> tuple[int, int]:
 
 def _surplus(rt: _Runtime) -> bool:
     """Whether another worker is parked, so that this one may retire (race 3)."""
+    return _idle_workers(rt) > 0
+
+
+def _idle_workers(rt: _Runtime) -> int:
+    """Workers on the idle stack now (servers queued by the heartbeat are off it)."""
     out = ffi.new("vmown_heartbeat_stats *")
     lib.vmown_heartbeat_read(rt.cb, out)
-    return bool(out.idle_workers > 0)
+    return int(out.idle_workers)
 
 
 def _deadlock(rt: _Runtime) -> RuntimeError:
@@ -840,11 +843,10 @@ def _ensure_spare(rt: _Runtime) -> None:
     """
     if rt.halt:
         return
-    out = ffi.new("vmown_heartbeat_stats *")
-    lib.vmown_heartbeat_read(rt.cb, out)
+    idle = _idle_workers(rt)
     want = min(len(rt.run_queue), _SPARES) or 1
     with rt.threads_lock:
-        need = want - out.idle_workers - rt.starting - rt.spawn_wanted
+        need = want - idle - rt.starting - rt.spawn_wanted
         if need <= 0:
             return
         rt.spawn_wanted += need

@@ -72,14 +72,37 @@ class Event:
         return f"<vmown.Event {'set' if self._flag else 'unset'} waiters={len(self._waiters)}>"
 
 
-class Lock:
+class _Acquirable:
+    """What Lock and Semaphore share: their waiting processes, ``async with``."""
+
+    __slots__ = ("_waiters",)
+    _waiters: deque[Process]
+
+    async def acquire(self) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def _forget(self, proc: Process) -> None:
+        self._waiters.remove(proc)
+
+    async def __aenter__(self) -> Self:
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class Lock(_Acquirable):
     """A mutual-exclusion lock held by one process at a time, granted in arrival order.
 
     Only the process that holds it may release it.  ``async with lock:``
     acquires and releases.
     """
 
-    __slots__ = ("_holder", "_waiters")
+    __slots__ = ("_holder",)
 
     def __init__(self) -> None:
         self._holder: Process | None = None
@@ -111,28 +134,18 @@ class Lock:
         else:
             self._holder = None
 
-    def _forget(self, proc: Process) -> None:
-        self._waiters.remove(proc)
-
-    async def __aenter__(self) -> Self:
-        await self.acquire()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
-
     def __repr__(self) -> str:
         return f"<vmown.Lock holder={self._holder!r} waiters={len(self._waiters)}>"
 
 
-class Semaphore:
+class Semaphore(_Acquirable):
     """A counter of units: :meth:`acquire` takes one, waiting if none is left; :meth:`release` gives one.
 
     Units are handed to waiting processes in arrival order.  ``async with
     semaphore:`` acquires and releases.
     """
 
-    __slots__ = ("_value", "_waiters")
+    __slots__ = ("_value",)
 
     def __init__(self, value: int = 1) -> None:
         if not isinstance(value, int) or value < 0:
@@ -160,16 +173,6 @@ class Semaphore:
             _wake(self._waiters.popleft())
         else:
             self._value += 1
-
-    def _forget(self, proc: Process) -> None:
-        self._waiters.remove(proc)
-
-    async def __aenter__(self) -> Self:
-        await self.acquire()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
 
     def __repr__(self) -> str:
         return f"<vmown.Semaphore value={self._value} waiters={len(self._waiters)}>"
