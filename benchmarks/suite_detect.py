@@ -18,8 +18,11 @@
 #       Process A makes N calls of block_us(500) (then N of block_us(3000))
 #       through vmown.callout, with a checkpoint after each (so B runs between
 #       calls, as it would in a program).  Around each call A reads
-#       vmown.stats()['activations'] and times the call: a call "caused an
-#       activation" if the count grew across it.  By the design's hysteresis
+#       vmown.stats() and times the call: a call "caused an activation" if
+#       the heartbeat handed the VM on across it -- an activation of a parked
+#       worker (the VM left unowned by an eager callout) or a revocation (a
+#       lazy callout kept the owner word: native/ownership.c, "Lazy
+#       callouts"); their sum grew.  By the design's hysteresis
 #       (the VM must stay unowned for one whole tick) a call shorter than a
 #       tick never causes an activation and one longer than two ticks always
 #       causes exactly one: the goals are 0 and 1.
@@ -87,6 +90,11 @@ def _detection_ms(vmown: Any, lib: Any, samples: int) -> list[float]:
 Calls = dict[int, list[tuple[int, int, int, int]]]
 
 
+def _taken(stats: dict[str, int]) -> int:
+    """Times the heartbeat handed the VM on: activations and revocations."""
+    return stats["activations"] + stats["revocations"]
+
+
 def _activation_rates(vmown: Any, lib: Any, short_calls: int, long_calls: int) -> Calls:
     block_us, callout, checkpoint, spawn, stats = (
         lib.block_us, vmown.callout, vmown.checkpoint, vmown.spawn, vmown.stats
@@ -112,7 +120,7 @@ def _activation_rates(vmown: Any, lib: Any, short_calls: int, long_calls: int) -
                 callout(block_us, us)
                 duration_ns = time.monotonic_ns() - start
                 after = stats()
-                activations = after["activations"] - before["activations"]
+                activations = _taken(after) - _taken(before)
                 if activations == 0 and us == LONG_US:
                     # The kernel adds a wait for a core to run_delay only
                     # when the wait ends: let the heartbeat tick once more.

@@ -15,6 +15,8 @@
 #   *_ticks_per_s   heartbeat ticks per second over the window (the runtime's
 #                   stats), to show whether it ticked.
 #   *_activations   activations over the window.
+#   *_revocations   revocations over the window: lazy callouts whose VM the
+#                   heartbeat handed on (native/ownership.c, "Lazy callouts")
 #
 # Method: the heartbeat's thread id comes from vmown_heartbeat_read (its tid
 # field) on the runtime's control block (reached through the scheduler's
@@ -81,6 +83,7 @@ def _window(vmown: Any, duration_s: float, blockers: int, lib: Any) -> dict[str,
         out["cpu_proc_stat"] = (stat1 - stat0) / wall_s
         out["ticks_per_s"] = (stats1["ticks"] - stats0["ticks"]) / wall_s
         out["activations"] = stats1["activations"] - stats0["activations"]
+        out["revocations"] = stats1["revocations"] - stats0["revocations"]
 
     vmown.run(main, hz=1000)
     return out
@@ -102,6 +105,8 @@ def run(quick: bool) -> dict[str, float]:
         "busy_ticks_per_s": busy["ticks_per_s"],
         "idle_activations": idle["activations"],
         "busy_activations": busy["activations"],
+        "idle_revocations": idle["revocations"],
+        "busy_revocations": busy["revocations"],
         "window_s": duration_s,
         "goal_idle_cpu_le_0_002": idle["cpu"] <= 0.002,
         "goal_busy_cpu_le_0_03": busy["cpu"] <= 0.03,

@@ -23,6 +23,9 @@
 #   vmown_activations   in the same run: VMs given to a parked worker by the
 #                    heartbeat (vmown.stats()['activations']): the only way a
 #                    new process gets a thread while every thread is in a step
+#   vmown_revocations   in the same run: lazy callouts whose VM the heartbeat
+#                    handed on (native/ownership.c, "Lazy callouts")
+#   vmown_lazy_callouts in the same run: callouts that kept the owner word
 #   vmown_hand_offs  in the same run: releases straight to a queued thread.
 #                    Each is a semaphore wake (microseconds) where a call with
 #                    nobody queued pays one own/disown pair (~15 ns): a count
@@ -227,6 +230,8 @@ def run(quick: bool) -> dict[str, float]:
         "vmown_last_start_s": first_run[-1],
         "vmown_start_p50_s": first_run[len(first_run) // 2],
         "vmown_activations": best_stats["activations"],
+        "vmown_revocations": best_stats["revocations"],
+        "vmown_lazy_callouts": best_stats["lazy_callouts"],
         "vmown_hand_offs": best_stats["hand_offs"],
         "critical_path_s": max(map(sum, plan)) * BLOCK_US / 1e6,
         "trio_thread_over_vmown": best["trio_thread_s"] / vmown_s,

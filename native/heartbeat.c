@@ -31,7 +31,7 @@
  * taken off its run queue, and work[1], how many are runnable, and
  *   - slow: if fewer than SERVERS processes were taken off since the last
  *     tick while some are runnable and the VM is owned (its steps are long,
- *     or its thread is out in a callout), it tops up the servers it keeps
+ *     or its thread is out in a lazy callout), it tops up the servers it keeps
  *     queued to min(runnable, SERVERS), moving parked workers from the idle
  *     stack into the wait queue (vmown__queue_idle).  servers_out counts the
  *     queued ones whose park has not returned yet.  A run queue that moves
@@ -53,6 +53,15 @@
  * activations keep their meaning (0 for calls under a tick, 1 for calls over
  * two), and a server never takes the VM from a short callout by itself.
  *
+ * Lazy callouts (ownership.c, "Lazy callouts").  A callout of this process
+ * that found nobody waiting keeps the owner word and marks its slot instead
+ * (lazy_seq odd).  The heartbeat reads that seq of the owner along with W:
+ * unchanged for a whole tick, odd, and somebody waits (a queued thread, or
+ * work as above), it revokes the VM (vmown__revoke) and hands it to the head
+ * waiter, else to a parked worker (an activation), else leaves it unowned.
+ * The same tick-long hysteresis as for an unowned W: a lazy callout under a
+ * tick is never revoked.
+ *
  * Sleeping when there is nothing to watch.  After QUIET_TICKS ticks with W
  * unchanged and nothing to do (no slow tick either), the heartbeat stops ticking:
  *   1. set HB_ASLEEP in `attention` (seq_cst);
@@ -64,12 +73,19 @@
  * (and wakes the heartbeat: whoever clears the bit posts, so one post per
  * sleep) or the heartbeat sees the disown at step 2.  What breaks if step 2
  * moves before step 1: a disown between them would not see the bit and the
- * heartbeat would sleep through a callout that blocks.
+ * heartbeat would sleep through a callout that blocks.  A lazy callout
+ * stores its seq with a plain store, then loads `attention`: step 2 is then
+ * preceded by a membarrier and reads the owner's seq too.  A thread that
+ * queues (an RMW of `attention`) wakes a sleeping heartbeat itself: with the
+ * owner out lazily, only a revocation gets it the VM.  So the heartbeat may
+ * sleep through a long lazy callout while nobody waits.
  *
  * Signals are blocked in the heartbeat thread: they belong to the program.
  */
 #define _GNU_SOURCE
 #include "vmown_internal.h"
+
+#include <unistd.h>
 
 #define QUIET_TICKS 8
 #ifndef SERVERS
@@ -85,6 +101,10 @@ static unsigned queue_servers(vmown_cb *cb, unsigned n) {
     return k;
 }
 
+static bool waiters(struct vmown__block *b) {
+    return atomic_load_explicit(&b->attention, memory_order_seq_cst) & VMOWN__WAITERS_MASK;
+}
+
 static bool work_waits(struct vmown__block *b, int64_t now_ns) {
     if (atomic_load_explicit(&b->work[1], memory_order_relaxed)) return true;
     int64_t timer = atomic_load_explicit(&b->next_timer_ns, memory_order_relaxed);
@@ -96,23 +116,32 @@ void vmown__heartbeat_wake(vmown_cb *cb) {
     if (was & VMOWN__HB_ASLEEP) (void)vmown__sem_post(&cb->b->hb_sem);  /* fails only if corrupt */
 }
 
-/* Steps 1-3 of the notes.  `seen` is the word of the last tick; returns the
- * word on waking, which counts as a tick's observation: a disown that woke us
- * happened before it, so the VM has been unowned at least since then. */
-static uint64_t sleep_until_needed(vmown_cb *cb, uint64_t seen) {
+/* Steps 1-3 of the notes.  `seen`/`seen_seq` are the word and the owner's
+ * lazy seq of the last tick; on return they hold what was read on waking,
+ * which counts as a tick's observation: a disown that woke us happened before
+ * it, so the VM has been unowned (or the callout out) at least since then. */
+static void sleep_until_needed(vmown_cb *cb, uint64_t *seen, uint64_t *seen_seq) {
     struct vmown__block *b = cb->b;
     atomic_fetch_or_explicit(&b->attention, VMOWN__HB_ASLEEP, memory_order_seq_cst);
+    if (atomic_load_explicit(&cb->lazy_ok, memory_order_relaxed)) vmown__membarrier();
     uint64_t w = atomic_load_explicit(&b->owner_word, memory_order_seq_cst);
-    if (w != seen || atomic_load_explicit(&cb->hb_stop, memory_order_relaxed)) {
+    uint64_t seq = vmown__lazy_out(cb, w);
+    /* After the membarrier: a thread that queued and then read the owner's
+     * seq before the barrier reached the owner is counted by now. */
+    if (w != *seen || seq != *seen_seq || (seq && waiters(b)) ||
+        atomic_load_explicit(&cb->hb_stop, memory_order_relaxed)) {
         vmown__heartbeat_wake(cb);  /* clears the bit; a stray post is harmless */
-        return w;
+        *seen = w;
+        *seen_seq = seq;
+        return;
     }
     atomic_fetch_add_explicit(&b->hb_sleeps, 1, memory_order_relaxed);
     int64_t timer = atomic_load_explicit(&b->next_timer_ns, memory_order_relaxed);
-    int64_t deadline = VMOWN__OWNER(w) == 0 && timer > 0 ? timer : -1;
+    int64_t deadline = (VMOWN__OWNER(w) == 0 || seq) && timer > 0 ? timer : -1;
     (void)vmown__sem_wait(&b->hb_sem, deadline);
     atomic_fetch_and_explicit(&b->attention, ~VMOWN__HB_ASLEEP, memory_order_seq_cst);
-    return atomic_load_explicit(&b->owner_word, memory_order_acquire);
+    *seen = atomic_load_explicit(&b->owner_word, memory_order_acquire);
+    *seen_seq = vmown__lazy_out(cb, *seen);
 }
 
 static void *heartbeat_main(void *arg) {
@@ -121,6 +150,7 @@ static void *heartbeat_main(void *arg) {
     const int64_t period = 1000000000 / cb->hb_hz;
     int64_t next = vmown__now_ns() + period;
     uint64_t seen = atomic_load_explicit(&b->owner_word, memory_order_acquire);
+    uint64_t seen_seq = vmown__lazy_out(cb, seen);  /* the owner's lazy callout, if out */
     int64_t seen_at = vmown__now_ns();  /* when `seen` was first read */
     unsigned quiet = 0;
     uint64_t served = atomic_load_explicit(&b->work[0], memory_order_relaxed);  /* at the last tick */
@@ -134,6 +164,7 @@ static void *heartbeat_main(void *arg) {
         atomic_store_explicit(&b->ticks, atomic_load_explicit(&b->ticks, memory_order_relaxed) + 1,
                               memory_order_relaxed);
         uint64_t w = atomic_load_explicit(&b->owner_word, memory_order_acquire);
+        uint64_t seq = vmown__lazy_out(cb, w);
         uint64_t progress = atomic_load_explicit(&b->work[0], memory_order_relaxed);
         uint64_t runnable = atomic_load_explicit(&b->work[1], memory_order_relaxed);
         /* Slow: fewer than SERVERS processes taken off the run queue since
@@ -146,28 +177,44 @@ static void *heartbeat_main(void *arg) {
             if (out < want) (void)queue_servers(cb, want - out);
             quiet = 0;
         }
-        if (w != seen) {
+        /* By time, not by tick count: a late tick followed by one on time
+         * can be less than a period apart.  A tenth of a period of tolerance
+         * absorbs timer jitter; a call of half a tick still never qualifies. */
+        bool whole_tick = now - seen_at >= period - period / 10;
+        if (w != seen || seq != seen_seq) {
             quiet = 0;
             seen_at = now;
         } else if (VMOWN__OWNER(w) == 0 && work_waits(b, now)) {
-            /* By time, not by tick count: a late tick followed by one on
-             * time can be less than a period apart.  A tenth of a period of
-             * tolerance absorbs timer jitter; a call of half a tick still
-             * never qualifies. */
-            if (now - seen_at >= period - period / 10 && vmown__activate(cb, w) > 0 && runnable > 1) {
+            if (whole_tick && vmown__activate(cb, w) > 0 && runnable > 1) {
                 /* Evidence that every thread is out: more are likely to
                  * be soon.  Queue servers for the rest of the run queue. */
                 (void)queue_servers(cb, runnable - 1 < SERVERS ? (unsigned)runnable - 1 : SERVERS);
             }
             quiet = 0;
+        } else if (seq && (waiters(b) || work_waits(b, now))) {
+            if (whole_tick && vmown__revoke(cb, w, seq, work_waits(b, now)) > 0 && runnable > 1)
+                (void)queue_servers(cb, runnable - 1 < SERVERS ? (unsigned)runnable - 1 : SERVERS);
+            quiet = 0;
         } else if (!slow && ++quiet >= QUIET_TICKS) {
-            w = sleep_until_needed(cb, w);
+            sleep_until_needed(cb, &w, &seq);
             quiet = 0;
             seen_at = vmown__now_ns();
             served = atomic_load_explicit(&b->work[0], memory_order_relaxed);
             next = seen_at + period;
         }
         seen = w;
+        seen_seq = seq;
+    }
+    /* Stopping: callouts are eager from now on; take the VM from a lazy one
+     * that is out, so that nobody waits for its return.  A callout that read
+     * the flag just before it was cleared, and goes out after this sweep,
+     * keeps the VM until it returns, as it would with no heartbeat. */
+    atomic_store_explicit(&cb->lazy, 0, memory_order_relaxed);
+    if (atomic_load_explicit(&cb->lazy_ok, memory_order_relaxed)) {
+        vmown__membarrier();
+        uint64_t w = atomic_load_explicit(&b->owner_word, memory_order_acquire);
+        uint64_t seq = vmown__lazy_out(cb, w);
+        if (seq) (void)vmown__revoke(cb, w, seq, false);
     }
     return NULL;
 }
@@ -176,10 +223,24 @@ int vmown_heartbeat_start(vmown_cb *cb, uint32_t hz) {
     if (hz == 0 || hz > 100000) return VMOWN_EINVAL;
     if (cb->hb_running) return VMOWN_EBUSY;
     cb->hb_hz = hz;
+    cb->hb_pid = (int32_t)getpid();
     atomic_store(&cb->hb_stop, 0);
+    atomic_store(&cb->lazy_ok, vmown__membarrier_register() == 0);
     int rc = vmown__thread_start(&cb->hb_thread, heartbeat_main, cb);
-    if (rc == 0) cb->hb_running = true;
-    return rc;
+    if (rc != 0) {
+        atomic_store(&cb->lazy_ok, 0);
+        return rc;
+    }
+    cb->hb_running = true;
+    atomic_store(&cb->lazy, atomic_load(&cb->lazy_ok) && !cb->eager);
+    return 0;
+}
+
+int vmown_heartbeat_set_lazy(vmown_cb *cb, int on) {
+    cb->eager = !on;
+    if (!on) atomic_store(&cb->lazy, 0);
+    else if (cb->hb_running) atomic_store(&cb->lazy, atomic_load(&cb->lazy_ok));
+    return atomic_load(&cb->lazy);
 }
 
 int vmown_heartbeat_stop(vmown_cb *cb) {
@@ -191,6 +252,7 @@ int vmown_heartbeat_stop(vmown_cb *cb) {
     int rc = pthread_join(cb->hb_thread, NULL);
     if (rc != 0) return -rc;
     cb->hb_running = false;
+    atomic_store(&cb->lazy_ok, 0);
     return 0;
 }
 
@@ -202,6 +264,9 @@ int vmown_heartbeat_read(const vmown_cb *cb, vmown_heartbeat_stats *out) {
         .starved = atomic_load_explicit(&b->starved, memory_order_relaxed),
         .sleeps = atomic_load_explicit(&b->hb_sleeps, memory_order_relaxed),
         .servers = atomic_load_explicit(&b->servers, memory_order_relaxed),
+        .revocations = atomic_load_explicit(&b->revocations, memory_order_relaxed),
+        .called_off = atomic_load_explicit(&b->called_off, memory_order_relaxed),
+        .lazy = (uint32_t)atomic_load_explicit(&cb->lazy, memory_order_relaxed),
         .idle_workers = atomic_load_explicit(&b->idle_count, memory_order_relaxed),
         .running = cb->hb_running,
         .tid = cb->hb_running ? atomic_load(&cb->hb_tid) : 0,

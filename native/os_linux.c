@@ -15,6 +15,7 @@
 #include "vmown_internal.h"
 
 #include <errno.h>
+#include <linux/membarrier.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -167,6 +168,22 @@ void vmown__cpu_relax(void) {
 void vmown__thread_yield(void) { sched_yield(); }
 
 void vmown__stop_self(void) { raise(SIGSTOP); }
+
+/* The heavy side of an asymmetric fence: membarrier(2) makes every running
+ * thread of this process execute a full barrier (an IPI to each CPU that
+ * runs one; a thread not running passes a barrier at its context switch).
+ * The light side, in the threads, is only a compiler barrier.  Private
+ * expedited: registered once per process, ~1 us per call here.  A port uses
+ * FlushProcessWriteBuffers (Windows) or what the platform has; without one,
+ * vmown__membarrier_register fails and callouts stay eager. */
+int vmown__membarrier_register(void) {
+    if (syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) != 0) return -errno;
+    return 0;
+}
+
+void vmown__membarrier(void) {
+    if (syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) vmown__fatal("membarrier", errno);
+}
 
 void vmown__set_timer_slack_ns(unsigned long ns) { (void)prctl(PR_SET_TIMERSLACK, ns, 0, 0, 0); }
 

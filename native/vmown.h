@@ -90,6 +90,7 @@ typedef struct {
     uint64_t soft_grants;  /* callout disowns that woke a waiter with a soft grant */
     uint64_t steals;       /* soft grants taken back by their granter before the claim */
     uint64_t robberies;    /* waiters that woke to a grant taken back (and queued again) */
+    uint64_t lazy_disowns; /* callout disowns that kept the owner word (ownership.c, "Lazy callouts") */
     uint64_t reaped;       /* slots freed because their process died */
 } vmown_counters;
 
@@ -103,6 +104,8 @@ typedef struct {
     uint64_t callout_tick; /* heartbeat tick at which it disowned */
     uint32_t next;         /* queue link */
     uint32_t generation;   /* bumped at each registration */
+    uint32_t lazy_out;     /* 1 while out in a lazy callout: the owner word still
+                              names it (ownership.c, "Lazy callouts") */
 } vmown_slot_info;
 
 /* Size in bytes (a multiple of the page size) of a block with nslots slots. */
@@ -207,6 +210,9 @@ typedef struct {
     uint64_t starved;       /* ticks that found work but no idle worker */
     uint64_t sleeps;        /* times the heartbeat stopped ticking */
     uint64_t servers;       /* idle workers queued for the VM: run queue stalled */
+    uint64_t revocations;   /* lazy callouts whose VM the heartbeat took (ownership.c) */
+    uint64_t called_off;    /* revocations called off because the callout was back */
+    uint32_t lazy;          /* 1 while callouts of this process may go out lazily */
     uint32_t idle_workers;  /* workers parked now */
     uint32_t running;       /* 1 while this process's heartbeat runs */
     int32_t tid;            /* its thread id (for /proc and py-spy), 0 if none */
@@ -237,6 +243,11 @@ int64_t vmown_now_ns(void);
 int vmown_heartbeat_start(vmown_cb *cb, uint32_t hz);
 int vmown_heartbeat_stop(vmown_cb *cb);
 int vmown_heartbeat_read(const vmown_cb *cb, vmown_heartbeat_stats *out);
+/* Whether callouts of this process may go out lazily while its heartbeat
+ * runs (on by default: ownership.c, "Lazy callouts"); off makes every
+ * callout release the owner word, as without a heartbeat.  Returns 1 if they
+ * go lazily now (on, a heartbeat running, and the kernel able to revoke). */
+int vmown_heartbeat_set_lazy(vmown_cb *cb, int on);
 
 /* ---- Callouts from C (callout.c) ---- */
 
@@ -244,8 +255,13 @@ int vmown_heartbeat_read(const vmown_cb *cb, vmown_heartbeat_stats *out);
 int vmown_bind_thread(vmown_cb *cb, uint32_t slot);
 /* Disown if this thread is bound and owns the VM; returns a token for
  * vmown_callout_end (0: nothing was disowned, the call is a plain call).
- * A queued thread gets a soft grant: end (or try_end) takes the VM back with
- * one CAS if that thread has not claimed it yet (ownership.c). */
+ * With this process's heartbeat running and nobody queued, the callout goes
+ * out lazily: the owner word keeps naming the thread, its slot says it is
+ * out, and the heartbeat revokes the VM if it stays out a whole tick while
+ * somebody needs it (ownership.c, "Lazy callouts"); the next 8 callouts of a
+ * thread whose callout was revoked are eager.  Otherwise a queued thread gets
+ * a soft grant: end (or try_end) takes the VM back with one CAS if that
+ * thread has not claimed it yet (ownership.c). */
 uint32_t vmown_callout_begin(uint64_t tag);
 /* Own again (waiting without the GIL if need be); errno is preserved.  A
  * failure here cannot be reported to the caller and aborts, naming it. */

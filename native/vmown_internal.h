@@ -20,7 +20,7 @@
  * order: a block written by a machine of another word size or endianness
  * fails the magic check. */
 #define VMOWN__MAGIC (0x000000004E574F4D56ull | ((uint64_t)sizeof(void *) << 40) | (1ull << 48))
-#define VMOWN__LAYOUT_VERSION 3u
+#define VMOWN__LAYOUT_VERSION 4u
 
 enum { VMOWN__INITIALIZING = 1, VMOWN__READY = 2, VMOWN__BROKEN = 3 };
 
@@ -34,8 +34,19 @@ enum { VMOWN__INITIALIZING = 1, VMOWN__READY = 2, VMOWN__BROKEN = 3 };
  * "OWNER(w) == me" fails for it; VMOWN__HOLDER reads the slot it names. */
 #define VMOWN__PENDING 0x40000000u
 #define VMOWN__IS_PENDING(word) (((uint32_t)(word) & 0xc0000000u) == VMOWN__PENDING)
-#define VMOWN__HOLDER(word) \
-    (VMOWN__IS_PENDING(word) ? (int32_t)((uint32_t)(word) & ~VMOWN__PENDING) : VMOWN__OWNER(word))
+/* A revocation (ownership.c, "Lazy callouts"): the owner field holds
+ * REVOKING | slot while the heartbeat decides whether that slot, out in a
+ * lazy callout, loses the VM.  Owned, like a pending word; only the slot
+ * itself (taking it back) and the revoker may change it. */
+#define VMOWN__REVOKING 0x20000000u
+#define VMOWN__IS_REVOKING(word) (((uint32_t)(word) & 0xf0000000u) == VMOWN__REVOKING)
+/* A function, not a macro: the word is read once (a macro given a load
+ * would load it up to three times and mix the answers). */
+static inline int32_t VMOWN__HOLDER(uint64_t word) {
+    if (VMOWN__IS_PENDING(word)) return (int32_t)((uint32_t)word & ~VMOWN__PENDING);
+    if (VMOWN__IS_REVOKING(word)) return (int32_t)((uint32_t)word & ~VMOWN__REVOKING);
+    return VMOWN__OWNER(word);
+}
 
 /* attention word: the count of queued threads in the low 32 bits.  The upper
  * bits are for the heartbeat (asleep, work pending); the disown fast path
@@ -82,9 +93,14 @@ struct vmown_slot {
      * restores saved_priority.  Under lock. */
     _Atomic uint32_t serving;
     _Atomic int32_t saved_priority;
+    /* Lazy callouts (ownership.c): bumped by its own thread as a lazy
+     * callout goes out (odd) and comes back (even); read by the heartbeat. */
+    _Atomic uint64_t lazy_seq;
+    /* Callouts left to make eagerly after a lazy one was revoked. */
+    _Atomic uint32_t eager_left;
     /* counters, written only by the slot's thread (relaxed load + store) */
     _Atomic uint64_t fast_owns, slow_owns, waits, hand_offs, disowns, interrupts;
-    _Atomic uint64_t soft_grants, steals, robberies;
+    _Atomic uint64_t soft_grants, steals, robberies, lazy_disowns;
 } __attribute__((aligned(VMOWN__CACHE_LINE)));
 
 /* The shared control block: header, hot words, lock, queue, slot table. */
@@ -106,6 +122,8 @@ struct vmown__block {
     _Atomic uint64_t ticks __attribute__((aligned(VMOWN__CACHE_LINE)));
     _Atomic uint64_t activations, starved, hb_sleeps;
     _Atomic uint64_t servers;       /* idle workers queued for a stalled run queue */
+    _Atomic uint64_t revocations;   /* lazy callouts whose VM the heartbeat took */
+    _Atomic uint64_t called_off;    /* revocations called off: the callout was back */
     /* Servers queued (vmown__queue_idle) whose park has not returned yet:
      * the heartbeat tops them up to SERVERS.  Changed under the lock, or by
      * the server itself as its park returns. */
@@ -142,6 +160,12 @@ struct vmown_cb {
     uint32_t hb_hz;
     _Atomic int hb_stop;
     _Atomic int32_t hb_tid;
+    /* Lazy callouts (ownership.c).  lazy_ok: this process's heartbeat runs
+     * and can revoke them (membarrier registered); lazy: callouts of this
+     * process's threads may go out lazily (cleared as the heartbeat stops). */
+    _Atomic int lazy_ok, lazy;
+    bool eager;                     /* vmown_heartbeat_set_lazy(cb, 0) was called */
+    int32_t hb_pid;                 /* the process of that heartbeat */
 };
 
 /* Shared between ownership.c and heartbeat.c. */
@@ -150,8 +174,24 @@ int vmown__activate(vmown_cb *cb, uint64_t expected_word);
  * queue (granting it the VM at once if unowned); returns its slot, 0 if none
  * is parked.  Its vmown_park returns 1 once it owns the VM. */
 int vmown__queue_idle(vmown_cb *cb);
-/* vmown_disown with a soft grant to the head waiter: callout.c. */
-int vmown__disown_soft(vmown_cb *cb, uint32_t slot, uint64_t callout);
+/* Disown for a callout (callout.c): lazily if this process's heartbeat can
+ * revoke it and nobody waits (returns 1), else with a soft grant to the head
+ * waiter (returns 0); a negative code if the caller does not own the VM or is
+ * out in a callout already. */
+int vmown__callout_disown(vmown_cb *cb, uint32_t slot, uint64_t callout);
+/* Back from a lazy callout: 0 if the caller owns the VM again (no locked
+ * instruction unless a revocation is under way), 1 if it was revoked and
+ * must own the VM the ordinary way.  Idempotent: a second call after 1
+ * returns 1 again. */
+int vmown__lazy_return(vmown_cb *cb, uint32_t slot);
+/* Heartbeat: the seq of the lazy callout the owner named by `word` is out in
+ * (odd), or 0 if it is not out in one or cannot be revoked from here. */
+uint64_t vmown__lazy_out(vmown_cb *cb, uint64_t word);
+/* Heartbeat: take the VM from an owner out in lazy callout `seq` since it
+ * read `word`; hand it to the head waiter, else (if `work`) a parked worker,
+ * else leave it unowned.  1 if revoked, 0 if the callout was back (called
+ * off) or the word moved. */
+int vmown__revoke(vmown_cb *cb, uint64_t word, uint64_t seq, bool work);
 void vmown__heartbeat_wake(vmown_cb *cb);
 /* Unbind the calling thread if it is bound to (cb, slot): callout.c. */
 void vmown__unbind_if(vmown_cb *cb, uint32_t slot);
@@ -180,6 +220,12 @@ void vmown__sleep_until(int64_t deadline_ns);
 /* Start a thread with every signal blocked (they belong to the program). */
 int vmown__thread_start(pthread_t *thread, void *(*fn)(void *), void *arg);
 void vmown__thread_yield(void);
+/* Asymmetric fences (membarrier(2)).  register: 0, or -errno if the kernel
+ * cannot (then callouts stay eager).  vmown__membarrier: a full memory
+ * barrier on every thread of this process that runs now; the others pass
+ * one at their next context switch.  Registered first; fatal if it fails. */
+int vmown__membarrier_register(void);
+void vmown__membarrier(void);
 /* Stop the whole process (SIGSTOP), for the debug stop points. */
 void vmown__stop_self(void);
 /* Timer precision of the calling thread (the heartbeat's ticks). */

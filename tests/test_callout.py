@@ -14,7 +14,7 @@ from typing import Any
 
 import cffi
 import pytest
-from vmown._native import lib
+from vmown._native import ffi, lib
 
 import vmown
 from vmown import _callout, _scheduler
@@ -76,24 +76,38 @@ def test_errno_survives_a_plain_callout() -> None:
 # ---- inside a run ----
 
 
-def test_callouts_are_counted_and_really_disown() -> None:
+@pytest.mark.parametrize("lazy", [True, False])
+def test_callouts_are_counted_and_really_disown(lazy: bool) -> None:
+    """Lazily (the default): the owner word still names the thread, and its
+    slot says it is out.  Eagerly: the VM is unowned during the call."""
     close = vmown.threaded(libc.close)
-    owners: list[int] = []
+    seen: list[tuple[int, bool]] = []
 
     def observe() -> None:
-        owners.append(lib.vmown_owner(_scheduler._here.state.cb))  # type: ignore[union-attr]
+        state = _scheduler._here.state
+        info = ffi.new("vmown_slot_info *")
+        lib.vmown_slot_read(state.cb, state.slot, info)  # type: ignore[union-attr]
+        seen.append((lib.vmown_owner(state.cb), bool(info.lazy_out)))  # type: ignore[union-attr]
 
-    async def main() -> dict[str, int]:
+    async def main() -> tuple[dict[str, int], int]:
+        state = _scheduler._here.state
+        assert lib.vmown_heartbeat_set_lazy(state.cb, lazy) == lazy  # type: ignore[union-attr]
         before = vmown.stats()
         for _ in range(100):
             close(-1)
         vmown.callout(observe)
         after = vmown.stats()
-        return {key: after[key] - before[key] for key in ("callouts", "disowns")}
+        grown = {key: after[key] - before[key] for key in ("callouts", "disowns", "lazy_callouts")}
+        return grown, state.slot  # type: ignore[union-attr]
 
-    grown = run(main)
+    grown, slot = run(main)
     assert grown["callouts"] == 101 and grown["disowns"] >= 101  # the scheduler disowns too
-    assert owners == [0]  # the VM was unowned while observe() ran
+    if lazy:
+        assert grown["lazy_callouts"] == 101
+        assert seen == [(slot, True)]  # owner word kept, slot marked out
+    else:
+        assert grown["lazy_callouts"] == 0
+        assert seen == [(0, False)]  # the VM was unowned while observe() ran
 
 
 def test_errno_is_the_calls_own_on_the_fast_path() -> None:

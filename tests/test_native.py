@@ -14,14 +14,20 @@ STRESS = NATIVE / "tests" / "stress.c"
 HEARTBEAT = NATIVE / "tests" / "heartbeat_test.c"
 LIVENESS = NATIVE / "tests" / "liveness_test.c"
 GRANT = NATIVE / "tests" / "grant_test.c"
+LAZY = NATIVE / "tests" / "lazy_test.c"
+# Widen also the window of a lazy callout's return (ownership.c, "Lazy
+# callouts"); without vmown_debug_set_widen_ns it costs one relaxed load.
+WIDE = "-DVMOWN_WIDEN_FAST_PATHS"
 
 
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
     out = tmp_path_factory.mktemp("native")
     return {
-        "plain": compile_program([STRESS], out / "stress", ["-O2", "-Werror"]),
-        "tsan": compile_program([STRESS], out / "stress_tsan", ["-O1", "-fsanitize=thread"]),
+        "plain": compile_program([STRESS], out / "stress", ["-O2", "-Werror", WIDE]),
+        "tsan": compile_program([STRESS], out / "stress_tsan", ["-O1", "-fsanitize=thread", WIDE]),
+        "lazy": compile_program([LAZY], out / "lazy", ["-O2", "-Werror"]),
+        "lazy_tsan": compile_program([LAZY], out / "lazy_tsan", ["-O1", "-fsanitize=thread"]),
         "heartbeat": compile_program([HEARTBEAT], out / "heartbeat", ["-O2", "-Werror"]),
         "heartbeat_tsan": compile_program([HEARTBEAT], out / "heartbeat_tsan", ["-O1", "-fsanitize=thread"]),
         "liveness": compile_program([LIVENESS], out / "liveness", ["-O2", "-Werror"]),
@@ -57,6 +63,45 @@ def test_thread_sanitizer_32_threads_widened(programs: dict[str, pathlib.Path]) 
 @pytest.mark.slow
 def test_stress_long_widened(programs: dict[str, pathlib.Path]) -> None:
     run_c(programs["plain"], 32, 50_000, 5_000)
+
+
+def _lazy_figures(out: str) -> dict[str, int]:
+    line = out.strip().splitlines()[-1]
+    return {k: int(v) for k, v in (f.split("=") for f in line.split()[1:])}
+
+
+def test_stress_lazy_callouts_revoked_by_a_10khz_heartbeat(programs: dict[str, pathlib.Path]) -> None:
+    figures = _lazy_figures(run_c(programs["plain"], 8, 20_000, 0, 10_000))
+    assert figures["counter"] == 160_000 and figures["failures"] == 0
+    assert figures["lazy"] > 0 and figures["revocations"] > 0
+
+
+def test_stress_lazy_callouts_with_race_windows_widened(programs: dict[str, pathlib.Path]) -> None:
+    # Revokers wait 20 us before and after marking the word: callouts come
+    # back inside those windows, and revocations are called off.
+    figures = _lazy_figures(run_c(programs["plain"], 8, 3_000, 20_000, 10_000))
+    assert figures["counter"] == 24_000 and figures["revocations"] > 0 and figures["called_off"] > 0
+
+
+def test_thread_sanitizer_lazy_callouts(programs: dict[str, pathlib.Path]) -> None:
+    figures = _lazy_figures(run_c(programs["tsan"], 8, 5_000, 0, 10_000))
+    assert figures["revocations"] > 0
+    run_c(programs["tsan"], 8, 1_000, 20_000, 10_000)
+
+
+@pytest.mark.slow
+def test_stress_lazy_callouts_long(programs: dict[str, pathlib.Path]) -> None:
+    run_c(programs["plain"], 32, 20_000, 5_000, 10_000)
+    run_c(programs["tsan"], 16, 5_000, 5_000, 10_000)
+
+
+def test_lazy_callouts_revoked_called_off_and_swept(programs: dict[str, pathlib.Path]) -> None:
+    out = run_c(programs["lazy"], 10, expect="all passed")
+    assert "called off after R1: the callout took the word back: ok" in out
+
+
+def test_lazy_callouts_under_thread_sanitizer(programs: dict[str, pathlib.Path]) -> None:
+    run_c(programs["lazy_tsan"], 3, expect="all passed")
 
 
 def test_heartbeat_parks_activates_and_sleeps(programs: dict[str, pathlib.Path]) -> None:

@@ -38,7 +38,7 @@ from ._native import ffi, lib
 __all__ = ["Ownership"]
 
 DEFAULT_SLOTS = 1024
-LAYOUT_VERSION = 3  # of the control block; must match native/vmown_internal.h
+LAYOUT_VERSION = 4  # of the control block; must match native/vmown_internal.h
 
 _own_wait = lib.vmown_own_wait
 _disown = lib.vmown_disown
@@ -417,6 +417,7 @@ class Ownership:
             "callout": info.callout,
             "callout_tick": info.callout_tick,
             "generation": info.generation,
+            "lazy_out": bool(info.lazy_out),
         }
 
     def stats(self) -> dict[str, int]:

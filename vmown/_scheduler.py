@@ -33,7 +33,11 @@
 # Chosen (Cog's CoInterpreterMT, Go's entersyscall/sysmon): the loop runs on
 # whichever thread owns the VM; a callout disowns, keeps its stack and owns
 # again; the C heartbeat activates a parked worker when the VM has been
-# unowned for a whole tick with work waiting (native/heartbeat.c).  A step of
+# unowned for a whole tick with work waiting (native/heartbeat.c).  A callout
+# made with nobody queued keeps the owner word instead (a lazy callout,
+# native/ownership.c): the heartbeat then revokes the VM after the same tick
+# and hands it to a queued thread or a parked worker, which for the loop here
+# is an activation like any other.  A step of
 # a process is the code between two awaits; it runs on one thread from start
 # to end (a blocked callout keeps it on its thread's stack); the next step
 # may run on any thread.
@@ -1226,7 +1230,10 @@ def stats() -> dict[str, int]:
     ``servers`` (parked workers the heartbeat queued for a stalled run
     queue), ``soft_grants``, ``steals`` and ``robberies`` (callout disowns
     that woke a waiter softly, grants taken back before the claim, waiters
-    that woke to find theirs taken; native/ownership.c, "Soft grants").
+    that woke to find theirs taken; native/ownership.c, "Soft grants");
+    ``lazy_callouts`` (callouts that kept the owner word), ``revocations``
+    (lazy callouts the heartbeat took the VM from) and ``called_off``
+    (revocations dropped because the callout was back; "Lazy callouts").
     """
     return _stats(_current("vmown.stats()")._rt)
 
@@ -1260,6 +1267,9 @@ def _stats(rt: _Runtime) -> dict[str, int]:
         "soft_grants": counters.soft_grants,
         "steals": counters.steals,
         "robberies": counters.robberies,
+        "lazy_callouts": counters.lazy_disowns,
+        "revocations": heartbeat.revocations,
+        "called_off": heartbeat.called_off,
     }
 
 
