@@ -36,6 +36,10 @@
 #       activation_rate_long: fraction of the 3 ms calls (nanosleep never
 #       returns early) that caused exactly one activation;
 #       long_calls_activating_twice: those that caused more than one.
+#       long_calls_served_by_a_queued_server: those during which B ran with
+#       no activation: a parked worker the heartbeat had queued as a server
+#       (heartbeat.c) took the VM at the callout's disown, a soft grant.
+#       They count as handled, the fastest way there is.
 #       long_calls_missed: those that caused none, and long_missed_max_ticks
 #       the most heartbeat ticks counted across one of them (the runtime's
 #       tick count, read around the call): a miss across fewer than 2 ticks
@@ -66,6 +70,7 @@ DETECT_QUICK, DETECT_FULL = 150, 400
 RATES_QUICK, RATES_FULL = (600, 200), (2_000, 600)
 SHORT_US, LONG_US, BLOCK_US = 500, 3_000, 20_000
 TICK_NS = 1_000_000  # at hz=1000
+SERVED = 1_000  # a call's count when a queued server, not the heartbeat, took the VM
 
 
 def _detection_ms(vmown: Any, lib: Any, samples: int) -> list[float]:
@@ -107,10 +112,11 @@ def _activation_rates(vmown: Any, lib: Any, short_calls: int, long_calls: int) -
     calls: Calls = {}
 
     async def main() -> None:
-        done = [False]
+        done, ran = [False], [0]
 
         async def b() -> None:
             while not done[0]:
+                ran[0] += 1
                 await checkpoint()
 
         process = spawn(b)
@@ -120,11 +126,17 @@ def _activation_rates(vmown: Any, lib: Any, short_calls: int, long_calls: int) -
             samples = calls[us] = []
             for _ in range(n):
                 before, delay_before_ns, delay_ns = stats(), thread_run_delay_ns(tid), 0
+                ran_before = ran[0]
                 start = time.monotonic_ns()
                 callout(block_us, us)
                 duration_ns = time.monotonic_ns() - start
                 after = stats()
                 activations = _taken(after) - _taken(before)
+                if activations == 0 and ran[0] != ran_before:
+                    # B ran during the call without the heartbeat handing the
+                    # VM on: a server it had queued before took it (a soft
+                    # grant at the disown).  Served; counted apart.
+                    activations = SERVED
                 if activations == 0 and us == LONG_US:
                     # The kernel adds a wait for a core to run_delay only
                     # when the wait ends: let the heartbeat tick once more.
@@ -149,9 +161,11 @@ def run(quick: bool) -> dict[str, float]:
         calls = _activation_rates(vmown, lib, *(RATES_QUICK if quick else RATES_FULL))
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
     short, long = calls[SHORT_US], calls[LONG_US]
-    really_short = [activations for activations, duration_ns, _, _ in short if duration_ns < TICK_NS]
+    # A short call served by a queued server (not the heartbeat) is no false
+    # detection: only activations and revocations count against the goal.
+    really_short = [activations % SERVED for activations, duration_ns, _, _ in short if duration_ns < TICK_NS]
     rate_short = sum(map(bool, really_short)) / len(really_short)
-    once = sum(activations == 1 for activations, _, _, _ in long)
+    once = sum(activations in (1, SERVED) for activations, _, _, _ in long)
     missed = [(ticks, delay_ns) for activations, _, ticks, delay_ns in long if activations == 0]
     # A heartbeat kept off the cores for a whole tick cannot act in time:
     # excluded, as the short calls the machine stretched are (and shown).
@@ -163,7 +177,7 @@ def run(quick: bool) -> dict[str, float]:
         "detect_max_ms": max(latencies),
         "detect_samples": len(latencies),
         "activation_rate_short": rate_short,
-        "activation_rate_short_all": sum(bool(a) for a, _, _, _ in short) / len(short),
+        "activation_rate_short_all": sum(bool(a % SERVED) for a, _, _, _ in short) / len(short),
         "short_calls_over_1ms": 1 - len(really_short) / len(short),
         "activation_rate_long": rate_long,
         "activation_rate_long_all": once / len(long),
@@ -171,7 +185,8 @@ def run(quick: bool) -> dict[str, float]:
         "long_calls_heartbeat_starved": starved,
         "long_missed_max_ticks": max((ticks for ticks, _ in missed), default=0),
         "long_missed_min_hb_run_delay_ms": min((delay_ns / 1e6 for _, delay_ns in missed), default=0),
-        "long_calls_activating_twice": sum(a > 1 for a, _, _, _ in long),
+        "long_calls_activating_twice": sum(1 < a < SERVED for a, _, _, _ in long),
+        "long_calls_served_by_a_queued_server": sum(a == SERVED for a, _, _, _ in long),
         "goal_detect_p50_le_1_8_ms": p50 <= 1.8,
         "goal_detect_p99_le_2_5_ms": p99 <= 2.5,
         "goal_activation_rate_short_eq_0": rate_short == 0,
