@@ -11,6 +11,12 @@
 #                               before it returns: the instant a callout
 #                               "comes back", stamped where it happens
 #                               (time.monotonic_ns() reads the same clock)
+#   ticker_start(hz)            starts a thread that does nothing but wake
+#                               hz times a second on absolute deadlines
+#                               (clock_nanosleep, timer slack 1 us): the
+#                               heartbeat's wake-ups with none of its work
+#   ticker_stop()               stops it; returns its CPU time over its wall
+#                               time: what bare ticking costs on this machine
 #
 # Each also has a generated wrapper NAME_threaded (vmown.threaded_wrappers):
 # the same call made as a threaded callout from C (disown, call, own) once the
@@ -47,12 +53,16 @@ int noop(int x);
 int spin_us(int us);
 int block_us(int us);
 int block_and_stamp(int us, int64_t *out);
+int ticker_start(int hz);
+double ticker_stop(void);
 """
 
 SOURCE = r"""
 #include <stdint.h>
 #include <time.h>
 #include <errno.h>
+#include <pthread.h>
+#include <sys/prctl.h>
 
 static int64_t bench_now_ns(void) {
     struct timespec ts;
@@ -78,6 +88,44 @@ int block_and_stamp(int us, int64_t *out) {
     block_us(us);
     *out = bench_now_ns();
     return us;
+}
+
+static pthread_t ticker;
+static volatile int ticker_stopping, ticker_hz;
+static double ticker_fraction;
+
+static int64_t thread_cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void *ticker_main(void *arg) {
+    (void)arg;
+    prctl(PR_SET_TIMERSLACK, 1000UL);
+    int64_t period = 1000000000 / ticker_hz, wall0 = bench_now_ns(), cpu0 = thread_cpu_ns();
+    int64_t next = wall0 + period;
+    while (!ticker_stopping) {
+        struct timespec ts = {.tv_sec = next / 1000000000, .tv_nsec = next % 1000000000};
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+        int64_t now = bench_now_ns();
+        next += period;
+        if (next <= now) next = now + period;  /* late: skip, as the heartbeat */
+    }
+    ticker_fraction = (double)(thread_cpu_ns() - cpu0) / (double)(bench_now_ns() - wall0);
+    return NULL;
+}
+
+int ticker_start(int hz) {
+    ticker_stopping = 0;
+    ticker_hz = hz;
+    return pthread_create(&ticker, NULL, ticker_main, NULL);
+}
+
+double ticker_stop(void) {
+    ticker_stopping = 1;
+    pthread_join(ticker, NULL);
+    return ticker_fraction;
 }
 """
 

@@ -14,6 +14,11 @@
 #               heartbeat's worst steady case.
 #   *_ticks_per_s   heartbeat ticks per second over the window (the runtime's
 #                   stats), to show whether it ticked.
+#   *_bare_ticker_cpu  in the same window, side by side: a C thread that
+#                   only wakes 1000 times a second on absolute deadlines
+#                   (benchmarks/_cfuncs.py ticker_start) -- what the wake-ups
+#                   alone cost on this machine; busy_cpu_over_bare_ticker is
+#                   the heartbeat's cost over that floor.
 #   *_activations   activations over the window.
 #   *_revocations   revocations over the window: lazy callouts whose VM the
 #                   heartbeat handed on (native/ownership.c, "Lazy callouts")
@@ -71,9 +76,12 @@ def _window(vmown: Any, duration_s: float, blockers: int, lib: Any) -> dict[str,
         await vmown.sleep(WARMUP_S)
         tid = heartbeat_tid()
         stats0 = vmown.stats()
+        if lib.ticker_start(1000) != 0:
+            raise RuntimeError("cannot start the bare ticker thread")
         cpu0, stat0, wall0 = thread_cpu_ns(tid), thread_stat_cpu_s(tid), time.monotonic_ns()
         await vmown.sleep(duration_s)
         cpu1, stat1, wall1 = thread_cpu_ns(tid), thread_stat_cpu_s(tid), time.monotonic_ns()
+        out["bare_ticker_cpu"] = lib.ticker_stop()
         stats1 = vmown.stats()
         done[0] = True
         for process in processes:
@@ -105,6 +113,9 @@ def run(quick: bool) -> dict[str, float]:
         "busy_ticks_per_s": busy["ticks_per_s"],
         "idle_activations": idle["activations"],
         "busy_activations": busy["activations"],
+        "idle_bare_ticker_cpu": idle["bare_ticker_cpu"],
+        "busy_bare_ticker_cpu": busy["bare_ticker_cpu"],
+        "busy_cpu_over_bare_ticker": busy["cpu"] / busy["bare_ticker_cpu"],
         "idle_revocations": idle["revocations"],
         "busy_revocations": busy["revocations"],
         "window_s": duration_s,
