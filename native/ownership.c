@@ -124,6 +124,7 @@
  *     claimant a broken invariant.  Found by the crash rounds.
  * S8. A granter that dies between its store and its post (hard or soft):
  *     the waiter, GRANTED for a whole slice with no post, settles anyway.
+ *     Debug stop VMOWN_DEBUG_STOP_BEFORE_POST stops a disown there.
  *
  * Lazy callouts
  * -------------
@@ -1001,6 +1002,7 @@ static int disown(vmown_cb *cb, uint32_t me, uint64_t callout, bool soft) {
     unlock_block(cb);
     if (rc < 0) return rc;
     if (head) {
+        debug_stop(VMOWN_DEBUG_STOP_BEFORE_POST);  /* S8 */
         widen();
         post(cb, head);
     } else if (atomic_load_explicit(&b->attention, SEQ_CST) & VMOWN__WAITERS_MASK) {

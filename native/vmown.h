@@ -307,7 +307,8 @@ enum {
     VMOWN_DEBUG_STOP_NONE = 0,
     VMOWN_DEBUG_STOP_GRANTED = 1,  /* handed the VM, before taking it */
     VMOWN_DEBUG_STOP_IN_LOCK = 2,  /* inside the lock, queue half-updated */
-    VMOWN_DEBUG_STOP_CLAIM = 3     /* woken by a soft grant, before claiming it */
+    VMOWN_DEBUG_STOP_CLAIM = 3,    /* woken by a soft grant, before claiming it */
+    VMOWN_DEBUG_STOP_BEFORE_POST = 4  /* a disown that handed the VM on, before its post */
 };
 void vmown_debug_set_stop(int point);
 

@@ -174,6 +174,40 @@ def test_peer_killed_inside_the_lock() -> None:
     _recovers(vm)
 
 
+@pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
+def test_granter_killed_between_its_store_and_its_post(soft: bool) -> None:
+    """Race S8 (native/ownership.c): the child hands the VM to the waiting
+    parent thread -- by a disown (hard) or a callout's disown (a soft grant)
+    -- and dies before its post.  The waiter, GRANTED with no post coming,
+    takes the VM after one slice."""
+    vm = vmown.Ownership(slots=16)
+    flag = mmap.mmap(-1, mmap.PAGESIZE)
+
+    def child() -> None:
+        vm.bind_thread()
+        vm.own()
+        flag[0] = 1
+        while vm.waiters == 0:
+            time.sleep(0.001)
+        if soft:
+            lib.vmown_callout_begin(1)  # stops before its post
+        else:
+            vm.disown()  # stops before its post
+
+    pid = _fork(child, stop_at=lib.VMOWN_DEBUG_STOP_BEFORE_POST)
+    wait_until(lambda: flag[0] == 1, what="the child to own the VM")
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: (vm.own(timeout=RECOVERY_S), got.append(vm.owner), vm.disown()))
+    waiter.start()
+    _wait_stopped(pid)  # the word names the waiting thread (or a pending grant to it); no post yet
+    word_holder = vm.owner
+    _kill(pid)
+    waiter.join(timeout=RECOVERY_S + 5)
+    assert not waiter.is_alive(), "the granted waiter never took the VM"
+    assert word_holder == got[0] and got[0] not in (0,), "the VM was not handed to the waiter"
+    assert vm.owner == 0 and vm.waiters == 0 and vm.queue() == []
+
+
 def _recovers_in_thread(vm: vmown.Ownership) -> threading.Thread:
     """_recovers on a thread of its own (this one is in a callout); queued on return."""
     errors: list[BaseException] = []
@@ -277,7 +311,8 @@ def _crash_round(vm: vmown.Ownership, shared: mmap.mmap, rng: random.Random, chi
             critical(me)
             vm.disown()
 
-    points = [0, 0, lib.VMOWN_DEBUG_STOP_GRANTED, lib.VMOWN_DEBUG_STOP_IN_LOCK, lib.VMOWN_DEBUG_STOP_CLAIM]
+    points = [0, 0, lib.VMOWN_DEBUG_STOP_GRANTED, lib.VMOWN_DEBUG_STOP_IN_LOCK, lib.VMOWN_DEBUG_STOP_CLAIM,
+              lib.VMOWN_DEBUG_STOP_BEFORE_POST]
     pids = [_fork(child, stop_at=rng.choice(points)) for _ in range(children)]
     for pid in pids:
         time.sleep(rng.uniform(0, 0.02))
