@@ -43,12 +43,48 @@
 
 #include <errno.h>
 
+#define likely(x) __builtin_expect(!!(x), 1)
+
 #define LAZY 0x80000000u  /* token bit: slots are < 2^20 */
 
 static _Thread_local struct {
     vmown_cb *cb;
     uint32_t slot;
+    uint64_t tag;  /* of the callout out now */
 } bound __attribute__((tls_model("initial-exec")));
+
+/* Hints, per tag (per C function: wrappers tag with their function's
+ * address).  A lazy callout that was revoked blocks; the next callouts of
+ * the same function likely block too.  For EAGER_AFTER_REVOCATION of them,
+ * go out eagerly: the VM passes at the disown to a queued thread (a soft
+ * grant), not a tick later, and a thread that comes back meanwhile finds it
+ * free instead of waiting for a revocation.  Then try lazy again.  A small
+ * direct-mapped table, process-wide: a collision or a lost update costs a
+ * wrong guess, never correctness (relaxed atomics). */
+#ifndef EAGER_AFTER_REVOCATION
+#define EAGER_AFTER_REVOCATION 64
+#endif
+#define HINTS 256
+static struct {
+    _Atomic uint64_t tag;
+    _Atomic uint32_t eager_left;
+} hints[HINTS];
+
+static inline unsigned hint_of(uint64_t tag) { return (unsigned)((tag * 0x9E3779B97F4A7C15ull) >> 56); }
+
+static bool eager_hint(uint64_t tag) {
+    unsigned i = hint_of(tag);
+    uint32_t left = atomic_load_explicit(&hints[i].eager_left, memory_order_relaxed);
+    if (likely(left == 0) || atomic_load_explicit(&hints[i].tag, memory_order_relaxed) != tag) return false;
+    atomic_store_explicit(&hints[i].eager_left, left - 1, memory_order_relaxed);
+    return true;
+}
+
+static void revoked(uint64_t tag) {
+    unsigned i = hint_of(tag);
+    atomic_store_explicit(&hints[i].tag, tag, memory_order_relaxed);
+    atomic_store_explicit(&hints[i].eager_left, EAGER_AFTER_REVOCATION, memory_order_relaxed);
+}
 
 int vmown_bind_thread(vmown_cb *cb, uint32_t slot) {
     if (cb && (slot < 1 || slot > cb->nslots)) return VMOWN_EBADSLOT;
@@ -67,14 +103,18 @@ void vmown__unbind_if(vmown_cb *cb, uint32_t slot) {
 uint32_t vmown_callout_begin(uint64_t tag) {
     vmown_cb *cb = bound.cb;
     if (!cb) return 0;
-    int rc = vmown__callout_disown(cb, bound.slot, tag);
+    bound.tag = tag;
+    int rc = vmown__callout_disown(cb, bound.slot, tag, eager_hint(tag));
     return rc < 0 ? 0 : rc ? bound.slot | LAZY : bound.slot;
 }
 
 /* 1 if the caller owns the VM again, 0 if it must wait for it. */
 static int back(uint32_t token, bool wait) {
     uint32_t slot = token & ~LAZY;
-    if ((token & LAZY) && vmown__lazy_return(bound.cb, slot) == 0) return 1;
+    if (token & LAZY) {
+        if (vmown__lazy_return(bound.cb, slot) == 0) return 1;
+        revoked(bound.tag);
+    }
     int rc = wait ? vmown_own(bound.cb, slot) : vmown_try_own(bound.cb, slot);
     if (wait ? rc == 0 : rc == 1) return 1;
     if (wait || rc < 0) vmown__fatal("vmown_callout_end: own", rc == VMOWN_EBROKEN ? EIO : EINVAL);

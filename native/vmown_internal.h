@@ -96,8 +96,6 @@ struct vmown_slot {
     /* Lazy callouts (ownership.c): bumped by its own thread as a lazy
      * callout goes out (odd) and comes back (even); read by the heartbeat. */
     _Atomic uint64_t lazy_seq;
-    /* Callouts left to make eagerly after a lazy one was revoked. */
-    _Atomic uint32_t eager_left;
     /* counters, written only by the slot's thread (relaxed load + store) */
     _Atomic uint64_t fast_owns, slow_owns, waits, hand_offs, disowns, interrupts;
     _Atomic uint64_t soft_grants, steals, robberies, lazy_disowns;
@@ -175,10 +173,10 @@ int vmown__activate(vmown_cb *cb, uint64_t expected_word);
  * is parked.  Its vmown_park returns 1 once it owns the VM. */
 int vmown__queue_idle(vmown_cb *cb);
 /* Disown for a callout (callout.c): lazily if this process's heartbeat can
- * revoke it and nobody waits (returns 1), else with a soft grant to the head
- * waiter (returns 0); a negative code if the caller does not own the VM or is
- * out in a callout already. */
-int vmown__callout_disown(vmown_cb *cb, uint32_t slot, uint64_t callout);
+ * revoke it, nobody waits and the caller does not ask for `eager` (returns
+ * 1), else with a soft grant to the head waiter (returns 0); a negative code
+ * if the caller does not own the VM or is out in a callout already. */
+int vmown__callout_disown(vmown_cb *cb, uint32_t slot, uint64_t callout, bool eager);
 /* Back from a lazy callout: 0 if the caller owns the VM again (no locked
  * instruction unless a revocation is under way), 1 if it was revoked and
  * must own the VM the ordinary way.  Idempotent: a second call after 1

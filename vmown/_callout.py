@@ -28,8 +28,10 @@
 # bound and owns the VM; otherwise it returns 0 and end(0) does nothing, so a
 # callout from a thread outside any VM, or from inside another callout (a
 # Python function called as a callout calls a threaded C function), is a
-# plain call.  The slot records the tag: one per threaded wrapper,
-# _CALLOUT_TAG for callout().
+# plain call.  The slot records the tag: one per threaded wrapper (a count
+# from 2), the address of the function object for callout().  The core also
+# keys its hints by tag (native/callout.c): a function whose callout was
+# revoked makes its next callouts eagerly.
 #
 # Exceptions at any point.  CPython runs signal handlers (the SIGINT handler
 # of vmown.run() raises KeyboardInterrupt in user code) only between

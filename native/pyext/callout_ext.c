@@ -61,7 +61,7 @@ static PyTypeObject *cdata_type;  /* _cffi_backend._CDataBase */
 static PyObject *refuse_fn;       /* _callout._refuse(fn, where, arg, what) -> TypeError */
 static PyObject *pin_pointer_fn;  /* _callout._pin_pointer(fn, arg, ctype, n) -> cdata */
 
-enum { CALLOUT_TAG = 1, SMALL = 8 };
+enum { SMALL = 8 };
 
 /* ---- the call itself (steps 2-4) ---- */
 
@@ -170,7 +170,8 @@ static PyObject *callout(PyObject *module, PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     if (not_ready() < 0) return NULL;
-    return generic_call(args[0], CALLOUT_TAG, args + 1, (size_t)(nargs - 1), kwnames);
+    /* Tagged by the function: the core keeps per-tag hints (callout.c). */
+    return generic_call(args[0], (uint64_t)(uintptr_t)args[0], args + 1, (size_t)(nargs - 1), kwnames);
 }
 
 /* ---- threaded(): a callable wrapping one function ---- */

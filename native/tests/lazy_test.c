@@ -11,7 +11,8 @@
  *   worker: a lazy callout that blocks 20 ms with work published: the VM is
  *     revoked and a parked worker runs while the callout is out (ROUNDS
  *     times; the latency is printed, not asserted);
- *   after a revocation: the thread's next 8 callouts are eager, then lazy;
+ *   after a revocation: the next 64 callouts with its tag are eager, then
+ *     lazy; other tags stay lazy (callout.c, hints);
  *   waiter: a long lazy callout with nothing to do lets the heartbeat sleep;
  *     a thread that queues wakes it and gets the VM while the callout is out;
  *   nested: a callout inside a lazy callout is a plain call;
@@ -109,17 +110,6 @@ static int32_t owner_field(void) { return (int32_t)(uint32_t)vmown_owner_word(cb
 
 #define LAZY 0x80000000u  /* token bit of a lazy callout (callout.c) */
 
-/* Make short callouts until one goes out lazily again (after a revocation,
- * ownership.c's EAGER_AFTER_REVOCATION = 8 are eager). */
-static void drain_eager(void) {
-    for (int i = 0; i <= 8; i++) {
-        uint32_t token = vmown_callout_begin(99);
-        vmown_callout_end(token);
-        if (token & LAZY) return;
-    }
-    CHECK(0, "callouts stay eager");
-}
-
 int main(int argc, char **argv) {
     int rounds = argc > 1 ? atoi(argv[1]) : 20;
     size_t len = vmown_cb_size(16);
@@ -150,7 +140,7 @@ int main(int argc, char **argv) {
         stretched += vmown_now_ns() - t0 >= MS;
     }
     uint64_t revoked = hb().revocations - rev0;
-    CHECK(lazies() - lazy0 == (uint64_t)(500 - eager) && (uint64_t)eager <= 8 * revoked,
+    CHECK(lazies() - lazy0 == (uint64_t)(500 - eager) && (uint64_t)eager <= 64 * revoked,
           "%llu of 500 callouts lazy, %llu revoked", (unsigned long long)(lazies() - lazy0),
           (unsigned long long)revoked);
     CHECK(revoked <= (uint64_t)stretched, "%llu revocations of 0.2 ms callouts (%d stretched)",
@@ -180,7 +170,7 @@ int main(int argc, char **argv) {
         /* Lazy: the worker is activated, or queued as a server first (the
          * VM is owned and the run queue makes no progress: heartbeat.c) and
          * handed the VM as the head waiter: a revocation either way.  The
-         * next EAGER_AFTER_REVOCATION callouts are eager: an activation. */
+         * next 64 callouts of the tag are eager: an activation. */
         if (lazy) {
             CHECK(hb().revocations == revs + 1, "round %d: not revoked (called off %llu)", r,
                   (unsigned long long)hb().called_off);
@@ -199,26 +189,29 @@ int main(int argc, char **argv) {
     CHECK(revoked_rounds >= 1 && (rounds <= 1 || revoked_rounds < rounds), "%d of %d rounds lazy", revoked_rounds,
           rounds);
 
-    /* after a revocation, the thread's next 8 callouts are eager */
-    drain_eager();
+    /* after a revocation, the next 64 callouts of that function (tag) are
+     * eager; others stay lazy */
     vmown_set_work(cb, 1, 0);
-    token = vmown_callout_begin(3);
-    CHECK(token & LAZY, "not lazy after the eager ones");
+    token = vmown_callout_begin(30);
+    CHECK(token & LAZY, "a new tag is not lazy");
     usleep(20000);
     vmown_callout_end(token);
     wait_for(one_idle, "the worker to park again");
-    for (int i = 0; i < 8; i++) {
-        token = vmown_callout_begin(3);
-        CHECK(token == (uint32_t)me, "callout %d after a revocation is not eager", i);
+    vmown_set_work(cb, 0, 0);
+    for (int i = 0; i < 64; i++) {
+        token = vmown_callout_begin(30);
+        CHECK(token == (uint32_t)me, "callout %d of a revoked tag is not eager", i);
+        vmown_callout_end(token);
+        token = vmown_callout_begin(31);
+        CHECK(token & LAZY, "another tag is not lazy");
         vmown_callout_end(token);
     }
-    token = vmown_callout_begin(3);
-    CHECK(token & LAZY, "the 9th callout after a revocation is not lazy");
+    token = vmown_callout_begin(30);
+    CHECK(token & LAZY, "the 65th callout of a revoked tag is not lazy");
     vmown_callout_end(token);
-    printf("after a revocation: 8 eager callouts, then lazy again: ok\n");
+    printf("after a revocation: 64 eager callouts of that tag, then lazy again; other tags lazy: ok\n");
 
     vmown_set_work(cb, 0, 0);
-    drain_eager();
 
     /* waiter: the heartbeat sleeps through a quiet lazy callout; a thread
      * that queues wakes it and gets the VM while the callout is out */
@@ -237,7 +230,6 @@ int main(int argc, char **argv) {
     vmown_callout_end(token);
     pthread_join(t, NULL);
     CHECK(vmown_owner(cb) == me, "own after the waiter");
-    drain_eager();
     printf("waiter: the heartbeat slept, the queued thread woke it and owned %.2f ms later: ok\n",
            (waiter_owned_at - queued) / 1e6);
 
@@ -296,7 +288,6 @@ int main(int argc, char **argv) {
     pthread_join(t, NULL);
     CHECK(vmown_own(cb, me) == 0, "own");
     printf("called off after R1: the callout took the word back: ok\n");
-    drain_eager();
 
     /* stop: a lazy callout that is out is revoked */
     revs = hb().revocations;
@@ -315,7 +306,6 @@ int main(int argc, char **argv) {
     CHECK(token == (uint32_t)me && vmown_owner(cb) == 0, "an eager callout kept the word");
     vmown_callout_end(token);
     CHECK(vmown_heartbeat_set_lazy(cb, 1) == 1, "set lazy");
-    drain_eager();  /* the stop's revocation made the next 8 eager */
     token = vmown_callout_begin(11);
     CHECK(vmown_owner(cb) == me, "lazy again");
     vmown_callout_end(token);
