@@ -23,6 +23,9 @@
 #define _GNU_SOURCE
 #include "../vmown.h"
 
+#define TEST_NAME "grant_test"
+#include "check.h"
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,14 +35,6 @@
 static vmown_cb *cb;
 static int a_slot;
 
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        if (!(cond)) {                                           \
-            fprintf(stderr, "grant_test: FAILED: " __VA_ARGS__); \
-            fprintf(stderr, " (%s:%d)\n", __FILE__, __LINE__);   \
-            exit(1);                                             \
-        }                                                        \
-    } while (0)
 
 static vmown_counters counters(void) {
     vmown_counters c;

@@ -19,6 +19,9 @@
 #define _GNU_SOURCE
 #include "../vmown.h"
 
+#define TEST_NAME "heartbeat_test"
+#include "check.h"
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,24 +32,11 @@ static vmown_cb *cb;
 static _Atomic int64_t activated_at;
 static _Atomic int worker_slot;
 
-#define CHECK(cond, ...)                                   \
-    do {                                                   \
-        if (!(cond)) {                                     \
-            fprintf(stderr, "heartbeat_test: FAILED: " __VA_ARGS__); \
-            fprintf(stderr, " (%s:%d)\n", __FILE__, __LINE__); \
-            exit(1);                                       \
-        }                                                  \
-    } while (0)
 
 static vmown_heartbeat_stats hb(void) {
     vmown_heartbeat_stats s;
     vmown_heartbeat_read(cb, &s);
     return s;
-}
-
-static void wait_for(int (*cond)(void), const char *what) {
-    for (int i = 0; i < 10000 && !cond(); i++) usleep(1000);
-    CHECK(cond(), "timed out waiting for %s", what);
 }
 
 static int one_idle(void) { return hb().idle_workers == 1; }

@@ -28,6 +28,9 @@
 #define _GNU_SOURCE
 #include "../vmown.h"
 
+#define TEST_NAME "lazy_test"
+#include "check.h"
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,14 +40,6 @@
 static vmown_cb *cb;
 static _Atomic int64_t activated_at;
 
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        if (!(cond)) {                                           \
-            fprintf(stderr, "lazy_test: FAILED: " __VA_ARGS__);  \
-            fprintf(stderr, " (%s:%d)\n", __FILE__, __LINE__);   \
-            exit(1);                                             \
-        }                                                        \
-    } while (0)
 
 #define REVOKING 0x20000000u  /* native/vmown_internal.h */
 #define MS 1000000LL
@@ -59,11 +54,6 @@ static uint64_t lazies(void) {
     vmown_counters c;
     vmown_counters_read(cb, &c);
     return c.lazy_disowns;
-}
-
-static void wait_for(int (*cond)(void), const char *what) {
-    for (int i = 0; i < 10000 && !cond(); i++) usleep(1000);
-    CHECK(cond(), "timed out waiting for %s", what);
 }
 
 static int one_idle(void) { return hb().idle_workers == 1; }
