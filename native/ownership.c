@@ -174,6 +174,9 @@
  *     block never goes lazy.
  *   - Dead T: the word names T (or REVOKING|T); VMOWN__HOLDER reads T, and
  *     reaping releases it as for any dead owner.
+ *   - Only callouts made entirely without the GIL go lazy (the generated C
+ *     wrappers); vmown.callout takes the GIL back before its end, and would
+ *     hold the VM while it waits for it (callout.c).
  *   - A function whose callout was revoked blocks, likely again: callout.c
  *     makes its next 64 callouts eager (hints by tag), so the VM passes at
  *     their disown instead of a tick later.  Measured (benchmarks suite

@@ -14,6 +14,7 @@ import pytest
 from cffi import FFI
 
 import vmown
+from vmown import _native, _scheduler
 
 from .support import run_threads, wait_until
 
@@ -91,6 +92,57 @@ def test_wrapped_call_disowns_while_it_runs(module: ModuleType) -> None:
     assert vm.owned()  # the wrapper owned it again on return
     vm.disown()
     vm.close()
+
+
+def test_wrapped_calls_in_a_run_go_out_lazily(module: ModuleType) -> None:
+    """In vmown.run (a heartbeat runs), a wrapped call with nobody queued
+    keeps the owner word (native/ownership.c, "Lazy callouts"); with lazy
+    callouts turned off it releases it."""
+    lib = module.lib
+    vmown.bind_threaded(lib)
+
+    async def main() -> list[tuple[int, int]]:
+        cb = _scheduler._here.state.cb  # type: ignore[union-attr]
+        grown = []
+        for lazy in (1, 0):
+            assert _native.lib.vmown_heartbeat_set_lazy(cb, lazy) == lazy
+            before = vmown.stats()
+            for _ in range(100):
+                assert lib.twice_threaded(1.5) == 3.0
+            after = vmown.stats()
+            grown.append((after["callouts"] - before["callouts"], after["lazy_callouts"] - before["lazy_callouts"]))
+        _native.lib.vmown_heartbeat_set_lazy(cb, 1)
+        return grown
+
+    assert vmown.run(main) == [(100, 100), (100, 0)]
+
+
+def test_a_lazy_wrapped_call_that_blocks_is_revoked(module: ModuleType) -> None:
+    """The call keeps the owner word; the heartbeat revokes it after a tick,
+    so the ticker goes on while it blocks."""
+    lib = module.lib
+    vmown.bind_threaded(lib)
+
+    async def ticker(stop: vmown.Event, ticks: list[float]) -> None:
+        while not stop.is_set():
+            await vmown.sleep(0.001)
+            ticks.append(time.monotonic())
+
+    async def main() -> tuple[int, int, int]:
+        stop, ticks = vmown.Event(), []
+        process = vmown.spawn(ticker, stop, ticks)
+        await vmown.sleep(0.01)
+        before, ticked = vmown.stats(), len(ticks)
+        lib.fail_after_ms_threaded(100, 0)  # blocks 100 ms; its first call here: lazy
+        during = len(ticks) - ticked
+        after = vmown.stats()
+        stop.set()
+        await process
+        return during, after["lazy_callouts"] - before["lazy_callouts"], after["revocations"] - before["revocations"]
+
+    during, lazy, revoked = vmown.run(main)
+    assert lazy == 1 and revoked == 1
+    assert during >= 10, f"the ticker ticked {during} times while the call blocked 100 ms"
 
 
 def test_returning_call_waits_for_the_vm_without_the_gil(module: ModuleType) -> None:

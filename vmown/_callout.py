@@ -18,10 +18,11 @@
 # Where it runs.  Both callout() and the wrappers of threaded() are C code
 # (native/pyext/callout_ext.c, the module vmown._callout_ext): the check of
 # the arguments, begin, the call and end happen in one builtin call, so a
-# callout costs about 1.5 plain calls where the same sequence in Python (two
+# callout costs about 1.4 plain calls where the same sequence in Python (two
 # cffi calls and a frame around the call) cost 5.  begin and end are the
-# core's vmown_callout_begin/end (native/callout.c), the very functions the C
-# wrappers of vmown.threaded_wrappers call, reached through the core's table
+# core's vmown_callout_begin_eager/end (native/callout.c), the functions the C
+# wrappers of vmown.threaded_wrappers call (those begin lazily, this path
+# never: it takes the GIL back before end), reached through the core's table
 # of function pointers: one copy of the core per process.  The scheduler
 # binds each thread that serves a vmown.run() to the run's block and the
 # thread's slot (vmown_bind_thread).  begin disowns only if the thread is

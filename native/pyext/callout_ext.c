@@ -45,12 +45,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Mirrors vmown_callout_table of native/vmown.h, version 1, with try_end. */
+/* Mirrors vmown_callout_table of native/vmown.h, version 1, with try_end
+ * and begin_eager. */
 typedef struct {
     int version;
     uint32_t (*begin)(uint64_t tag);
     void (*end)(uint32_t token);
     int (*try_end)(uint32_t token);
+    uint32_t (*begin_eager)(uint64_t tag);
 } callout_table;
 
 static uint32_t (*core_begin)(uint64_t);
@@ -295,7 +297,7 @@ static PyObject *init(PyObject *module, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KO!OO:init", &address, &PyType_Type, &cdata, &refuse_, &pin_pointer_))
         return NULL;
     const callout_table *table = (const callout_table *)(uintptr_t)address;
-    if (!table || table->version != 1 || !table->try_end) {
+    if (!table || table->version != 1 || !table->try_end || !table->begin_eager) {
         PyErr_SetString(PyExc_ImportError, "vmown._callout_ext does not match vmown._native (rebuild vmown)");
         return NULL;
     }
@@ -304,7 +306,9 @@ static PyObject *init(PyObject *module, PyObject *args) {
     Py_XSETREF(pin_pointer_fn, Py_NewRef(pin_pointer_));
     core_end = table->end;
     core_try_end = table->try_end;
-    core_begin = table->begin;
+    /* Eager: this path takes the GIL back after the call and before its
+     * end (cffi does), and a lazy callout would hold the VM meanwhile. */
+    core_begin = table->begin_eager;
     Py_RETURN_NONE;
 }
 
