@@ -49,23 +49,31 @@
 #include <errno.h>
 
 #define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
 
 #define LAZY 0x80000000u  /* token bit: slots are < 2^20 */
 
 static _Thread_local struct {
     vmown_cb *cb;
     uint32_t slot;
-    uint64_t tag;  /* of the callout out now */
+    uint64_t tag;    /* of the callout out now */
+    uint32_t epoch;  /* of the owner word after an eager callout's disown */
 } bound __attribute__((tls_model("initial-exec")));
 
 /* Hints, per tag (per C function: wrappers tag with their function's
  * address).  A lazy callout that was revoked blocks; the next callouts of
- * the same function likely block too.  For EAGER_AFTER_REVOCATION of them,
- * go out eagerly: the VM passes at the disown to a queued thread (a soft
- * grant), not a tick later, and a thread that comes back meanwhile finds it
- * free instead of waiting for a revocation.  Then try lazy again.  A small
- * direct-mapped table, process-wide: a collision or a lost update costs a
- * wrong guess, never correctness (relaxed atomics). */
+ * the same function likely block too.  They go out eagerly: the VM passes at
+ * the disown to a queued thread (a soft grant), not a tick later, and a
+ * thread that comes back meanwhile finds it free instead of waiting for a
+ * revocation.  Evidence keeps a function eager: each of its eager callouts
+ * whose VM somebody took meanwhile (its own had to wait, or the word's epoch
+ * moved: somebody owned and released it) sets the count back
+ * to EAGER_AFTER_REVOCATION; each that found the VM still free counts down,
+ * and at 0 the function goes lazy again.  (A fixed count of 64 eager calls
+ * made a function that always blocks go lazy, and be revoked, every 65th
+ * call: 15 revocations in a run of suite `mixed`, each leaving the VM idle a
+ * tick.)  A small direct-mapped table, process-wide: a collision or a lost
+ * update costs a wrong guess, never correctness (relaxed atomics). */
 #ifndef EAGER_AFTER_REVOCATION
 #define EAGER_AFTER_REVOCATION 64
 #endif
@@ -79,16 +87,23 @@ static inline unsigned hint_of(uint64_t tag) { return (unsigned)((tag * 0x9E3779
 
 static bool eager_hint(uint64_t tag) {
     unsigned i = hint_of(tag);
-    uint32_t left = atomic_load_explicit(&hints[i].eager_left, memory_order_relaxed);
-    if (likely(left == 0) || atomic_load_explicit(&hints[i].tag, memory_order_relaxed) != tag) return false;
-    atomic_store_explicit(&hints[i].eager_left, left - 1, memory_order_relaxed);
-    return true;
+    return unlikely(atomic_load_explicit(&hints[i].eager_left, memory_order_relaxed) != 0) &&
+           atomic_load_explicit(&hints[i].tag, memory_order_relaxed) == tag;
 }
 
 static void revoked(uint64_t tag) {
     unsigned i = hint_of(tag);
     atomic_store_explicit(&hints[i].tag, tag, memory_order_relaxed);
     atomic_store_explicit(&hints[i].eager_left, EAGER_AFTER_REVOCATION, memory_order_relaxed);
+}
+
+/* An eager callout of a hinted tag is back: `taken` if somebody took the VM
+ * meanwhile. */
+static void eager_back(uint64_t tag, bool taken) {
+    unsigned i = hint_of(tag);
+    uint32_t left = atomic_load_explicit(&hints[i].eager_left, memory_order_relaxed);
+    if (left == 0 || atomic_load_explicit(&hints[i].tag, memory_order_relaxed) != tag) return;
+    atomic_store_explicit(&hints[i].eager_left, taken ? EAGER_AFTER_REVOCATION : left - 1, memory_order_relaxed);
 }
 
 int vmown_bind_thread(vmown_cb *cb, uint32_t slot) {
@@ -110,6 +125,7 @@ uint32_t vmown_callout_begin(uint64_t tag) {
     if (!cb) return 0;
     bound.tag = tag;
     int rc = vmown__callout_disown(cb, bound.slot, tag, eager_hint(tag));
+    if (rc == 0) bound.epoch = vmown_epoch(cb);
     return rc < 0 ? 0 : rc ? bound.slot | LAZY : bound.slot;
 }
 
@@ -117,7 +133,9 @@ uint32_t vmown_callout_begin_eager(uint64_t tag) {
     vmown_cb *cb = bound.cb;
     if (!cb) return 0;
     bound.tag = tag;
-    return vmown__callout_disown(cb, bound.slot, tag, true) < 0 ? 0 : bound.slot;
+    if (vmown__callout_disown(cb, bound.slot, tag, true) < 0) return 0;
+    bound.epoch = vmown_epoch(cb);
+    return bound.slot;
 }
 
 /* 1 if the caller owns the VM again, 0 if it must wait for it. */
@@ -126,6 +144,10 @@ static int back(uint32_t token, bool wait) {
     if (token & LAZY) {
         if (vmown__lazy_return(bound.cb, slot) == 0) return 1;
         revoked(bound.tag);
+    } else {
+        int rc = vmown_try_own(bound.cb, slot);
+        if (unlikely(eager_hint(bound.tag))) eager_back(bound.tag, rc != 1 || vmown_epoch(bound.cb) != bound.epoch);
+        if (rc == 1) return 1;
     }
     int rc = wait ? vmown_own(bound.cb, slot) : vmown_try_own(bound.cb, slot);
     if (wait ? rc == 0 : rc == 1) return 1;

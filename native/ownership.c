@@ -178,11 +178,12 @@
  *     wrappers); vmown.callout takes the GIL back before its end, and would
  *     hold the VM while it waits for it (callout.c).
  *   - A function whose callout was revoked blocks, likely again: callout.c
- *     makes its next 64 callouts eager (hints by tag), so the VM passes at
- *     their disown instead of a tick later.  Measured (benchmarks suite
- *     `heartbeat`, 4 threads blocking 5 ms at a time): without the hints
- *     every callout was revoked and the heartbeat's CPU rose from 0.025 to
- *     0.028-0.031 of a core; with them it is the eager figure again.
+ *     makes its callouts eager (hints by tag) while they keep being handed
+ *     over, so the VM passes at their disown instead of a tick later.
+ *     Measured (benchmarks suite `heartbeat`, 4 threads blocking 5 ms at a
+ *     time): without the hints every callout was revoked and the
+ *     heartbeat's CPU rose from 0.025 to 0.028-0.031 of a core; with them
+ *     it is the eager figure again.
  *
  * Lock order: the block's lock is the only lock; no semaphore is posted and no
  * other lock is taken while holding it, except in repair.

@@ -258,8 +258,9 @@ int vmown_bind_thread(vmown_cb *cb, uint32_t slot);
  * With this process's heartbeat running and nobody queued, the callout goes
  * out lazily: the owner word keeps naming the thread, its slot says it is
  * out, and the heartbeat revokes the VM if it stays out a whole tick while
- * somebody needs it (ownership.c, "Lazy callouts"); the next 64 callouts
- * with the tag of a revoked one are eager (callout.c, hints).  Otherwise a queued thread gets
+ * somebody needs it (ownership.c, "Lazy callouts"); callouts with the tag of
+ * a revoked one are eager while somebody takes the VM during them, and
+ * lazy again after 64 that nobody needed (callout.c, hints).  Otherwise a queued thread gets
  * a soft grant: end (or try_end) takes the VM back with one CAS if that
  * thread has not claimed it yet (ownership.c). */
 uint32_t vmown_callout_begin(uint64_t tag);
