@@ -7,7 +7,7 @@
  * core, ~1.5x a plain call.
  *
  * One copy of the core per process: this module does not link the core.  It
- * gets vmown_callout_begin / _try_end / _end through the table of
+ * gets vmown_callout_begin_eager / _try_end / _end through the table of
  * vmown_callout_api() (the table the generated C wrappers use), passed in by
  * address from vmown/_callout.py through init().
  *
@@ -45,15 +45,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Mirrors vmown_callout_table of native/vmown.h, version 1, with try_end
- * and begin_eager. */
-typedef struct {
-    int version;
-    uint32_t (*begin)(uint64_t tag);
-    void (*end)(uint32_t token);
-    int (*try_end)(uint32_t token);
-    uint32_t (*begin_eager)(uint64_t tag);
-} callout_table;
+#include "vmown.h"  /* the table's type only: nothing of the core is linked */
 
 static uint32_t (*core_begin)(uint64_t);
 static void (*core_end)(uint32_t);
@@ -296,8 +288,8 @@ static PyObject *init(PyObject *module, PyObject *args) {
     PyObject *cdata, *refuse_, *pin_pointer_;
     if (!PyArg_ParseTuple(args, "KO!OO:init", &address, &PyType_Type, &cdata, &refuse_, &pin_pointer_))
         return NULL;
-    const callout_table *table = (const callout_table *)(uintptr_t)address;
-    if (!table || table->version != 1 || !table->try_end || !table->begin_eager) {
+    const vmown_callout_table *table = (const vmown_callout_table *)(uintptr_t)address;
+    if (!table || table->version != VMOWN_CALLOUT_API_VERSION || !table->try_end || !table->begin_eager) {
         PyErr_SetString(PyExc_ImportError, "vmown._callout_ext does not match vmown._native (rebuild vmown)");
         return NULL;
     }
