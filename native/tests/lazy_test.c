@@ -141,14 +141,16 @@ int main(int argc, char **argv) {
            (unsigned long long)revoked, stretched);
 
     /* worker: revoked for a parked worker while the callout blocks */
+    /* No work published before the worker parks: with work waiting and the
+     * VM owned, the heartbeat would queue it as a server (heartbeat.c). */
+    vmown_set_work(cb, 0, 0);
     pthread_t w;
     pthread_create(&w, NULL, worker, NULL);
-    vmown_set_work(cb, 0, 0);
     wait_for(one_idle, "the worker to park");
     int64_t worst = 0, total = 0;
     int revoked_rounds = 0;
     for (int r = 0; r < rounds; r++) {
-        uint64_t revs = hb().revocations, acts = hb().activations;
+        uint64_t revs = hb().revocations, acts = hb().activations, servers = hb().servers;
         activated_at = 0;
         vmown_set_work(cb, 1, 0);
         int64_t t0 = vmown_now_ns();
@@ -167,7 +169,11 @@ int main(int argc, char **argv) {
                   (unsigned long long)hb().called_off);
             revoked_rounds++;
         } else {
-            CHECK(hb().activations == acts + 1, "round %d: eager, but no activation", r);
+            /* Activated; or, if a tick found the VM owned with work waiting
+             * before the callout went out (a loaded machine), queued as a
+             * server and handed the VM by the eager disown. */
+            CHECK(hb().activations == acts + 1 || hb().servers > servers, "round %d: eager, but neither activated "
+                  "nor served", r);
         }
         CHECK(activated_at > t0 && activated_at < back, "round %d: the worker did not run during the callout", r);
         int64_t lat = activated_at - t0;
