@@ -30,15 +30,28 @@
  * So the heartbeat also reads work[0], the count of processes the owner has
  * taken off its run queue, and work[1], how many are runnable, and
  *   - slow: if fewer than SERVERS processes were taken off since the last
- *     tick while some are runnable and the VM is owned (its steps are long,
- *     or its thread is out in a lazy callout), it tops up the servers it keeps
- *     queued to min(runnable, SERVERS), moving parked workers from the idle
- *     stack into the wait queue (vmown__queue_idle).  servers_out counts the
- *     queued ones whose park has not returned yet.  A run queue that moves
- *     fast (thousands of short steps a tick) gets none: its owner serves it.
+ *     tick, not counting those the servers took, while some are runnable and
+ *     the VM is owned (its steps are long, or its thread is out in a lazy
+ *     callout), it tops up the servers it keeps queued to min(runnable,
+ *     depth), moving parked workers from the idle stack into the wait queue
+ *     (vmown__queue_idle).  servers_out counts the queued ones whose park has
+ *     not returned yet; `servers` minus servers_out, those that came out.  A
+ *     run queue that moves fast (thousands of short steps a tick) gets none:
+ *     its owner serves it.  Servers that each took a process and blocked in
+ *     it say nothing of that: counted as progress, a tick in which the 8
+ *     servers all started a process looked fast, none were queued, and the
+ *     next process waited a whole tick for an activation (suite `mixed`:
+ *     starts came in bursts of 9 with 1.2-1.8 ms idle between them).
+ *   - depth starts at SERVERS; it doubles (up to MAX_SERVERS) after a tick
+ *     that used up every server queued, and halves after one that used
+ *     fewer than a quarter.  Probed in `mixed` with its workers parked in
+ *     advance: the 127th process first ran at 23-24 ms with both changes,
+ *     at 44-49 ms with neither.
  *   - after an activation, with more than one process runnable, it queues
  *     servers for the rest in the same way: every thread was out for a tick,
  *     more are likely to be soon.
+ *   - each time it queues servers it asks this process's worker pool
+ *     (workers.c), if any, for as many parked workers again.
  * Topping up every slow tick, rather than once when the queue stalls, is
  * what a run queue of long steps needs: each step that blocks in a callout
  * uses up a server to start the next process (suite `mixed`: half of 200
@@ -91,13 +104,19 @@
 #ifndef SERVERS
 #define SERVERS 8  /* idle workers kept queued while processes wait (see the notes) */
 #endif
+#ifndef MAX_SERVERS
+#define MAX_SERVERS 64
+#endif
 
-/* Queue up to n parked workers for the VM; returns how many. */
+/* Queue up to n parked workers for the VM; returns how many.  With a worker
+ * pool in this process, ask it to have as many parked again for the next
+ * round (workers.c: counting and a post; the spawner starts the threads). */
 static unsigned queue_servers(vmown_cb *cb, unsigned n) {
     unsigned k = 0;
     while (k < n && vmown__queue_idle(cb) > 0) k++;
     if (k) atomic_fetch_add_explicit(&cb->b->servers, k, memory_order_relaxed);
     else atomic_fetch_add_explicit(&cb->b->starved, 1, memory_order_relaxed);
+    if (n) (void)vmown_workers_want(cb, n);  /* VMOWN_EINVAL without a pool: nothing to do */
     return k;
 }
 
@@ -154,7 +173,11 @@ static void *heartbeat_main(void *arg) {
     int64_t seen_at = vmown__now_ns();  /* when `seen` was first read */
     unsigned quiet = 0;
     uint64_t served = atomic_load_explicit(&b->work[0], memory_order_relaxed);  /* at the last tick */
+    uint64_t servers_seen = atomic_load_explicit(&b->servers, memory_order_relaxed);
+    uint32_t out_seen = atomic_load_explicit(&b->servers_out, memory_order_relaxed);
+    unsigned depth = SERVERS;  /* servers kept queued */
     atomic_store(&cb->hb_tid, vmown__gettid());
+    vmown__thread_name("vmown-heartbeat");
     vmown__set_timer_slack_ns(1000);  /* ticks on time: the default slack is 50 us */
     while (!atomic_load_explicit(&cb->hb_stop, memory_order_acquire)) {
         vmown__sleep_until(next);
@@ -167,13 +190,24 @@ static void *heartbeat_main(void *arg) {
         uint64_t seq = vmown__lazy_out(cb, w);
         uint64_t progress = atomic_load_explicit(&b->work[0], memory_order_relaxed);
         uint64_t runnable = atomic_load_explicit(&b->work[1], memory_order_relaxed);
+        /* Servers that came out of the queue since the last tick: each took
+         * a process off the run queue itself, which says nothing of how fast
+         * the owners serve it. */
+        uint64_t queued = atomic_load_explicit(&b->servers, memory_order_relaxed);
+        uint32_t out = atomic_load_explicit(&b->servers_out, memory_order_relaxed);
+        uint64_t came = (queued - servers_seen) - (uint64_t)(int32_t)(out - out_seen);
+        servers_seen = queued;
+        out_seen = out;
         /* Slow: fewer than SERVERS processes taken off the run queue since
-         * the last tick while some wait and the VM is owned. */
-        bool slow = runnable && VMOWN__OWNER(w) != 0 && progress - served < SERVERS;
+         * the last tick, other than by servers, while some wait and the VM
+         * is owned. */
+        uint64_t taken = progress - served;
+        bool slow = runnable && VMOWN__OWNER(w) != 0 && taken - (came < taken ? came : taken) < SERVERS;
         served = progress;
+        if (came >= depth && out == 0 && depth < MAX_SERVERS) depth *= 2;  /* all used up within a tick */
+        else if (came < depth / 4 && depth > SERVERS) depth /= 2;
         if (slow) {
-            unsigned want = runnable < SERVERS ? (unsigned)runnable : SERVERS;
-            unsigned out = atomic_load_explicit(&b->servers_out, memory_order_relaxed);
+            unsigned want = runnable < depth ? (unsigned)runnable : depth;
             if (out < want) (void)queue_servers(cb, want - out);
             quiet = 0;
         }
@@ -188,18 +222,20 @@ static void *heartbeat_main(void *arg) {
             if (whole_tick && vmown__activate(cb, w) > 0 && runnable > 1) {
                 /* Evidence that every thread is out: more are likely to
                  * be soon.  Queue servers for the rest of the run queue. */
-                (void)queue_servers(cb, runnable - 1 < SERVERS ? (unsigned)runnable - 1 : SERVERS);
+                (void)queue_servers(cb, runnable - 1 < depth ? (unsigned)runnable - 1 : depth);
             }
             quiet = 0;
         } else if (seq && (waiters(b) || work_waits(b, now))) {
             if (whole_tick && vmown__revoke(cb, w, seq, work_waits(b, now)) > 0 && runnable > 1)
-                (void)queue_servers(cb, runnable - 1 < SERVERS ? (unsigned)runnable - 1 : SERVERS);
+                (void)queue_servers(cb, runnable - 1 < depth ? (unsigned)runnable - 1 : depth);
             quiet = 0;
         } else if (!slow && ++quiet >= QUIET_TICKS) {
             sleep_until_needed(cb, &w, &seq);
             quiet = 0;
             seen_at = vmown__now_ns();
             served = atomic_load_explicit(&b->work[0], memory_order_relaxed);
+            servers_seen = atomic_load_explicit(&b->servers, memory_order_relaxed);
+            out_seen = atomic_load_explicit(&b->servers_out, memory_order_relaxed);
             next = seen_at + period;
         }
         seen = w;

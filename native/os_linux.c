@@ -27,6 +27,24 @@
 #include <time.h>
 #include <unistd.h>
 
+void vmown__worker_thread_setup(const char *name) {
+    /* Signals that belong to the program stay blocked, so that the kernel
+     * delivers them to the main thread (where Python runs handlers) and a
+     * callout on a worker sees no stray EINTR; faults (SIGSEGV, ...) and the
+     * rest are delivered as on any thread. */
+    static const int program_signals[] = {SIGINT,  SIGTERM, SIGHUP,  SIGQUIT, SIGUSR1,
+                                          SIGUSR2, SIGALRM, SIGCHLD, SIGWINCH};
+    sigset_t set;
+    sigemptyset(&set);
+    for (size_t i = 0; i < sizeof program_signals / sizeof *program_signals; i++) sigaddset(&set, program_signals[i]);
+    pthread_sigmask(SIG_SETMASK, &set, NULL);
+    vmown__thread_name(name);
+}
+
+void vmown__thread_name(const char *name) {
+    (void)pthread_setname_np(pthread_self(), name);  /* for ps, top, gdb and the tests */
+}
+
 _Noreturn void vmown__fatal(const char *what, int err) {
     fprintf(stderr, "vmown: fatal: %s failed: %s\n", what, strerror(err));
     abort();

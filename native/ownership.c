@@ -866,6 +866,9 @@ int vmown_cb_attach(void *mem, size_t len, vmown_cb **out) {
 void vmown_cb_detach(vmown_cb *cb) {
     if (!cb) return;
     vmown_heartbeat_stop(cb);
+    /* A pooled worker still out in a callout uses cb when it is back: leave
+     * it allocated (the block stays mapped as long as the caller keeps it). */
+    if (!vmown__workers_free(cb)) return;
     free(cb);
 }
 
@@ -1406,6 +1409,9 @@ done:
     return rc;
 }
 
+#ifndef SERVER_PRIO
+#define SERVER_PRIO INT32_MIN
+#endif
 int vmown__queue_idle(vmown_cb *cb) {
     uint32_t target, granted = 0;
     int rc = lock_block(cb);
@@ -1418,7 +1424,7 @@ int vmown__queue_idle(vmown_cb *cb) {
     /* Behind every other waiter: a thread back from a callout carries a
      * process already under way. */
     atomic_store_explicit(&s->saved_priority, atomic_load_explicit(&s->priority, RELAXED), RELAXED);
-    atomic_store_explicit(&s->priority, INT32_MIN, RELAXED);
+    atomic_store_explicit(&s->priority, SERVER_PRIO, RELAXED);
     atomic_store_explicit(&s->serving, 1, RELAXED);
     atomic_fetch_add_explicit(&cb->b->servers_out, 1, RELAXED);
     if ((rc = enqueue_locked(cb, target)) < 0) goto done;

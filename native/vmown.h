@@ -233,6 +233,51 @@ int vmown_park_new(vmown_cb *cb, uint32_t slot, int64_t timeout_ns);
  * it the VM: its vmown_park returns 0.  Returns the slot woken, 0 if none. */
 int vmown_unpark(vmown_cb *cb, uint32_t slot);
 
+/* ---- The worker pool (workers.c) ----
+ *
+ * Threads started in C that park on the idle stack without running any code
+ * of the host language: a thread start costs the VM nothing, not even the
+ * interpreter's lock.  The first time the heartbeat (or a release) gives a
+ * pooled worker the VM, it calls entry(arg, slot) on its own thread, owning
+ * the VM; entry serves and returns once it no longer owns.  The thread then
+ * gives its slot back and exits.  A worker parked idle_timeout_ns without
+ * being given the VM exits if another one is parked.  One pool per vmown_cb;
+ * its threads have every signal blocked. */
+typedef void (*vmown_worker_entry)(void *arg, uint32_t slot);
+
+typedef struct {
+    uint32_t live;        /* started and not yet exited */
+    uint32_t high;        /* most live at once */
+    uint32_t starting;    /* started, not yet parked */
+    uint32_t wanted;      /* asked for, not yet started */
+    uint64_t started;     /* threads started in all */
+    uint64_t entered;     /* workers that were given the VM and called entry */
+    uint64_t cap_hits;    /* asks cut short by max_workers */
+    uint64_t failures;    /* thread starts or registrations the OS refused */
+    int32_t last_error;   /* the last failure's negative errno or VMOWN_E*, 0 if none */
+    uint32_t running;     /* 1 between vmown_workers_start and vmown_workers_stop */
+} vmown_workers_stats;
+
+/* Start the pool's spawner thread.  VMOWN_EBUSY if a pool runs already,
+ * VMOWN_EINVAL for max_workers 0. */
+int vmown_workers_start(vmown_cb *cb, vmown_worker_entry entry, void *arg, uint32_t max_workers,
+                        int64_t idle_timeout_ns);
+/* Ask for `want` workers parked or on their way, counting those parked now
+ * (the spawner starts the rest, never past max_workers).  Cheap: a lock and
+ * a post.  Returns cap_hits + failures so far (a caller that sees it grow
+ * reads the stats and reports), or VMOWN_EINVAL without a running pool. */
+int64_t vmown_workers_want(vmown_cb *cb, uint32_t want);
+/* No more starts: stop the spawner and make parked pooled workers leave
+ * (each parked one is unparked: its vmown_park_new returns and it exits).
+ * A worker in entry is not stopped: entry returns when the caller's own
+ * protocol says so.  Idempotent. */
+int vmown_workers_stop(vmown_cb *cb);
+/* Wait up to timeout_ns (< 0: no limit) for every pooled worker to exit,
+ * joining them; returns how many still live (0: all joined).  After a
+ * return of 0 the pool holds no thread and vmown_cb_detach may free it. */
+int vmown_workers_join(vmown_cb *cb, int64_t timeout_ns);
+int vmown_workers_read(const vmown_cb *cb, vmown_workers_stats *out);
+
 /* Owner only, cheap (plain stores): what work waits if the VM is left
  * unowned.  runnable: processes ready to run; next_timer_ns: earliest timer
  * (CLOCK_MONOTONIC ns, 0 = none). */

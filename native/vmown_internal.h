@@ -164,7 +164,13 @@ struct vmown_cb {
     _Atomic int lazy_ok, lazy;
     bool eager;                     /* vmown_heartbeat_set_lazy(cb, 0) was called */
     int32_t hb_pid;                 /* the process of that heartbeat */
+    /* This process's worker pool (workers.c), or NULL; read by the heartbeat. */
+    struct vmown__pool *_Atomic pool;
 };
+
+/* Stops and frees the worker pool of cb (workers.c); false, freeing nothing,
+ * while a worker lives. */
+bool vmown__workers_free(vmown_cb *cb);
 
 /* Shared between ownership.c and heartbeat.c. */
 int vmown__activate(vmown_cb *cb, uint64_t expected_word);
@@ -217,6 +223,11 @@ void vmown__cpu_relax(void);
 void vmown__sleep_until(int64_t deadline_ns);
 /* Start a thread with every signal blocked (they belong to the program). */
 int vmown__thread_start(pthread_t *thread, void *(*fn)(void *), void *arg);
+/* In a new pool worker: block the program's asynchronous signals only, and
+ * name the thread (at most 15 characters). */
+void vmown__worker_thread_setup(const char *name);
+/* Name the calling thread (at most 15 characters). */
+void vmown__thread_name(const char *name);
 void vmown__thread_yield(void);
 /* Asymmetric fences (membarrier(2)).  register: 0, or -errno if the kernel
  * cannot (then callouts stay eager).  vmown__membarrier: a full memory

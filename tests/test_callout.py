@@ -34,11 +34,7 @@ _ffi.cdef(
 libc = _ffi.dlopen(None)
 
 
-@pytest.fixture(autouse=True)
-def no_thread_left_behind() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    assert set(threading.enumerate()) <= before, "a thread outlived vmown.run()"
+pytestmark = pytest.mark.usefixtures("no_thread_left_behind")
 
 
 @pytest.fixture

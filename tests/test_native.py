@@ -15,6 +15,7 @@ HEARTBEAT = NATIVE / "tests" / "heartbeat_test.c"
 LIVENESS = NATIVE / "tests" / "liveness_test.c"
 GRANT = NATIVE / "tests" / "grant_test.c"
 LAZY = NATIVE / "tests" / "lazy_test.c"
+WORKERS = NATIVE / "tests" / "workers_test.c"
 # Widen also the window of a lazy callout's return (ownership.c, "Lazy
 # callouts"); without vmown_debug_set_widen_ns it costs one relaxed load.
 WIDE = "-DVMOWN_WIDEN_FAST_PATHS"
@@ -33,6 +34,8 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path
         "liveness": compile_program([LIVENESS], out / "liveness", ["-O2", "-Werror"]),
         "grant": compile_program([GRANT], out / "grant", ["-O2", "-Werror"]),
         "grant_tsan": compile_program([GRANT], out / "grant_tsan", ["-O1", "-fsanitize=thread"]),
+        "workers": compile_program([WORKERS], out / "workers", ["-O2", "-Werror"]),
+        "workers_tsan": compile_program([WORKERS], out / "workers_tsan", ["-O1", "-fsanitize=thread"]),
     }
 
 
@@ -102,6 +105,15 @@ def test_lazy_callouts_revoked_called_off_and_swept(programs: dict[str, pathlib.
 
 def test_lazy_callouts_under_thread_sanitizer(programs: dict[str, pathlib.Path]) -> None:
     run_c(programs["lazy_tsan"], 3, expect="all passed")
+
+
+def test_worker_pool_parks_enters_retires_caps_and_joins(programs: dict[str, pathlib.Path]) -> None:
+    out = run_c(programs["workers"], 20, expect="all passed")
+    assert "cap: 4 of 10, 2 hits: ok" in out
+
+
+def test_worker_pool_under_thread_sanitizer(programs: dict[str, pathlib.Path]) -> None:
+    run_c(programs["workers_tsan"], 5, expect="all passed")
 
 
 def test_heartbeat_parks_activates_and_sleeps(programs: dict[str, pathlib.Path]) -> None:

@@ -34,11 +34,7 @@ read = vmown.threaded(libc.read)
 var: contextvars.ContextVar[object] = contextvars.ContextVar("var")
 
 
-@pytest.fixture(autouse=True)
-def no_thread_left_behind() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    assert set(threading.enumerate()) <= before, "a thread outlived vmown.run()"
+pytestmark = pytest.mark.usefixtures("no_thread_left_behind")
 
 
 def names_in(exc: BaseException) -> list[str]:

@@ -17,11 +17,7 @@ _ffi.cdef("int usleep(unsigned int usec);")
 usleep = vmown.threaded(_ffi.dlopen(None).usleep)
 
 
-@pytest.fixture(autouse=True)
-def no_thread_left_behind() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    assert set(threading.enumerate()) <= before, "a thread outlived vmown.run()"
+pytestmark = pytest.mark.usefixtures("no_thread_left_behind")
 
 
 def blocking_callout(i: int) -> None:

@@ -16,7 +16,7 @@ from cffi import FFI
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "native"
 # One .c per subsystem; os_linux.c holds every OS call.
-SOURCES = ["ownership.c", "heartbeat.c", "callout.c", "os_linux.c", "arena.c", "channel.c"]
+SOURCES = ["ownership.c", "heartbeat.c", "callout.c", "workers.c", "os_linux.c", "arena.c", "channel.c"]
 CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"]
 
 
@@ -29,6 +29,9 @@ def cdef_text() -> str:
 
 ffibuilder = FFI()
 ffibuilder.cdef(cdef_text())
+# The entry of pooled workers (native/workers.c) into vmown.run's scheduler:
+# the first time a worker started in C is given the VM (vmown/_scheduler.py).
+ffibuilder.cdef('extern "Python" void vmown_py_worker(void *, uint32_t);')
 ffibuilder.set_source(
     "vmown._native",
     '#include "vmown.h"\n',

@@ -88,18 +88,21 @@
 # _SPARES) while processes wait, since a long run queue wants servers, not
 # one at a time (measured, suite `mixed` probed at 200 x 200 calls: with 1
 # spare, starts p50 0.15 s and 0.45 s in all; with 8, 0.07-0.09 s and
-# 0.37-0.40 s; 16 or 32 no better).  The owner only counts and asks: the
-# spawner thread (_spawner_main, one per run, never serving the VM) starts
-# the workers, and a new worker parks at once without ever owning the VM
-# (vmown_park_new).  So a thread start (~90 us here, most of it waiting for
-# the new thread to run) costs the VM nothing but the new thread's first
-# steps under the GIL.  It used to cost a release, a hand-off to whoever
-# waited, an own that queued, and a second hand-off when the new worker got
-# the VM only to park: traced in suite `mixed`, runs of a millisecond in
-# which the VM went round new threads and no process started.  The number
-# of threads thus follows the number of callouts blocked at once, up to
-# max_threads; a run that meets the cap gets a RuntimeWarning (from the
-# spawner) with the heartbeat's `starved` count.
+# 0.37-0.40 s; 16 or 32 no better).  The heartbeat asks too, for as many as
+# it queues as servers.  The owner only asks: the worker pool
+# (native/workers.c) counts, its spawner thread starts the threads in C,
+# and each new worker parks at once (vmown_park_new) without running any
+# Python.  It enters Python (vmown_py_worker) only when first given the VM:
+# then it is the one thread that may run VM code, and its start-up competes
+# with nobody for the GIL.  Workers started as threading.Threads ran their
+# start-up under the GIL, which the owner holds between its callouts: in
+# suite `mixed` (200 processes blocking within their first steps, ~150
+# threads started) the last process first ran at 0.08-0.13 s; with the pool,
+# at 0.05-0.09 s, and the whole run took ~0.33 s instead of ~0.355 s
+# (probed in one sitting, medians of 3-6 runs).  The number of threads thus
+# follows the number of callouts blocked at once, up to max_threads; a run
+# that meets the cap gets a RuntimeWarning (from the owner that asked) with
+# the heartbeat's `starved` count.
 #
 # Publishing the work.  The heartbeat reads two words while the VM is
 # unowned: runnable (non-zero: a process waits) and next_timer_ns.  The owner
@@ -157,17 +160,18 @@
 #    handler runs between their disown and their own.  A second Ctrl-C while
 #    the first is pending raises at once: the escape from a program that
 #    does not come back (see shutdown).
-# 7. The spawner starts a worker while the VM is owned, or unowned.
-#      S (spawner): Thread.start()   N (new): park_new: under the lock,
-#                                       join the idle stack, sleep
-#      O (owner): ...                HB: activate N (under the lock)
+# 7. The pool starts a worker while the VM is owned, or unowned.
+#      S (spawner, C): pthread_create   N (new, C): park_new: under the lock,
+#                                         join the idle stack, sleep
+#      O (owner): ...                   HB: activate N (under the lock)
 #    N never competes for the VM: it is on the idle stack, or not yet
 #    findable, like a thread that has not started.  The heartbeat and the
 #    owner see it only through the idle stack, under the lock, so an
 #    activation finds it parked or not at all.  At shutdown the run thread
-#    stops the spawner first (no new starts), then unparks every parked
+#    stops the pool first (no new starts), then the pool unparks every parked
 #    worker again at each round of joining: a worker that was still starting
-#    parks after a round and is woken by the next (it sees `halt`).
+#    parks after a round and is woken by the next (it sees the pool's `stop`,
+#    or, in Python, `halt`).
 # 8. The timer watcher and the heartbeat both act on a due timer.  The one
 #    worker parked with the earliest deadline as its timeout wakes and owns;
 #    if the heartbeat activated another worker first, the watcher queues, is
@@ -286,6 +290,8 @@ _SLOT_MARGIN = 8
 _SPARES = 8
 # Shutdown warns when workers still in a callout keep it waiting this long.
 _SHUTDOWN_WARN_S = 5.0
+# Joining the workers at shutdown: Ctrl-C is seen at least this often.
+_JOIN_SLICE_NS = 50_000_000
 # The loop lets a thread waiting for the GIL in at least this often (see "The
 # GIL"); without timers it reads the clock only every _CLOCK_EVERY steps.
 _GIL_YIELD_NS = 1_000_000
@@ -314,23 +320,6 @@ _DONE = "done"
 # method that unlinks it (used when the run closes the process; the hook for
 # cancellation).
 _SUSPEND = object()
-
-# Signals that belong to the program: blocked in worker threads so that the
-# kernel delivers them to the main thread (where Python runs handlers) and a
-# callout on a worker does not see a stray EINTR.
-_ASYNC_SIGNALS = frozenset(
-    {
-        signal.SIGINT,
-        signal.SIGTERM,
-        signal.SIGHUP,
-        signal.SIGQUIT,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-        signal.SIGALRM,
-        signal.SIGCHLD,
-        signal.SIGWINCH,
-    }
-)
 
 _process_var: contextvars.ContextVar[Process] = contextvars.ContextVar("vmown.process")
 
@@ -421,15 +410,16 @@ class _Runtime:
 
     Exceptions, as marked: `halt` and `fatal` may also be set by the SIGINT
     handler and by a crashing worker (single attribute writes under the GIL,
-    only ever from "not halted" to "halted"); the thread counts live under
-    `threads_lock`, because a retiring worker updates them without the VM.
+    only ever from "not halted" to "halted"); `worker_idents` changes as
+    workers enter and leave, without the VM (single dict operations under the
+    GIL).  The threads themselves are counted by the pool (native/workers.c).
     """
 
     __slots__ = (
         "ownership", "cb", "waiters_word", "work_words", "run_queue", "timers", "timer_seq", "processes", "main",
         "halt", "fatal", "running", "unretrieved", "pub_run", "pub_timer_ns", "watch_ns", "run_slot", "max_threads",
-        "idle_timeout_ns", "threads_lock", "threads", "thread_count", "thread_high", "starting",
-        "cap_hits", "spawn_wanted", "spawn_signal", "spawner", "steps", "spawned", "parks", "releases",
+        "idle_timeout_ns", "handle", "worker_idents", "pool_news", "cap_warned", "failures_warned",
+        "steps", "spawned", "parks", "releases",
     )  # fmt: skip
 
     def __init__(self, max_threads: int, idle_timeout_s: float) -> None:
@@ -458,17 +448,14 @@ class _Runtime:
         self.run_slot = 0
         self.max_threads = max_threads
         self.idle_timeout_ns = int(idle_timeout_s * 1e9)
-        self.threads_lock = threading.Lock()
-        self.threads: set[threading.Thread] = set()  # workers started and not yet joined
-        self.thread_count = 1  # alive, the run thread included; under threads_lock
-        self.thread_high = 1  # most alive at once; under threads_lock
-        self.starting = 0  # spares started that have not owned the VM yet; under threads_lock
-        self.cap_hits = 0  # spares not started because of max_threads; under threads_lock
-        self.spawn_wanted = 0  # workers asked of the spawner, not yet made; under threads_lock
-        # Released (by the owner) to wake the spawner thread; held otherwise.
-        self.spawn_signal = threading.Lock()
-        self.spawn_signal.acquire()
-        self.spawner = threading.Thread(target=_spawner_main, args=(self,), name="vmown-spawner", daemon=True)
+        # What the pool's workers get back in vmown_py_worker; dropped when
+        # the pool is freed (it makes a cycle with this object).
+        self.handle: Any = ffi.new_handle(self)
+        self.worker_idents: dict[int, int] = {}  # slot -> thread ident, of workers in Python
+        # The pool's cap hits + failures at the last look, and what was reported.
+        self.pool_news = 0
+        self.cap_warned = False
+        self.failures_warned = 0
         # Counters (owner only).
         self.steps = 0
         self.spawned = 0
@@ -745,7 +732,7 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
 
 def _yield_gil(rt: _Runtime) -> None:
     """If a thread of the run is out of the VM, let it take the GIL (see "The GIL")."""
-    if rt.thread_count - _idle_workers(rt) > 1:  # not parked, not this one
+    if _pool(rt).live - _idle_workers(rt) > 0:  # a worker neither parked nor this one
         time.sleep(0)  # a syscall that blocks briefly (timer slack), the GIL released
 
 
@@ -842,78 +829,38 @@ def _ensure_spare(rt: _Runtime) -> None:
     """Owner: make sure enough workers are parked or on their way (see "Spares").
 
     Called by a thread that has just come back from the idle stack (it used
-    up a parked worker).  It only counts and asks: the spawner thread starts
-    the workers, off the VM, and each parks itself without ever owning it.
+    up a parked worker).  It only asks: the pool (native/workers.c) counts
+    and its spawner thread starts the workers, off the VM, each parked at
+    once without running any Python.
     """
     if rt.halt:
         return
-    idle = _idle_workers(rt)
-    want = min(len(rt.run_queue), _SPARES) or 1
-    with rt.threads_lock:
-        need = want - idle - rt.starting - rt.spawn_wanted
-        if need <= 0:
-            return
-        rt.spawn_wanted += need
-    try:
-        rt.spawn_signal.release()
-    except RuntimeError:  # released already: the spawner has not looked yet
-        pass
+    news = lib.vmown_workers_want(rt.cb, min(len(rt.run_queue), _SPARES) or 1)
+    if news != rt.pool_news:
+        _report_pool(rt, check(news, "asking for workers"))
 
 
-def _spawner_main(rt: _Runtime) -> None:
-    """The spawner thread: start the workers that _ensure_spare asks for.
-
-    A thread start takes ~100 us (clone, then the new thread's first steps
-    under the GIL); here nobody waits for it while owning the VM.
-    """
-    _block_async_signals()
-    try:
-        while True:
-            rt.spawn_signal.acquire()
-            while not rt.halt:
-                with rt.threads_lock:
-                    if rt.spawn_wanted <= 0:
-                        break
-                    rt.spawn_wanted -= 1
-                    capped = rt.thread_count >= rt.max_threads
-                    if capped:
-                        rt.spawn_wanted = 0
-                        rt.cap_hits += 1
-                        first_hit = rt.cap_hits == 1
-                    else:
-                        thread = _new_worker(rt)
-                if capped:
-                    if first_hit:
-                        _warn_cap(rt)
-                    break
-                _start_worker(rt, thread)
-            if rt.halt:
-                return
-    except BaseException as exc:  # noqa: BLE001 - a scheduler bug: fail loudly, never hang
-        _crash(rt, None, exc)
+def _report_pool(rt: _Runtime, news: int) -> None:
+    """The pool met max_threads or the OS refused a thread: say so, once each."""
+    rt.pool_news = news
+    pool = _pool(rt)
+    if pool.cap_hits and not rt.cap_warned:
+        rt.cap_warned = True
+        _warn_cap(rt)
+    if pool.failures > rt.failures_warned:
+        rt.failures_warned = pool.failures
+        reason = error(pool.last_error, "starting a worker thread") if pool.last_error else "unknown"
+        warnings.warn(
+            f"vmown: could not start a worker thread ({pool.failures} refused so far): {reason}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
-def _new_worker(rt: _Runtime) -> threading.Thread:
-    """Under threads_lock: count a new worker in and make its Thread."""
-    rt.thread_count += 1
-    rt.thread_high = max(rt.thread_high, rt.thread_count)
-    rt.starting += 1
-    if len(rt.threads) >= 2 * rt.thread_count:  # forget retired workers
-        rt.threads = {t for t in rt.threads if t.is_alive()}
-    thread = threading.Thread(target=_worker_main, args=(rt,), name="vmown-worker", daemon=True)
-    rt.threads.add(thread)
-    return thread
-
-
-def _start_worker(rt: _Runtime, thread: threading.Thread) -> None:
-    try:
-        thread.start()
-    except RuntimeError as exc:  # the OS refused a thread
-        with rt.threads_lock:
-            rt.thread_count -= 1
-            rt.starting -= 1
-            rt.threads.discard(thread)
-        warnings.warn(f"vmown: could not start a worker thread: {exc}", RuntimeWarning, stacklevel=2)
+def _pool(rt: _Runtime) -> Any:
+    out = ffi.new("vmown_workers_stats *")
+    lib.vmown_workers_read(rt.cb, out)
+    return out
 
 
 def _warn_cap(rt: _Runtime) -> None:
@@ -924,48 +871,49 @@ def _warn_cap(rt: _Runtime) -> None:
         f"{figures['starved']} times so far): raise max_threads or block in fewer callouts at once; "
         f"stats: {figures}",
         RuntimeWarning,
-        stacklevel=2,
+        stacklevel=4,
     )
 
 
-def _block_async_signals() -> None:
-    signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
+@ffi.def_extern()  # type: ignore[misc]
+def vmown_py_worker(handle: Any, slot: int) -> None:
+    """A pooled worker (native/workers.c), given the VM for the first time.
 
-
-def _worker_main(rt: _Runtime) -> None:
-    """A worker thread: park without the VM, then serve and park until halt or retirement."""
-    _block_async_signals()
-    me: _ThreadState | None = None
-    started = False
+    It runs on the worker's own thread, owning the VM: serve and park until
+    the run halts or this worker retires, then return without the VM; the
+    pool gives the slot back and the thread exits.
+    """
+    rt: _Runtime = ffi.from_handle(handle)
+    me = _ThreadState(rt.cb, slot, run_thread=False)
+    _here.state = me
+    rt.worker_idents[slot] = threading.get_ident()
     try:
-        me = _enter(rt, run_thread=False)
-        with rt.threads_lock:
-            rt.starting -= 1
-        started = True
-        if _park_new(rt, me):
-            _ensure_spare(rt)
-            _work(rt, me, given=True)
+        _ensure_spare(rt)
+        _work(rt, me, given=True)
     except BaseException as exc:  # noqa: BLE001 - a scheduler bug: fail loudly, never hang
         _crash(rt, me, exc)
     finally:
-        with rt.threads_lock:
-            rt.thread_count -= 1
-            if not started:
-                rt.starting -= 1
-        _leave()
+        del rt.worker_idents[slot]
+        _here.state = None
+        _forget_dummy_thread()
 
 
-def _park_new(rt: _Runtime, me: _ThreadState) -> bool:
-    """A new worker: join the idle stack without the VM; True once owning it, False to leave."""
-    while not rt.halt:
-        rc = lib.vmown_park_new(rt.cb, me.slot, rt.idle_timeout_ns)
-        if rc == 1:
-            return True
-        if rc not in (0, _ETIMEDOUT, _EINTR):
-            raise error(rc, "park")
-        if rc == _ETIMEDOUT and _surplus(rt):
-            return False
-    return False
+def _forget_dummy_thread() -> None:
+    """Unlist the threading.Thread that threading.current_thread() made up for this thread.
+
+    A thread started in C has no threading.Thread; the first current_thread()
+    on it (in a process, say) registers a _DummyThread, which threading keeps
+    listed in enumerate() after the thread is gone (CPython 3.11 never
+    removes one).  The thread is about to exit: remove it, as threading does
+    for its own threads when they end.
+    """
+    active = getattr(threading, "_active", None)
+    lock = getattr(threading, "_active_limbo_lock", None)
+    if active is None or lock is None:
+        return
+    with lock:
+        if isinstance(active.get(threading.get_ident()), threading._DummyThread):
+            del active[threading.get_ident()]
 
 
 def _crash(rt: _Runtime, me: _ThreadState | None, exc: BaseException) -> None:
@@ -1028,7 +976,12 @@ def run(
             try:
                 check(lib.vmown_heartbeat_start(rt.cb, hz), "starting the heartbeat")
                 rt.main = _spawn(rt, main, args, contextvars.copy_context())
-                rt.spawner.start()
+                check(
+                    lib.vmown_workers_start(
+                        rt.cb, lib.vmown_py_worker, rt.handle, rt.max_threads - 1, rt.idle_timeout_ns
+                    ),
+                    "starting the worker pool",
+                )
                 _ensure_spare(rt)
                 _work(rt, me)
             finally:
@@ -1069,8 +1022,8 @@ def _shutdown(rt: _Runtime, me: _ThreadState) -> None:
         _own(rt, me)
     _publish(rt)
     check(lib.vmown_heartbeat_stop(rt.cb), "stopping the heartbeat")
-    _stop_spawner(rt)
-    if rt.threads:
+    check(lib.vmown_workers_stop(rt.cb), "stopping the worker pool")
+    if _pool(rt).live:
         _release(rt, me)
         _join_workers(rt)
         _own(rt, me)
@@ -1078,40 +1031,27 @@ def _shutdown(rt: _Runtime, me: _ThreadState) -> None:
     _report_unretrieved(rt)
 
 
-def _stop_spawner(rt: _Runtime) -> None:
-    """Run thread, `halt` set: the spawner starts no more workers; wait for it to end."""
-    if rt.spawner.ident is None:
-        return  # never started
-    try:
-        rt.spawn_signal.release()
-    except RuntimeError:  # released already
-        pass
-    rt.spawner.join()
-
-
 def _join_workers(rt: _Runtime) -> None:
-    """Wait for every worker to exit; warn about the ones that keep us waiting."""
+    """Wait for every worker to exit; warn about the ones that keep us waiting.
+
+    The pool unparks parked workers at every round of its wait (one that was
+    still starting parks after a round and is woken by the next); Ctrl-C is
+    seen between rounds of _JOIN_SLICE_NS.
+    """
     warn_at = time.monotonic() + _SHUTDOWN_WARN_S
-    for thread in list(rt.threads):
-        while thread.is_alive():
-            # Again each round: a worker that was starting parks after the
-            # previous round (it sees `halt` only after its park returns).
-            while lib.vmown_unpark(rt.cb, 0) > 0:
-                pass
-            thread.join(0.05)
-            if warn_at and time.monotonic() > warn_at:
-                warn_at = 0
-                _warn_slow_workers(rt)
-    rt.threads.clear()
+    while lib.vmown_workers_join(rt.cb, _JOIN_SLICE_NS) > 0:
+        if warn_at and time.monotonic() > warn_at:
+            warn_at = 0
+            _warn_slow_workers(rt)
 
 
 def _warn_slow_workers(rt: _Runtime) -> None:
     frames = sys._current_frames()
     stuck = []
-    for thread in rt.threads:
-        frame = frames.get(thread.ident or 0)
-        if thread.is_alive() and frame is not None:
-            stuck.append(f"{thread.name}:\n{''.join(traceback.format_stack(frame, limit=4))}")
+    for slot, ident in list(rt.worker_idents.items()):
+        frame = frames.get(ident)
+        if frame is not None:
+            stuck.append(f"worker (slot {slot}):\n{''.join(traceback.format_stack(frame, limit=4))}")
     warnings.warn(
         f"vmown.run() is ending but {len(stuck)} worker(s) are still in a callout; waiting for them "
         "(Ctrl-C twice gives up on them):\n" + "\n".join(stuck),
@@ -1149,11 +1089,12 @@ def _report_unretrieved(rt: _Runtime) -> None:
 
 def _close_ownership(rt: _Runtime) -> None:
     """Free the control block, unless a thread abandoned in a callout still uses it."""
-    if any(thread.is_alive() for thread in rt.threads):
-        return  # its registration keeps the memory mapped
+    if _pool(rt).live:
+        return  # the block stays mapped, and the pool allocated, for it
     for _ in range(100):
         try:
             rt.ownership.close()
+            rt.handle = None  # the pool is freed: nobody can call back with it
             return
         except VmownError:
             time.sleep(0.001)  # a joined thread's slot is freed with its thread-locals
@@ -1243,8 +1184,7 @@ def _stats(rt: _Runtime) -> dict[str, int]:
     check(lib.vmown_counters_read(rt.cb, counters), "reading counters")
     heartbeat = ffi.new("vmown_heartbeat_stats *")
     check(lib.vmown_heartbeat_read(rt.cb, heartbeat), "reading the heartbeat")
-    with rt.threads_lock:
-        threads, high, cap_hits = rt.thread_count, rt.thread_high, rt.cap_hits
+    pool = _pool(rt)
     return {
         "callouts": counters.disowns - rt.parks - rt.releases,
         "activations": heartbeat.activations,
@@ -1252,14 +1192,14 @@ def _stats(rt: _Runtime) -> dict[str, int]:
         "hand_offs": counters.hand_offs,
         "ticks": heartbeat.ticks,
         "starved": heartbeat.starved,
-        "threads": threads,
-        "threads_high": high,
+        "threads": 1 + pool.live,
+        "threads_high": 1 + pool.high,
         "idle_workers": heartbeat.idle_workers,
         "processes": len(rt.processes),
         "spawned": rt.spawned,
         "steps": rt.steps,
         "parks": rt.parks,
-        "cap_hits": cap_hits,
+        "cap_hits": pool.cap_hits,
         "disowns": counters.disowns,
         "fast_owns": counters.fast_owns,
         "slow_owns": counters.slow_owns,
