@@ -1409,9 +1409,6 @@ done:
     return rc;
 }
 
-#ifndef SERVER_PRIO
-#define SERVER_PRIO INT32_MIN
-#endif
 int vmown__queue_idle(vmown_cb *cb) {
     uint32_t target, granted = 0;
     int rc = lock_block(cb);
@@ -1424,7 +1421,7 @@ int vmown__queue_idle(vmown_cb *cb) {
     /* Behind every other waiter: a thread back from a callout carries a
      * process already under way. */
     atomic_store_explicit(&s->saved_priority, atomic_load_explicit(&s->priority, RELAXED), RELAXED);
-    atomic_store_explicit(&s->priority, SERVER_PRIO, RELAXED);
+    atomic_store_explicit(&s->priority, INT32_MIN, RELAXED);
     atomic_store_explicit(&s->serving, 1, RELAXED);
     atomic_fetch_add_explicit(&cb->b->servers_out, 1, RELAXED);
     if ((rc = enqueue_locked(cb, target)) < 0) goto done;
