@@ -179,6 +179,14 @@ static void *spawner_main(void *arg) {
     }
 }
 
+/* Free a pool that holds no thread. */
+static void destroy(struct vmown__pool *p) {
+    vmown__sem_destroy(&p->wake);
+    pthread_cond_destroy(&p->exited);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
 int vmown_workers_start(vmown_cb *cb, vmown_worker_entry entry, void *arg, uint32_t max_workers,
                         int64_t idle_timeout_ns) {
     if (!entry || max_workers == 0) return VMOWN_EINVAL;
@@ -205,10 +213,7 @@ int vmown_workers_start(vmown_cb *cb, vmown_worker_entry entry, void *arg, uint3
     rc = vmown__thread_start(&p->spawner, spawner_main, cb);
     if (rc != 0) {
         cb->pool = NULL;
-        vmown__sem_destroy(&p->wake);
-        pthread_cond_destroy(&p->exited);
-        pthread_mutex_destroy(&p->mu);
-        free(p);
+        destroy(p);
         return rc;
     }
     p->running = true;
@@ -298,9 +303,6 @@ bool vmown__workers_free(vmown_cb *cb) {
     if (live > 0) return false;  /* a worker still out in a callout: leave the pool (and the block) be */
     reap(p);
     cb->pool = NULL;
-    vmown__sem_destroy(&p->wake);
-    pthread_cond_destroy(&p->exited);
-    pthread_mutex_destroy(&p->mu);
-    free(p);
+    destroy(p);
     return true;
 }
