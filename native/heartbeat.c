@@ -261,12 +261,15 @@ int vmown_heartbeat_start(vmown_cb *cb, uint32_t hz) {
     cb->hb_hz = hz;
     cb->hb_pid = (int32_t)getpid();
     atomic_store(&cb->hb_stop, 0);
+    atomic_store(&cb->hb_tid, 0);
     atomic_store(&cb->lazy_ok, vmown__membarrier_register() == 0);
     int rc = vmown__thread_start(&cb->hb_thread, heartbeat_main, cb);
     if (rc != 0) {
         atomic_store(&cb->lazy_ok, 0);
         return rc;
     }
+    /* Its thread id, for vmown_heartbeat_read, is known once this returns. */
+    while (atomic_load(&cb->hb_tid) == 0) vmown__sleep_ns(10000);
     cb->hb_running = true;
     atomic_store(&cb->lazy, atomic_load(&cb->lazy_ok) && !cb->eager);
     return 0;

@@ -19,6 +19,7 @@ import pytest
 
 import vmown
 from vmown import _scheduler
+from vmown._native import ffi, lib
 
 _ffi = cffi.FFI()
 _ffi.cdef(
@@ -691,3 +692,20 @@ def test_invariants_long(widen: Callable[[int], None]) -> None:
     _check_invariants(processes=500, rounds=300)
     widen(5_000)
     _check_invariants(processes=100, rounds=300)
+
+
+def test_the_heartbeat_thread_is_named_and_known_from_the_start() -> None:
+    # The heartbeat's thread id is published before vmown_heartbeat_start
+    # returns (for /proc, py-spy and the benchmarks' run-delay figures).
+    async def main() -> tuple[int, dict[str, str]]:
+        cb = _scheduler._here.state.cb  # type: ignore[union-attr]
+        stats = ffi.new("vmown_heartbeat_stats *")
+        lib.vmown_heartbeat_read(cb, stats)
+        names = {}
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/comm") as comm:
+                names[tid] = comm.read().strip()
+        return stats.tid, names
+
+    tid, names = vmown.run(main)
+    assert tid > 0 and names[str(tid)] == "vmown-heartbeat"
