@@ -480,14 +480,20 @@ def test_a_thousand_processes_making_blocking_callouts() -> None:
     assert stats["activations"] <= stats["ticks"]
 
 
-def test_meeting_the_thread_cap_warns_and_still_finishes() -> None:
-    async def blocker() -> None:
-        usleep(20_000)
+async def _blockers(count: int, usec: int) -> None:
+    """Spawn `count` processes that each block `usec` in a callout; await them all."""
 
+    async def blocker() -> None:
+        usleep(usec)
+
+    procs = [vmown.spawn(blocker) for _ in range(count)]
+    for proc in procs:
+        await proc
+
+
+def test_meeting_the_thread_cap_warns_and_still_finishes() -> None:
     async def main() -> dict[str, int]:
-        procs = [vmown.spawn(blocker) for _ in range(40)]
-        for proc in procs:
-            await proc
+        await _blockers(40, 20_000)
         return vmown.stats()
 
     with pytest.warns(RuntimeWarning, match="max_threads") as record:
@@ -497,7 +503,7 @@ def test_meeting_the_thread_cap_warns_and_still_finishes() -> None:
 
 
 def test_workers_are_started_off_the_vm(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The spawner thread starts workers and each parks without ever owning
+    # The worker pool starts workers in C and each parks without ever owning
     # the VM, so the scheduler never lets go of the VM to start a thread: its
     # only releases are parks (and the callouts of processes).
     releases: list[str] = []
@@ -510,13 +516,8 @@ def test_workers_are_started_off_the_vm(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setattr(_scheduler, "_release", recording_release)
 
-    async def blocker() -> None:
-        usleep(30_000)
-
     async def main() -> dict[str, int]:
-        procs = [vmown.spawn(blocker) for _ in range(20)]
-        for proc in procs:
-            await proc
+        await _blockers(20, 30_000)
         return vmown.stats()
 
     stats = vmown.run(main)
@@ -526,13 +527,8 @@ def test_workers_are_started_off_the_vm(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_idle_workers_retire_and_one_spare_stays() -> None:
-    async def blocker() -> None:
-        usleep(30_000)
-
     async def main() -> tuple[int, int]:
-        procs = [vmown.spawn(blocker) for _ in range(6)]
-        for proc in procs:
-            await proc
+        await _blockers(6, 30_000)
         high = vmown.stats()["threads_high"]  # "threads" may already be shrinking
         await vmown.sleep(0.5)  # ten idle timeouts
         return high, vmown.stats()["threads"]

@@ -29,7 +29,6 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 static vmown_cb *cb;
@@ -184,9 +183,7 @@ static void test_keeps_place(void) {
 
 int main(int argc, char **argv) {
     int rounds = argc > 1 ? atoi(argv[1]) : 3;
-    size_t len = vmown_cb_size(16);
-    void *mem;
-    CHECK(vmown_map_anonymous(len, &mem) == 0 && vmown_cb_init(mem, len, 16, &cb) == 0, "control block");
+    cb = make_block(16);
     a_slot = vmown_register(cb);
     CHECK(a_slot > 0, "register");
     CHECK(vmown_bind_thread(cb, (uint32_t)a_slot) == 0, "bind");
@@ -201,7 +198,6 @@ int main(int argc, char **argv) {
     CHECK(vmown_owner(cb) == 0 && vmown_waiters(cb) == 0, "owner or queue left behind");
     CHECK(vmown_unregister(cb, (uint32_t)a_slot) == 0, "unregister");
     printf("grant_test: all passed\n");
-    vmown_cb_detach(cb);
-    munmap(mem, len);
+    free_block(cb);
     return 0;
 }

@@ -25,7 +25,6 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 static vmown_cb *cb;
@@ -75,9 +74,7 @@ static void *worker(void *arg) {
 
 int main(int argc, char **argv) {
     int rounds = argc > 1 ? atoi(argv[1]) : 20;
-    size_t len = vmown_cb_size(16);
-    void *mem;
-    CHECK(vmown_map_anonymous(len, &mem) == 0 && vmown_cb_init(mem, len, 16, &cb) == 0, "make block");
+    cb = make_block(16);
     int me = vmown_register(cb);
 
     /* park with a timeout; unpark without a parked worker */
@@ -173,8 +170,7 @@ int main(int argc, char **argv) {
     pthread_join(t, NULL);
     CHECK(vmown_heartbeat_stop(cb) == 0 && hb().running == 0, "heartbeat stop");
     vmown_unregister(cb, me);
-    vmown_cb_detach(cb);
-    munmap(mem, len);
+    free_block(cb);
     printf("heartbeat_test: all passed\n");
     return 0;
 }

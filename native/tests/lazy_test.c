@@ -35,7 +35,6 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 static vmown_cb *cb;
@@ -103,9 +102,7 @@ static int32_t owner_field(void) { return (int32_t)(uint32_t)vmown_owner_word(cb
 
 int main(int argc, char **argv) {
     int rounds = argc > 1 ? atoi(argv[1]) : 20;
-    size_t len = vmown_cb_size(16);
-    void *mem;
-    CHECK(vmown_map_anonymous(len, &mem) == 0 && vmown_cb_init(mem, len, 16, &cb) == 0, "make block");
+    cb = make_block(16);
     int me = vmown_register(cb);
     CHECK(me > 0 && vmown_bind_thread(cb, (uint32_t)me) == 0, "register and bind");
     CHECK(vmown_own(cb, me) == 0, "own");
@@ -321,8 +318,7 @@ int main(int argc, char **argv) {
     CHECK(vmown_heartbeat_stop(cb) == 0, "heartbeat stop");
     vmown_bind_thread(NULL, 0);
     vmown_unregister(cb, me);
-    vmown_cb_detach(cb);
-    munmap(mem, len);
+    free_block(cb);
     printf("lazy_test: all passed\n");
     return 0;
 }

@@ -64,9 +64,7 @@ static void *asker(void *arg) {
 }
 
 static void fresh_block(uint32_t max_workers, int64_t idle_timeout_ns) {
-    size_t len = vmown_cb_size(32);
-    void *mem;
-    CHECK(vmown_map_anonymous(len, &mem) == 0 && vmown_cb_init(mem, len, 32, &cb) == 0, "make block");
+    cb = make_block(32);
     CHECK(vmown_workers_start(cb, entry, &token, max_workers, idle_timeout_ns) == 0, "start pool");
     CHECK(vmown_workers_start(cb, entry, &token, max_workers, idle_timeout_ns) == VMOWN_EBUSY, "second start");
 }
@@ -76,7 +74,7 @@ static void end_block(void) {
     CHECK(vmown_workers_want(cb, 3) == VMOWN_EINVAL, "ask after stop");
     CHECK(vmown_workers_join(cb, 10000000000LL) == 0, "join: %u live", pool().live);
     CHECK(pool().live == 0 && pool().running == 0, "nothing left");
-    vmown_cb_detach(cb);
+    free_block(cb);
 }
 
 int main(int argc, char **argv) {
