@@ -17,6 +17,8 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Callable
 
 import pytest
@@ -232,15 +234,25 @@ def _join(thread: threading.Thread) -> None:
         raise thread.errors[0]  # type: ignore[attr-defined]
 
 
-def test_peer_killed_holding_a_pending_soft_grant() -> None:
-    """A callout's disown gives the queued child a soft grant; the child dies
-    before claiming it, and the granter stays out: a waiter reaps the holder."""
+@contextmanager
+def _child_queued_to_stop_at_its_claim() -> Iterator[tuple[vmown.Ownership, int]]:
+    """An owner bound for C callouts, and a forked child queued for the VM
+    that will stop (SIGSTOP) when it tries to claim a soft grant."""
     vm = vmown.Ownership(slots=16)
     vm.own()
     vm.bind_thread()
     try:
         pid = _fork(lambda: vm.own(), stop_at=lib.VMOWN_DEBUG_STOP_CLAIM)
         wait_until(lambda: vm.waiters == 1, what="the child to queue")
+        yield vm, pid
+    finally:
+        lib.vmown_bind_thread(ffi.NULL, 0)
+
+
+def test_peer_killed_holding_a_pending_soft_grant() -> None:
+    """A callout's disown gives the queued child a soft grant; the child dies
+    before claiming it, and the granter stays out: a waiter reaps the holder."""
+    with _child_queued_to_stop_at_its_claim() as (vm, pid):
         token = lib.vmown_callout_begin(7)  # a soft grant to the child
         assert token == vm.slot
         _wait_stopped(pid)
@@ -251,19 +263,12 @@ def test_peer_killed_holding_a_pending_soft_grant() -> None:
         lib.vmown_callout_end(token)  # the grant is gone: own the ordinary way
         assert vm.owned and vm.stats()["steals"] == 0
         vm.disown()
-    finally:
-        lib.vmown_bind_thread(ffi.NULL, 0)
 
 
 def test_peer_killed_after_it_was_robbed() -> None:
     """The granter steals its soft grant back; the robbed child dies before it
     queues again: soft grants must not keep waiting for it to come back."""
-    vm = vmown.Ownership(slots=16)
-    vm.own()
-    vm.bind_thread()
-    try:
-        pid = _fork(lambda: vm.own(), stop_at=lib.VMOWN_DEBUG_STOP_CLAIM)
-        wait_until(lambda: vm.waiters == 1, what="the child to queue")
+    with _child_queued_to_stop_at_its_claim() as (vm, pid):
         token = lib.vmown_callout_begin(7)
         _wait_stopped(pid)
         lib.vmown_callout_end(token)  # steals it back: the child is robbed
@@ -275,8 +280,6 @@ def test_peer_killed_after_it_was_robbed() -> None:
         lib.vmown_callout_end(token)
         assert vm.owned
         vm.disown()
-    finally:
-        lib.vmown_bind_thread(ffi.NULL, 0)
 
 
 def _alive(pid: int) -> bool:
