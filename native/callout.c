@@ -15,7 +15,7 @@
  * the switch interval (5 ms) never enters into it.
  *
  * With this process's heartbeat running and nobody waiting, begin goes out
- * *lazily* (ownership.c, "Lazy callouts"): it only marks its slot, keeps the
+ * *lazily* (grants.c, "Lazy callouts"): it only marks its slot, keeps the
  * owner word, and end finds the word still its own with a plain load.  No
  * locked instruction either way; the heartbeat revokes the VM from a callout
  * that stays out a whole tick while somebody needs it.  A caller that takes
@@ -25,7 +25,7 @@
  * VM (the demo's ticker: 8.8-9.0 ms late at the median of 15 runs, against
  * 6.0-6.4 ms eager).
  *
- * Otherwise begin's disown gives a queued thread a *soft* grant (ownership.c,
+ * Otherwise begin's disown gives a queued thread a *soft* grant (grants.c,
  * "Soft grants"): if the call is back before that thread has woken and
  * claimed the VM, end takes it back with one CAS instead of queueing behind
  * it.  A short call thus costs a queued thread a wake-up but never a convoy.
@@ -45,11 +45,9 @@
  */
 #define _GNU_SOURCE
 #include "vmown_internal.h"
+#include "vmown_shorthands.h"
 
 #include <errno.h>
-
-#define likely(x) __builtin_expect(!!(x), 1)
-#define unlikely(x) __builtin_expect(!!(x), 0)
 
 #define LAZY 0x80000000u  /* token bit: slots are < 2^20 */
 

@@ -101,20 +101,13 @@
  */
 #define _GNU_SOURCE
 #include "vmown_internal.h"
+#include "vmown_shorthands.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#define RELAXED memory_order_relaxed
-#define ACQUIRE memory_order_acquire
-#define RELEASE memory_order_release
-#define SEQ_CST memory_order_seq_cst
-
-#define likely(x) __builtin_expect(!!(x), 1)
-#define unlikely(x) __builtin_expect(!!(x), 0)
 
 #define MIN_CAPACITY 64ull
 #define MAX_CAPACITY (1ull << 40)

@@ -17,7 +17,7 @@
  * activate a parked worker (vmown__activate: CAS W -> that worker, post it).
  * Because every acquisition changes the owner field and every release bumps
  * the epoch, "W unchanged" cannot be fooled by an own + disown in between.
- * A pending soft grant (ownership.c) is owned: its owner field is not 0, and
+ * A pending soft grant (grants.c) is owned: its owner field is not 0, and
  * its claim or steal changes the word, so it never qualifies either.
  * Consequences: a call shorter than one tick never causes an activation (the
  * word it released differs from the word the previous tick saw, and it is
@@ -61,12 +61,12 @@
  * from a callout carries a process already under way) and gets the VM from
  * the next disown: at once from a callout that blocks (a soft grant it
  * claims within its wake-up), within ~1 ms of being robbed by one that makes
- * short callouts (ownership.c, S5).  It then runs at least one step
+ * short callouts (grants.c, S5).  It then runs at least one step
  * (vmown/_scheduler.py).  Queueing is not an activation: the counts of
  * activations keep their meaning (0 for calls under a tick, 1 for calls over
  * two), and a server never takes the VM from a short callout by itself.
  *
- * Lazy callouts (ownership.c, "Lazy callouts").  A callout of this process
+ * Lazy callouts (grants.c, "Lazy callouts").  A callout of this process
  * that found nobody waiting keeps the owner word and marks its slot instead
  * (lazy_seq odd).  The heartbeat reads that seq of the owner along with W:
  * unchanged for a whole tick, odd, and somebody waits (a queued thread, or
@@ -82,7 +82,7 @@
  *      the bit and tick on;
  *   3. sleep on hb_sem, until the next published timer if the VM is unowned.
  * A disown stores the owner word (seq_cst) and then loads `attention`: it is
- * the store-load pair of ownership.c again, so either the disown sees the bit
+ * the store-load pair of owner.c again, so either the disown sees the bit
  * (and wakes the heartbeat: whoever clears the bit posts, so one post per
  * sleep) or the heartbeat sees the disown at step 2.  What breaks if step 2
  * moves before step 1: a disown between them would not see the bit and the
@@ -130,11 +130,6 @@ static bool work_waits(struct vmown__block *b, int64_t now_ns) {
     return timer != 0 && timer <= now_ns;
 }
 
-void vmown__heartbeat_wake(vmown_cb *cb) {
-    uint64_t was = atomic_fetch_and_explicit(&cb->b->attention, ~VMOWN__HB_ASLEEP, memory_order_seq_cst);
-    if (was & VMOWN__HB_ASLEEP) (void)vmown__sem_post(&cb->b->hb_sem);  /* fails only if corrupt */
-}
-
 /* Steps 1-3 of the notes.  `seen`/`seen_seq` are the word and the owner's
  * lazy seq of the last tick; on return they hold what was read on waking,
  * which counts as a tick's observation: a disown that woke us happened before
@@ -149,7 +144,7 @@ static void sleep_until_needed(vmown_cb *cb, uint64_t *seen, uint64_t *seen_seq)
      * seq before the barrier reached the owner is counted by now. */
     if (w != *seen || seq != *seen_seq || (seq && waiters(b)) ||
         atomic_load_explicit(&cb->hb_stop, memory_order_relaxed)) {
-        vmown__heartbeat_wake(cb);  /* clears the bit; a stray post is harmless */
+        vmown__wake_heartbeat(cb);  /* clears the bit; a stray post is harmless */
         *seen = w;
         *seen_seq = seq;
         return;
@@ -287,7 +282,7 @@ int vmown_heartbeat_stop(vmown_cb *cb) {
     atomic_store(&cb->hb_stop, 1);
     /* Posts only if it sleeps (or is about to: it sets the bit before it
      * checks hb_stop again), so no stray count is left in shared memory. */
-    vmown__heartbeat_wake(cb);
+    vmown__wake_heartbeat(cb);
     int rc = pthread_join(cb->hb_thread, NULL);
     if (rc != 0) return -rc;
     cb->hb_running = false;

@@ -9,7 +9,7 @@
  *
  * Everything lives in a *control block* in caller-provided, page-aligned memory
  * (never in C globals), so the block can sit in a shared mapping and be used by
- * threads of several processes.  See ownership.c for the protocol notes.
+ * threads of several processes.  See owner.c and grants.c for the protocol notes.
  *
  * Conventions (libuv-like): `vmown_` names are public, `vmown__` internal;
  * functions return 0 (or a non-negative result) on success and a negative code
@@ -90,7 +90,7 @@ typedef struct {
     uint64_t soft_grants;  /* callout disowns that woke a waiter with a soft grant */
     uint64_t steals;       /* soft grants taken back by their granter before the claim */
     uint64_t robberies;    /* waiters that woke to a grant taken back (and queued again) */
-    uint64_t lazy_disowns; /* callout disowns that kept the owner word (ownership.c, "Lazy callouts") */
+    uint64_t lazy_disowns; /* callout disowns that kept the owner word (grants.c, "Lazy callouts") */
     uint64_t reaped;       /* slots freed because their process died */
 } vmown_counters;
 
@@ -105,7 +105,7 @@ typedef struct {
     uint32_t next;         /* queue link */
     uint32_t generation;   /* bumped at each registration */
     uint32_t lazy_out;     /* 1 while out in a lazy callout: the owner word still
-                              names it (ownership.c, "Lazy callouts") */
+                              names it (grants.c, "Lazy callouts") */
 } vmown_slot_info;
 
 /* Size in bytes (a multiple of the page size) of a block with nslots slots. */
@@ -210,7 +210,7 @@ typedef struct {
     uint64_t starved;       /* ticks that found work but no idle worker */
     uint64_t sleeps;        /* times the heartbeat stopped ticking */
     uint64_t servers;       /* idle workers queued for the VM: run queue stalled */
-    uint64_t revocations;   /* lazy callouts whose VM the heartbeat took (ownership.c) */
+    uint64_t revocations;   /* lazy callouts whose VM the heartbeat took (grants.c) */
     uint64_t called_off;    /* revocations called off because the callout was back */
     uint32_t lazy;          /* 1 while callouts of this process may go out lazily */
     uint32_t idle_workers;  /* workers parked now */
@@ -289,7 +289,7 @@ int vmown_heartbeat_start(vmown_cb *cb, uint32_t hz);
 int vmown_heartbeat_stop(vmown_cb *cb);
 int vmown_heartbeat_read(const vmown_cb *cb, vmown_heartbeat_stats *out);
 /* Whether callouts of this process may go out lazily while its heartbeat
- * runs (on by default: ownership.c, "Lazy callouts"); off makes every
+ * runs (on by default: grants.c, "Lazy callouts"); off makes every
  * callout release the owner word, as without a heartbeat.  Returns 1 if they
  * go lazily now (on, a heartbeat running, and the kernel able to revoke). */
 int vmown_heartbeat_set_lazy(vmown_cb *cb, int on);
@@ -303,11 +303,11 @@ int vmown_bind_thread(vmown_cb *cb, uint32_t slot);
  * With this process's heartbeat running and nobody queued, the callout goes
  * out lazily: the owner word keeps naming the thread, its slot says it is
  * out, and the heartbeat revokes the VM if it stays out a whole tick while
- * somebody needs it (ownership.c, "Lazy callouts"); callouts with the tag of
+ * somebody needs it (grants.c, "Lazy callouts"); callouts with the tag of
  * a revoked one are eager while somebody takes the VM during them, and
  * lazy again after 64 that nobody needed (callout.c, hints).  Otherwise a queued thread gets
  * a soft grant: end (or try_end) takes the VM back with one CAS if that
- * thread has not claimed it yet (ownership.c). */
+ * thread has not claimed it yet (grants.c). */
 uint32_t vmown_callout_begin(uint64_t tag);
 /* Own again (waiting without the GIL if need be); errno is preserved.  A
  * failure here cannot be reported to the caller and aborts, naming it. */

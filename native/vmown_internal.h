@@ -28,13 +28,13 @@ enum { VMOWN__INITIALIZING = 1, VMOWN__READY = 2, VMOWN__BROKEN = 3 };
 #define VMOWN__EPOCH(word) ((uint32_t)((word) >> 32))
 #define VMOWN__WORD(epoch, owner) (((uint64_t)(uint32_t)(epoch) << 32) | (uint32_t)(int32_t)(owner))
 #define VMOWN__RESERVED (-1)
-/* A soft grant (ownership.c): the owner field holds PENDING | slot while the
+/* A soft grant (grants.c): the owner field holds PENDING | slot while the
  * slot has been given the VM but has not claimed it yet.  Such a word is
  * owned (not 0) and names no valid slot (indices are < 2^20), so every test
  * "OWNER(w) == me" fails for it; VMOWN__HOLDER reads the slot it names. */
 #define VMOWN__PENDING 0x40000000u
 #define VMOWN__IS_PENDING(word) (((uint32_t)(word) & 0xc0000000u) == VMOWN__PENDING)
-/* A revocation (ownership.c, "Lazy callouts"): the owner field holds
+/* A revocation (grants.c, "Lazy callouts"): the owner field holds
  * REVOKING | slot while the heartbeat decides whether that slot, out in a
  * lazy callout, loses the VM.  Owned, like a pending word; only the slot
  * itself (taking it back) and the revoker may change it. */
@@ -93,7 +93,7 @@ struct vmown_slot {
      * restores saved_priority.  Under lock. */
     _Atomic uint32_t serving;
     _Atomic int32_t saved_priority;
-    /* Lazy callouts (ownership.c): bumped by its own thread as a lazy
+    /* Lazy callouts (grants.c): bumped by its own thread as a lazy
      * callout goes out (odd) and comes back (even); read by the heartbeat. */
     _Atomic uint64_t lazy_seq;
     /* counters, written only by the slot's thread (relaxed load + store) */
@@ -158,7 +158,7 @@ struct vmown_cb {
     uint32_t hb_hz;
     _Atomic int hb_stop;
     _Atomic int32_t hb_tid;
-    /* Lazy callouts (ownership.c).  lazy_ok: this process's heartbeat runs
+    /* Lazy callouts (grants.c).  lazy_ok: this process's heartbeat runs
      * and can revoke them (membarrier registered); lazy: callouts of this
      * process's threads may go out lazily (cleared as the heartbeat stops). */
     _Atomic int lazy_ok, lazy;
@@ -172,7 +172,7 @@ struct vmown_cb {
  * while a worker lives. */
 bool vmown__workers_free(vmown_cb *cb);
 
-/* Shared between ownership.c and heartbeat.c. */
+/* The core (idle.c, grants.c) for the heartbeat and callout.c. */
 int vmown__activate(vmown_cb *cb, uint64_t expected_word);
 /* Move the most recently parked worker from the idle stack into the wait
  * queue (granting it the VM at once if unowned); returns its slot, 0 if none
@@ -196,7 +196,11 @@ uint64_t vmown__lazy_out(vmown_cb *cb, uint64_t word);
  * else leave it unowned.  1 if revoked, 0 if the callout was back (called
  * off) or the word moved. */
 int vmown__revoke(vmown_cb *cb, uint64_t word, uint64_t seq, bool work);
-void vmown__heartbeat_wake(vmown_cb *cb);
+/* Wake this block's heartbeat if it sleeps (owner.c): the heartbeat sleeps
+ * on the core's hb_sem, so the core wakes it without calling up. */
+void vmown__wake_heartbeat(vmown_cb *cb);
+/* vmown_unregister without the unbinding (block.c); lifecycle.c adds it. */
+int vmown__unregister(vmown_cb *cb, uint32_t slot);
 /* Unbind the calling thread if it is bound to (cb, slot): callout.c. */
 void vmown__unbind_if(vmown_cb *cb, uint32_t slot);
 

@@ -109,7 +109,7 @@ static void *worker_main(void *arg) {
             }
         }
         (void)vmown_bind_thread(NULL, 0);
-        (void)vmown_unregister(cb, (uint32_t)slot);
+        (void)vmown__unregister(cb, (uint32_t)slot);  /* unbound just above */
     }
     pthread_mutex_lock(&p->mu);
     if (slot <= 0) {

@@ -96,7 +96,7 @@ def test_wrapped_call_disowns_while_it_runs(module: ModuleType) -> None:
 
 def test_wrapped_calls_in_a_run_go_out_lazily(module: ModuleType) -> None:
     """In vmown.run (a heartbeat runs), a wrapped call with nobody queued
-    keeps the owner word (native/ownership.c, "Lazy callouts"); with lazy
+    keeps the owner word (native/grants.c, "Lazy callouts"); with lazy
     callouts turned off it releases it."""
     lib = module.lib
     vmown.bind_threaded(lib)

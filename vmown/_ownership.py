@@ -1,4 +1,4 @@
-# The Python face of the ownership core (native/ownership.c).
+# The Python face of the ownership core (native/block.c, owner.c, grants.c).
 #
 # An Ownership is one VM ownership word, its wait queue and its slot table, in
 # a control block.  By default the block lives in an anonymous MAP_SHARED

@@ -1171,7 +1171,7 @@ def stats() -> dict[str, int]:
     ``servers`` (parked workers the heartbeat queued for a stalled run
     queue), ``soft_grants``, ``steals`` and ``robberies`` (callout disowns
     that woke a waiter softly, grants taken back before the claim, waiters
-    that woke to find theirs taken; native/ownership.c, "Soft grants");
+    that woke to find theirs taken; native/grants.c, "Soft grants");
     ``lazy_callouts`` (callouts that kept the owner word), ``revocations``
     (lazy callouts the heartbeat took the VM from) and ``called_off``
     (revocations dropped because the callout was back; "Lazy callouts").

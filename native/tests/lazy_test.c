@@ -1,4 +1,4 @@
-/* lazy_test.c -- lazy callouts and their revocation (native/ownership.c,
+/* lazy_test.c -- lazy callouts and their revocation (native/grants.c,
  * "Lazy callouts"), from C.
  *
  * Usage: lazy_test [ROUNDS]

@@ -8,7 +8,7 @@
  * middle (vmown_callout_begin/end: a soft grant to the head waiter, stolen
  * back or claimed) and check the critical section again after it.  With a
  * heartbeat (HEARTBEAT_HZ > 0), callouts that find nobody waiting go out
- * lazily (ownership.c, "Lazy callouts"), some cycles make a callout of up to
+ * lazily (grants.c, "Lazy callouts"), some cycles make a callout of up to
  * 300 us (past a tick at 10 kHz, so that the heartbeat revokes it for a
  * thread that queued meanwhile), and threads pause outside the VM now and
  * then so that the queue empties and callouts go lazy.  At the end the

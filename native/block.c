@@ -1,0 +1,278 @@
+/* block.c -- a block's set-up, attaching to it, registering threads, and
+ * reading it (observers and statistics).
+ *
+ * Every field that lives in shared memory is untrusted when read back: the
+ * process-local handle (vmown_cb) keeps trusted copies of the sizes that bound
+ * every index.
+ */
+#define _GNU_SOURCE
+#include "vmown_core.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static size_t header_size(void) { return offsetof(struct vmown__block, slots); }
+
+uint32_t vmown_layout_version(void) { return VMOWN__LAYOUT_VERSION; }
+
+void vmown_layout_read(vmown_layout *out) {
+    *out = (vmown_layout){
+        .owner_word = offsetof(struct vmown__block, owner_word),
+        .attention = offsetof(struct vmown__block, attention),
+        .lock = offsetof(struct vmown__block, lock),
+        .lock_size = sizeof(pthread_mutex_t),
+        .queue_head = offsetof(struct vmown__block, head),
+        .queue_tail = offsetof(struct vmown__block, tail),
+        .idle_head = offsetof(struct vmown__block, idle_head),
+        .slots = offsetof(struct vmown__block, slots),
+        .slot_size = sizeof(struct vmown_slot),
+        .slot_state = offsetof(struct vmown_slot, state),
+        .slot_next = offsetof(struct vmown_slot, next),
+        .slot_pid = offsetof(struct vmown_slot, pid),
+        .slot_sem = offsetof(struct vmown_slot, sem),
+        .sem_size = sizeof(sem_t),
+    };
+}
+
+size_t vmown_cb_size(uint32_t nslots) {
+    size_t page = vmown_page_size();
+    size_t bytes = header_size() + ((size_t)nslots + 1) * sizeof(struct vmown_slot);
+    return (bytes + page - 1) / page * page;
+}
+
+/* ---- process identity (cached per process; refreshed after fork) ---- */
+
+static _Atomic int32_t cached_pid;
+static _Atomic uint64_t cached_start_time;
+
+static void identity(int32_t *pid, uint64_t *start_time) {
+    int32_t now = (int32_t)getpid();
+    if (atomic_load_explicit(&cached_pid, ACQUIRE) != now) {
+        atomic_store_explicit(&cached_start_time, vmown__process_start_time(now), RELAXED);
+        atomic_store_explicit(&cached_pid, now, RELEASE);
+    }
+    *pid = now;
+    *start_time = atomic_load_explicit(&cached_start_time, RELAXED);
+}
+
+/* ---- public ---- */
+
+int vmown_cb_init(void *mem, size_t len, uint32_t nslots, vmown_cb **out) {
+    size_t page = vmown_page_size();
+    if (!mem || !out || (uintptr_t)mem % page || nslots == 0 || nslots > VMOWN__MAX_SLOTS ||
+        len < vmown_cb_size(nslots))
+        return VMOWN_EINVAL;
+    vmown_cb *cb = malloc(sizeof *cb);
+    if (!cb) return -ENOMEM;
+    struct vmown__block *b = mem;
+    /* Phase 1: INITIALIZING first, so that an attacher never reads a
+     * half-written header as ready. */
+    atomic_store_explicit(&b->hdr.state, VMOWN__INITIALIZING, SEQ_CST);
+    memset((char *)mem + sizeof b->hdr, 0, vmown_cb_size(nslots) - sizeof b->hdr);
+    int rc = vmown__lock_init(&b->lock);
+    if (rc == 0) rc = vmown__sem_init(&b->hb_sem);
+    if (rc < 0) { free(cb); return rc; }
+    atomic_store_explicit(&b->hdr.magic, VMOWN__MAGIC, RELAXED);
+    atomic_store_explicit(&b->hdr.version, VMOWN__LAYOUT_VERSION, RELAXED);
+    atomic_store_explicit(&b->hdr.header_size, (uint32_t)header_size(), RELAXED);
+    atomic_store_explicit(&b->hdr.slot_size, (uint32_t)sizeof(struct vmown_slot), RELAXED);
+    atomic_store_explicit(&b->hdr.nslots, nslots, RELAXED);
+    atomic_store_explicit(&b->hdr.total_size, vmown_cb_size(nslots), RELAXED);
+    atomic_store_explicit(&b->hdr.sem_size, (uint32_t)sizeof(sem_t), RELAXED);
+    atomic_store_explicit(&b->hdr.lock_size, (uint32_t)sizeof(pthread_mutex_t), RELAXED);
+    atomic_store_explicit(&b->hdr.creator_pid, (int32_t)getpid(), RELAXED);
+    /* Phase 2: publish. */
+    atomic_store_explicit(&b->hdr.state, VMOWN__READY, RELEASE);
+    *cb = (vmown_cb){.b = b, .len = len, .nslots = nslots};
+    *out = cb;
+    return 0;
+}
+
+int vmown_cb_attach(void *mem, size_t len, vmown_cb **out) {
+    if (!mem || !out || (uintptr_t)mem % vmown_page_size()) return VMOWN_EINVAL;
+    if (len < sizeof(struct vmown_header)) return VMOWN_ESIZES;
+    struct vmown__block *b = mem;
+    if (atomic_load_explicit(&b->hdr.magic, RELAXED) != VMOWN__MAGIC) return VMOWN_EBADMAGIC;
+    if (atomic_load_explicit(&b->hdr.version, RELAXED) != VMOWN__LAYOUT_VERSION) return VMOWN_EVERSION;
+    uint32_t state = atomic_load_explicit(&b->hdr.state, ACQUIRE);
+    if (state == VMOWN__INITIALIZING) return VMOWN_ENOTREADY;
+    if (state == VMOWN__BROKEN) return VMOWN_EBROKEN;
+    if (state != VMOWN__READY) return VMOWN_EBADMAGIC;
+    /* Read each size once; compare with this build and with the memory. */
+    uint32_t nslots = atomic_load_explicit(&b->hdr.nslots, RELAXED);
+    uint64_t total = atomic_load_explicit(&b->hdr.total_size, RELAXED);
+    if (len < header_size() || atomic_load_explicit(&b->hdr.header_size, RELAXED) != header_size() ||
+        atomic_load_explicit(&b->hdr.slot_size, RELAXED) != sizeof(struct vmown_slot) ||
+        atomic_load_explicit(&b->hdr.sem_size, RELAXED) != sizeof(sem_t) ||
+        atomic_load_explicit(&b->hdr.lock_size, RELAXED) != sizeof(pthread_mutex_t) || nslots == 0 ||
+        nslots > VMOWN__MAX_SLOTS || total != vmown_cb_size(nslots) || total > len)
+        return VMOWN_ESIZES;
+    vmown_cb *cb = malloc(sizeof *cb);
+    if (!cb) return -ENOMEM;
+    *cb = (vmown_cb){.b = b, .len = len, .nslots = nslots};
+    *out = cb;
+    return 0;
+}
+
+int vmown_register(vmown_cb *cb) {
+    struct vmown__block *b = cb->b;
+    int32_t pid;
+    uint64_t start_time;
+    identity(&pid, &start_time);
+    int rc = vmown__lock_block(cb);
+    if (rc < 0) return rc;
+    uint32_t hint = atomic_load_explicit(&b->alloc_hint, RELAXED) % cb->nslots, found = 0;
+    for (uint32_t k = 0; k < cb->nslots && !found; k++) {
+        uint32_t i = 1 + (hint + k) % cb->nslots;
+        if (atomic_load_explicit(&slot_of(cb, i)->state, RELAXED) == VMOWN_SLOT_FREE) found = i;
+    }
+    if (!found) {
+        /* Full: slots of processes that died in a callout are reclaimable. */
+        uint32_t granted;
+        rc = vmown__reap_dead_locked(cb, &granted);
+        vmown__post_granted(cb, granted);  /* posting under the lock: rare, and safe */
+        if (rc > 0) {
+            for (uint32_t i = 1; i <= cb->nslots && !found; i++)
+                if (atomic_load_explicit(&slot_of(cb, i)->state, RELAXED) == VMOWN_SLOT_FREE) found = i;
+        }
+        if (!found) {
+            unlock_block(cb);
+            return rc < 0 ? rc : VMOWN_ENOSLOTS;
+        }
+    }
+    struct vmown_slot *s = slot_of(cb, found);
+    rc = vmown__sem_init(&s->sem);
+    if (rc < 0) {
+        unlock_block(cb);
+        return rc;
+    }
+    atomic_store_explicit(&s->next, 0, RELAXED);
+    atomic_store_explicit(&s->priority, 0, RELAXED);
+    atomic_store_explicit(&s->generation, atomic_load_explicit(&s->generation, RELAXED) + 1, RELAXED);
+    atomic_store_explicit(&s->pid, pid, RELAXED);
+    atomic_store_explicit(&s->tid, vmown__gettid(), RELAXED);
+    atomic_store_explicit(&s->start_time, start_time, RELAXED);
+    atomic_store_explicit(&s->callout, 0, RELAXED);
+    atomic_store_explicit(&s->callout_tick, 0, RELAXED);
+    atomic_store_explicit(&s->soft_word, 0, RELAXED);
+    atomic_store_explicit(&s->robbed, 0, RELAXED);
+    /* Even (not out), and never back to a value a revoker may still hold. */
+    uint64_t seq = atomic_load_explicit(&s->lazy_seq, RELAXED);
+    atomic_store_explicit(&s->lazy_seq, seq + (seq & 1), RELAXED);
+    _Atomic uint64_t *counters[] = {&s->fast_owns,   &s->slow_owns,   &s->waits,  &s->hand_offs,
+                                    &s->disowns,     &s->interrupts,  &s->soft_grants, &s->steals,
+                                    &s->robberies,   &s->lazy_disowns};
+    for (size_t k = 0; k < sizeof counters / sizeof *counters; k++) atomic_store_explicit(counters[k], 0, RELAXED);
+    atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELEASE);
+    atomic_store_explicit(&b->alloc_hint, found, RELAXED);
+    atomic_fetch_add_explicit(&b->in_use, 1, RELAXED);
+    unlock_block(cb);
+    return (int)found;
+}
+
+int vmown__unregister(vmown_cb *cb, uint32_t me) {
+    if (!valid_index(cb, me)) return VMOWN_EBADSLOT;
+    struct vmown__block *b = cb->b;
+    struct vmown_slot *s = slot_of(cb, me);
+    uint32_t st = atomic_load_explicit(&s->state, ACQUIRE);
+    if (st == VMOWN_SLOT_FREE || atomic_load_explicit(&s->pid, RELAXED) != (int32_t)getpid())
+        return VMOWN_EBADSLOT;
+    if (st != VMOWN_SLOT_RUNNING) return VMOWN_EBUSY;
+    if (VMOWN__HOLDER(atomic_load_explicit(&b->owner_word, ACQUIRE)) == (int32_t)me) {
+        int rc = vmown_disown(cb, me, 0);
+        if (rc < 0) return rc;
+    }
+    int rc = vmown__lock_block(cb);
+    if (rc < 0) return rc;
+    vmown__fold_counters_locked(cb, s);
+    vmown__sem_destroy(&s->sem);
+    atomic_store_explicit(&s->state, VMOWN_SLOT_FREE, RELEASE);
+    atomic_fetch_sub_explicit(&b->in_use, 1, RELAXED);
+    unlock_block(cb);
+    return 0;
+}
+
+/* ---- observers ---- */
+
+uint64_t vmown_owner_word(const vmown_cb *cb) { return atomic_load_explicit(&cb->b->owner_word, ACQUIRE); }
+/* A pending soft grant reads as its holder, as a hard grant names its waiter
+ * before it wakes. */
+int32_t vmown_owner(const vmown_cb *cb) { return VMOWN__HOLDER(vmown_owner_word(cb)); }
+uint32_t vmown_epoch(const vmown_cb *cb) { return VMOWN__EPOCH(vmown_owner_word(cb)); }
+uint32_t vmown_waiters(const vmown_cb *cb) {
+    return (uint32_t)(atomic_load_explicit(&cb->b->attention, RELAXED) & VMOWN__WAITERS_MASK);
+}
+const uint32_t *vmown_waiters_word(const vmown_cb *cb) {
+    /* The low half of `attention` (VMOWN__WAITERS_MASK) in this byte order. */
+    const uint32_t *halves = (const uint32_t *)(const void *)&cb->b->attention;
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    return halves + 1;
+#else
+    return halves;
+#endif
+}
+
+uint64_t *vmown_work_words(vmown_cb *cb) {
+    /* An _Atomic uint64_t has the layout of a uint64_t; the owner is its one
+     * writer, and an aligned 64-bit store is atomic on every target built for. */
+    return (uint64_t *)(void *)cb->b->work;
+}
+
+uint32_t vmown_nslots(const vmown_cb *cb) { return cb->nslots; }
+uint32_t vmown_slots_in_use(const vmown_cb *cb) { return atomic_load_explicit(&cb->b->in_use, RELAXED); }
+
+int vmown_counters_read(const vmown_cb *cb, vmown_counters *out) {
+    *out = cb->b->folded;
+    out->reaped = atomic_load_explicit(&cb->b->reaped, RELAXED);
+    for (uint32_t i = 1; i <= cb->nslots; i++) {
+        const struct vmown_slot *s = &cb->b->slots[i];
+        if (atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_FREE) continue;
+        out->fast_owns += atomic_load_explicit(&s->fast_owns, RELAXED);
+        out->slow_owns += atomic_load_explicit(&s->slow_owns, RELAXED);
+        out->waits += atomic_load_explicit(&s->waits, RELAXED);
+        out->hand_offs += atomic_load_explicit(&s->hand_offs, RELAXED);
+        out->disowns += atomic_load_explicit(&s->disowns, RELAXED);
+        out->interrupts += atomic_load_explicit(&s->interrupts, RELAXED);
+        out->soft_grants += atomic_load_explicit(&s->soft_grants, RELAXED);
+        out->steals += atomic_load_explicit(&s->steals, RELAXED);
+        out->robberies += atomic_load_explicit(&s->robberies, RELAXED);
+        out->lazy_disowns += atomic_load_explicit(&s->lazy_disowns, RELAXED);
+    }
+    return 0;
+}
+
+int vmown_slot_read(const vmown_cb *cb, uint32_t i, vmown_slot_info *out) {
+    if (!valid_index(cb, i)) return VMOWN_EBADSLOT;
+    const struct vmown_slot *s = &cb->b->slots[i];
+    *out = (vmown_slot_info){
+        .state = atomic_load_explicit(&s->state, RELAXED),
+        .pid = atomic_load_explicit(&s->pid, RELAXED),
+        .tid = atomic_load_explicit(&s->tid, RELAXED),
+        .priority = atomic_load_explicit(&s->priority, RELAXED),
+        .start_time = atomic_load_explicit(&s->start_time, RELAXED),
+        .callout = atomic_load_explicit(&s->callout, RELAXED),
+        .callout_tick = atomic_load_explicit(&s->callout_tick, RELAXED),
+        .next = atomic_load_explicit(&s->next, RELAXED),
+        .generation = atomic_load_explicit(&s->generation, RELAXED),
+        .lazy_out = (uint32_t)(atomic_load_explicit(&s->lazy_seq, ACQUIRE) & 1),
+    };
+    return 0;
+}
+
+int vmown_queue_read(vmown_cb *cb, uint32_t *out, uint32_t cap) {
+    int rc = vmown__lock_block(cb);
+    if (rc < 0) return rc;
+    uint32_t cur, n = 0;
+    if ((rc = vmown__read_link(cb, &cb->b->head, &cur)) < 0) goto done;
+    while (cur && n < cap) {
+        if (n > cb->nslots) { mark_broken(cb); rc = VMOWN_EBROKEN; goto done; }
+        out[n++] = cur;
+        if ((rc = vmown__read_link(cb, &slot_of(cb, cur)->next, &cur)) < 0) goto done;
+    }
+    rc = (int)n;
+done:
+    unlock_block(cb);
+    return rc;
+}
