@@ -146,10 +146,10 @@ static _Atomic uint64_t self_who;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static void forget_self(void) { atomic_store_explicit(&self_who, 0, RELAXED); }
-static void install_atfork(void) { pthread_atfork(NULL, NULL, forget_self); }
+static void install_atfork(void) { vmown__at_fork_child(forget_self); }
 
 static uint64_t learn_self(void) {
-    pthread_once(&atfork_once, install_atfork);  /* before caching: a fork then resets it */
+    vmown__at_fork_child_once(&atfork_once, install_atfork);  /* before caching: a fork then resets it */
     int32_t pid = (int32_t)getpid();
     uint64_t who = WHO(pid, vmown__process_start_time(pid));
     atomic_store_explicit(&self_who, who, RELAXED);

@@ -283,8 +283,8 @@ int vmown_heartbeat_stop(vmown_cb *cb) {
     /* Posts only if it sleeps (or is about to: it sets the bit before it
      * checks hb_stop again), so no stray count is left in shared memory. */
     vmown__wake_heartbeat(cb);
-    int rc = pthread_join(cb->hb_thread, NULL);
-    if (rc != 0) return -rc;
+    int rc = vmown__thread_join(cb->hb_thread);
+    if (rc != 0) return rc;
     cb->hb_running = false;
     atomic_store(&cb->lazy_ok, 0);
     return 0;

@@ -227,6 +227,24 @@ void vmown__cpu_relax(void);
 void vmown__sleep_until(int64_t deadline_ns);
 /* Start a thread with every signal blocked (they belong to the program). */
 int vmown__thread_start(pthread_t *thread, void *(*fn)(void *), void *arg);
+/* 0 or a negative code. */
+int vmown__thread_join(pthread_t thread);
+pthread_t vmown__thread_self(void);
+/* Process-private mutex and condition variable (the worker pool); a failure
+ * that cannot happen on valid memory is fatal.  The condition variable runs
+ * on the clock of vmown__now_ns: vmown__cond_wait_until returns 0 when
+ * signalled, VMOWN_ETIMEDOUT at deadline_ns, or a negative code. */
+void vmown__mutex_init(pthread_mutex_t *mu);
+void vmown__mutex_destroy(pthread_mutex_t *mu);
+void vmown__mutex_lock(pthread_mutex_t *mu);
+void vmown__mutex_unlock(pthread_mutex_t *mu);
+void vmown__cond_init(pthread_cond_t *cond);
+void vmown__cond_destroy(pthread_cond_t *cond);
+void vmown__cond_broadcast(pthread_cond_t *cond);
+int vmown__cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *mu, int64_t deadline_ns);
+/* Run install once per process (pthread_once), and fn in the child after a fork. */
+void vmown__at_fork_child_once(pthread_once_t *once, void (*install)(void));
+void vmown__at_fork_child(void (*fn)(void));
 /* In a new pool worker: block the program's asynchronous signals only, and
  * name the thread (at most 15 characters). */
 void vmown__worker_thread_setup(const char *name);

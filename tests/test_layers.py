@@ -65,3 +65,18 @@ def test_no_file_calls_a_higher_layer(objects: dict[str, pathlib.Path]) -> None:
         if symbol in defined_in and LAYER_OF[defined_in[symbol]] > LAYER_OF[name]
     ]
     assert upward == []
+
+
+# What a port to another OS rewrites: only os_linux.c may call these.
+OS_PREFIXES = ("pthread_", "sem_", "syscall", "membarrier", "clock_", "mmap", "munmap", "prctl")
+
+
+def test_only_os_linux_calls_the_os(objects: dict[str, pathlib.Path]) -> None:
+    calls = [
+        f"{name} calls {symbol}"
+        for name, obj in objects.items()
+        if name != "os_linux.c"
+        for symbol in sorted(nm(obj, "--undefined-only"))
+        if symbol.startswith(OS_PREFIXES)
+    ]
+    assert calls == []
