@@ -158,83 +158,128 @@ static void sleep_until_needed(vmown_cb *cb, uint64_t *seen, uint64_t *seen_seq)
     *seen_seq = vmown__lazy_out(cb, *seen);
 }
 
+/* The heartbeat's state from one tick to the next. */
+struct tick {
+    vmown_cb *cb;
+    struct vmown__block *b;
+    int64_t period, next;  /* ns; next: the deadline of the next tick */
+    uint64_t seen, seen_seq;  /* the owner word and the owner's lazy seq at the last tick */
+    int64_t seen_at;       /* when `seen` was first read */
+    unsigned quiet;        /* ticks in a row with nothing to do */
+    uint64_t served;       /* work[0] at the last tick */
+    uint64_t servers_seen; /* b->servers at the last tick */
+    uint32_t out_seen;     /* b->servers_out at the last tick */
+    unsigned depth;        /* servers kept queued */
+};
+
+/* What one tick reads. */
+struct observation {
+    int64_t now;
+    uint64_t w, seq, runnable;
+    uint32_t out;  /* servers queued and not yet out of the queue */
+    bool slow;
+};
+
+/* The progress baselines, read again after a start or a sleep. */
+static void rebase(struct tick *t) {
+    t->served = atomic_load_explicit(&t->b->work[0], memory_order_relaxed);
+    t->servers_seen = atomic_load_explicit(&t->b->servers, memory_order_relaxed);
+    t->out_seen = atomic_load_explicit(&t->b->servers_out, memory_order_relaxed);
+}
+
+static void observe(struct tick *t, struct observation *o) {
+    struct vmown__block *b = t->b;
+    o->now = vmown__now_ns();
+    t->next += t->period;
+    if (t->next <= o->now) t->next = o->now + t->period;  /* late: skip, never bunch */
+    atomic_store_explicit(&b->ticks, atomic_load_explicit(&b->ticks, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    o->w = atomic_load_explicit(&b->owner_word, memory_order_acquire);
+    o->seq = vmown__lazy_out(t->cb, o->w);
+    uint64_t progress = atomic_load_explicit(&b->work[0], memory_order_relaxed);
+    o->runnable = atomic_load_explicit(&b->work[1], memory_order_relaxed);
+    /* Servers that came out of the queue since the last tick: each took a
+     * process off the run queue itself, which says nothing of how fast the
+     * owners serve it. */
+    uint64_t queued = atomic_load_explicit(&b->servers, memory_order_relaxed);
+    o->out = atomic_load_explicit(&b->servers_out, memory_order_relaxed);
+    uint64_t came = (queued - t->servers_seen) - (uint64_t)(int32_t)(o->out - t->out_seen);
+    t->servers_seen = queued;
+    t->out_seen = o->out;
+    /* Slow: fewer than SERVERS processes taken off the run queue since the
+     * last tick, other than by servers, while some wait and the VM is
+     * owned. */
+    uint64_t taken = progress - t->served;
+    o->slow = o->runnable && VMOWN__OWNER(o->w) != 0 && taken - (came < taken ? came : taken) < SERVERS;
+    t->served = progress;
+    if (came >= t->depth && o->out == 0 && t->depth < MAX_SERVERS) t->depth *= 2;  /* all used up within a tick */
+    else if (came < t->depth / 4 && t->depth > SERVERS) t->depth /= 2;
+}
+
+/* Slow: keep up to `depth` servers queued for the run queue. */
+static void top_up(struct tick *t, const struct observation *o) {
+    if (!o->slow) return;
+    unsigned want = o->runnable < t->depth ? (unsigned)o->runnable : t->depth;
+    if (o->out < want) (void)queue_servers(t->cb, want - o->out);
+    t->quiet = 0;
+}
+
+/* The VM unowned, or its owner out in a lazy callout, for a whole tick while
+ * somebody needs it: activate a parked worker, or revoke.  True if the tick
+ * saw a change or acted. */
+static bool hand_on(struct tick *t, const struct observation *o) {
+    struct vmown__block *b = t->b;
+    /* By time, not by tick count: a late tick followed by one on time can be
+     * less than a period apart.  A tenth of a period of tolerance absorbs
+     * timer jitter; a call of half a tick still never qualifies. */
+    bool whole_tick = o->now - t->seen_at >= t->period - t->period / 10;
+    unsigned rest = o->runnable - 1 < t->depth ? (unsigned)o->runnable - 1 : t->depth;
+    if (o->w != t->seen || o->seq != t->seen_seq) {
+        t->seen_at = o->now;
+    } else if (VMOWN__OWNER(o->w) == 0 && work_waits(b, o->now)) {
+        /* Evidence that every thread is out: more are likely to be soon.
+         * Queue servers for the rest of the run queue. */
+        if (whole_tick && vmown__activate(t->cb, o->w) > 0 && o->runnable > 1) (void)queue_servers(t->cb, rest);
+    } else if (o->seq && (waiters(b) || work_waits(b, o->now))) {
+        if (whole_tick && vmown__revoke(t->cb, o->w, o->seq, work_waits(b, o->now)) > 0 && o->runnable > 1)
+            (void)queue_servers(t->cb, rest);
+    } else {
+        return false;
+    }
+    t->quiet = 0;
+    return true;
+}
+
+/* QUIET_TICKS ticks with nothing to do: sleep until somebody needs us. */
+static void sleep_if_quiet(struct tick *t, struct observation *o) {
+    if (o->slow || ++t->quiet < QUIET_TICKS) return;
+    sleep_until_needed(t->cb, &o->w, &o->seq);
+    t->quiet = 0;
+    t->seen_at = vmown__now_ns();
+    rebase(t);
+    t->next = t->seen_at + t->period;
+}
+
 static void *heartbeat_main(void *arg) {
     vmown_cb *cb = arg;
     struct vmown__block *b = cb->b;
-    const int64_t period = 1000000000 / cb->hb_hz;
-    int64_t next = vmown__now_ns() + period;
-    uint64_t seen = atomic_load_explicit(&b->owner_word, memory_order_acquire);
-    uint64_t seen_seq = vmown__lazy_out(cb, seen);  /* the owner's lazy callout, if out */
-    int64_t seen_at = vmown__now_ns();  /* when `seen` was first read */
-    unsigned quiet = 0;
-    uint64_t served = atomic_load_explicit(&b->work[0], memory_order_relaxed);  /* at the last tick */
-    uint64_t servers_seen = atomic_load_explicit(&b->servers, memory_order_relaxed);
-    uint32_t out_seen = atomic_load_explicit(&b->servers_out, memory_order_relaxed);
-    unsigned depth = SERVERS;  /* servers kept queued */
+    struct tick t = {.cb = cb, .b = b, .period = 1000000000 / cb->hb_hz, .depth = SERVERS};
+    t.next = vmown__now_ns() + t.period;
+    t.seen = atomic_load_explicit(&b->owner_word, memory_order_acquire);
+    t.seen_seq = vmown__lazy_out(cb, t.seen);  /* the owner's lazy callout, if out */
+    t.seen_at = vmown__now_ns();
+    rebase(&t);
     atomic_store(&cb->hb_tid, vmown__gettid());
     vmown__thread_name("vmown-heartbeat");
     vmown__set_timer_slack_ns(1000);  /* ticks on time: the default slack is 50 us */
     while (!atomic_load_explicit(&cb->hb_stop, memory_order_acquire)) {
-        vmown__sleep_until(next);
-        int64_t now = vmown__now_ns();
-        next += period;
-        if (next <= now) next = now + period;  /* late: skip, never bunch */
-        atomic_store_explicit(&b->ticks, atomic_load_explicit(&b->ticks, memory_order_relaxed) + 1,
-                              memory_order_relaxed);
-        uint64_t w = atomic_load_explicit(&b->owner_word, memory_order_acquire);
-        uint64_t seq = vmown__lazy_out(cb, w);
-        uint64_t progress = atomic_load_explicit(&b->work[0], memory_order_relaxed);
-        uint64_t runnable = atomic_load_explicit(&b->work[1], memory_order_relaxed);
-        /* Servers that came out of the queue since the last tick: each took
-         * a process off the run queue itself, which says nothing of how fast
-         * the owners serve it. */
-        uint64_t queued = atomic_load_explicit(&b->servers, memory_order_relaxed);
-        uint32_t out = atomic_load_explicit(&b->servers_out, memory_order_relaxed);
-        uint64_t came = (queued - servers_seen) - (uint64_t)(int32_t)(out - out_seen);
-        servers_seen = queued;
-        out_seen = out;
-        /* Slow: fewer than SERVERS processes taken off the run queue since
-         * the last tick, other than by servers, while some wait and the VM
-         * is owned. */
-        uint64_t taken = progress - served;
-        bool slow = runnable && VMOWN__OWNER(w) != 0 && taken - (came < taken ? came : taken) < SERVERS;
-        served = progress;
-        if (came >= depth && out == 0 && depth < MAX_SERVERS) depth *= 2;  /* all used up within a tick */
-        else if (came < depth / 4 && depth > SERVERS) depth /= 2;
-        if (slow) {
-            unsigned want = runnable < depth ? (unsigned)runnable : depth;
-            if (out < want) (void)queue_servers(cb, want - out);
-            quiet = 0;
-        }
-        /* By time, not by tick count: a late tick followed by one on time
-         * can be less than a period apart.  A tenth of a period of tolerance
-         * absorbs timer jitter; a call of half a tick still never qualifies. */
-        bool whole_tick = now - seen_at >= period - period / 10;
-        if (w != seen || seq != seen_seq) {
-            quiet = 0;
-            seen_at = now;
-        } else if (VMOWN__OWNER(w) == 0 && work_waits(b, now)) {
-            if (whole_tick && vmown__activate(cb, w) > 0 && runnable > 1) {
-                /* Evidence that every thread is out: more are likely to
-                 * be soon.  Queue servers for the rest of the run queue. */
-                (void)queue_servers(cb, runnable - 1 < depth ? (unsigned)runnable - 1 : depth);
-            }
-            quiet = 0;
-        } else if (seq && (waiters(b) || work_waits(b, now))) {
-            if (whole_tick && vmown__revoke(cb, w, seq, work_waits(b, now)) > 0 && runnable > 1)
-                (void)queue_servers(cb, runnable - 1 < depth ? (unsigned)runnable - 1 : depth);
-            quiet = 0;
-        } else if (!slow && ++quiet >= QUIET_TICKS) {
-            sleep_until_needed(cb, &w, &seq);
-            quiet = 0;
-            seen_at = vmown__now_ns();
-            served = atomic_load_explicit(&b->work[0], memory_order_relaxed);
-            servers_seen = atomic_load_explicit(&b->servers, memory_order_relaxed);
-            out_seen = atomic_load_explicit(&b->servers_out, memory_order_relaxed);
-            next = seen_at + period;
-        }
-        seen = w;
-        seen_seq = seq;
+        vmown__sleep_until(t.next);
+        struct observation o;
+        observe(&t, &o);
+        top_up(&t, &o);
+        if (!hand_on(&t, &o)) sleep_if_quiet(&t, &o);
+        t.seen = o.w;
+        t.seen_seq = o.seq;
     }
     /* Stopping: callouts are eager from now on; take the VM from a lazy one
      * that is out, so that nobody waits for its return.  A callout that read

@@ -12,10 +12,10 @@
  * The first two post its semaphore after unlocking; the third finds its state
  * changed if it lost the race, and then takes the post that is on its way.
  *
- * The design reserves the owner word (-1) while the heartbeat picks a worker;
- * here the pick happens under the lock *before* the CAS, so there is nothing
- * to reserve: the CAS either installs the chosen worker or fails because
- * somebody took the VM, and the worker stays parked. */
+ * No owner value is reserved while the heartbeat picks a worker: the pick
+ * happens under the lock *before* the CAS, so the CAS either installs the
+ * chosen worker or fails because somebody took the VM, and the worker stays
+ * parked. */
 
 #define _GNU_SOURCE
 #include "vmown_core.h"
@@ -27,24 +27,12 @@ int vmown__idle_unlink_locked(vmown_cb *cb, uint32_t me) {
     return rc;
 }
 
-static int park(vmown_cb *cb, uint32_t me, int64_t timeout_ns, bool owning);
-static int park_and_settle(vmown_cb *cb, uint32_t me, int64_t timeout_ns, bool owning);
-
-int vmown_park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) { return park_and_settle(cb, me, timeout_ns, true); }
-
-int vmown_park_new(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
-    return park_and_settle(cb, me, timeout_ns, false);
-}
-
-static int park_and_settle(vmown_cb *cb, uint32_t me, int64_t timeout_ns, bool owning) {
-    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
-    int rc = park(cb, me, timeout_ns, owning);
+/* Out of the idle stack, a server (vmown__queue_idle) has its own priority
+ * again.  Owning, it came through the queue as a waiter does: counted as a
+ * slow own, so that every acquisition is an own or an activation. */
+static int leave_serving(vmown_cb *cb, uint32_t me, int rc) {
     struct vmown_slot *s = slot_of(cb, me);
     if (atomic_load_explicit(&s->serving, RELAXED)) {
-        /* Queued as a server (vmown__queue_idle), out of the queue now: its
-         * own priority again.  Owning, it came through the queue as a waiter
-         * does: counted as a slow own, so that every acquisition is an own
-         * or an activation. */
         if (rc == 1) bump(&s->slow_owns);
         atomic_store_explicit(&s->priority, atomic_load_explicit(&s->saved_priority, RELAXED), RELAXED);
         atomic_store_explicit(&s->serving, 0, RELAXED);
@@ -53,39 +41,20 @@ static int park_and_settle(vmown_cb *cb, uint32_t me, int64_t timeout_ns, bool o
     return rc;
 }
 
-static int park(vmown_cb *cb, uint32_t me, int64_t timeout_ns, bool owning) {
+static void push_idle_locked(vmown_cb *cb, uint32_t me) {
     struct vmown__block *b = cb->b;
     struct vmown_slot *s = slot_of(cb, me);
-    uint64_t w = owning ? my_word(cb, me) : atomic_load_explicit(&b->owner_word, RELAXED);
-    if (owning ? VMOWN__OWNER(w) != (int32_t)me : VMOWN__HOLDER(w) == (int32_t)me) return VMOWN_ENOTOWNER;
-    if (!owning && atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_RUNNING) return VMOWN_EBADSLOT;
-    int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
-    uint32_t head = 0;
-    int rc = vmown__lock_block(cb);
-    if (rc < 0) return rc;
     atomic_store_explicit(&s->idle_next, atomic_load_explicit(&b->idle_head, RELAXED), RELAXED);
     atomic_store_explicit(&b->idle_head, me, RELAXED);
     atomic_fetch_add_explicit(&b->idle_count, 1, RELAXED);
     atomic_store_explicit(&s->state, VMOWN_SLOT_PARKED, RELAXED);
-    if (!owning) {
-        unlock_block(cb);
-        goto wait;
-    }
-    rc = vmown__pop_head_locked(cb, &head);
-    /* Counted before the release: whoever owns next sees the counts. */
-    bump(&s->disowns);
-    if (head) bump(&s->hand_offs);
-    /* Caution: after this store another thread may run VM code. */
-    atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, head), SEQ_CST);
-    unlock_block(cb);
-    if (rc < 0) return rc;
-    if (head) {
-        vmown__widen();
-        post(cb, head);
-    }
-    /* No waiter can be stranded: one that queues after the unlock finds the
-     * VM unowned under the lock and takes it itself. */
-wait:;
+}
+
+/* Parked: sleep until unparked (0), given the VM (1), or the deadline or a
+ * signal (a negative code). */
+static int wait_parked(vmown_cb *cb, uint32_t me, int64_t deadline) {
+    struct vmown_slot *s = slot_of(cb, me);
+    int rc;
     int interruptible = 1;
     unsigned strays = 0;
     for (;;) {
@@ -128,6 +97,59 @@ wait:;
     atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
     bump(&s->waits);
     return 1;
+}
+
+/* Park, releasing the VM in the same critical section (hand-off to the
+ * head waiter, if any). */
+static int park_owning(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
+    struct vmown__block *b = cb->b;
+    struct vmown_slot *s = slot_of(cb, me);
+    uint64_t w = my_word(cb, me);
+    if (VMOWN__OWNER(w) != (int32_t)me) return VMOWN_ENOTOWNER;
+    int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
+    uint32_t head = 0;
+    int rc = vmown__lock_block(cb);
+    if (rc < 0) return rc;
+    push_idle_locked(cb, me);
+    rc = vmown__pop_head_locked(cb, &head);
+    /* Counted before the release: whoever owns next sees the counts. */
+    bump(&s->disowns);
+    if (head) bump(&s->hand_offs);
+    /* Caution: after this store another thread may run VM code. */
+    atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, head), SEQ_CST);
+    unlock_block(cb);
+    if (rc < 0) return rc;
+    if (head) {
+        vmown__widen();
+        post(cb, head);
+    }
+    /* No waiter can be stranded: one that queues after the unlock finds the
+     * VM unowned under the lock and takes it itself. */
+    return wait_parked(cb, me, deadline);
+}
+
+/* Park a thread that does not own the VM (a new worker). */
+static int park_new(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
+    struct vmown_slot *s = slot_of(cb, me);
+    uint64_t w = atomic_load_explicit(&cb->b->owner_word, RELAXED);
+    if (VMOWN__HOLDER(w) == (int32_t)me) return VMOWN_ENOTOWNER;
+    if (atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_RUNNING) return VMOWN_EBADSLOT;
+    int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
+    int rc = vmown__lock_block(cb);
+    if (rc < 0) return rc;
+    push_idle_locked(cb, me);
+    unlock_block(cb);
+    return wait_parked(cb, me, deadline);
+}
+
+int vmown_park(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
+    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
+    return leave_serving(cb, me, park_owning(cb, me, timeout_ns));
+}
+
+int vmown_park_new(vmown_cb *cb, uint32_t me, int64_t timeout_ns) {
+    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
+    return leave_serving(cb, me, park_new(cb, me, timeout_ns));
 }
 
 int vmown_unpark(vmown_cb *cb, uint32_t target) {
