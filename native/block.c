@@ -161,10 +161,9 @@ int vmown_register(vmown_cb *cb) {
     /* Even (not out), and never back to a value a revoker may still hold. */
     uint64_t seq = atomic_load_explicit(&s->lazy_seq, RELAXED);
     atomic_store_explicit(&s->lazy_seq, seq + (seq & 1), RELAXED);
-    _Atomic uint64_t *counters[] = {&s->fast_owns,   &s->slow_owns,   &s->waits,  &s->hand_offs,
-                                    &s->disowns,     &s->interrupts,  &s->soft_grants, &s->steals,
-                                    &s->robberies,   &s->lazy_disowns};
-    for (size_t k = 0; k < sizeof counters / sizeof *counters; k++) atomic_store_explicit(counters[k], 0, RELAXED);
+#define RESET(name) atomic_store_explicit(&s->name, 0, RELAXED);
+    VMOWN__SLOT_COUNTERS(RESET)
+#undef RESET
     atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELEASE);
     atomic_store_explicit(&b->alloc_hint, found, RELAXED);
     atomic_fetch_add_explicit(&b->in_use, 1, RELAXED);
@@ -223,22 +222,40 @@ uint64_t *vmown_work_words(vmown_cb *cb) {
 uint32_t vmown_nslots(const vmown_cb *cb) { return cb->nslots; }
 uint32_t vmown_slots_in_use(const vmown_cb *cb) { return atomic_load_explicit(&cb->b->in_use, RELAXED); }
 
+/* vmown_counters is the slots' counters, then reaped: checked here, so that
+ * a counter added to one list and not the other does not compile. */
+#define NAME(name) #name,
+static const char *const counter_names[] = {VMOWN__SLOT_COUNTERS(NAME) "reaped"};
+#undef NAME
+_Static_assert(sizeof(vmown_counters) == sizeof counter_names / sizeof *counter_names * sizeof(uint64_t),
+               "vmown_counters and VMOWN__SLOT_COUNTERS differ");
+#define AT(name) +1
+_Static_assert(offsetof(vmown_counters, reaped) == (0 VMOWN__SLOT_COUNTERS(AT)) * sizeof(uint64_t),
+               "reaped is not the last counter");
+#undef AT
+
+uint32_t vmown_counter_count(void) { return sizeof counter_names / sizeof *counter_names; }
+
+const char *vmown_counter_name(uint32_t i) { return i < vmown_counter_count() ? counter_names[i] : NULL; }
+
+static const char *const slot_state_names[] = {
+    [VMOWN_SLOT_FREE] = "free",       [VMOWN_SLOT_RUNNING] = "running", [VMOWN_SLOT_WAITING] = "waiting",
+    [VMOWN_SLOT_GRANTED] = "granted", [VMOWN_SLOT_PARKED] = "parked",
+};
+
+uint32_t vmown_slot_state_count(void) { return sizeof slot_state_names / sizeof *slot_state_names; }
+
+const char *vmown_slot_state_name(uint32_t i) { return i < vmown_slot_state_count() ? slot_state_names[i] : NULL; }
+
 int vmown_counters_read(const vmown_cb *cb, vmown_counters *out) {
     *out = cb->b->folded;
     out->reaped = atomic_load_explicit(&cb->b->reaped, RELAXED);
     for (uint32_t i = 1; i <= cb->nslots; i++) {
         const struct vmown_slot *s = &cb->b->slots[i];
         if (atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_FREE) continue;
-        out->fast_owns += atomic_load_explicit(&s->fast_owns, RELAXED);
-        out->slow_owns += atomic_load_explicit(&s->slow_owns, RELAXED);
-        out->waits += atomic_load_explicit(&s->waits, RELAXED);
-        out->hand_offs += atomic_load_explicit(&s->hand_offs, RELAXED);
-        out->disowns += atomic_load_explicit(&s->disowns, RELAXED);
-        out->interrupts += atomic_load_explicit(&s->interrupts, RELAXED);
-        out->soft_grants += atomic_load_explicit(&s->soft_grants, RELAXED);
-        out->steals += atomic_load_explicit(&s->steals, RELAXED);
-        out->robberies += atomic_load_explicit(&s->robberies, RELAXED);
-        out->lazy_disowns += atomic_load_explicit(&s->lazy_disowns, RELAXED);
+#define ADD(name) out->name += atomic_load_explicit(&s->name, RELAXED);
+        VMOWN__SLOT_COUNTERS(ADD)
+#undef ADD
     }
     return 0;
 }

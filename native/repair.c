@@ -99,16 +99,9 @@ int vmown__lock_block(vmown_cb *cb) {
 void vmown__fold_counters_locked(vmown_cb *cb, struct vmown_slot *s) {
     vmown_counters *f = &cb->b->folded;
     /* folded is only written under the lock; readers tolerate a torn sum. */
-    f->fast_owns += atomic_load_explicit(&s->fast_owns, RELAXED);
-    f->slow_owns += atomic_load_explicit(&s->slow_owns, RELAXED);
-    f->waits += atomic_load_explicit(&s->waits, RELAXED);
-    f->hand_offs += atomic_load_explicit(&s->hand_offs, RELAXED);
-    f->disowns += atomic_load_explicit(&s->disowns, RELAXED);
-    f->interrupts += atomic_load_explicit(&s->interrupts, RELAXED);
-    f->soft_grants += atomic_load_explicit(&s->soft_grants, RELAXED);
-    f->steals += atomic_load_explicit(&s->steals, RELAXED);
-    f->robberies += atomic_load_explicit(&s->robberies, RELAXED);
-    f->lazy_disowns += atomic_load_explicit(&s->lazy_disowns, RELAXED);
+#define FOLD(name) f->name += atomic_load_explicit(&s->name, RELAXED);
+    VMOWN__SLOT_COUNTERS(FOLD)
+#undef FOLD
 }
 
 

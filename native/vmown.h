@@ -67,10 +67,11 @@ enum {
                                      still queued: see vmown_own_resume */
 };
 
-/* Owner word: bits 0-31 the owner (int32: 0 = unowned, >0 = slot index,
- * -1 = reserved during a hand-over, 0x40000000 | slot = a soft grant to slot
- * not claimed yet; vmown_owner reports that slot), bits 32-63 the ownership epoch, bumped
- * by every release.  Packing both into one word makes a release one atomic
+/* Owner word: bits 0-31 the owner (0 = unowned, >0 = slot index,
+ * 0x40000000 | slot = a soft grant to slot not claimed yet, 0x20000000 | slot
+ * = REVOKING: the heartbeat is deciding whether slot, out in a lazy callout,
+ * loses the VM; vmown_owner reports slot for both), bits 32-63 the ownership
+ * epoch, bumped by every release.  Packing both into one word makes a release one atomic
  * store and lets an observer tell "unowned all along" from "owned and
  * released again" by comparing two reads of a single word. */
 /* A process-local handle on a control block (made by vmown_cb_init or
@@ -167,6 +168,14 @@ int vmown_thread_disown(const vmown_thread *t);
 
 /* Set the queue priority of a slot (higher goes first, FIFO among equals). */
 int vmown_set_priority(vmown_cb *cb, uint32_t slot, int32_t priority);
+
+/* The names of vmown_counters' fields, in order (i < vmown_counter_count();
+ * NULL past the end), and of the slot states (indexed by VMOWN_SLOT_*):
+ * the one list Python's statistics and `python -m vmown top` use. */
+uint32_t vmown_counter_count(void);
+const char *vmown_counter_name(uint32_t i);
+uint32_t vmown_slot_state_count(void);
+const char *vmown_slot_state_name(uint32_t i);
 
 /* Observers: safe from any thread or process, no lock taken. */
 uint64_t vmown_owner_word(const vmown_cb *cb);

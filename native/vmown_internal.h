@@ -27,7 +27,6 @@ enum { VMOWN__INITIALIZING = 1, VMOWN__READY = 2, VMOWN__BROKEN = 3 };
 #define VMOWN__OWNER(word) ((int32_t)(uint32_t)(word))
 #define VMOWN__EPOCH(word) ((uint32_t)((word) >> 32))
 #define VMOWN__WORD(epoch, owner) (((uint64_t)(uint32_t)(epoch) << 32) | (uint32_t)(int32_t)(owner))
-#define VMOWN__RESERVED (-1)
 /* A soft grant (grants.c): the owner field holds PENDING | slot while the
  * slot has been given the VM but has not claimed it yet.  Such a word is
  * owned (not 0) and names no valid slot (indices are < 2^20), so every test
@@ -53,6 +52,14 @@ static inline int32_t VMOWN__HOLDER(uint64_t word) {
  * reads this one word after its release store. */
 #define VMOWN__WAITERS_MASK 0xffffffffull
 #define VMOWN__HB_ASLEEP (1ull << 32) /* the heartbeat sleeps on hb_sem */
+
+/* The counters each slot keeps, in the order of vmown_counters (vmown.h),
+ * whose last field, reaped, is the block's own.  The one list: the slot's
+ * fields, registration's reset, folding, reading and the names that
+ * vmown_counter_name gives Python are made from it. */
+#define VMOWN__SLOT_COUNTERS(X) \
+    X(fast_owns) X(slow_owns) X(waits) X(hand_offs) X(disowns) X(interrupts) \
+    X(soft_grants) X(steals) X(robberies) X(lazy_disowns)
 
 struct vmown_header {
     _Atomic uint64_t magic;
@@ -97,8 +104,9 @@ struct vmown_slot {
      * callout goes out (odd) and comes back (even); read by the heartbeat. */
     _Atomic uint64_t lazy_seq;
     /* counters, written only by the slot's thread (relaxed load + store) */
-    _Atomic uint64_t fast_owns, slow_owns, waits, hand_offs, disowns, interrupts;
-    _Atomic uint64_t soft_grants, steals, robberies, lazy_disowns;
+#define VMOWN__COUNTER_FIELD(name) _Atomic uint64_t name;
+    VMOWN__SLOT_COUNTERS(VMOWN__COUNTER_FIELD)
+#undef VMOWN__COUNTER_FIELD
 } __attribute__((aligned(VMOWN__CACHE_LINE)));
 
 /* The shared control block: header, hot words, lock, queue, slot table. */

@@ -23,6 +23,7 @@ from typing import Any, Callable
 from cffi import FFI
 
 import vmown
+from vmown._ownership import _COUNTERS
 
 _ffi = FFI()
 _ffi.cdef("int usleep(unsigned int usec); int getppid(void);")
@@ -161,10 +162,10 @@ def _describe(vm: vmown.Ownership) -> list[str]:
     owner = stats["owner"]
     who = lambda slot: "pid {pid} tid {tid}".format(**vm.slot_info(slot))  # noqa: E731
     lines = [
-        f"owner: {'nobody' if owner == 0 else 'reserved' if owner < 0 else f'slot {owner} ({who(owner)})'}"
+        f"owner: {'nobody' if owner == 0 else f'slot {owner} ({who(owner)})'}"
         f"   epoch {stats['epoch']}   waiters {stats['waiters']}   slots {stats['slots_in_use']}/{vm.slots}",
         "queue: " + (", ".join(f"{slot} ({who(slot)})" for slot in vm.queue()) or "empty"),
-        "counters: " + ", ".join(f"{key} {stats[key]}" for key in ("fast_owns", "slow_owns", "waits", "hand_offs", "disowns", "interrupts", "reaped")),
+        "counters: " + ", ".join(f"{key} {stats[key]}" for key in _COUNTERS),
         f"{'slot':>5} {'state':>8} {'pid':>8} {'tid':>8} {'prio':>5} {'callout':>18}",
     ]
     for slot in range(1, vm.slots + 1):

@@ -54,16 +54,10 @@ _INTERRUPTIBLE = lib.VMOWN_WAIT_INTERRUPTIBLE
 # handler ran between two sleeps is acted on within a slice, not never.
 _SLICED = lib.VMOWN_WAIT_INTERRUPTIBLE | lib.VMOWN_WAIT_SLICES
 
-_COUNTERS = (
-    "fast_owns", "slow_owns", "waits", "hand_offs", "disowns", "interrupts", "soft_grants", "steals", "robberies",
-    "reaped",
-)
-_SLOT_STATES = {
-    lib.VMOWN_SLOT_FREE: "free",
-    lib.VMOWN_SLOT_RUNNING: "running",
-    lib.VMOWN_SLOT_WAITING: "waiting",
-    lib.VMOWN_SLOT_GRANTED: "granted",
-}
+# Both lists come from the C core (block.c), which makes them from the
+# definitions it uses itself.
+_COUNTERS = tuple(ffi.string(lib.vmown_counter_name(i)).decode() for i in range(lib.vmown_counter_count()))
+_SLOT_STATES = {i: ffi.string(lib.vmown_slot_state_name(i)).decode() for i in range(lib.vmown_slot_state_count())}
 
 
 def _timeout_ns(timeout: float | None) -> int:
@@ -374,7 +368,7 @@ class Ownership:
 
     @property
     def owner(self) -> int:
-        """Slot index of the owner: 0 unowned, -1 reserved during a hand-over."""
+        """Slot index of the owner (or of the holder of a pending grant or revocation): 0 unowned."""
         return lib.vmown_owner(self._handle())
 
     @property
