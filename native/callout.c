@@ -37,8 +37,7 @@
  * The binding is thread-local (C11 _Thread_local): per thread of this
  * process, nothing in shared memory.  The initial-exec TLS model makes each
  * access one load off the thread pointer; the default model for a shared
- * object calls __tls_get_addr, twice per callout (measured: ~3 ns of a 75 ns
- * wrapped call).  The cost is 16 bytes of the static TLS that the C library
+ * object calls __tls_get_addr, twice per callout (docs/design-log.md).  The cost is 16 bytes of the static TLS that the C library
  * keeps for modules loaded later.  Generated wrappers live in other extension
  * modules; they reach these functions through the table returned by
  * vmown_callout_api, so there is one copy of the core in the process.
@@ -67,10 +66,8 @@ static _Thread_local struct {
  * whose VM somebody took meanwhile (its own had to wait, or the word's epoch
  * moved: somebody owned and released it) sets the count back
  * to EAGER_AFTER_REVOCATION; each that found the VM still free counts down,
- * and at 0 the function goes lazy again.  (A fixed count of 64 eager calls
- * made a function that always blocks go lazy, and be revoked, every 65th
- * call: 15 revocations in a run of suite `mixed`, each leaving the VM idle a
- * tick.)  A small direct-mapped table, process-wide: a collision or a lost
+ * and at 0 the function goes lazy again (a fixed count made a function that
+ * always blocks be revoked periodically: docs/design-log.md).  A small direct-mapped table, process-wide: a collision or a lost
  * update costs a wrong guess, never correctness (relaxed atomics). */
 #ifndef EAGER_AFTER_REVOCATION
 #define EAGER_AFTER_REVOCATION 64

@@ -5,8 +5,7 @@
  * A hard hand-off costs the receiver a wake-up (~5-40 us) during which nobody
  * runs VM code; and a thread whose callout takes 2 us is back long before
  * that, finds the VM given away and queues in turn.  With many threads in
- * flight every short callout then hands the VM on: a lock convoy (measured:
- * up to 39,000 hand-offs for 40,000 calls).  The classic cure is to let a
+ * flight every short callout then hands the VM on: a lock convoy.  The classic cure is to let a
  * running thread barge, as glibc's mutexes do.  So vmown_callout_begin's
  * disown (vmown__disown_soft) gives the head waiter a *soft* grant:
  *   under the lock: dequeue head (state GRANTED), claimant := head, store
@@ -76,9 +75,8 @@
  * Lazy callouts
  * -------------
  * A callout that finds nobody waiting need not release the word at all.  The
- * eager disown is a seq_cst store (a locked instruction on x86, ~5 ns here)
- * and the own a CAS (~5 ns): together they were most of a generated
- * wrapper's cost over a plain call (benchmarks suite `callout`, 1.28 x).  So
+ * eager disown is a seq_cst store (a locked instruction on x86) and the own a
+ * CAS: together most of a generated wrapper's cost over a plain call.  So
  * while this process's heartbeat runs (cb->lazy), vmown_callout_begin only
  * marks its slot: lazy_seq goes odd (a plain store), and the owner word still
  * names it.  The return makes lazy_seq even and reads the word (plain load):
@@ -126,11 +124,8 @@
  *     hold the VM while it waits for it (callout.c).
  *   - A function whose callout was revoked blocks, likely again: callout.c
  *     makes its callouts eager (hints by tag) while they keep being handed
- *     over, so the VM passes at their disown instead of a tick later.
- *     Measured (benchmarks suite `heartbeat`, 4 threads blocking 5 ms at a
- *     time): without the hints every callout was revoked and the
- *     heartbeat's CPU rose from 0.025 to 0.028-0.031 of a core; with them
- *     it is the eager figure again.
+ *     over, so the VM passes at their disown instead of a tick later
+ *     (without the hints every such callout is revoked: docs/design-log.md).
  */
 #define _GNU_SOURCE
 #include "vmown_core.h"

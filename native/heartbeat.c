@@ -10,7 +10,7 @@
  * Each tick (a real thread on absolute CLOCK_MONOTONIC deadlines, 1000 Hz by
  * default; a late tick is skipped, never bunched) it reads the owner word W:
  *   - W equals the word read at the previous tick, first read at least one
- *     period ago (measured, not counted: ticks can be late), and
+ *     period ago (by the clock, not by ticks: ticks can be late), and
  *   - W's owner field is 0, and
  *   - work waits: a runnable process, or a timer that is due
  * then the VM has been unowned for at least one whole tick with work to do:
@@ -25,8 +25,7 @@
  *
  * Servers: starting processes while the VM is busy.  An activation needs the
  * VM unowned for a whole tick; with threads coming back from callouts the VM
- * rarely is, and processes that wait in the run queue do not start (measured
- * in benchmarks suite `mixed`: half of 200 processes first ran after 0.2 s).
+ * rarely is, and processes that wait in the run queue do not start.
  * So the heartbeat also reads work[0], the count of processes the owner has
  * taken off its run queue, and work[1], how many are runnable, and
  *   - slow: if fewer than SERVERS processes were taken off since the last
@@ -39,14 +38,11 @@
  *     run queue that moves fast (thousands of short steps a tick) gets none:
  *     its owner serves it.  Servers that each took a process and blocked in
  *     it say nothing of that: counted as progress, a tick in which the 8
- *     servers all started a process looked fast, none were queued, and the
- *     next process waited a whole tick for an activation (suite `mixed`:
- *     starts came in bursts of 9 with 1.2-1.8 ms idle between them).
+ *     servers all started a process looks fast, none are queued, and the
+ *     next process waits a whole tick for an activation.
  *   - depth starts at SERVERS; it doubles (up to MAX_SERVERS) after a tick
  *     that used up every server queued, and halves after one that used
- *     fewer than a quarter.  Probed in `mixed` with its workers parked in
- *     advance: the 127th process first ran at 23-24 ms with both changes,
- *     at 44-49 ms with neither.
+ *     fewer than a quarter (docs/design-log.md).
  *   - after an activation, with more than one process runnable, it queues
  *     servers for the rest in the same way: every thread was out for a tick,
  *     more are likely to be soon.
@@ -54,9 +50,7 @@
  *     (workers.c), if any, for as many parked workers again.
  * Topping up every slow tick, rather than once when the queue stalls, is
  * what a run queue of long steps needs: each step that blocks in a callout
- * uses up a server to start the next process (suite `mixed`: half of 200
- * processes started by 0.09 s with once-per-stall queueing of 4, 0.06 s
- * with top-ups of 8; measured in one sitting).
+ * uses up a server to start the next process.
  * A server waits behind every other waiter (priority INT32_MIN: a thread back
  * from a callout carries a process already under way) and gets the VM from
  * the next disown: at once from a callout that blocks (a soft grant it

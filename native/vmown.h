@@ -328,7 +328,7 @@ int vmown_callout_try_end(uint32_t token);
 /* vmown_callout_begin, never lazy: for a caller that takes the GIL back
  * between the call and its end (vmown.callout).  A lazy callout would hold
  * the VM while it waits for the GIL, and whoever holds the GIL could not
- * get the VM (measured: the demo's ticker 8-10 ms late instead of 5-6). */
+ * get the VM. */
 uint32_t vmown_callout_begin_eager(uint64_t tag);
 
 /* Fields are only ever appended (a reader of version 1 that knows fewer

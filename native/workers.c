@@ -8,10 +8,7 @@
  * under the interpreter's lock (CPython: the Thread bookkeeping, the new
  * thread's first frames), and the VM's owner holds that lock between its
  * callouts: each start then costs the VM a lock hand-over or two, at the
- * worst moment (measured in benchmarks suite `mixed`, 200 processes that
- * each block within their first steps: with 150 workers started on demand
- * from Python, the last process first ran at 0.10-0.13 s; with the same
- * workers parked beforehand, at 0.06-0.09 s).
+ * worst moment (docs/design-log.md).
  *
  * So the pool starts threads in C and parks them at once on the idle stack
  * (vmown_park_new), registered and bound but with no interpreter state.  A
