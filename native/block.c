@@ -2,7 +2,7 @@
  * reading it (observers and statistics).
  *
  * Every field that lives in shared memory is untrusted when read back: the
- * process-local handle (vmown_cb) keeps trusted copies of the sizes that bound
+ * process-local handle (vmown_vm) keeps trusted copies of the sizes that bound
  * every index.
  */
 #define _GNU_SOURCE
@@ -20,7 +20,7 @@ uint32_t vmown_layout_version(void) { return VMOWN__LAYOUT_VERSION; }
 void vmown_layout_read(vmown_layout *out) {
     *out = (vmown_layout){
         .owner_word = offsetof(struct vmown__block, owner_word),
-        .attention = offsetof(struct vmown__block, attention),
+        .waiters_and_hb_asleep = offsetof(struct vmown__block, waiters_and_hb_asleep),
         .lock = offsetof(struct vmown__block, lock),
         .lock_size = sizeof(pthread_mutex_t),
         .queue_head = offsetof(struct vmown__block, head),
@@ -36,7 +36,7 @@ void vmown_layout_read(vmown_layout *out) {
     };
 }
 
-size_t vmown_cb_size(uint32_t nslots) {
+size_t vmown_block_size(uint32_t nslots) {
     size_t page = vmown_page_size();
     size_t bytes = header_size() + ((size_t)nslots + 1) * sizeof(struct vmown_slot);
     return (bytes + page - 1) / page * page;
@@ -59,38 +59,38 @@ static void identity(int32_t *pid, uint64_t *start_time) {
 
 /* ---- public ---- */
 
-int vmown_cb_init(void *mem, size_t len, uint32_t nslots, vmown_cb **out) {
+int vmown_vm_init(void *mem, size_t len, uint32_t nslots, vmown_vm **out) {
     size_t page = vmown_page_size();
     if (!mem || !out || (uintptr_t)mem % page || nslots == 0 || nslots > VMOWN__MAX_SLOTS ||
-        len < vmown_cb_size(nslots))
+        len < vmown_block_size(nslots))
         return VMOWN_EINVAL;
-    vmown_cb *cb = malloc(sizeof *cb);
-    if (!cb) return -ENOMEM;
+    vmown_vm *vm = malloc(sizeof *vm);
+    if (!vm) return -ENOMEM;
     struct vmown__block *b = mem;
     /* Phase 1: INITIALIZING first, so that an attacher never reads a
      * half-written header as ready. */
     atomic_store_explicit(&b->hdr.state, VMOWN__INITIALIZING, SEQ_CST);
-    memset((char *)mem + sizeof b->hdr, 0, vmown_cb_size(nslots) - sizeof b->hdr);
+    memset((char *)mem + sizeof b->hdr, 0, vmown_block_size(nslots) - sizeof b->hdr);
     int rc = vmown__lock_init(&b->lock);
     if (rc == 0) rc = vmown__sem_init(&b->hb_sem);
-    if (rc < 0) { free(cb); return rc; }
+    if (rc < 0) { free(vm); return rc; }
     atomic_store_explicit(&b->hdr.magic, VMOWN__MAGIC, RELAXED);
     atomic_store_explicit(&b->hdr.version, VMOWN__LAYOUT_VERSION, RELAXED);
     atomic_store_explicit(&b->hdr.header_size, (uint32_t)header_size(), RELAXED);
     atomic_store_explicit(&b->hdr.slot_size, (uint32_t)sizeof(struct vmown_slot), RELAXED);
     atomic_store_explicit(&b->hdr.nslots, nslots, RELAXED);
-    atomic_store_explicit(&b->hdr.total_size, vmown_cb_size(nslots), RELAXED);
+    atomic_store_explicit(&b->hdr.total_size, vmown_block_size(nslots), RELAXED);
     atomic_store_explicit(&b->hdr.sem_size, (uint32_t)sizeof(sem_t), RELAXED);
     atomic_store_explicit(&b->hdr.lock_size, (uint32_t)sizeof(pthread_mutex_t), RELAXED);
     atomic_store_explicit(&b->hdr.creator_pid, (int32_t)getpid(), RELAXED);
     /* Phase 2: publish. */
     atomic_store_explicit(&b->hdr.state, VMOWN__READY, RELEASE);
-    *cb = (vmown_cb){.b = b, .len = len, .nslots = nslots};
-    *out = cb;
+    *vm = (vmown_vm){.block = b, .len = len, .nslots = nslots};
+    *out = vm;
     return 0;
 }
 
-int vmown_cb_attach(void *mem, size_t len, vmown_cb **out) {
+int vmown_vm_attach(void *mem, size_t len, vmown_vm **out) {
     if (!mem || !out || (uintptr_t)mem % vmown_page_size()) return VMOWN_EINVAL;
     if (len < sizeof(struct vmown_header)) return VMOWN_ESIZES;
     struct vmown__block *b = mem;
@@ -107,45 +107,45 @@ int vmown_cb_attach(void *mem, size_t len, vmown_cb **out) {
         atomic_load_explicit(&b->hdr.slot_size, RELAXED) != sizeof(struct vmown_slot) ||
         atomic_load_explicit(&b->hdr.sem_size, RELAXED) != sizeof(sem_t) ||
         atomic_load_explicit(&b->hdr.lock_size, RELAXED) != sizeof(pthread_mutex_t) || nslots == 0 ||
-        nslots > VMOWN__MAX_SLOTS || total != vmown_cb_size(nslots) || total > len)
+        nslots > VMOWN__MAX_SLOTS || total != vmown_block_size(nslots) || total > len)
         return VMOWN_ESIZES;
-    vmown_cb *cb = malloc(sizeof *cb);
-    if (!cb) return -ENOMEM;
-    *cb = (vmown_cb){.b = b, .len = len, .nslots = nslots};
-    *out = cb;
+    vmown_vm *vm = malloc(sizeof *vm);
+    if (!vm) return -ENOMEM;
+    *vm = (vmown_vm){.block = b, .len = len, .nslots = nslots};
+    *out = vm;
     return 0;
 }
 
-int vmown_register(vmown_cb *cb) {
-    struct vmown__block *b = cb->b;
+int vmown_register(vmown_vm *vm) {
+    struct vmown__block *b = vm->block;
     int32_t pid;
     uint64_t start_time;
     identity(&pid, &start_time);
-    int rc = vmown__lock_block(cb);
+    int rc = vmown__lock_block(vm);
     if (rc < 0) return rc;
-    uint32_t hint = atomic_load_explicit(&b->alloc_hint, RELAXED) % cb->nslots, found = 0;
-    for (uint32_t k = 0; k < cb->nslots && !found; k++) {
-        uint32_t i = 1 + (hint + k) % cb->nslots;
-        if (atomic_load_explicit(&slot_of(cb, i)->state, RELAXED) == VMOWN_SLOT_FREE) found = i;
+    uint32_t hint = atomic_load_explicit(&b->alloc_hint, RELAXED) % vm->nslots, found = 0;
+    for (uint32_t k = 0; k < vm->nslots && !found; k++) {
+        uint32_t i = 1 + (hint + k) % vm->nslots;
+        if (atomic_load_explicit(&slot_of(vm, i)->state, RELAXED) == VMOWN_SLOT_FREE) found = i;
     }
     if (!found) {
         /* Full: slots of processes that died in a callout are reclaimable. */
         uint32_t granted;
-        rc = vmown__reap_dead_locked(cb, &granted);
-        vmown__post_granted(cb, granted);  /* posting under the lock: rare, and safe */
+        rc = vmown__reap_dead_locked(vm, &granted);
+        vmown__post_granted(vm, granted);  /* posting under the lock: rare, and safe */
         if (rc > 0) {
-            for (uint32_t i = 1; i <= cb->nslots && !found; i++)
-                if (atomic_load_explicit(&slot_of(cb, i)->state, RELAXED) == VMOWN_SLOT_FREE) found = i;
+            for (uint32_t i = 1; i <= vm->nslots && !found; i++)
+                if (atomic_load_explicit(&slot_of(vm, i)->state, RELAXED) == VMOWN_SLOT_FREE) found = i;
         }
         if (!found) {
-            unlock_block(cb);
+            unlock_block(vm);
             return rc < 0 ? rc : VMOWN_ENOSLOTS;
         }
     }
-    struct vmown_slot *s = slot_of(cb, found);
+    struct vmown_slot *s = slot_of(vm, found);
     rc = vmown__sem_init(&s->sem);
     if (rc < 0) {
-        unlock_block(cb);
+        unlock_block(vm);
         return rc;
     }
     atomic_store_explicit(&s->next, 0, RELAXED);
@@ -167,45 +167,45 @@ int vmown_register(vmown_cb *cb) {
     atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELEASE);
     atomic_store_explicit(&b->alloc_hint, found, RELAXED);
     atomic_fetch_add_explicit(&b->in_use, 1, RELAXED);
-    unlock_block(cb);
+    unlock_block(vm);
     return (int)found;
 }
 
-int vmown__unregister(vmown_cb *cb, uint32_t me) {
-    if (!valid_index(cb, me)) return VMOWN_EBADSLOT;
-    struct vmown__block *b = cb->b;
-    struct vmown_slot *s = slot_of(cb, me);
+int vmown__unregister(vmown_vm *vm, uint32_t me) {
+    if (!valid_index(vm, me)) return VMOWN_EBADSLOT;
+    struct vmown__block *b = vm->block;
+    struct vmown_slot *s = slot_of(vm, me);
     uint32_t st = atomic_load_explicit(&s->state, ACQUIRE);
     if (st == VMOWN_SLOT_FREE || atomic_load_explicit(&s->pid, RELAXED) != (int32_t)getpid())
         return VMOWN_EBADSLOT;
     if (st != VMOWN_SLOT_RUNNING) return VMOWN_EBUSY;
     if (VMOWN__HOLDER(atomic_load_explicit(&b->owner_word, ACQUIRE)) == (int32_t)me) {
-        int rc = vmown_disown(cb, me, 0);
+        int rc = vmown_disown(vm, me, 0);
         if (rc < 0) return rc;
     }
-    int rc = vmown__lock_block(cb);
+    int rc = vmown__lock_block(vm);
     if (rc < 0) return rc;
-    vmown__fold_counters_locked(cb, s);
+    vmown__fold_counters_locked(vm, s);
     vmown__sem_destroy(&s->sem);
     atomic_store_explicit(&s->state, VMOWN_SLOT_FREE, RELEASE);
     atomic_fetch_sub_explicit(&b->in_use, 1, RELAXED);
-    unlock_block(cb);
+    unlock_block(vm);
     return 0;
 }
 
 /* ---- observers ---- */
 
-uint64_t vmown_owner_word(const vmown_cb *cb) { return atomic_load_explicit(&cb->b->owner_word, ACQUIRE); }
+uint64_t vmown_owner_word(const vmown_vm *vm) { return atomic_load_explicit(&vm->block->owner_word, ACQUIRE); }
 /* A pending soft grant reads as its holder, as a hard grant names its waiter
  * before it wakes. */
-int32_t vmown_owner(const vmown_cb *cb) { return VMOWN__HOLDER(vmown_owner_word(cb)); }
-uint32_t vmown_epoch(const vmown_cb *cb) { return VMOWN__EPOCH(vmown_owner_word(cb)); }
-uint32_t vmown_waiters(const vmown_cb *cb) {
-    return (uint32_t)(atomic_load_explicit(&cb->b->attention, RELAXED) & VMOWN__WAITERS_MASK);
+int32_t vmown_owner(const vmown_vm *vm) { return VMOWN__HOLDER(vmown_owner_word(vm)); }
+uint32_t vmown_epoch(const vmown_vm *vm) { return VMOWN__EPOCH(vmown_owner_word(vm)); }
+uint32_t vmown_waiters(const vmown_vm *vm) {
+    return (uint32_t)(atomic_load_explicit(&vm->block->waiters_and_hb_asleep, RELAXED) & VMOWN__WAITERS_MASK);
 }
-const uint32_t *vmown_waiters_word(const vmown_cb *cb) {
-    /* The low half of `attention` (VMOWN__WAITERS_MASK) in this byte order. */
-    const uint32_t *halves = (const uint32_t *)(const void *)&cb->b->attention;
+const uint32_t *vmown_waiters_word(const vmown_vm *vm) {
+    /* The low half of `waiters_and_hb_asleep` (VMOWN__WAITERS_MASK) in this byte order. */
+    const uint32_t *halves = (const uint32_t *)(const void *)&vm->block->waiters_and_hb_asleep;
 #if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     return halves + 1;
 #else
@@ -213,14 +213,14 @@ const uint32_t *vmown_waiters_word(const vmown_cb *cb) {
 #endif
 }
 
-uint64_t *vmown_work_words(vmown_cb *cb) {
+uint64_t *vmown_work_words(vmown_vm *vm) {
     /* An _Atomic uint64_t has the layout of a uint64_t; the owner is its one
      * writer, and an aligned 64-bit store is atomic on every target built for. */
-    return (uint64_t *)(void *)cb->b->work;
+    return (uint64_t *)(void *)vm->block->work;
 }
 
-uint32_t vmown_nslots(const vmown_cb *cb) { return cb->nslots; }
-uint32_t vmown_slots_in_use(const vmown_cb *cb) { return atomic_load_explicit(&cb->b->in_use, RELAXED); }
+uint32_t vmown_nslots(const vmown_vm *vm) { return vm->nslots; }
+uint32_t vmown_slots_in_use(const vmown_vm *vm) { return atomic_load_explicit(&vm->block->in_use, RELAXED); }
 
 /* vmown_counters is the slots' counters, then reaped: checked here, so that
  * a counter added to one list and not the other does not compile. */
@@ -247,11 +247,11 @@ uint32_t vmown_slot_state_count(void) { return sizeof slot_state_names / sizeof 
 
 const char *vmown_slot_state_name(uint32_t i) { return i < vmown_slot_state_count() ? slot_state_names[i] : NULL; }
 
-int vmown_counters_read(const vmown_cb *cb, vmown_counters *out) {
-    *out = cb->b->folded;
-    out->reaped = atomic_load_explicit(&cb->b->reaped, RELAXED);
-    for (uint32_t i = 1; i <= cb->nslots; i++) {
-        const struct vmown_slot *s = &cb->b->slots[i];
+int vmown_counters_read(const vmown_vm *vm, vmown_counters *out) {
+    *out = vm->block->folded;
+    out->reaped = atomic_load_explicit(&vm->block->reaped, RELAXED);
+    for (uint32_t i = 1; i <= vm->nslots; i++) {
+        const struct vmown_slot *s = &vm->block->slots[i];
         if (atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_FREE) continue;
 #define ADD(name) out->name += atomic_load_explicit(&s->name, RELAXED);
         VMOWN__SLOT_COUNTERS(ADD)
@@ -260,9 +260,9 @@ int vmown_counters_read(const vmown_cb *cb, vmown_counters *out) {
     return 0;
 }
 
-int vmown_slot_read(const vmown_cb *cb, uint32_t i, vmown_slot_info *out) {
-    if (!valid_index(cb, i)) return VMOWN_EBADSLOT;
-    const struct vmown_slot *s = &cb->b->slots[i];
+int vmown_slot_read(const vmown_vm *vm, uint32_t i, vmown_slot_info *out) {
+    if (!valid_index(vm, i)) return VMOWN_EBADSLOT;
+    const struct vmown_slot *s = &vm->block->slots[i];
     *out = (vmown_slot_info){
         .state = atomic_load_explicit(&s->state, RELAXED),
         .pid = atomic_load_explicit(&s->pid, RELAXED),
@@ -278,18 +278,18 @@ int vmown_slot_read(const vmown_cb *cb, uint32_t i, vmown_slot_info *out) {
     return 0;
 }
 
-int vmown_queue_read(vmown_cb *cb, uint32_t *out, uint32_t cap) {
-    int rc = vmown__lock_block(cb);
+int vmown_queue_read(vmown_vm *vm, uint32_t *out, uint32_t cap) {
+    int rc = vmown__lock_block(vm);
     if (rc < 0) return rc;
     uint32_t cur, n = 0;
-    if ((rc = vmown__read_link(cb, &cb->b->head, &cur)) < 0) goto done;
+    if ((rc = vmown__read_link(vm, &vm->block->head, &cur)) < 0) goto done;
     while (cur && n < cap) {
-        if (n > cb->nslots) { mark_broken(cb); rc = VMOWN_EBROKEN; goto done; }
+        if (n > vm->nslots) { mark_broken(vm); rc = VMOWN_EBROKEN; goto done; }
         out[n++] = cur;
-        if ((rc = vmown__read_link(cb, &slot_of(cb, cur)->next, &cur)) < 0) goto done;
+        if ((rc = vmown__read_link(vm, &slot_of(vm, cur)->next, &cur)) < 0) goto done;
     }
     rc = (int)n;
 done:
-    unlock_block(cb);
+    unlock_block(vm);
     return rc;
 }

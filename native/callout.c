@@ -51,7 +51,7 @@
 #define LAZY 0x80000000u  /* token bit: slots are < 2^20 */
 
 static _Thread_local struct {
-    vmown_cb *cb;
+    vmown_vm *vm;
     uint32_t slot;
     uint64_t tag;    /* of the callout out now */
     uint32_t epoch;  /* of the owner word after an eager callout's disown */
@@ -101,35 +101,35 @@ static void eager_back(uint64_t tag, bool taken) {
     atomic_store_explicit(&hints[i].eager_left, taken ? EAGER_AFTER_REVOCATION : left - 1, memory_order_relaxed);
 }
 
-int vmown_bind_thread(vmown_cb *cb, uint32_t slot) {
-    if (cb && (slot < 1 || slot > cb->nslots)) return VMOWN_EBADSLOT;
-    bound.cb = cb;
-    bound.slot = cb ? slot : 0;
+int vmown_bind_thread(vmown_vm *vm, uint32_t slot) {
+    if (vm && (slot < 1 || slot > vm->nslots)) return VMOWN_EBADSLOT;
+    bound.vm = vm;
+    bound.slot = vm ? slot : 0;
     return 0;
 }
 
-void vmown__unbind_if(vmown_cb *cb, uint32_t slot) {
-    if (bound.cb == cb && bound.slot == slot) {
-        bound.cb = NULL;
+void vmown__unbind_if(vmown_vm *vm, uint32_t slot) {
+    if (bound.vm == vm && bound.slot == slot) {
+        bound.vm = NULL;
         bound.slot = 0;
     }
 }
 
 uint32_t vmown_callout_begin(uint64_t tag) {
-    vmown_cb *cb = bound.cb;
-    if (!cb) return 0;
+    vmown_vm *vm = bound.vm;
+    if (!vm) return 0;
     bound.tag = tag;
-    int rc = vmown__callout_disown(cb, bound.slot, tag, eager_hint(tag));
-    if (rc == 0) bound.epoch = vmown_epoch(cb);
+    int rc = vmown__callout_disown(vm, bound.slot, tag, eager_hint(tag));
+    if (rc == 0) bound.epoch = vmown_epoch(vm);
     return rc < 0 ? 0 : rc ? bound.slot | LAZY : bound.slot;
 }
 
 uint32_t vmown_callout_begin_eager(uint64_t tag) {
-    vmown_cb *cb = bound.cb;
-    if (!cb) return 0;
+    vmown_vm *vm = bound.vm;
+    if (!vm) return 0;
     bound.tag = tag;
-    if (vmown__callout_disown(cb, bound.slot, tag, true) < 0) return 0;
-    bound.epoch = vmown_epoch(cb);
+    if (vmown__callout_disown(vm, bound.slot, tag, true) < 0) return 0;
+    bound.epoch = vmown_epoch(vm);
     return bound.slot;
 }
 
@@ -137,14 +137,14 @@ uint32_t vmown_callout_begin_eager(uint64_t tag) {
 static int back(uint32_t token, bool wait) {
     uint32_t slot = token & ~LAZY;
     if (token & LAZY) {
-        if (vmown__lazy_return(bound.cb, slot) == 0) return 1;
+        if (vmown__lazy_return(bound.vm, slot) == 0) return 1;
         revoked(bound.tag);
     } else {
-        int rc = vmown_try_own(bound.cb, slot);
-        if (unlikely(eager_hint(bound.tag))) eager_back(bound.tag, rc != 1 || vmown_epoch(bound.cb) != bound.epoch);
+        int rc = vmown_try_own(bound.vm, slot);
+        if (unlikely(eager_hint(bound.tag))) eager_back(bound.tag, rc != 1 || vmown_epoch(bound.vm) != bound.epoch);
         if (rc == 1) return 1;
     }
-    int rc = wait ? vmown_own(bound.cb, slot) : vmown_try_own(bound.cb, slot);
+    int rc = wait ? vmown_own(bound.vm, slot) : vmown_try_own(bound.vm, slot);
     if (wait ? rc == 0 : rc == 1) return 1;
     if (wait || rc < 0) vmown__fatal("vmown_callout_end: own", rc == VMOWN_EBROKEN ? EIO : EINVAL);
     return 0;

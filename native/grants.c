@@ -33,7 +33,7 @@
  *     else re-queue at the place its ticket gives it (the head, among equal
  *     priorities), unlock, then load the owner word (seq_cst): if unowned,
  *     kick -- the store-load pair of the notes above, W's side being the
- *     `attention` increment of the re-queue.
+ *     `waiters_and_hb_asleep` increment of the re-queue.
  * S3. The thief disowns again while W is on its way back.
  *       G: lock; claimant == W: store (e', 0); unlock
  *       W: lock; VM free: CAS -> W  |  VM taken (by G again, or anybody's
@@ -77,7 +77,7 @@
  * A callout that finds nobody waiting need not release the word at all.  The
  * eager disown is a seq_cst store (a locked instruction on x86) and the own a
  * CAS: together most of a generated wrapper's cost over a plain call.  So
- * while this process's heartbeat runs (cb->lazy), vmown_callout_begin only
+ * while this process's heartbeat runs (vm->lazy), vmown_callout_begin only
  * marks its slot: lazy_seq goes odd (a plain store), and the owner word still
  * names it.  The return makes lazy_seq even and reads the word (plain load):
  * if it still names the caller, that is all -- no locked instruction either
@@ -110,10 +110,10 @@
  *   - Begin when waiters are counted: eager (a soft grant), as before.  A
  *     waiter that queues during a lazy callout waits for the heartbeat (at
  *     most about two ticks) or the owner's next scheduling point.  It wakes
- *     a sleeping heartbeat (the store-load pair on `attention`, both RMWs).
+ *     a sleeping heartbeat (the store-load pair on `waiters_and_hb_asleep`, both RMWs).
  *   - Heartbeat sleep vs lazy begin: the heartbeat sets HB_ASLEEP, runs a
  *     membarrier, then reads lazy_seq; begin stores lazy_seq, then loads
- *     `attention`.  The same argument: one sees the other.
+ *     `waiters_and_hb_asleep`.  The same argument: one sees the other.
  *   - Only the heartbeat of T's own process revokes T (a private membarrier
  *     reaches only its own threads); so a process without a heartbeat on the
  *     block never goes lazy.
@@ -134,10 +134,10 @@
  * called off may have left (e, REVOKING|me) for a moment (see "Lazy
  * callouts"); take it back before using the word.  If the CAS fails the
  * revoker restored (e, me) itself. */
-uint64_t vmown__settle_revoking(vmown_cb *cb, uint32_t me, uint64_t w) {
+uint64_t vmown__settle_revoking(vmown_vm *vm, uint32_t me, uint64_t w) {
     if (likely(!VMOWN__IS_REVOKING(w)) || VMOWN__HOLDER(w) != (int32_t)me) return w;
     uint64_t mine = VMOWN__WORD(VMOWN__EPOCH(w), me);
-    if (atomic_compare_exchange_strong_explicit(&cb->b->owner_word, &w, mine, ACQUIRE, RELAXED)) return mine;
+    if (atomic_compare_exchange_strong_explicit(&vm->block->owner_word, &w, mine, ACQUIRE, RELAXED)) return mine;
     return w;
 }
 
@@ -145,9 +145,9 @@ uint64_t vmown__settle_revoking(vmown_cb *cb, uint32_t me, uint64_t w) {
  * soft grant is claimed by CAS, which races with the granter's steal (see
  * "Soft grants" at the top).  Returns 1 owning, 0 robbed and queued again
  * (the caller sleeps again), or a negative code. */
-int vmown__settle_grant(vmown_cb *cb, uint32_t me) {
-    struct vmown__block *b = cb->b;
-    struct vmown_slot *s = slot_of(cb, me);
+int vmown__settle_grant(vmown_vm *vm, uint32_t me) {
+    struct vmown__block *b = vm->block;
+    struct vmown_slot *s = slot_of(vm, me);
     uint64_t w = atomic_load_explicit(&b->owner_word, ACQUIRE);
     if (VMOWN__OWNER(w) == (int32_t)me) return 1;  /* a hard grant */
     if (VMOWN__IS_PENDING(w) && VMOWN__HOLDER(w) == (int32_t)me) {
@@ -161,24 +161,24 @@ int vmown__settle_grant(vmown_cb *cb, uint32_t me) {
         }
     }
     /* Robbed: the granter took the VM back before our claim. */
-    int rc = vmown__lock_block(cb);
+    int rc = vmown__lock_block(vm);
     if (rc < 0) return rc;
     if (atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_GRANTED) {
-        unlock_block(cb);
+        unlock_block(vm);
         return 0;  /* a repair queued us again meanwhile */
     }
     if (VMOWN__OWNER(atomic_load_explicit(&b->owner_word, ACQUIRE)) == (int32_t)me) {
         /* Taking this lock repaired the block (its last holder died): the
          * repair queued us again and the reap handed us the VM, hard.  Its
          * post is a stray now, which the next wait skips. */
-        unlock_block(cb);
+        unlock_block(vm);
         return 1;
     }
     if (atomic_load_explicit(&b->claimant, RELAXED) != me) {
         /* GRANTED, not named by the word, yet no soft grant of ours is
          * unsettled: a hard grant was lost.  Fail loudly. */
-        mark_broken(cb);
-        unlock_block(cb);
+        mark_broken(vm);
+        unlock_block(vm);
         return VMOWN_EBROKEN;
     }
     atomic_store_explicit(&b->claimant, 0, RELAXED);
@@ -190,28 +190,28 @@ int vmown__settle_grant(vmown_cb *cb, uint32_t me) {
     if (VMOWN__OWNER(w) == 0 &&
         atomic_compare_exchange_strong_explicit(&b->owner_word, &w, VMOWN__WORD(VMOWN__EPOCH(w), me), ACQUIRE,
                                                 RELAXED)) {
-        unlock_block(cb);
+        unlock_block(vm);
         return 1;  /* free by now (the thief released it without waking anybody): ours */
     }
-    rc = vmown__requeue_locked(cb, me);
-    unlock_block(cb);
+    rc = vmown__requeue_locked(vm, me);
+    unlock_block(vm);
     if (rc < 0) return rc;
     /* The store-load pair again: an owner that released before it could see
      * us counted did not hand the VM to anybody. */
-    return (rc = vmown__after_queueing(cb)) < 0 ? rc : 0;
+    return (rc = vmown__after_queueing(vm)) < 0 ? rc : 0;
 }
 
 /* ---- lazy callouts (see the notes) ---- */
 
-int vmown__callout_disown(vmown_cb *cb, uint32_t me, uint64_t callout, bool eager) {
-    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
-    struct vmown__block *b = cb->b;
-    struct vmown_slot *s = slot_of(cb, me);
+int vmown__callout_disown(vmown_vm *vm, uint32_t me, uint64_t callout, bool eager) {
+    if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
+    struct vmown__block *b = vm->block;
+    struct vmown_slot *s = slot_of(vm, me);
     uint64_t seq = atomic_load_explicit(&s->lazy_seq, RELAXED);
     if (unlikely(seq & 1)) return VMOWN_ENOTOWNER;  /* out in one already: a nested call is plain */
-    if (likely(!eager) && likely(atomic_load_explicit(&cb->lazy, RELAXED)) &&
-        likely((atomic_load_explicit(&b->attention, RELAXED) & VMOWN__WAITERS_MASK) == 0)) {
-        uint64_t w = my_word(cb, me);
+    if (likely(!eager) && likely(atomic_load_explicit(&vm->lazy, RELAXED)) &&
+        likely((atomic_load_explicit(&b->waiters_and_hb_asleep, RELAXED) & VMOWN__WAITERS_MASK) == 0)) {
+        uint64_t w = my_word(vm, me);
         if (unlikely(VMOWN__OWNER(w) != (int32_t)me)) return VMOWN_ENOTOWNER;
         atomic_store_explicit(&s->callout, callout, RELAXED);
         atomic_store_explicit(&s->callout_tick, atomic_load_explicit(&b->ticks, RELAXED), RELAXED);
@@ -220,15 +220,15 @@ int vmown__callout_disown(vmown_cb *cb, uint32_t me, uint64_t callout, bool eage
         /* Release: whoever the heartbeat hands the VM to sees what we did. */
         atomic_store_explicit(&s->lazy_seq, seq + 1, RELEASE);
         atomic_signal_fence(SEQ_CST);  /* the light side: the store before the load */
-        if (unlikely(atomic_load_explicit(&b->attention, RELAXED) & VMOWN__HB_ASLEEP)) vmown__wake_heartbeat(cb);
+        if (unlikely(atomic_load_explicit(&b->waiters_and_hb_asleep, RELAXED) & VMOWN__HB_ASLEEP)) vmown__wake_heartbeat(vm);
         return 1;
     }
-    return vmown__disown(cb, me, callout, true);
+    return vmown__disown(vm, me, callout, true);
 }
 
-int vmown__lazy_return(vmown_cb *cb, uint32_t me) {
-    struct vmown__block *b = cb->b;
-    struct vmown_slot *s = slot_of(cb, me);
+int vmown__lazy_return(vmown_vm *vm, uint32_t me) {
+    struct vmown__block *b = vm->block;
+    struct vmown_slot *s = slot_of(vm, me);
     uint64_t seq = atomic_load_explicit(&s->lazy_seq, RELAXED);
     if (seq & 1) atomic_store_explicit(&s->lazy_seq, seq + 1, RELAXED);  /* L1 */
     atomic_signal_fence(SEQ_CST);
@@ -236,27 +236,27 @@ int vmown__lazy_return(vmown_cb *cb, uint32_t me) {
     vmown__widen();
 #endif
     uint64_t w = atomic_load_explicit(&b->owner_word, ACQUIRE);  /* L2 */
-    if (likely(VMOWN__OWNER(w) == (int32_t)me) || VMOWN__OWNER(vmown__settle_revoking(cb, me, w)) == (int32_t)me) {
+    if (likely(VMOWN__OWNER(w) == (int32_t)me) || VMOWN__OWNER(vmown__settle_revoking(vm, me, w)) == (int32_t)me) {
         bump(&s->fast_owns);
         return 0;
     }
     return 1;  /* revoked */
 }
 
-uint64_t vmown__lazy_out(vmown_cb *cb, uint64_t w) {
+uint64_t vmown__lazy_out(vmown_vm *vm, uint64_t w) {
     uint32_t t = (uint32_t)VMOWN__OWNER(w);  /* pending and revoking words name no valid index */
-    if (!atomic_load_explicit(&cb->lazy_ok, RELAXED) || !valid_index(cb, t)) return 0;
-    struct vmown_slot *s = slot_of(cb, t);
-    if (atomic_load_explicit(&s->pid, RELAXED) != cb->hb_pid) return 0;
+    if (!atomic_load_explicit(&vm->lazy_ok, RELAXED) || !valid_index(vm, t)) return 0;
+    struct vmown_slot *s = slot_of(vm, t);
+    if (atomic_load_explicit(&s->pid, RELAXED) != vm->hb_pid) return 0;
     uint64_t seq = atomic_load_explicit(&s->lazy_seq, ACQUIRE);
     return seq & 1 ? seq : 0;
 }
 
-int vmown__revoke(vmown_cb *cb, uint64_t w, uint64_t seq, bool work) {
-    struct vmown__block *b = cb->b;
+int vmown__revoke(vmown_vm *vm, uint64_t w, uint64_t seq, bool work) {
+    struct vmown__block *b = vm->block;
     uint32_t t = (uint32_t)VMOWN__OWNER(w);
-    if (!valid_index(cb, t)) return 0;
-    struct vmown_slot *s = slot_of(cb, t);
+    if (!valid_index(vm, t)) return 0;
+    struct vmown_slot *s = slot_of(vm, t);
     uint64_t revoking = VMOWN__WORD(VMOWN__EPOCH(w), VMOWN__REVOKING | t);
     vmown__widen();  /* lets T come back before R1: its L2 reads (e, T), R3 calls off */
     if (!atomic_compare_exchange_strong_explicit(&b->owner_word, &w, revoking, SEQ_CST, RELAXED)) return 0; /* R1 */
@@ -269,37 +269,37 @@ int vmown__revoke(vmown_cb *cb, uint64_t w, uint64_t seq, bool work) {
     }
     uint32_t target = 0;
     bool idle = false;
-    int rc = vmown__lock_block(cb);
+    int rc = vmown__lock_block(vm);
     if (rc < 0) return rc;
-    if ((rc = vmown__read_link(cb, &b->head, &target)) == 0 && target == 0 && work) {
-        rc = vmown__read_link(cb, &b->idle_head, &target);
+    if ((rc = vmown__read_link(vm, &b->head, &target)) == 0 && target == 0 && work) {
+        rc = vmown__read_link(vm, &b->idle_head, &target);
         idle = target != 0;
     }
     if (rc < 0) {
-        unlock_block(cb);
+        unlock_block(vm);
         return rc;
     }
     /* T may take the word back meanwhile: then this fails and T owns. */
     if (!atomic_compare_exchange_strong_explicit(&b->owner_word, &revoking,
                                                  VMOWN__WORD(VMOWN__EPOCH(w) + 1, target), SEQ_CST, RELAXED)) {
-        unlock_block(cb);
+        unlock_block(vm);
         atomic_fetch_add_explicit(&b->called_off, 1, RELAXED);
         return 0;
     }
     uint32_t popped = 0;
     if (idle) {
-        rc = vmown__idle_unlink_locked(cb, target);
-        atomic_store_explicit(&slot_of(cb, target)->state, VMOWN_SLOT_GRANTED, RELAXED);
+        rc = vmown__idle_unlink_locked(vm, target);
+        atomic_store_explicit(&slot_of(vm, target)->state, VMOWN_SLOT_GRANTED, RELAXED);
     } else if (target) {
-        rc = vmown__pop_head_locked(cb, &popped);  /* the head read above: it holds the lock */
+        rc = vmown__pop_head_locked(vm, &popped);  /* the head read above: it holds the lock */
     }
-    unlock_block(cb);
+    unlock_block(vm);
     if (rc < 0) return rc;
     atomic_fetch_add_explicit(&b->revocations, 1, RELAXED);
     if (idle) atomic_fetch_add_explicit(&b->activations, 1, RELAXED);
     if (target) {
         vmown__widen();
-        post(cb, target);
+        post(vm, target);
     }
     return 1;
 }

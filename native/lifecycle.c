@@ -11,17 +11,17 @@
 
 #include <stdlib.h>
 
-void vmown_cb_detach(vmown_cb *cb) {
-    if (!cb) return;
-    vmown_heartbeat_stop(cb);
-    /* A pooled worker still out in a callout uses cb when it is back: leave
+void vmown_vm_detach(vmown_vm *vm) {
+    if (!vm) return;
+    vmown_heartbeat_stop(vm);
+    /* A pooled worker still out in a callout uses vm when it is back: leave
      * it allocated (the block stays mapped as long as the caller keeps it). */
-    if (!vmown__workers_free(cb)) return;
-    free(cb);
+    if (!vmown__workers_free(vm)) return;
+    free(vm);
 }
 
-int vmown_unregister(vmown_cb *cb, uint32_t me) {
-    int rc = vmown__unregister(cb, me);
-    if (rc == 0) vmown__unbind_if(cb, me);
+int vmown_unregister(vmown_vm *vm, uint32_t me) {
+    int rc = vmown__unregister(vm, me);
+    if (rc == 0) vmown__unbind_if(vm, me);
     return rc;
 }

@@ -22,12 +22,12 @@
  *   1. if waiters are counted, take the lock, dequeue the head, store
  *      (epoch+1, head), unlock, post head's semaphore (a callout's disown
  *      stores a soft grant instead, see below);
- *   2. else store (epoch+1, 0) seq_cst, then load `attention` seq_cst; if a
+ *   2. else store (epoch+1, 0) seq_cst, then load `waiters_and_hb_asleep` seq_cst; if a
  *      waiter appeared meanwhile, kick (below).
  * Own, by a thread that does not own:
  *   1. CAS (epoch, 0) -> (epoch, me): done, nothing to restore.
  *   2. else take the lock, try the CAS again, else enqueue and count me in
- *      `attention` (seq_cst), unlock;
+ *      `waiters_and_hb_asleep` (seq_cst), unlock;
  *   3. load the owner word seq_cst; if it reads 0, kick;
  *   4. sleep on my semaphore until a post finds my state GRANTED.
  * Kick: under the lock, while the queue is not empty and the owner is 0, CAS
@@ -35,8 +35,8 @@
  *   unlock and post it.
  *
  * Why no wake-up is lost (a store-load, "Dekker" pair):
- *   owner:  store owner := 0   ; load attention
- *   waiter: add attention += 1 ; load owner
+ *   owner:  store owner := 0   ; load waiters_and_hb_asleep
+ *   waiter: add waiters_and_hb_asleep += 1 ; load owner
  * All four are seq_cst, so at least one side sees the other's store: either
  * the owner sees the waiter (and kicks, or hands off), or the waiter sees the
  * VM free (and kicks).  If both see each other both kick; kick is idempotent:
@@ -91,77 +91,77 @@ void vmown__debug_stop(int point) {
 
 /* Read a link from shared memory: 0 or a valid index, else the block is
  * corrupt and is marked broken. */
-int vmown__read_link(vmown_cb *cb, _Atomic uint32_t *link, uint32_t *out) {
+int vmown__read_link(vmown_vm *vm, _Atomic uint32_t *link, uint32_t *out) {
     uint32_t i = atomic_load_explicit(link, RELAXED);
-    if (i != 0 && !valid_index(cb, i)) {
-        mark_broken(cb);
+    if (i != 0 && !valid_index(vm, i)) {
+        mark_broken(vm);
         return VMOWN_EBROKEN;
     }
     *out = i;
     return 0;
 }
 
-int vmown__enqueue_locked(vmown_cb *cb, uint32_t me) {
-    struct vmown__block *b = cb->b;
-    struct vmown_slot *s = slot_of(cb, me);
+int vmown__enqueue_locked(vmown_vm *vm, uint32_t me) {
+    struct vmown__block *b = vm->block;
+    struct vmown_slot *s = slot_of(vm, me);
     int32_t prio = atomic_load_explicit(&s->priority, RELAXED);
     uint32_t tail, prev = 0, cur;
     int rc;
     atomic_store_explicit(&s->ticket, atomic_fetch_add_explicit(&b->next_ticket, 1, RELAXED), RELAXED);
     atomic_store_explicit(&s->state, VMOWN_SLOT_WAITING, RELAXED);
     atomic_store_explicit(&s->robbed, 0, RELAXED);  /* a new wait: no robbery yet */
-    if ((rc = vmown__read_link(cb, &b->tail, &tail)) < 0) return rc;
-    if (tail == 0 || atomic_load_explicit(&slot_of(cb, tail)->priority, RELAXED) >= prio) {
+    if ((rc = vmown__read_link(vm, &b->tail, &tail)) < 0) return rc;
+    if (tail == 0 || atomic_load_explicit(&slot_of(vm, tail)->priority, RELAXED) >= prio) {
         /* The common case: append. */
         atomic_store_explicit(&s->next, 0, RELAXED);
-        if (tail) atomic_store_explicit(&slot_of(cb, tail)->next, me, RELAXED);
+        if (tail) atomic_store_explicit(&slot_of(vm, tail)->next, me, RELAXED);
         else atomic_store_explicit(&b->head, me, RELAXED);
         atomic_store_explicit(&b->tail, me, RELAXED);
     } else {
         /* Insert before the first slot of lower priority; bounded walk. */
-        if ((rc = vmown__read_link(cb, &b->head, &cur)) < 0) return rc;
-        for (uint32_t steps = 0; cur && atomic_load_explicit(&slot_of(cb, cur)->priority, RELAXED) >= prio;
+        if ((rc = vmown__read_link(vm, &b->head, &cur)) < 0) return rc;
+        for (uint32_t steps = 0; cur && atomic_load_explicit(&slot_of(vm, cur)->priority, RELAXED) >= prio;
              steps++) {
-            if (steps > cb->nslots) { mark_broken(cb); return VMOWN_EBROKEN; }
+            if (steps > vm->nslots) { mark_broken(vm); return VMOWN_EBROKEN; }
             prev = cur;
-            if ((rc = vmown__read_link(cb, &slot_of(cb, cur)->next, &cur)) < 0) return rc;
+            if ((rc = vmown__read_link(vm, &slot_of(vm, cur)->next, &cur)) < 0) return rc;
         }
         atomic_store_explicit(&s->next, cur, RELAXED);
-        if (prev) atomic_store_explicit(&slot_of(cb, prev)->next, me, RELAXED);
+        if (prev) atomic_store_explicit(&slot_of(vm, prev)->next, me, RELAXED);
         else atomic_store_explicit(&b->head, me, RELAXED);
     }
     vmown__debug_stop(VMOWN_DEBUG_STOP_IN_LOCK);  /* linked, not yet counted */
-    /* seq_cst: pairs with the load of `attention` after a release store. */
-    atomic_fetch_add_explicit(&b->attention, 1, SEQ_CST);
+    /* seq_cst: pairs with the load of `waiters_and_hb_asleep` after a release store. */
+    atomic_fetch_add_explicit(&b->waiters_and_hb_asleep, 1, SEQ_CST);
     return 0;
 }
 
 /* Put `me` back in the queue at the place its ticket gives it: a waiter
  * robbed of a soft grant keeps its place (among equal priorities it is older
  * than everybody, so this is the head).  Bounded walk, as enqueue_locked. */
-int vmown__requeue_locked(vmown_cb *cb, uint32_t me) {
-    struct vmown__block *b = cb->b;
-    struct vmown_slot *s = slot_of(cb, me);
+int vmown__requeue_locked(vmown_vm *vm, uint32_t me) {
+    struct vmown__block *b = vm->block;
+    struct vmown_slot *s = slot_of(vm, me);
     int32_t prio = atomic_load_explicit(&s->priority, RELAXED);
     uint64_t ticket = atomic_load_explicit(&s->ticket, RELAXED);
     uint32_t prev = 0, cur;
     int rc;
-    if ((rc = vmown__read_link(cb, &b->head, &cur)) < 0) return rc;
+    if ((rc = vmown__read_link(vm, &b->head, &cur)) < 0) return rc;
     for (uint32_t steps = 0; cur; steps++) {
-        struct vmown_slot *c = slot_of(cb, cur);
+        struct vmown_slot *c = slot_of(vm, cur);
         int32_t p = atomic_load_explicit(&c->priority, RELAXED);
         if (p < prio || (p == prio && atomic_load_explicit(&c->ticket, RELAXED) > ticket)) break;
-        if (steps > cb->nslots) { mark_broken(cb); return VMOWN_EBROKEN; }
+        if (steps > vm->nslots) { mark_broken(vm); return VMOWN_EBROKEN; }
         prev = cur;
-        if ((rc = vmown__read_link(cb, &c->next, &cur)) < 0) return rc;
+        if ((rc = vmown__read_link(vm, &c->next, &cur)) < 0) return rc;
     }
     atomic_store_explicit(&s->state, VMOWN_SLOT_WAITING, RELAXED);
     atomic_store_explicit(&s->next, cur, RELAXED);
-    if (prev) atomic_store_explicit(&slot_of(cb, prev)->next, me, RELAXED);
+    if (prev) atomic_store_explicit(&slot_of(vm, prev)->next, me, RELAXED);
     else atomic_store_explicit(&b->head, me, RELAXED);
     if (cur == 0) atomic_store_explicit(&b->tail, me, RELAXED);
     /* seq_cst: the same store-load pair as enqueue_locked. */
-    atomic_fetch_add_explicit(&b->attention, 1, SEQ_CST);
+    atomic_fetch_add_explicit(&b->waiters_and_hb_asleep, 1, SEQ_CST);
     return 0;
 }
 
@@ -169,18 +169,18 @@ int vmown__requeue_locked(vmown_cb *cb, uint32_t me) {
  * `idle_next`) whose first link is *head.  The walk is bounded by nslots and
  * every link is checked, so a corrupt list marks the block broken instead of
  * looping.  *prev_out is me's predecessor (0: it was first). */
-int vmown__list_unlink_locked(vmown_cb *cb, _Atomic uint32_t *head, size_t link, uint32_t me,
+int vmown__list_unlink_locked(vmown_vm *vm, _Atomic uint32_t *head, size_t link, uint32_t me,
                               uint32_t *prev_out) {
-#define LINK(i) ((_Atomic uint32_t *)((char *)slot_of(cb, (i)) + link))
+#define LINK(i) ((_Atomic uint32_t *)((char *)slot_of(vm, (i)) + link))
     uint32_t prev = 0, cur, next;
     int rc;
-    if ((rc = vmown__read_link(cb, head, &cur)) < 0) return rc;
+    if ((rc = vmown__read_link(vm, head, &cur)) < 0) return rc;
     for (uint32_t steps = 0; cur != me; steps++) {
-        if (cur == 0 || steps > cb->nslots) { mark_broken(cb); return VMOWN_EBROKEN; }
+        if (cur == 0 || steps > vm->nslots) { mark_broken(vm); return VMOWN_EBROKEN; }
         prev = cur;
-        if ((rc = vmown__read_link(cb, LINK(cur), &cur)) < 0) return rc;
+        if ((rc = vmown__read_link(vm, LINK(cur), &cur)) < 0) return rc;
     }
-    if ((rc = vmown__read_link(cb, LINK(me), &next)) < 0) return rc;
+    if ((rc = vmown__read_link(vm, LINK(me), &next)) < 0) return rc;
     atomic_store_explicit(prev ? LINK(prev) : head, next, RELAXED);
     atomic_store_explicit(LINK(me), 0, RELAXED);
     *prev_out = prev;
@@ -189,23 +189,23 @@ int vmown__list_unlink_locked(vmown_cb *cb, _Atomic uint32_t *head, size_t link,
 }
 
 /* Unlink `me` from wherever it is in the queue. */
-int vmown__unlink_locked(vmown_cb *cb, uint32_t me) {
-    struct vmown__block *b = cb->b;
+int vmown__unlink_locked(vmown_vm *vm, uint32_t me) {
+    struct vmown__block *b = vm->block;
     uint32_t prev;
-    int rc = vmown__list_unlink_locked(cb, &b->head, offsetof(struct vmown_slot, next), me, &prev);
+    int rc = vmown__list_unlink_locked(vm, &b->head, offsetof(struct vmown_slot, next), me, &prev);
     if (rc < 0) return rc;
     if (atomic_load_explicit(&b->tail, RELAXED) == me) atomic_store_explicit(&b->tail, prev, RELAXED);
-    atomic_fetch_sub_explicit(&b->attention, 1, SEQ_CST);
+    atomic_fetch_sub_explicit(&b->waiters_and_hb_asleep, 1, SEQ_CST);
     return 0;
 }
 
 /* Dequeue the head and mark it GRANTED; the caller stores it as owner. */
-int vmown__pop_head_locked(vmown_cb *cb, uint32_t *out) {
+int vmown__pop_head_locked(vmown_vm *vm, uint32_t *out) {
     uint32_t head;
-    int rc = vmown__read_link(cb, &cb->b->head, &head);
+    int rc = vmown__read_link(vm, &vm->block->head, &head);
     if (rc < 0) return rc;
-    if (head && (rc = vmown__unlink_locked(cb, head)) < 0) return rc;
-    if (head) atomic_store_explicit(&slot_of(cb, head)->state, VMOWN_SLOT_GRANTED, RELAXED);
+    if (head && (rc = vmown__unlink_locked(vm, head)) < 0) return rc;
+    if (head) atomic_store_explicit(&slot_of(vm, head)->state, VMOWN_SLOT_GRANTED, RELAXED);
     *out = head;
     return 0;
 }
@@ -215,13 +215,13 @@ int vmown__pop_head_locked(vmown_cb *cb, uint32_t *out) {
 /* Give an unowned VM to the head waiter, if both exist. */
 /* Under the lock: give an unowned VM to the head waiter, if both exist.
  * Sets *granted to the slot to post after unlocking (0: none). */
-int vmown__grant_head_locked(vmown_cb *cb, uint32_t *granted) {
-    struct vmown__block *b = cb->b;
+int vmown__grant_head_locked(vmown_vm *vm, uint32_t *granted) {
+    struct vmown__block *b = vm->block;
     uint32_t head;
     int rc;
     *granted = 0;
     for (;;) {
-        if ((rc = vmown__read_link(cb, &b->head, &head)) < 0 || head == 0) return rc;
+        if ((rc = vmown__read_link(vm, &b->head, &head)) < 0 || head == 0) return rc;
         uint64_t w = atomic_load_explicit(&b->owner_word, SEQ_CST);
         if (VMOWN__OWNER(w) != 0) return 0;  /* its owner will see the queue */
         if (atomic_compare_exchange_strong_explicit(&b->owner_word, &w, VMOWN__WORD(VMOWN__EPOCH(w), head),
@@ -229,56 +229,56 @@ int vmown__grant_head_locked(vmown_cb *cb, uint32_t *granted) {
             break;
         /* Lost the CAS to an epoch bump, or to a taker who will see us. */
     }
-    rc = vmown__pop_head_locked(cb, &head);
+    rc = vmown__pop_head_locked(vm, &head);
     if (rc == 0) *granted = head;
     return rc;
 }
 
-void vmown__post_granted(vmown_cb *cb, uint32_t granted) {
+void vmown__post_granted(vmown_vm *vm, uint32_t granted) {
     if (!granted) return;
     vmown__widen();
-    post(cb, granted);
+    post(vm, granted);
 }
 
 /* Give an unowned VM to the head waiter, if both exist. */
-int vmown__kick(vmown_cb *cb) {
+int vmown__kick(vmown_vm *vm) {
     uint32_t granted;
-    int rc = vmown__lock_block(cb);
+    int rc = vmown__lock_block(vm);
     if (rc < 0) return rc;
-    rc = vmown__grant_head_locked(cb, &granted);
-    unlock_block(cb);
-    vmown__post_granted(cb, granted);
+    rc = vmown__grant_head_locked(vm, &granted);
+    unlock_block(vm);
+    vmown__post_granted(vm, granted);
     return rc;
 }
 
 /* Wake this block's heartbeat if it sleeps (VMOWN__HB_ASLEEP in
- * `attention`): the core's side of the heartbeat's sleep, so that the core
+ * `waiters_and_hb_asleep`): the core's side of the heartbeat's sleep, so that the core
  * calls nothing above it.  A stray post is harmless. */
-void vmown__wake_heartbeat(vmown_cb *cb) {
-    uint64_t was = atomic_fetch_and_explicit(&cb->b->attention, ~VMOWN__HB_ASLEEP, SEQ_CST);
-    if (was & VMOWN__HB_ASLEEP) (void)vmown__sem_post(&cb->b->hb_sem);  /* fails only if corrupt */
+void vmown__wake_heartbeat(vmown_vm *vm) {
+    uint64_t was = atomic_fetch_and_explicit(&vm->block->waiters_and_hb_asleep, ~VMOWN__HB_ASLEEP, SEQ_CST);
+    if (was & VMOWN__HB_ASLEEP) (void)vmown__sem_post(&vm->block->hb_sem);  /* fails only if corrupt */
 }
 
-/* Just queued (counted in `attention`, seq_cst): the other half of the
+/* Just queued (counted in `waiters_and_hb_asleep`, seq_cst): the other half of the
  * store-load pairs.  The owner released before it could see us: kick.  The
  * owner is out in a lazy callout, which only a revocation ends, and the
  * heartbeat sleeps: wake it (see "Lazy callouts"). */
-int vmown__after_queueing(vmown_cb *cb) {
-    struct vmown__block *b = cb->b;
+int vmown__after_queueing(vmown_vm *vm) {
+    struct vmown__block *b = vm->block;
     uint64_t w = atomic_load_explicit(&b->owner_word, SEQ_CST);
-    if (VMOWN__OWNER(w) == 0) return vmown__kick(cb);
+    if (VMOWN__OWNER(w) == 0) return vmown__kick(vm);
     uint32_t t = (uint32_t)VMOWN__OWNER(w);
-    if ((atomic_load_explicit(&b->attention, SEQ_CST) & VMOWN__HB_ASLEEP) && valid_index(cb, t) &&
-        (atomic_load_explicit(&slot_of(cb, t)->lazy_seq, RELAXED) & 1))
-        vmown__wake_heartbeat(cb);
+    if ((atomic_load_explicit(&b->waiters_and_hb_asleep, SEQ_CST) & VMOWN__HB_ASLEEP) && valid_index(vm, t) &&
+        (atomic_load_explicit(&slot_of(vm, t)->lazy_seq, RELAXED) & 1))
+        vmown__wake_heartbeat(vm);
     return 0;
 }
 
 /* Sleep until GRANTED.  On a signal (if interruptible) or a timeout, leave the
  * queue; if the grant won that race, take it instead.  Robbed of a soft grant,
  * sleep again, with the caller's deadline and flags. */
-int vmown__await_grant(vmown_cb *cb, uint32_t me, int64_t deadline_ns, int flags) {
-    struct vmown_slot *s = slot_of(cb, me);
+int vmown__await_grant(vmown_vm *vm, uint32_t me, int64_t deadline_ns, int flags) {
+    struct vmown_slot *s = slot_of(vm, me);
     const int64_t deadline_asked = deadline_ns;
     const int flags_asked = flags;
     unsigned strays = 0;
@@ -288,7 +288,7 @@ int vmown__await_grant(vmown_cb *cb, uint32_t me, int64_t deadline_ns, int flags
         int rc = vmown__sem_wait(&s->sem, sliced ? slice_end : deadline_ns);
         if (rc == 0) {
             if (atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_GRANTED) goto granted;
-            if (++strays > MAX_STRAY_POSTS) { mark_broken(cb); return VMOWN_EBROKEN; }
+            if (++strays > MAX_STRAY_POSTS) { mark_broken(vm); return VMOWN_EBROKEN; }
             continue;  /* a stray post */
         }
         if (rc == VMOWN_ETIMEDOUT && sliced) {
@@ -296,23 +296,23 @@ int vmown__await_grant(vmown_cb *cb, uint32_t me, int64_t deadline_ns, int flags
              * between its store and its post.  Take the grant; should the
              * post come after all, the next wait skips it as a stray. */
             if (atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_GRANTED) goto granted;
-            if ((rc = vmown__check_owner(cb)) < 0) return rc;
+            if ((rc = vmown__check_owner(vm)) < 0) return rc;
             if ((flags & VMOWN_WAIT_SLICES) &&
                 atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_WAITING)
                 return VMOWN_EAGAIN;  /* still queued: the caller runs its signal handlers */
             continue;
         }
         if (rc == VMOWN_EINTR && !(flags & VMOWN_WAIT_INTERRUPTIBLE)) continue;
-        int lrc = vmown__lock_block(cb);
+        int lrc = vmown__lock_block(vm);
         if (lrc < 0) return lrc;
         if (atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_WAITING) {
-            lrc = vmown__unlink_locked(cb, me);
+            lrc = vmown__unlink_locked(vm, me);
             atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
-            unlock_block(cb);
+            unlock_block(vm);
             bump(&s->interrupts);
             return lrc < 0 ? lrc : rc;
         }
-        unlock_block(cb);
+        unlock_block(vm);
         /* GRANTED: the VM is ours (or a soft grant is) and the post is on
          * its way. */
         deadline_ns = -1;
@@ -320,7 +320,7 @@ int vmown__await_grant(vmown_cb *cb, uint32_t me, int64_t deadline_ns, int flags
         continue;
     granted:
         vmown__debug_stop(VMOWN_DEBUG_STOP_GRANTED);
-        if ((rc = vmown__settle_grant(cb, me)) < 0) return rc;
+        if ((rc = vmown__settle_grant(vm, me)) < 0) return rc;
         if (rc == 1) break;
         deadline_ns = deadline_asked;  /* robbed: queued again, as asked */
         flags = flags_asked;
@@ -341,26 +341,26 @@ int vmown__await_grant(vmown_cb *cb, uint32_t me, int64_t deadline_ns, int flags
 #define ROB_LIMIT_NS 1000000  /* 1 ms: one heartbeat tick at the default rate */
 #endif
 
-int vmown__disown(vmown_cb *cb, uint32_t me, uint64_t callout, bool soft) {
-    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
-    struct vmown__block *b = cb->b;
-    struct vmown_slot *s = slot_of(cb, me);
-    uint64_t w = my_word(cb, me);
+int vmown__disown(vmown_vm *vm, uint32_t me, uint64_t callout, bool soft) {
+    if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
+    struct vmown__block *b = vm->block;
+    struct vmown_slot *s = slot_of(vm, me);
+    uint64_t w = my_word(vm, me);
     if (unlikely(VMOWN__OWNER(w) != (int32_t)me)) return VMOWN_ENOTOWNER;
     atomic_store_explicit(&s->callout, callout, RELAXED);
     atomic_store_explicit(&s->callout_tick, atomic_load_explicit(&b->ticks, RELAXED), RELAXED);
     bump(&s->disowns);
-    if (likely((atomic_load_explicit(&b->attention, RELAXED) & VMOWN__WAITERS_MASK) == 0)) {
-        /* Release; seq_cst orders it before the load of attention below. */
+    if (likely((atomic_load_explicit(&b->waiters_and_hb_asleep, RELAXED) & VMOWN__WAITERS_MASK) == 0)) {
+        /* Release; seq_cst orders it before the load of waiters_and_hb_asleep below. */
         atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, 0), SEQ_CST);
-        uint64_t att = atomic_load_explicit(&b->attention, SEQ_CST);
+        uint64_t att = atomic_load_explicit(&b->waiters_and_hb_asleep, SEQ_CST);
         if (likely(att == 0)) return 0;
-        if (att & VMOWN__HB_ASLEEP) vmown__wake_heartbeat(cb);
-        return (att & VMOWN__WAITERS_MASK) ? vmown__kick(cb) : 0;
+        if (att & VMOWN__HB_ASLEEP) vmown__wake_heartbeat(vm);
+        return (att & VMOWN__WAITERS_MASK) ? vmown__kick(vm) : 0;
     }
     /* Hand-off: give the VM straight to the head waiter. */
     uint32_t head = 0;
-    int rc = vmown__lock_block(cb);
+    int rc = vmown__lock_block(vm);
     if (rc < 0) return rc;
     if (soft && atomic_load_explicit(&b->claimant, RELAXED) != 0) {
         /* A robbed claimant is on its way back (race S3): it looks again
@@ -368,14 +368,14 @@ int vmown__disown(vmown_cb *cb, uint32_t me, uint64_t callout, bool soft) {
          * is granted by a later disown.  Waking another waiter now would
          * only make a herd. */
         atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, 0), SEQ_CST);
-        unlock_block(cb);
-        if (atomic_load_explicit(&b->attention, SEQ_CST) & VMOWN__HB_ASLEEP) vmown__wake_heartbeat(cb);
+        unlock_block(vm);
+        if (atomic_load_explicit(&b->waiters_and_hb_asleep, SEQ_CST) & VMOWN__HB_ASLEEP) vmown__wake_heartbeat(vm);
         return 0;
     }
-    rc = vmown__pop_head_locked(cb, &head);
+    rc = vmown__pop_head_locked(vm, &head);
     uint32_t word_owner = head;
     if (soft && head) {
-        struct vmown_slot *h = slot_of(cb, head);
+        struct vmown_slot *h = slot_of(vm, head);
         uint32_t robbed = atomic_load_explicit(&h->robbed, RELAXED);
         soft = robbed == 0 || (robbed < MAX_ROBBED && vmown__now_ns() -
                                    atomic_load_explicit(&h->robbed_since_ns, RELAXED) < ROB_LIMIT_NS);
@@ -391,31 +391,31 @@ int vmown__disown(vmown_cb *cb, uint32_t me, uint64_t callout, bool soft) {
     /* Caution: once the word names head, head may run VM code; nothing of the
      * VM may be touched after this store. */
     atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, word_owner), SEQ_CST);
-    unlock_block(cb);
+    unlock_block(vm);
     if (rc < 0) return rc;
     if (head) {
         vmown__debug_stop(VMOWN_DEBUG_STOP_BEFORE_POST);  /* S8 */
         vmown__widen();
-        post(cb, head);
-    } else if (atomic_load_explicit(&b->attention, SEQ_CST) & VMOWN__WAITERS_MASK) {
-        return vmown__kick(cb);
+        post(vm, head);
+    } else if (atomic_load_explicit(&b->waiters_and_hb_asleep, SEQ_CST) & VMOWN__WAITERS_MASK) {
+        return vmown__kick(vm);
     }
     return 0;
 }
 
-int vmown_disown(vmown_cb *cb, uint32_t me, uint64_t callout) { return vmown__disown(cb, me, callout, false); }
+int vmown_disown(vmown_vm *vm, uint32_t me, uint64_t callout) { return vmown__disown(vm, me, callout, false); }
 
-static int own_fast(vmown_cb *cb, struct vmown_slot *s, uint32_t me, uint64_t *w) {
-    *w = atomic_load_explicit(&cb->b->owner_word, RELAXED);
+static int own_fast(vmown_vm *vm, struct vmown_slot *s, uint32_t me, uint64_t *w) {
+    *w = atomic_load_explicit(&vm->block->owner_word, RELAXED);
     if (likely(VMOWN__OWNER(*w) == 0)) {
-        if (atomic_compare_exchange_strong_explicit(&cb->b->owner_word, w, VMOWN__WORD(VMOWN__EPOCH(*w), me),
+        if (atomic_compare_exchange_strong_explicit(&vm->block->owner_word, w, VMOWN__WORD(VMOWN__EPOCH(*w), me),
                                                     ACQUIRE, RELAXED)) {
             bump(&s->fast_owns);
             return 1;
         }
     } else if (*w == atomic_load_explicit(&s->soft_word, RELAXED)) {
         /* Our own soft grant, not claimed yet: steal it back (race S1). */
-        if (atomic_compare_exchange_strong_explicit(&cb->b->owner_word, w, VMOWN__WORD(VMOWN__EPOCH(*w), me),
+        if (atomic_compare_exchange_strong_explicit(&vm->block->owner_word, w, VMOWN__WORD(VMOWN__EPOCH(*w), me),
                                                     ACQUIRE, RELAXED)) {
             atomic_store_explicit(&s->soft_word, 0, RELAXED);
             bump(&s->steals);
@@ -426,113 +426,113 @@ static int own_fast(vmown_cb *cb, struct vmown_slot *s, uint32_t me, uint64_t *w
     return 0;
 }
 
-int vmown_own_wait(vmown_cb *cb, uint32_t me, int64_t timeout_ns, int flags) {
-    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
-    struct vmown__block *b = cb->b;
-    struct vmown_slot *s = slot_of(cb, me);
+int vmown_own_wait(vmown_vm *vm, uint32_t me, int64_t timeout_ns, int flags) {
+    if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
+    struct vmown__block *b = vm->block;
+    struct vmown_slot *s = slot_of(vm, me);
     uint64_t w;
-    if (likely(own_fast(cb, s, me, &w))) return 0;
-    if (VMOWN__OWNER(vmown__settle_revoking(cb, me, w)) == (int32_t)me) return VMOWN_EALREADY;
+    if (likely(own_fast(vm, s, me, &w))) return 0;
+    if (VMOWN__OWNER(vmown__settle_revoking(vm, me, w)) == (int32_t)me) return VMOWN_EALREADY;
     if (atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_RUNNING) return VMOWN_EBADSLOT;
     int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
-    int rc = vmown__lock_block(cb);
+    int rc = vmown__lock_block(vm);
     if (rc < 0) return rc;
     w = atomic_load_explicit(&b->owner_word, RELAXED);
     if (VMOWN__OWNER(w) == 0 &&
         atomic_compare_exchange_strong_explicit(&b->owner_word, &w, VMOWN__WORD(VMOWN__EPOCH(w), me), ACQUIRE,
                                                 RELAXED)) {
-        unlock_block(cb);
+        unlock_block(vm);
         bump(&s->slow_owns);
         return 0;
     }
     if (timeout_ns == 0) {
-        unlock_block(cb);
+        unlock_block(vm);
         return VMOWN_ETIMEDOUT;
     }
-    rc = vmown__enqueue_locked(cb, me);
-    unlock_block(cb);
+    rc = vmown__enqueue_locked(vm, me);
+    unlock_block(vm);
     if (rc < 0) return rc;
     bump(&s->slow_owns);
     vmown__widen();
     /* The other half of the store-load pair: the owner may have released
      * before it could see us counted. */
-    if ((rc = vmown__after_queueing(cb)) < 0) return rc;
-    return vmown__await_grant(cb, me, deadline, flags);
+    if ((rc = vmown__after_queueing(vm)) < 0) return rc;
+    return vmown__await_grant(vm, me, deadline, flags);
 }
 
-int vmown_own(vmown_cb *cb, uint32_t me) { return vmown_own_wait(cb, me, -1, 0); }
+int vmown_own(vmown_vm *vm, uint32_t me) { return vmown_own_wait(vm, me, -1, 0); }
 
-int vmown_own_resume(vmown_cb *cb, uint32_t me, int64_t deadline_ns, int flags) {
-    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
-    uint32_t st = atomic_load_explicit(&slot_of(cb, me)->state, ACQUIRE);
+int vmown_own_resume(vmown_vm *vm, uint32_t me, int64_t deadline_ns, int flags) {
+    if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
+    uint32_t st = atomic_load_explicit(&slot_of(vm, me)->state, ACQUIRE);
     if (st != VMOWN_SLOT_WAITING && st != VMOWN_SLOT_GRANTED) return VMOWN_EBADSLOT;
-    return vmown__await_grant(cb, me, deadline_ns, flags);
+    return vmown__await_grant(vm, me, deadline_ns, flags);
 }
 
-int vmown_own_cancel(vmown_cb *cb, uint32_t me) {
-    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
-    struct vmown_slot *s = slot_of(cb, me);
-    int rc = vmown__lock_block(cb);
+int vmown_own_cancel(vmown_vm *vm, uint32_t me) {
+    if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
+    struct vmown_slot *s = slot_of(vm, me);
+    int rc = vmown__lock_block(vm);
     if (rc < 0) return rc;
     if (atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_WAITING) {
-        rc = vmown__unlink_locked(cb, me);
+        rc = vmown__unlink_locked(vm, me);
         atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
-        unlock_block(cb);
+        unlock_block(vm);
         bump(&s->interrupts);
         return rc;
     }
-    unlock_block(cb);
+    unlock_block(vm);
     if (atomic_load_explicit(&s->state, ACQUIRE) != VMOWN_SLOT_GRANTED) return 0;
-    rc = vmown__await_grant(cb, me, -1, 0);  /* granted meanwhile: take the post on its way */
+    rc = vmown__await_grant(vm, me, -1, 0);  /* granted meanwhile: take the post on its way */
     return rc < 0 ? rc : 1;
 }
 
 int vmown_thread_own(const vmown_thread *t) {
-    return vmown_own_wait(t->cb, t->slot, -1, VMOWN_WAIT_INTERRUPTIBLE | VMOWN_WAIT_SLICES);
+    return vmown_own_wait(t->vm, t->slot, -1, VMOWN_WAIT_INTERRUPTIBLE | VMOWN_WAIT_SLICES);
 }
 
-int vmown_thread_disown(const vmown_thread *t) { return vmown_disown(t->cb, t->slot, 0); }
+int vmown_thread_disown(const vmown_thread *t) { return vmown_disown(t->vm, t->slot, 0); }
 
-int vmown_try_own(vmown_cb *cb, uint32_t me) {
-    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
-    struct vmown_slot *s = slot_of(cb, me);
+int vmown_try_own(vmown_vm *vm, uint32_t me) {
+    if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
+    struct vmown_slot *s = slot_of(vm, me);
     uint64_t w;
-    if (own_fast(cb, s, me, &w)) return 1;
-    return VMOWN__OWNER(vmown__settle_revoking(cb, me, w)) == (int32_t)me ? VMOWN_EALREADY : 0;
+    if (own_fast(vm, s, me, &w)) return 1;
+    return VMOWN__OWNER(vmown__settle_revoking(vm, me, w)) == (int32_t)me ? VMOWN_EALREADY : 0;
 }
 
-int vmown_yield(vmown_cb *cb, uint32_t me, int64_t timeout_ns, int flags) {
-    if (unlikely(!valid_index(cb, me))) return VMOWN_EBADSLOT;
-    struct vmown__block *b = cb->b;
-    struct vmown_slot *s = slot_of(cb, me);
-    uint64_t w = my_word(cb, me);
+int vmown_yield(vmown_vm *vm, uint32_t me, int64_t timeout_ns, int flags) {
+    if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
+    struct vmown__block *b = vm->block;
+    struct vmown_slot *s = slot_of(vm, me);
+    uint64_t w = my_word(vm, me);
     if (VMOWN__OWNER(w) != (int32_t)me) return VMOWN_ENOTOWNER;
-    if ((atomic_load_explicit(&b->attention, RELAXED) & VMOWN__WAITERS_MASK) == 0) return 0;
+    if ((atomic_load_explicit(&b->waiters_and_hb_asleep, RELAXED) & VMOWN__WAITERS_MASK) == 0) return 0;
     int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
     uint32_t head = 0;
-    int rc = vmown__lock_block(cb);
+    int rc = vmown__lock_block(vm);
     if (rc < 0) return rc;
-    if ((rc = vmown__pop_head_locked(cb, &head)) < 0 || head == 0) {
-        unlock_block(cb);
+    if ((rc = vmown__pop_head_locked(vm, &head)) < 0 || head == 0) {
+        unlock_block(vm);
         return rc;
     }
-    if ((rc = vmown__enqueue_locked(cb, me)) < 0) {
-        mark_broken(cb);
-        unlock_block(cb);
+    if ((rc = vmown__enqueue_locked(vm, me)) < 0) {
+        mark_broken(vm);
+        unlock_block(vm);
         return rc;
     }
     bump(&s->hand_offs);
     atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, head), SEQ_CST);
-    unlock_block(cb);
+    unlock_block(vm);
     vmown__widen();
-    post(cb, head);
-    rc = vmown__await_grant(cb, me, deadline, flags);
+    post(vm, head);
+    rc = vmown__await_grant(vm, me, deadline, flags);
     return rc < 0 ? rc : 1;
 }
 
-int vmown_set_priority(vmown_cb *cb, uint32_t me, int32_t priority) {
-    if (!valid_index(cb, me)) return VMOWN_EBADSLOT;
-    struct vmown_slot *s = slot_of(cb, me);
+int vmown_set_priority(vmown_vm *vm, uint32_t me, int32_t priority) {
+    if (!valid_index(vm, me)) return VMOWN_EBADSLOT;
+    struct vmown_slot *s = slot_of(vm, me);
     if (atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_RUNNING) return VMOWN_EBUSY;
     atomic_store_explicit(&s->priority, priority, RELAXED);
     return 0;

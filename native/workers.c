@@ -48,7 +48,7 @@
 #define JOIN_ROUND_NS 10000000  /* 10 ms between unpark rounds while joining */
 
 struct worker {
-    vmown_cb *cb;
+    vmown_vm *vm;
     pthread_t thread;  /* set by the worker itself, under mu, as it exits */
     struct worker *next;
 };
@@ -78,17 +78,17 @@ static void fail_locked(struct vmown__pool *p, int err) {
 
 static void *worker_main(void *arg) {
     struct worker *me = arg;
-    vmown_cb *cb = me->cb;
-    struct vmown__pool *p = cb->pool;
+    vmown_vm *vm = me->vm;
+    struct vmown__pool *p = vm->pool;
     vmown__worker_thread_setup("vmown-worker");
-    int slot = vmown_register(cb);
+    int slot = vmown_register(vm);
     if (slot > 0) {
-        (void)vmown_bind_thread(cb, (uint32_t)slot);
+        (void)vmown_bind_thread(vm, (uint32_t)slot);
         vmown__mutex_lock(&p->mu);
         p->starting--;
         vmown__mutex_unlock(&p->mu);
         while (!atomic_load_explicit(&p->stop, memory_order_acquire)) {
-            int rc = vmown_park_new(cb, (uint32_t)slot, p->idle_timeout_ns);
+            int rc = vmown_park_new(vm, (uint32_t)slot, p->idle_timeout_ns);
             if (rc == 1) {  /* given the VM */
                 vmown__mutex_lock(&p->mu);
                 p->entered++;
@@ -96,7 +96,7 @@ static void *worker_main(void *arg) {
                 p->entry(p->arg, (uint32_t)slot);
                 break;
             }
-            if (rc == VMOWN_ETIMEDOUT && atomic_load_explicit(&cb->b->idle_count, memory_order_relaxed) > 0)
+            if (rc == VMOWN_ETIMEDOUT && atomic_load_explicit(&vm->block->idle_count, memory_order_relaxed) > 0)
                 break;  /* surplus: another worker is parked */
             if (rc < 0 && rc != VMOWN_ETIMEDOUT && rc != VMOWN_EINTR) {
                 vmown__mutex_lock(&p->mu);
@@ -106,7 +106,7 @@ static void *worker_main(void *arg) {
             }
         }
         (void)vmown_bind_thread(NULL, 0);
-        (void)vmown__unregister(cb, (uint32_t)slot);  /* unbound just above */
+        (void)vmown__unregister(vm, (uint32_t)slot);  /* unbound just above */
     }
     vmown__mutex_lock(&p->mu);
     if (slot <= 0) {
@@ -137,8 +137,8 @@ static void reap(struct vmown__pool *p) {
 }
 
 static void *spawner_main(void *arg) {
-    vmown_cb *cb = arg;
-    struct vmown__pool *p = cb->pool;
+    vmown_vm *vm = arg;
+    struct vmown__pool *p = vm->pool;
     vmown__thread_name("vmown-spawner");
     for (;;) {
         (void)vmown__sem_wait(&p->wake, -1);
@@ -152,7 +152,7 @@ static void *spawner_main(void *arg) {
                 p->wanted = 0;
                 break;
             }
-            *w = (struct worker){.cb = cb};
+            *w = (struct worker){.vm = vm};
             p->live++;
             p->starting++;
             p->started++;
@@ -184,11 +184,11 @@ static void destroy(struct vmown__pool *p) {
     free(p);
 }
 
-int vmown_workers_start(vmown_cb *cb, vmown_worker_entry entry, void *arg, uint32_t max_workers,
+int vmown_workers_start(vmown_vm *vm, vmown_worker_entry entry, void *arg, uint32_t max_workers,
                         int64_t idle_timeout_ns) {
     if (!entry || max_workers == 0) return VMOWN_EINVAL;
-    if (cb->pool && cb->pool->running) return VMOWN_EBUSY;
-    if (!vmown__workers_free(cb)) return VMOWN_EBUSY;  /* a stopped pool whose workers live */
+    if (vm->pool && vm->pool->running) return VMOWN_EBUSY;
+    if (!vmown__workers_free(vm)) return VMOWN_EBUSY;  /* a stopped pool whose workers live */
     struct vmown__pool *p = calloc(1, sizeof *p);
     if (!p) return -ENOMEM;
     int rc = vmown__sem_init(&p->wake);
@@ -202,10 +202,10 @@ int vmown_workers_start(vmown_cb *cb, vmown_worker_entry entry, void *arg, uint3
     p->arg = arg;
     p->max_workers = max_workers;
     p->idle_timeout_ns = idle_timeout_ns;
-    cb->pool = p;
-    rc = vmown__thread_start(&p->spawner, spawner_main, cb);
+    vm->pool = p;
+    rc = vmown__thread_start(&p->spawner, spawner_main, vm);
     if (rc != 0) {
-        cb->pool = NULL;
+        vm->pool = NULL;
         destroy(p);
         return rc;
     }
@@ -213,10 +213,10 @@ int vmown_workers_start(vmown_cb *cb, vmown_worker_entry entry, void *arg, uint3
     return 0;
 }
 
-int64_t vmown_workers_want(vmown_cb *cb, uint32_t want) {
-    struct vmown__pool *p = cb->pool;
+int64_t vmown_workers_want(vmown_vm *vm, uint32_t want) {
+    struct vmown__pool *p = vm->pool;
     if (!p || !p->running) return VMOWN_EINVAL;
-    uint32_t idle = atomic_load_explicit(&cb->b->idle_count, memory_order_relaxed);
+    uint32_t idle = atomic_load_explicit(&vm->block->idle_count, memory_order_relaxed);
     vmown__mutex_lock(&p->mu);
     int64_t need = (int64_t)want - idle - p->starting - p->wanted;
     if (need > 0) {
@@ -227,14 +227,14 @@ int64_t vmown_workers_want(vmown_cb *cb, uint32_t want) {
         }
         p->wanted += (uint32_t)need;
     }
-    int64_t news = (int64_t)(p->cap_hits + p->failures);
+    int64_t shortfalls = (int64_t)(p->cap_hits + p->failures);
     vmown__mutex_unlock(&p->mu);
     if (need > 0) (void)vmown__sem_post(&p->wake);
-    return news;
+    return shortfalls;
 }
 
-int vmown_workers_stop(vmown_cb *cb) {
-    struct vmown__pool *p = cb->pool;
+int vmown_workers_stop(vmown_vm *vm) {
+    struct vmown__pool *p = vm->pool;
     if (!p || !p->running) return 0;
     atomic_store_explicit(&p->stop, 1, memory_order_release);
     (void)vmown__sem_post(&p->wake);
@@ -243,13 +243,13 @@ int vmown_workers_stop(vmown_cb *cb) {
     return rc;
 }
 
-int vmown_workers_join(vmown_cb *cb, int64_t timeout_ns) {
-    struct vmown__pool *p = cb->pool;
+int vmown_workers_join(vmown_vm *vm, int64_t timeout_ns) {
+    struct vmown__pool *p = vm->pool;
     if (!p) return 0;
     int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
     uint32_t live;
     for (;;) {
-        while (vmown_unpark(cb, 0) > 0) {
+        while (vmown_unpark(vm, 0) > 0) {
         }
         int64_t now = vmown__now_ns();
         int64_t until = now + JOIN_ROUND_NS;
@@ -264,8 +264,8 @@ int vmown_workers_join(vmown_cb *cb, int64_t timeout_ns) {
     }
 }
 
-int vmown_workers_read(const vmown_cb *cb, vmown_workers_stats *out) {
-    struct vmown__pool *p = cb->pool;
+int vmown_workers_read(const vmown_vm *vm, vmown_workers_stats *out) {
+    struct vmown__pool *p = vm->pool;
     *out = (vmown_workers_stats){0};
     if (!p) return 0;
     vmown__mutex_lock(&p->mu);
@@ -285,16 +285,16 @@ int vmown_workers_read(const vmown_cb *cb, vmown_workers_stats *out) {
     return 0;
 }
 
-bool vmown__workers_free(vmown_cb *cb) {
-    struct vmown__pool *p = cb->pool;
+bool vmown__workers_free(vmown_vm *vm) {
+    struct vmown__pool *p = vm->pool;
     if (!p) return true;
-    (void)vmown_workers_stop(cb);
+    (void)vmown_workers_stop(vm);
     vmown__mutex_lock(&p->mu);
     uint32_t live = p->live;
     vmown__mutex_unlock(&p->mu);
     if (live > 0) return false;  /* a worker still out in a callout: leave the pool (and the block) be */
     reap(p);
-    cb->pool = NULL;
+    vm->pool = NULL;
     destroy(p);
     return true;
 }
