@@ -7,7 +7,7 @@
  * that, finds the VM given away and queues in turn.  With many threads in
  * flight every short callout then hands the VM on: a lock convoy.  The classic cure is to let a
  * running thread barge, as glibc's mutexes do.  So vmown_callout_begin's
- * disown (vmown__disown_soft) gives the head waiter a *soft* grant:
+ * disown (vmown__disown with soft set, owner.c) gives the head waiter a *soft* grant:
  *   under the lock: dequeue head (state GRANTED), claimant := head, store
  *   (epoch+1, PENDING | head), remember that word in my slot (soft_word);
  *   unlock, post head.
@@ -32,7 +32,7 @@
  *     if the VM is free (G released it meanwhile, S3), CAS it to W and run;
  *     else re-queue at the place its ticket gives it (the head, among equal
  *     priorities), unlock, then load the owner word (seq_cst): if unowned,
- *     kick -- the store-load pair of the notes above, W's side being the
+ *     kick -- the store-load pair of owner.c's notes, W's side being the
  *     `waiters_and_hb_asleep` increment of the re-queue.
  * S3. The thief disowns again while W is on its way back.
  *       G: lock; claimant == W: store (e', 0); unlock

@@ -15,7 +15,7 @@
  *
  * Owner word = epoch << 32 | owner.  Only the owner writes the word while it
  * is owned; anybody may CAS it while the owner field is 0 (and, while it is a
- * pending soft grant, its holder and its granter may: see Soft grants).  Hence a release is
+ * pending soft grant, its holder and its granter may: see grants.c, "Soft grants").  Hence a release is
  * a plain store, and an acquisition is a CAS from (epoch, 0).
  *
  * Disown (release), by the owner:
@@ -262,7 +262,7 @@ void vmown__wake_heartbeat(vmown_vm *vm) {
 /* Just queued (counted in `waiters_and_hb_asleep`, seq_cst): the other half of the
  * store-load pairs.  The owner released before it could see us: kick.  The
  * owner is out in a lazy callout, which only a revocation ends, and the
- * heartbeat sleeps: wake it (see "Lazy callouts"). */
+ * heartbeat sleeps: wake it (grants.c, "Lazy callouts"). */
 int vmown__after_queueing(vmown_vm *vm) {
     struct vmown__block *b = vm->block;
     uint64_t w = atomic_load_explicit(&b->owner_word, SEQ_CST);
