@@ -259,3 +259,15 @@ def test_bad_declarations_are_refused() -> None:
         vmown.threaded_wrappers("int f(int);", suffix="-x")
     with pytest.raises(TypeError, match="no wrappers"):
         vmown.bind_threaded(object())
+
+
+def test_missing_setuptools_is_named_on_pythons_that_compile_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "setuptools" else real_find_spec(name, *a)
+    )
+    if sys.version_info >= (3, 12):
+        with pytest.raises(ModuleNotFoundError, match="pip install setuptools"):
+            vmown.threaded_wrappers("int f(int);")
+    else:  # distutils compiles
+        assert "f_threaded" in vmown.threaded_wrappers("int f(int);")[0]
