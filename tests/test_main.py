@@ -65,7 +65,8 @@ def _parsers(command: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
 
 def test_every_option_and_argument_of_every_subcommand_has_help() -> None:
     commands = _parsers(parser())
-    assert {command.prog for command in commands} >= {f"python -m vmown {name}" for name in ("demo", "top", "stale")}
+    names = {command.prog for command in commands}
+    assert names >= {f"python -m vmown {name}" for name in ("demo", "top", "stale")}
     missing = [
         f"{command.prog} {'/'.join(action.option_strings) or action.dest}"
         for command in commands

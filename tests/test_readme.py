@@ -32,7 +32,8 @@ import vmown
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 SETUP = {
-    "# demo": "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m vmown demo",
+    "# demo": "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && "
+    ".venv/bin/python -m vmown demo",
     "# tests": "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m pytest",
 }
 SHM_PATH = re.compile(r"/dev/shm/[\w.-]+")
@@ -87,7 +88,17 @@ def test_tours_that_need_a_second_program_show_it() -> None:
     assert second == ["peer.py"]
 
 
-@pytest.mark.parametrize("name", [name for name, _ in _programs() if not _started_by_another(name, _programs())])
+def _run_on_their_own() -> list[str]:
+    programs = _programs()
+    return [name for name, _ in programs if not _started_by_another(name, programs)]
+
+
+def _sh_blocks() -> list[int]:
+    """Indexes of the sh blocks after the set-up."""
+    return [i for i, (language, _) in enumerate(_blocks()) if language == "sh" and i > 0]
+
+
+@pytest.mark.parametrize("name", _run_on_their_own())
 def test_python_block_runs_twice_as_written(name: str, tmp_path: pathlib.Path) -> None:
     programs = _programs()
     for program, text in programs:
@@ -102,7 +113,7 @@ def test_python_block_runs_twice_as_written(name: str, tmp_path: pathlib.Path) -
             assert done.returncode == 0, f"{name}, {run} run:\n{done.stdout}\n{done.stderr}"
 
 
-@pytest.mark.parametrize("index", [i for i, (language, _) in enumerate(_blocks()) if language == "sh" and i > 0])
+@pytest.mark.parametrize("index", _sh_blocks())
 def test_sh_block_runs_as_written(index: int, tmp_path: pathlib.Path) -> None:
     text = _blocks()[index][1]
     commands = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
