@@ -259,3 +259,17 @@ def test_bad_declarations_are_refused() -> None:
         vmown.threaded_wrappers("int f(int);", suffix="-x")
     with pytest.raises(TypeError, match="no wrappers"):
         vmown.bind_threaded(object())
+
+
+def test_missing_setuptools_is_named_on_pythons_that_compile_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: object) -> object:
+        return None if name == "setuptools" else real_find_spec(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    if sys.version_info >= (3, 12):
+        with pytest.raises(ModuleNotFoundError, match="pip install setuptools"):
+            vmown.threaded_wrappers("int f(int);")
+    else:  # distutils compiles
+        assert "f_threaded" in vmown.threaded_wrappers("int f(int);")[0]
