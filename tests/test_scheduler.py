@@ -528,6 +528,29 @@ def test_main_ends_on_a_worker_while_the_run_thread_is_in_a_callout() -> None:
     assert back and ended < back[0], "main did not end while the run thread was in its callout"
 
 
+def test_main_ends_on_a_worker_while_the_run_thread_is_queued() -> None:
+    """P4 (c): main finishes on a worker while the run thread, back from its
+    callout, is queued for the VM; the worker leaves the loop and disowns to
+    it.  Main holds the VM (no await) until the run thread's slow own is
+    counted."""
+    run_thread = threading.get_ident()
+
+    async def blocker() -> None:
+        usleep(20_000)  # on the run thread: main moves to a worker
+
+    async def main() -> tuple[int, bool]:
+        vmown.spawn(blocker)
+        await vmown.checkpoint()
+        slow_owns = vmown.stats()["slow_owns"]
+        deadline = time.monotonic() + 10
+        while vmown.stats()["slow_owns"] == slow_owns and time.monotonic() < deadline:
+            pass  # owning the VM: the run thread, back, must queue
+        return threading.get_ident(), vmown.stats()["slow_owns"] > slow_owns
+
+    ident, queued = vmown.run(main)
+    assert ident != run_thread and queued
+
+
 def test_main_ends_on_a_worker_while_the_run_thread_is_parked() -> None:
     """P4 (a): main finishes on a worker while the run thread is parked with
     nothing to do; the worker unparks it.  Which parked thread wakes for
@@ -552,6 +575,58 @@ def test_main_ends_on_a_worker_while_the_run_thread_is_parked() -> None:
         if ident != run_thread:
             return
     raise AssertionError("main never ended on a worker while the run thread was parked")
+
+
+def test_a_park_that_times_out_as_it_is_activated_owns_the_vm(widen: Callable[[int], None]) -> None:
+    """P3, forced: the heartbeat activates a parked worker and, held by the
+    widen switch, posts it 200 ms later; the worker's 50 ms park timeout
+    passes in between.  The core settles it under the lock: vmown_park_new
+    returns 1 with the VM, never a timeout with the VM given to the worker,
+    so a worker retires only when it really was not given the VM."""
+    vm = vmown.Ownership(slots=8)
+    cb = vm._cb
+    vm.own()
+    assert lib.vmown_heartbeat_start(cb, 1000) == 0
+    stats = ffi.new("vmown_heartbeat_stats *")
+
+    def idle_workers() -> int:
+        lib.vmown_heartbeat_read(cb, stats)
+        return int(stats.idle_workers)
+
+    try:
+        for _ in range(3):  # a heartbeat late by the whole 50 ms misses the window: again
+            outcome: list[tuple[int, bool, float]] = []
+
+            def worker() -> None:
+                slot = vm.slot
+                start = time.monotonic()
+                rc = lib.vmown_park_new(cb, slot, 50_000_000)
+                outcome.append((rc, lib.vmown_owner(cb) == slot, time.monotonic() - start))
+                if rc == 1:
+                    vm.disown()
+
+            t = threading.Thread(target=worker)
+            t.start()
+            deadline = time.monotonic() + 10
+            while idle_workers() != 1 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            widen(200_000_000)
+            vm.disown()
+            lib.vmown_set_work(cb, 1, 0)  # after the release: an owned VM with work would queue a server
+            t.join(10)
+            widen(0)
+            lib.vmown_set_work(cb, 0, 0)
+            (rc, owning, elapsed), = outcome
+            assert rc in (1, lib.VMOWN_ETIMEDOUT) and owning == (rc == 1), outcome
+            vm.own()
+            if rc == 1:
+                assert elapsed > 0.05, outcome  # the timeout passed before the post
+                return
+        raise AssertionError("the heartbeat never activated the worker within its 50 ms park")
+    finally:
+        widen(0)
+        lib.vmown_heartbeat_stop(cb)
+        vm.disown()
 
 
 def test_a_thousand_processes_making_blocking_callouts() -> None:
