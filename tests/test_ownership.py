@@ -86,7 +86,7 @@ def test_timeout_leaves_the_queue() -> None:
 
 
 def test_a_grant_that_lands_as_the_timeout_passes_is_taken(widen) -> None:  # type: ignore[no-untyped-def]
-    """O3 (native/ownership.c, "Leaving the queue early"), forced: the owner
+    """O3 (native/owner.c, "Leaving the queue early"), forced: the owner
     stores the grant while the waiter is still before its sleep, and posts
     only after the waiter's timeout has passed (the widen switch holds both
     100 ms).  Under the lock the waiter finds itself GRANTED, so it takes the

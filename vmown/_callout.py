@@ -26,14 +26,13 @@
 # per process).  They are the functions the C wrappers of
 # vmown.threaded_wrappers call, except that those begin lazily and this path
 # never does: it takes the GIL back before end, and a lazy callout would hold
-# the VM while it waits for the GIL (docs/design-log.md, "Callouts from
-# Python").  The scheduler
-# binds each thread that serves a vmown.run() to the run's block and the
-# thread's slot (vmown_bind_thread).  begin disowns only if the thread is
-# bound and owns the VM; otherwise it returns 0 and end(0) does nothing, so a
-# callout from a thread outside any VM, or from inside another callout (a
-# Python function called as a callout calls a threaded C function), is a
-# plain call.  The slot records the tag: one per threaded wrapper (a count
+# the VM while it waits for the GIL (docs/design-log.md, "Lazy callouts").
+# The scheduler binds each thread that serves a vmown.run() to the run's
+# block and the thread's slot (vmown_bind_thread).  begin disowns only if the
+# thread is bound and owns the VM; otherwise it returns 0 and end(0) does
+# nothing, so a callout from a thread outside any VM, or from inside another
+# callout (a Python function called as a callout calls a threaded C
+# function), is a plain call.  The slot records the tag: one per threaded wrapper (a count
 # from 2), the address of the function object for callout().  The core also
 # keys its hints by tag (native/callout.c): a function whose callout was
 # revoked makes its next callouts eagerly.

@@ -20,7 +20,7 @@
 # runs on whichever thread owns the VM; a callout disowns, keeps its stack and
 # owns again; the C heartbeat (native/heartbeat.c) activates a parked worker
 # when the VM has been unowned for a whole tick with work waiting, or revokes
-# the VM from a lazy callout out that long (native/ownership.c, "Lazy
+# the VM from a lazy callout out that long (native/grants.c, "Lazy
 # callouts"), which for the loop is an activation like any other.  Nothing
 # guesses at disown time how long a call will take: the heartbeat waits for
 # evidence (docs/design-log.md, "Rejected approaches").  A step of a process
@@ -58,8 +58,8 @@
 # The owner only asks; the worker pool (native/workers.c) starts threads in C
 # and parks them without any Python, and a worker enters Python
 # (vmown_py_worker) only when first given the VM, so its start-up competes
-# with nobody for the GIL (docs/design-log.md, "Spares, and workers started
-# in C").  A run that meets max_threads gets a RuntimeWarning, once.
+# with nobody for the GIL (docs/design-log.md, "Spares" and "Worker
+# pool").  A run that meets max_threads gets a RuntimeWarning, once.
 #
 # Publishing the work.  The heartbeat reads, while the VM is unowned, how
 # many processes are runnable and the next timer's deadline; while it is
