@@ -280,9 +280,9 @@ class _Runtime:
 
     __slots__ = (
         "ownership", "cb", "waiters_word", "work_words", "run_queue", "timers", "timer_seq", "processes", "main",
-        "halt", "fatal", "running", "unretrieved", "pub_run", "pub_timer_ns", "watch_ns", "run_slot", "max_threads",
-        "idle_timeout_ns", "handle", "worker_idents", "pool_shortfalls", "cap_warned", "failures_warned",
-        "steps", "spawned", "parks", "releases",
+        "halt", "fatal", "running", "unretrieved", "published_runnable", "published_timer_ns",
+        "watched_deadline_ns", "run_slot", "max_threads", "idle_timeout_ns", "handle", "worker_idents",
+        "pool_shortfalls", "cap_warned", "failures_warned", "steps", "spawned", "parks", "releases",
     )  # fmt: skip
 
     def __init__(self, max_threads: int, idle_timeout_s: float) -> None:
@@ -299,15 +299,23 @@ class _Runtime:
         self.timer_seq = itertools.count()
         self.processes: dict[Process, None] = {}  # alive, in spawn order
         self.main: Process | None = None
+        # Invariant: only ever goes from False to True; read by every thread
+        # while it owns the VM or right after vmown_park/vmown_own return (P4).
         self.halt = False  # stop serving; the run thread shuts down
         self.fatal: BaseException | None = None  # raised by run() in place of main's outcome
-        self.running = 0  # steps started and not finished, on any thread
+        # Invariant: counts the steps between ctx.run's call and its return,
+        # on every thread; non-zero while a step is blocked in a callout (P9).
+        self.running = 0
         self.unretrieved: list[Process] = []  # failed with nobody awaiting them (yet)
-        # What vmown_set_work last published.
-        self.pub_run = False
-        self.pub_timer_ns = 0
-        # The deadline a parked worker will wake up for (0: none).
-        self.watch_ns = 0
+        # What vmown_set_work last published.  Invariant: while a step runs
+        # (a callout may release the VM), published_runnable is True if the
+        # run queue is not empty and published_timer_ns is the earliest
+        # deadline; _park and _release publish before they release (P5).
+        self.published_runnable = False
+        self.published_timer_ns = 0
+        # The deadline a parked worker has as its park timeout (0: none); a
+        # worker parks with a timer only if it is earlier than this one (P8).
+        self.watched_deadline_ns = 0
         self.run_slot = 0
         self.max_threads = max_threads
         self.idle_timeout_ns = int(idle_timeout_s * 1e9)
@@ -364,7 +372,7 @@ def _spawn(rt: _Runtime, fn: Callable[..., Any], args: tuple[Any, ...], ctx: con
     rt.processes[proc] = None
     rt.spawned += 1
     rt.run_queue.append(proc)
-    if not rt.pub_run:
+    if not rt.published_runnable:
         _publish(rt)
     else:
         rt.work_words[_WORK_RUNNABLE] = len(rt.run_queue)  # how many servers the heartbeat may queue
@@ -423,7 +431,7 @@ def _wake(proc: Process, value: Any = None) -> None:
     proc._waiting_on = None
     rt = proc._rt
     rt.run_queue.append(proc)
-    if not rt.pub_run:
+    if not rt.published_runnable:
         _publish(rt)
 
 
@@ -533,8 +541,8 @@ def _publish(rt: _Runtime) -> None:
         runnable = len(rt.run_queue)
         timer_ns = rt.timers[0][0] if rt.timers else 0
     lib.vmown_set_work(rt.cb, runnable, timer_ns)
-    rt.pub_run = runnable > 0
-    rt.pub_timer_ns = timer_ns
+    rt.published_runnable = runnable > 0
+    rt.published_timer_ns = timer_ns
 
 
 def _release_timers(rt: _Runtime) -> None:
@@ -604,7 +612,8 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
         if not run_queue:
             return
         proc = popleft()
-        if bool(run_queue) is not rt.pub_run or (timers[0][0] if timers else 0) != rt.pub_timer_ns:
+        next_timer_ns = timers[0][0] if timers else 0
+        if bool(run_queue) is not rt.published_runnable or next_timer_ns != rt.published_timer_ns:
             _publish(rt)
         if proc._state is not _RUNNABLE:
             _broken(f"{proc!r} was in the run queue")
@@ -667,19 +676,19 @@ def _park(rt: _Runtime, me: _ThreadState) -> bool:
     if not rt.run_queue and not rt.timers and rt.running == 0:
         _halt(rt, _deadlock(rt))
         return True
-    timeout_ns, watch_ns = _park_timeout(rt, me)
+    timeout_ns, watched_deadline_ns = _park_timeout(rt, me)
     _publish(rt)
     rt.parks += 1
     rc = _park_c(rt.cb, me.slot, timeout_ns)
     if rc != 1:  # not activated: unparked, timed out or interrupted; not owning
         if rc not in (0, _ETIMEDOUT, _EINTR):
             raise error(rc, "park")
-        retire = rc == _ETIMEDOUT and not watch_ns and _surplus(rt)
+        retire = rc == _ETIMEDOUT and not watched_deadline_ns and _surplus(rt)
         if not me.run_thread and (rt.halt or retire):
             return False
         _own(rt, me)
-    if watch_ns and rt.watch_ns == watch_ns:
-        rt.watch_ns = 0
+    if watched_deadline_ns and rt.watched_deadline_ns == watched_deadline_ns:
+        rt.watched_deadline_ns = 0
     _ensure_spare(rt)
     return True
 
@@ -687,15 +696,16 @@ def _park(rt: _Runtime, me: _ThreadState) -> bool:
 # P8. The timer watcher and the heartbeat both act on a due timer.
 #       W (watcher): parked with the earliest deadline as its timeout
 #       HB: the timer is due and the VM unowned a whole tick: activate
-#     Only one worker watches a deadline (rt.watch_ns).  It wakes and owns; if
-#     the heartbeat activated another worker first, the watcher queues, is
-#     handed the VM at a scheduling point, finds nothing and parks again.
+#     Only one worker watches a deadline (rt.watched_deadline_ns).  It wakes
+#     and owns; if the heartbeat activated another worker first, the watcher
+#     queues, is handed the VM at a scheduling point, finds nothing and parks
+#     again.
 def _park_timeout(rt: _Runtime, me: _ThreadState) -> tuple[int, int]:
     """(timeout_ns for vmown_park, the timer deadline this thread watches or 0)."""
     if rt.timers:
         deadline = rt.timers[0][0]
-        if rt.watch_ns == 0 or deadline < rt.watch_ns:
-            rt.watch_ns = deadline
+        if rt.watched_deadline_ns == 0 or deadline < rt.watched_deadline_ns:
+            rt.watched_deadline_ns = deadline
             return max(0, deadline - _now()), deadline
     return (-1 if me.run_thread else rt.idle_timeout_ns), 0
 
