@@ -13,36 +13,37 @@
 # tick while work waits, the heartbeat gives the VM to a parked worker, which
 # runs the other processes (see _scheduler.py).  The returning thread then
 # queues for the VM, the worker hands it over at its next scheduling point,
-# and the callout's process finishes its step on its own thread.
+# and the callout's process finishes its step on its own thread.  The whole
+# path, with the files and functions, is in docs/ARCHITECTURE.md ("One call,
+# three paths").
 #
 # Where it runs.  Both callout() and the wrappers of threaded() are C code
 # (native/pyext/callout_ext.c, the module vmown._callout_ext): the check of
-# the arguments, begin, the call and end happen in one builtin call, so a
-# callout costs about 1.4 plain calls where the same sequence in Python (two
-# cffi calls and a frame around the call) cost 5.  begin and end are the
-# core's vmown_callout_begin_eager/end (native/callout.c), the functions the C
-# wrappers of vmown.threaded_wrappers call (those begin lazily, this path
-# never: it takes the GIL back before end), reached through the core's table
-# of function pointers: one copy of the core per process.  The scheduler
-# binds each thread that serves a vmown.run() to the run's block and the
-# thread's slot (vmown_bind_thread).  begin disowns only if the thread is
-# bound and owns the VM; otherwise it returns 0 and end(0) does nothing, so a
-# callout from a thread outside any VM, or from inside another callout (a
-# Python function called as a callout calls a threaded C function), is a
-# plain call.  The slot records the tag: one per threaded wrapper (a count
+# the arguments, begin, the call and end happen in one builtin call, about
+# 1.5 plain cffi calls in all; no Python frame wraps the call.  begin and end
+# are the core's vmown_callout_begin_eager/try_end/end (native/callout.c),
+# reached through the core's table of function pointers (one copy of the core
+# per process).  They are the functions the C wrappers of
+# vmown.threaded_wrappers call, except that those begin lazily and this path
+# never does: it takes the GIL back before end, and a lazy callout would hold
+# the VM while it waits for the GIL (docs/design-log.md, "Lazy callouts").
+# The scheduler binds each thread that serves a vmown.run() to the run's
+# block and the thread's slot (vmown_bind_thread).  begin disowns only if the
+# thread is bound and owns the VM; otherwise it returns 0 and end(0) does
+# nothing, so a callout from a thread outside any VM, or from inside another
+# callout (a Python function called as a callout calls a threaded C
+# function), is a plain call.  The slot records the tag: one per threaded wrapper (a count
 # from 2), the address of the function object for callout().  The core also
 # keys its hints by tag (native/callout.c): a function whose callout was
 # revoked makes its next callouts eagerly.
 #
 # Exceptions at any point.  CPython runs signal handlers (the SIGINT handler
 # of vmown.run() raises KeyboardInterrupt in user code) only between
-# bytecodes.  Between begin and end no bytecode of ours runs: an exception
-# can come only from fn itself, and end runs after it with the exception kept
-# in the thread state.  (A callout written in Python had a window right after
-# its begin call, where an exception would lose the token with the VM
-# disowned; in C there is none.)  end never fails in a way it could report
-# (it aborts, naming the failure, as the core does for "cannot fail" OS
-# primitives).
+# bytecodes.  Between begin and end no bytecode runs: an exception can come
+# only from fn itself, and end runs after it with the exception kept in the
+# thread state, so the token is never lost with the VM disowned.  end never
+# fails in a way it could report (it aborts, naming the failure, as the core
+# does for "cannot fail" OS primitives).
 #
 # The GIL.  cffi releases the GIL around fn and takes it back when fn
 # returns, before end can run: a callout that comes back while another thread
@@ -63,7 +64,8 @@
 # or free memory that C is using.  CPython never moves objects, and the call
 # holds a reference to each argument, so what remains is mutable buffers: a
 # bytearray can be resized (realloc) and a buffer can be released.  Holding a
-# buffer export for the whole call makes any resize raise BufferError.  The rules, checked before anything runs:
+# buffer export for the whole call makes any resize raise BufferError.  The
+# rules, checked before anything runs:
 #   callout(fn, ...): None, bool, int, float, complex, str and bytes pass as
 #     they are (immutable); cffi cdata passes (the caller owns what it points
 #     to, and the reference keeps it alive); any other object with the buffer
