@@ -30,7 +30,18 @@ from ._cffi_wrappers import bind_threaded, threaded_wrappers
 from ._callout import callout, threaded
 from ._native import lib as _lib
 from ._ownership import LAYOUT_VERSION as _LAYOUT_VERSION, Ownership
-from ._scheduler import Process, checkpoint, run, sleep, spawn, stats
+from ._scheduler import Process, checkpoint, current_process, run, sleep, spawn, stats
+from ._cancel import (
+    CancelScope,
+    Cancelled,
+    ProcessCancelled,
+    TooSlowError,
+    current_time,
+    fail_after,
+    fail_at,
+    move_on_after,
+    move_on_at,
+)
 from ._sync import Event, Lock, Queue, Semaphore
 
 __version__ = "0.1.0"
@@ -49,6 +60,8 @@ __all__ = [
     "ArenaError",
     "ArenaFullError",
     "BrokenError",
+    "CancelScope",
+    "Cancelled",
     "Channel",
     "ChannelBrokenError",
     "ChannelClosed",
@@ -59,13 +72,21 @@ __all__ = [
     "NotOwnerError",
     "Ownership",
     "Process",
+    "ProcessCancelled",
     "Queue",
     "Semaphore",
     "SlotsExhaustedError",
+    "TooSlowError",
     "VmownError",
     "bind_threaded",
     "callout",
     "checkpoint",
+    "current_process",
+    "current_time",
+    "fail_after",
+    "fail_at",
+    "move_on_after",
+    "move_on_at",
     "run",
     "sleep",
     "spawn",

@@ -277,7 +277,7 @@ from ._errors import VmownError, check, error
 from ._native import ffi, lib
 from ._ownership import Ownership
 
-__all__ = ["Process", "checkpoint", "run", "sleep", "spawn", "stats"]
+__all__ = ["Process", "checkpoint", "current_process", "run", "sleep", "spawn", "stats"]
 
 T = TypeVar("T")
 
@@ -364,7 +364,22 @@ class Process:
         "_joiners",
         "_waiting_on",
         "_retrieved",
+        "_scope",
+        "_parent",
+        "_cancel_called",
+        "_cancel_pending",
+        "_groups",
+        "_group",
+        "_thread",
+        "_timer",
+        "_interrupt",
+        "_cancelled",
+        "__weakref__",
     )
+
+    # A process is the outermost node of its own chain of cancel scopes
+    # (_cancel.py): Process.cancel() cancels it like a scope; it never shields.
+    _shield = False
 
     def __init__(self, rt: _Runtime, coro: Coroutine[Any, Any, Any], ctx: contextvars.Context) -> None:
         self._rt = rt
@@ -378,6 +393,19 @@ class Process:
         self._joiners: list[Process] | None = None  # made by the first join
         self._waiting_on: object = None  # what it waits on, while WAITING
         self._retrieved = False  # someone awaited it (or will: it had joiners)
+        # Cancellation (_cancel.py).  Invariant: _cancel_pending is
+        # _cancelled(self) whenever this process is not RUNNING, kept so by
+        # every change to a scope of its chain.
+        self._scope: Any = self  # innermost cancel scope it is in (itself: none)
+        self._parent: Any = None  # the task group's scope it was spawned in
+        self._cancel_called = False  # Process.cancel() was called
+        self._cancel_pending = False  # a checkpoint or wait must raise Cancelled
+        self._groups: list[Any] | None = None  # task groups open in it
+        self._group: Any = None  # the task group it is a child of
+        self._thread = 0  # ident of the thread that ran its last step
+        self._timer: list[Any] | None = None  # its sleep's heap entry, while SLEEPING
+        self._interrupt: Callable[[], object] | None = None  # while in an interruptible callout
+        self._cancelled = False  # it ended with Cancelled (Process.cancel)
 
     @property
     def name(self) -> str:
@@ -395,6 +423,46 @@ class Process:
         if self._exception is not None:
             raise self._exception
         return self._result
+
+    def cancel(self) -> None:
+        """Cancel the process, as if its whole body were in a cancelled :class:`vmown.CancelScope`.
+
+        Call it from another process of the run.  The process gets
+        :class:`vmown.Cancelled` at its next checkpoint or wait (or when the
+        callout it is in returns) and again at each one after; if it lets it
+        propagate, awaiting it raises :class:`vmown.ProcessCancelled`.
+        Cancelling a finished process does nothing.
+        """
+        _cancel_process(self)
+
+    def cancelled(self) -> bool:
+        """Whether the process ended because it was cancelled."""
+        return self._cancelled
+
+    def result(self) -> Any:
+        """The finished process's return value; raises its exception if it raised.
+
+        Raises RuntimeError if the process has not finished (``await`` it
+        instead), ProcessCancelled if it was cancelled.
+        """
+        self._check_done("result")
+        self._retrieved = True
+        if self._exception is not None:
+            raise self._exception
+        return self._result
+
+    def exception(self) -> BaseException | None:
+        """The exception the finished process raised, or None if it returned.
+
+        Raises RuntimeError if the process has not finished.
+        """
+        self._check_done("exception")
+        self._retrieved = True
+        return self._exception
+
+    def _check_done(self, what: str) -> None:
+        if self._state is not _DONE:
+            raise RuntimeError(f"{self!r} has not finished: await it before calling {what}()")
 
     def _forget(self, joiner: Process) -> None:
         """Stop waking ``joiner`` (it is being closed)."""
@@ -416,7 +484,7 @@ class _Runtime:
     """
 
     __slots__ = (
-        "ownership", "cb", "waiters_word", "work_words", "run_queue", "timers", "timer_seq", "processes", "main",
+        "ownership", "cb", "waiters_word", "work_words", "run_queue", "timers", "stale_timers", "timer_seq", "processes", "main",
         "halt", "fatal", "running", "unretrieved", "pub_run", "pub_timer_ns", "watch_ns", "run_slot", "max_threads",
         "idle_timeout_ns", "handle", "worker_idents", "pool_news", "cap_warned", "failures_warned",
         "steps", "spawned", "parks", "releases",
@@ -432,7 +500,10 @@ class _Runtime:
         # only reads the words).
         self.work_words = memoryview(ffi.buffer(lib.vmown_work_words(self.cb), 16)).cast("Q")
         self.run_queue: deque[Process] = deque()
-        self.timers: list[tuple[int, int, Process]] = []  # (deadline_ns, seq, process) heap
+        # [deadline_ns, seq, target] heap; target: a sleeping Process, a
+        # CancelScope's deadline, or None once dropped (lazy deletion).
+        self.timers: list[list[Any]] = []
+        self.stale_timers = 0  # entries whose target is None
         self.timer_seq = itertools.count()
         self.processes: dict[Process, None] = {}  # alive, in spawn order
         self.main: Process | None = None
@@ -471,6 +542,11 @@ def _current(what: str) -> Process:
     if proc is None:
         raise RuntimeError(f"{what} must be called from a process started by vmown.run()")
     return proc
+
+
+def current_process() -> Process:
+    """The :class:`Process` that calls it (must be called from a process of vmown.run())."""
+    return _current("vmown.current_process()")
 
 
 def spawn(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> Process:
@@ -565,11 +641,17 @@ def _broken(what: str) -> None:
 def _trap(rt: _Runtime, proc: Process, trap: Any) -> None:
     """Handle what a step yielded, other than None (a checkpoint)."""
     proc._value = None
-    if trap is _SUSPEND:
+    if proc._cancel_pending and (trap is _SUSPEND or type(trap) is int or type(trap) is Process):
+        if _cancellable(proc, trap):
+            _throw_cancelled(rt, proc)
+        else:
+            proc._state = _WAITING
+    elif trap is _SUSPEND:
         proc._state = _WAITING
     elif type(trap) is int:
         proc._state = _SLEEPING
-        heapq.heappush(rt.timers, (trap, next(rt.timer_seq), proc))
+        proc._timer = entry = [trap, next(rt.timer_seq), proc]
+        heapq.heappush(rt.timers, entry)
     elif type(trap) is Process:
         _join(rt, proc, trap)
     else:
@@ -608,6 +690,29 @@ def _throw_later(rt: _Runtime, proc: Process, exc: BaseException) -> None:
     rt.run_queue.append(proc)
 
 
+def _cancellable(proc: Process, trap: Any) -> bool:
+    """Whether a step that yielded ``trap`` with a cancellation pending must get Cancelled now.
+
+    A suspension registered with a primitive is taken out of it first; the
+    join of a task group (``_uncancellable``) waits on regardless.
+    """
+    if trap is _SUSPEND:
+        waiting_on = proc._waiting_on
+        if waiting_on is not None:
+            if getattr(waiting_on, "_uncancellable", False):
+                return False
+            waiting_on._forget(proc)  # type: ignore[attr-defined]
+            proc._waiting_on = None
+    return True
+
+
+def _throw_cancelled(rt: _Runtime, proc: Process) -> None:
+    """Make ``proc`` runnable with Cancelled to raise at the await it stopped at."""
+    _throw_later(rt, proc, _Cancelled(f"{proc!r} is in a cancelled scope"))
+    if not rt.pub_run:
+        _publish(rt)
+
+
 def _throw_into(proc: Process, exc: BaseException) -> Any:
     proc._resume = proc._coro.send
     return proc._coro.throw(exc)
@@ -617,6 +722,14 @@ def _finish(rt: _Runtime, proc: Process, exc: BaseException) -> None:
     """The step ended the process: ``exc`` is StopIteration (returned) or what it raised."""
     if isinstance(exc, StopIteration):
         proc._result = exc.value
+    elif isinstance(exc, _Cancelled) and (proc._cancel_called or proc._group is not None):
+        # Cancelled by Process.cancel() or with its task group: its awaiters
+        # get ProcessCancelled, a plain failure of the awaited process.
+        proc._cancelled = True
+        proc._retrieved = True
+        failure = _ProcessCancelled(f"{proc!r} was cancelled")
+        failure.__cause__ = exc
+        proc._exception = failure
     else:
         proc._exception = exc
     proc._state = _DONE
@@ -625,6 +738,8 @@ def _finish(rt: _Runtime, proc: Process, exc: BaseException) -> None:
     joiners, proc._joiners = proc._joiners, None
     for joiner in joiners or ():
         _wake(joiner)
+    if proc._group is not None:
+        proc._group._child_done(proc)
     if proc._exception is not None:
         if not isinstance(proc._exception, Exception):  # KeyboardInterrupt, SystemExit...
             _halt(rt, proc._exception)
@@ -661,13 +776,34 @@ def _publish(rt: _Runtime) -> None:
 
 
 def _release_timers(rt: _Runtime) -> None:
+    """Wake the sleepers that are due and expire the cancel scopes' deadlines that passed."""
     timers, run_queue, now = rt.timers, rt.run_queue, _now()
     while timers and timers[0][0] <= now:
-        proc = heapq.heappop(timers)[2]
-        if proc._state is not _SLEEPING:
-            _broken(f"{proc!r} was in the timer heap")
-        proc._state = _RUNNABLE
-        run_queue.append(proc)
+        target = heapq.heappop(timers)[2]
+        if target is None:  # dropped: a cancelled sleep, a scope left early
+            rt.stale_timers -= 1
+        elif type(target) is Process:
+            if target._state is not _SLEEPING:
+                _broken(f"{target!r} was in the timer heap")
+            target._timer = None
+            target._state = _RUNNABLE
+            run_queue.append(target)
+        else:
+            target._expire()  # a CancelScope's deadline (_cancel.py, race C3)
+
+
+def _drop_timer(rt: _Runtime, entry: list[Any]) -> None:
+    """Drop a timer entry (lazy deletion); keep the heap's head live and the heap mostly live."""
+    entry[2] = None
+    rt.stale_timers += 1
+    timers = rt.timers
+    while timers and timers[0][2] is None:
+        heapq.heappop(timers)
+        rt.stale_timers -= 1
+    if rt.stale_timers > 1024 and rt.stale_timers * 2 > len(timers):
+        timers[:] = [entry for entry in timers if entry[2] is not None]
+        heapq.heapify(timers)
+        rt.stale_timers = 0
 
 
 def _serve(rt: _Runtime, first: bool = False) -> None:
@@ -692,6 +828,7 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
     waiters_word = rt.waiters_word
     work_words = rt.work_words
     now = _now
+    ident = threading.get_ident()
     countdown = _CLOCK_EVERY
     yield_at = now() + _GIL_YIELD_NS
     while not rt.halt and (first or not waiters_word[0]):
@@ -713,6 +850,7 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
         if proc._state is not _RUNNABLE:
             _broken(f"{proc!r} was in the run queue")
         proc._state = _RUNNING
+        proc._thread = ident  # where a canceller finds it while it is in a callout
         rt.running += 1
         work_words[0] = rt.steps = rt.steps + 1  # the heartbeat sees the run queue move
         try:
@@ -723,6 +861,9 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
             continue
         rt.running -= 1
         if trap is None:  # checkpoint
+            if proc._cancel_pending:
+                _throw_cancelled(rt, proc)
+                continue
             proc._state = _RUNNABLE
             proc._value = None
             append(proc)
@@ -1212,6 +1353,12 @@ def _stats(rt: _Runtime) -> dict[str, int]:
         "called_off": heartbeat.called_off,
     }
 
+
+from ._cancel import (  # noqa: E402
+    Cancelled as _Cancelled,
+    ProcessCancelled as _ProcessCancelled,
+    _cancel_process,
+)
 
 # Frames of these functions call user code: KeyboardInterrupt raised below
 # them lands inside a step (race 6).

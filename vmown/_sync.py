@@ -13,7 +13,9 @@
 # its _waiting_on names; _forget(process) takes it out (the run closes it).
 #
 # Calls that do not have to wait return without a scheduling point (like
-# asyncio's).  Every method must be called from a process of vmown.run(): a
+# asyncio's), but raise Cancelled if the caller is in a cancelled scope, as a
+# wait would.  A cancelled waiter leaves the primitive's queue before it is
+# made runnable (_cancel.py, race C2), so nothing is handed to it later.  Every method must be called from a process of vmown.run(): a
 # thread outside the VM that touched them would race with the owner.  A
 # primitive serves the processes of one run at a time.
 
@@ -22,11 +24,18 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Generic, Self, TypeVar
 
+from ._cancel import Cancelled
 from ._scheduler import Process, _current, _suspend, _wake
 
 __all__ = ["Event", "Lock", "Queue", "Semaphore"]
 
 T = TypeVar("T")
+
+
+def _cancel_point(me: Process) -> None:
+    """A wait that need not block still raises Cancelled in a cancelled scope."""
+    if me._cancel_pending:
+        raise Cancelled(f"{me!r} is in a cancelled scope")
 
 
 async def _wait_in(waiters: deque[Any], entry: Any, me: Process, primitive: object) -> Any:
@@ -61,8 +70,9 @@ class Event:
 
     async def wait(self) -> None:
         """Return once the flag is set (at once if it is)."""
+        me = _current("Event.wait()")
+        _cancel_point(me)
         if not self._flag:
-            me = _current("Event.wait()")
             await _wait_in(self._waiters, me, me, self)
 
     def _forget(self, proc: Process) -> None:
@@ -115,6 +125,7 @@ class Lock(_Acquirable):
     async def acquire(self) -> None:
         """Take the lock, waiting behind the processes that asked first."""
         me = _current("Lock.acquire()")
+        _cancel_point(me)
         if self._holder is None:
             self._holder = me
             return
@@ -161,6 +172,7 @@ class Semaphore(_Acquirable):
     async def acquire(self) -> None:
         """Take a unit, waiting behind the processes that asked first."""
         me = _current("Semaphore.acquire()")
+        _cancel_point(me)
         if self._value > 0:
             self._value -= 1
             return
@@ -215,6 +227,7 @@ class Queue(Generic[T]):
     async def put(self, item: T) -> None:
         """Add ``item`` at the tail, waiting while the queue is full."""
         me = _current("Queue.put()")
+        _cancel_point(me)
         if self._getters:  # they wait: the queue is empty, hand it over
             _wake(self._getters.popleft(), item)
         elif len(self._items) < self._maxsize:
@@ -225,6 +238,7 @@ class Queue(Generic[T]):
     async def get(self) -> T:
         """Remove and return the item at the head, waiting while the queue is empty."""
         me = _current("Queue.get()")
+        _cancel_point(me)
         if not self._items:
             item: T = await _wait_in(self._getters, me, me, self)  # put() handed it over
             return item
