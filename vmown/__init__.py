@@ -43,6 +43,7 @@ from ._cancel import (
     move_on_at,
 )
 from ._sync import Event, Lock, Queue, Semaphore
+from ._taskgroup import TaskGroup
 
 __version__ = "0.1.0"
 
@@ -76,6 +77,7 @@ __all__ = [
     "Queue",
     "Semaphore",
     "SlotsExhaustedError",
+    "TaskGroup",
     "TooSlowError",
     "VmownError",
     "bind_threaded",
