@@ -42,7 +42,7 @@ from ._cancel import (
     move_on_after,
     move_on_at,
 )
-from ._sync import Event, Lock, Queue, Semaphore
+from ._sync import CapacityLimiter, Condition, Event, Lock, Queue, Semaphore, WouldBlock
 from ._taskgroup import TaskGroup
 
 __version__ = "0.1.0"
@@ -63,10 +63,12 @@ __all__ = [
     "BrokenError",
     "CancelScope",
     "Cancelled",
+    "CapacityLimiter",
     "Channel",
     "ChannelBrokenError",
     "ChannelClosed",
     "ChannelError",
+    "Condition",
     "ControlBlockError",
     "Event",
     "Lock",
@@ -80,6 +82,7 @@ __all__ = [
     "TaskGroup",
     "TooSlowError",
     "VmownError",
+    "WouldBlock",
     "bind_threaded",
     "callout",
     "checkpoint",

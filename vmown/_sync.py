@@ -21,15 +21,20 @@
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from typing import Any, Generic, Self, TypeVar
 
-from ._cancel import Cancelled
+from ._cancel import Cancelled, CancelScope
 from ._scheduler import Process, _current, _suspend, _wake
 
-__all__ = ["Event", "Lock", "Queue", "Semaphore"]
+__all__ = ["CapacityLimiter", "Condition", "Event", "Lock", "Queue", "Semaphore", "WouldBlock"]
 
 T = TypeVar("T")
+
+
+class WouldBlock(Exception):
+    """Raised by :meth:`Queue.put_nowait` and :meth:`Queue.get_nowait` when the call would have to wait."""
 
 
 def _cancel_point(me: Process) -> None:
@@ -191,25 +196,28 @@ class Semaphore(_Acquirable):
 
 
 class Queue(Generic[T]):
-    """A FIFO queue of at most ``maxsize`` items between processes.
+    """A FIFO queue between processes: unbounded, or of at most ``maxsize`` items.
 
-    :meth:`put` waits while the queue is full, :meth:`get` while it is empty;
-    both serve waiting processes in arrival order.
+    ``Queue()`` (or ``maxsize=0``) never fills.  :meth:`put` waits while the
+    queue is full, :meth:`get` while it is empty; both serve waiting
+    processes in arrival order.  :meth:`put_nowait` and :meth:`get_nowait`
+    raise :class:`WouldBlock` instead of waiting.
     """
 
-    __slots__ = ("_maxsize", "_items", "_getters", "_putters")
+    __slots__ = ("_maxsize", "_limit", "_items", "_getters", "_putters")
 
-    def __init__(self, maxsize: int) -> None:
-        if not isinstance(maxsize, int) or maxsize < 1:
-            raise ValueError(f"a Queue holds at least one item: maxsize must be an int >= 1, not {maxsize!r}")
+    def __init__(self, maxsize: int = 0) -> None:
+        if not isinstance(maxsize, int) or maxsize < 0:
+            raise ValueError(f"maxsize must be an int >= 0 (0: unbounded), not {maxsize!r}")
         self._maxsize = maxsize
+        self._limit = maxsize or sys.maxsize  # Invariant: len(_items) <= _limit
         self._items: deque[T] = deque()
         self._getters: deque[Process] = deque()
         self._putters: deque[tuple[Process, T]] = deque()
 
     @property
     def maxsize(self) -> int:
-        """How many items the queue holds at most."""
+        """How many items the queue holds at most (0: unbounded)."""
         return self._maxsize
 
     def qsize(self) -> int:
@@ -221,8 +229,8 @@ class Queue(Generic[T]):
         return not self._items
 
     def full(self) -> bool:
-        """Whether the queue holds ``maxsize`` items."""
-        return len(self._items) >= self._maxsize
+        """Whether the queue holds ``maxsize`` items (never, if unbounded)."""
+        return len(self._items) >= self._limit
 
     async def put(self, item: T) -> None:
         """Add ``item`` at the tail, waiting while the queue is full."""
@@ -230,10 +238,32 @@ class Queue(Generic[T]):
         _cancel_point(me)
         if self._getters:  # they wait: the queue is empty, hand it over
             _wake(self._getters.popleft(), item)
-        elif len(self._items) < self._maxsize:
+        elif len(self._items) < self._limit:
             self._items.append(item)
         else:
             await _wait_in(self._putters, (me, item), me, self)  # get() moved the item in
+
+    def put_nowait(self, item: T) -> None:
+        """Add ``item`` at the tail if there is room now; else raise :class:`WouldBlock`."""
+        _current("Queue.put_nowait()")
+        if self._getters:
+            _wake(self._getters.popleft(), item)
+        elif len(self._items) < self._limit:
+            self._items.append(item)
+        else:
+            raise WouldBlock(f"the queue is full ({self._maxsize} items)")
+
+    def get_nowait(self) -> T:
+        """Remove and return the item at the head if there is one; else raise :class:`WouldBlock`."""
+        _current("Queue.get_nowait()")
+        if not self._items:
+            raise WouldBlock("the queue is empty")
+        item = self._items.popleft()
+        if self._putters:
+            putter, pending = self._putters.popleft()
+            self._items.append(pending)
+            _wake(putter)
+        return item
 
     async def get(self) -> T:
         """Remove and return the item at the head, waiting while the queue is empty."""
@@ -257,6 +287,170 @@ class Queue(Generic[T]):
 
     def __repr__(self) -> str:
         return (
-            f"<vmown.Queue {len(self._items)}/{self._maxsize} "
+            f"<vmown.Queue {len(self._items)}/{self._maxsize or 'inf'} "
             f"getters={len(self._getters)} putters={len(self._putters)}>"
+        )
+
+
+class Condition:
+    """A condition variable: processes wait, holding ``lock``, until another one notifies them.
+
+    ``Condition(lock=None)`` makes its own :class:`Lock`.  Hold the lock
+    (``async with cond:``) around :meth:`wait`, :meth:`notify` and
+    :meth:`notify_all`.  :meth:`wait` releases the lock, sleeps until
+    notified, and takes the lock back before it returns -- also when it is
+    cancelled (the re-acquire is shielded), so the ``async with`` block is
+    always left holding the lock it releases.
+    """
+
+    __slots__ = ("_lock", "_waiters")
+
+    def __init__(self, lock: Lock | None = None) -> None:
+        self._lock = Lock() if lock is None else lock
+        self._waiters: deque[Process] = deque()
+
+    @property
+    def lock(self) -> Lock:
+        """The lock the condition is used with."""
+        return self._lock
+
+    def locked(self) -> bool:
+        """Whether some process holds the lock."""
+        return self._lock.locked()
+
+    async def acquire(self) -> None:
+        """Take the lock."""
+        await self._lock.acquire()
+
+    def release(self) -> None:
+        """Release the lock."""
+        self._lock.release()
+
+    async def __aenter__(self) -> Self:
+        await self._lock.acquire()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+    def _check_holder(self, what: str) -> Process:
+        me = _current(what)
+        if self._lock._holder is not me:
+            raise RuntimeError(f"{what} needs the condition's lock: call it inside `async with condition:`")
+        return me
+
+    async def wait(self) -> None:
+        """Release the lock, wait for :meth:`notify`, take the lock back (in arrival order)."""
+        me = self._check_holder("Condition.wait()")
+        _cancel_point(me)
+        self._lock.release()
+        try:
+            await _wait_in(self._waiters, me, me, self)
+        finally:
+            with CancelScope(shield=True):
+                await self._lock.acquire()
+
+    def notify(self, n: int = 1) -> None:
+        """Wake up to ``n`` waiting processes, the longest-waiting first."""
+        self._check_holder("Condition.notify()")
+        for _ in range(min(n, len(self._waiters))):
+            _wake(self._waiters.popleft())
+
+    def notify_all(self) -> None:
+        """Wake every waiting process."""
+        self.notify(len(self._waiters))
+
+    def _forget(self, proc: Process) -> None:
+        self._waiters.remove(proc)
+
+    def __repr__(self) -> str:
+        return f"<vmown.Condition {self._lock!r} waiters={len(self._waiters)}>"
+
+
+class CapacityLimiter:
+    """At most ``total_tokens`` processes at a time inside ``async with limiter:``.
+
+    The way to bound CPU-bound callouts: 30 processes each calling
+    ``zlib.compress`` through vmown.callout hold 30 threads and the GIL in
+    turn, and a 1 ms ticker waits behind them; with the callouts inside
+    ``async with vmown.CapacityLimiter(2):`` (about the number of cores)
+    only two run at once and the others wait here, in the VM, where the
+    ticker runs between them.  Each process holds at most one token; tokens
+    go to waiting processes in arrival order.  :attr:`total_tokens` can be
+    raised or lowered while in use.
+    """
+
+    __slots__ = ("_total", "_borrowers", "_waiters")
+
+    def __init__(self, total_tokens: int) -> None:
+        self._check_total(total_tokens)
+        self._total = total_tokens
+        self._borrowers: set[Process] = set()
+        self._waiters: deque[Process] = deque()
+
+    @staticmethod
+    def _check_total(total_tokens: int) -> None:
+        if not isinstance(total_tokens, int) or total_tokens < 1:
+            raise ValueError(f"total_tokens must be an int >= 1, not {total_tokens!r}")
+
+    @property
+    def total_tokens(self) -> int:
+        """How many processes may hold a token at once.  Settable; raising it serves waiters at once."""
+        return self._total
+
+    @total_tokens.setter
+    def total_tokens(self, value: int) -> None:
+        self._check_total(value)
+        self._total = value
+        self._hand_out()
+
+    @property
+    def borrowed_tokens(self) -> int:
+        """Tokens held now."""
+        return len(self._borrowers)
+
+    @property
+    def available_tokens(self) -> int:
+        """Tokens free now."""
+        return max(0, self._total - len(self._borrowers))
+
+    async def acquire(self) -> None:
+        """Take a token, waiting behind the processes that asked first."""
+        me = _current("CapacityLimiter.acquire()")
+        _cancel_point(me)
+        if me in self._borrowers:
+            raise RuntimeError(f"{me!r} already holds a token of this limiter")
+        if len(self._borrowers) < self._total and not self._waiters:
+            self._borrowers.add(me)
+            return
+        await _wait_in(self._waiters, me, me, self)  # _hand_out made us a borrower
+
+    def release(self) -> None:
+        """Give the token back: to the first waiting process, or to the pool."""
+        me = _current("CapacityLimiter.release()")
+        if me not in self._borrowers:
+            raise RuntimeError(f"{me!r} released a CapacityLimiter token it does not hold")
+        self._borrowers.remove(me)
+        self._hand_out()
+
+    def _hand_out(self) -> None:
+        while self._waiters and len(self._borrowers) < self._total:
+            proc = self._waiters.popleft()
+            self._borrowers.add(proc)
+            _wake(proc)
+
+    def _forget(self, proc: Process) -> None:
+        self._waiters.remove(proc)
+
+    async def __aenter__(self) -> Self:
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return (
+            f"<vmown.CapacityLimiter {len(self._borrowers)}/{self._total} borrowed "
+            f"waiters={len(self._waiters)}>"
         )
