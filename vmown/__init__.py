@@ -27,7 +27,7 @@ from ._errors import (
     VmownError,
 )
 from ._cffi_wrappers import bind_threaded, threaded_wrappers
-from ._callout import callout, threaded
+from ._callout import INTERRUPT_SIGNAL, callout, threaded
 from ._native import lib as _lib
 from ._ownership import LAYOUT_VERSION as _LAYOUT_VERSION, Ownership
 from ._scheduler import Process, checkpoint, current_process, run, sleep, spawn, stats
@@ -56,6 +56,7 @@ if _lib.vmown_layout_version() != _LAYOUT_VERSION:
     )
 
 __all__ = [
+    "INTERRUPT_SIGNAL",
     "AlreadyOwnerError",
     "Arena",
     "ArenaError",

@@ -135,6 +135,7 @@ import time
 from types import TracebackType
 from typing import Any
 
+from . import _callout
 from ._scheduler import (
     _DONE,
     _RUNNING,
@@ -191,9 +192,9 @@ def current_time() -> float:
     return time.monotonic()
 
 
-_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
-_set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
-_set_async_exc.restype = ctypes.c_int
+_set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
+    ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
+)
 
 
 # ---- the chain ----
@@ -242,13 +243,14 @@ def _interrupt(rt: _Runtime, proc: Process) -> None:
             waiting_on._forget(proc)  # C2
             proc._waiting_on = None
         _throw_cancelled(rt, proc)
-    elif state is _RUNNING and proc._thread != threading.get_ident():
+    elif state is _RUNNING:
+        thread = proc._thread
+        if thread is None or thread.ident == threading.get_ident():
+            return  # C5: it is the canceller
         # C4: in a callout on another thread, which cannot run Python until
         # this owner lets the VM go.
-        _set_async_exc(proc._thread, Cancelled)
-        interrupt = proc._interrupt
-        if interrupt is not None:
-            interrupt()
+        _set_async_exc(thread.ident, Cancelled)
+        _callout._interrupt_callout(proc, thread)
     # RUNNABLE (C1), or RUNNING here (C5): the next checkpoint raises.
 
 

@@ -327,12 +327,13 @@ _process_var: contextvars.ContextVar[Process] = contextvars.ContextVar("vmown.pr
 class _ThreadState:
     """A thread that serves a vmown.run(): its slot in the run's control block."""
 
-    __slots__ = ("cb", "slot", "run_thread")
+    __slots__ = ("cb", "slot", "run_thread", "ident")
 
     def __init__(self, cb: Any, slot: int, run_thread: bool) -> None:
         self.cb = cb  # vmown_cb * of the run's control block
         self.slot = slot  # this thread's slot in it
         self.run_thread = run_thread  # the thread that called vmown.run()
+        self.ident = threading.get_ident()  # made on the thread it describes
 
 
 class _Here(threading.local):
@@ -402,7 +403,7 @@ class Process:
         self._cancel_pending = False  # a checkpoint or wait must raise Cancelled
         self._groups: list[Any] | None = None  # task groups open in it
         self._group: Any = None  # the task group it is a child of
-        self._thread = 0  # ident of the thread that ran its last step
+        self._thread: _ThreadState | None = None  # the thread that ran its last step
         self._timer: list[Any] | None = None  # its sleep's heap entry, while SLEEPING
         self._interrupt: Callable[[], object] | None = None  # while in an interruptible callout
         self._cancelled = False  # it ended with Cancelled (Process.cancel)
@@ -828,7 +829,7 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
     waiters_word = rt.waiters_word
     work_words = rt.work_words
     now = _now
-    ident = threading.get_ident()
+    here = _here.state
     countdown = _CLOCK_EVERY
     yield_at = now() + _GIL_YIELD_NS
     while not rt.halt and (first or not waiters_word[0]):
@@ -850,7 +851,7 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
         if proc._state is not _RUNNABLE:
             _broken(f"{proc!r} was in the run queue")
         proc._state = _RUNNING
-        proc._thread = ident  # where a canceller finds it while it is in a callout
+        proc._thread = here  # where a canceller finds it while it is in a callout
         rt.running += 1
         work_words[0] = rt.steps = rt.steps + 1  # the heartbeat sees the run queue move
         try:
