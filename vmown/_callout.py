@@ -114,7 +114,7 @@ import threading
 import types
 import warnings
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 import _cffi_backend
 
@@ -125,6 +125,7 @@ from ._scheduler import Process, _process_var, _ThreadState
 __all__ = ["INTERRUPT_SIGNAL", "callout", "threaded"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 _CData = _cffi_backend._CDataBase
 
@@ -261,7 +262,7 @@ def _send(interrupt: Any, ident: int) -> None:
         interrupt()
 
 
-def _interrupt_callout(proc: Process, thread: _ThreadState) -> None:
+def _interrupt_callout(proc: Process[Any], thread: _ThreadState) -> None:
     """Owner: ``proc`` is in a callout on ``thread`` and was cancelled: interrupt the call if it opted in."""
     interrupt = proc._interrupt
     if interrupt is None and _c_interrupts:
@@ -276,18 +277,18 @@ def _interrupt_callout(proc: Process, thread: _ThreadState) -> None:
         warnings.warn(f"interrupting the callout of {proc!r} failed: {exc!r}", RuntimeWarning, stacklevel=2)
 
 
-def _interruptible(call: Callable[..., T], interrupt: Any) -> Callable[..., T]:
+def _interruptible(call: Callable[P, T], interrupt: Any) -> Callable[P, T]:
     """``call`` (a threaded wrapper) with ``interrupt`` armed for the duration of each call."""
 
-    def interruptible(*args: Any) -> T:
+    def interruptible(*args: P.args, **kwargs: P.kwargs) -> T:
         proc = _process_var.get(None)
         if proc is None:
-            return call(*args)
+            return call(*args, **kwargs)
         if proc._cancel_pending:  # cancelled already: do not start the call
             raise _cancelled()(f"{proc!r} is in a cancelled scope")
         proc._interrupt = interrupt  # the per-call state word
         try:
-            return call(*args)
+            return call(*args, **kwargs)
         finally:
             proc._interrupt = None
             if proc._cancel_pending:
@@ -307,7 +308,9 @@ def _cancelled() -> type[BaseException]:
     return Cancelled
 
 
-def threaded(fn: Callable[..., T], *, interrupt: Any = None) -> Callable[..., T]:
+def threaded(
+    fn: Callable[P, T], *, interrupt: Callable[[], object] | _InterruptSignal | None = None
+) -> Callable[P, T]:
     """Wrap ``fn`` so that every call to it is a :func:`callout`.
 
     Made for cffi functions (``lib.f`` of an out-of-line module, or a function

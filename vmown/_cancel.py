@@ -200,7 +200,7 @@ _set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_objec
 # ---- the chain ----
 
 
-def _cancelled(proc: Process) -> bool:
+def _cancelled(proc: Process[Any]) -> bool:
     """Whether ``proc``'s chain meets a cancelled node before (or at) a shield."""
     node: Any = proc._scope
     while node is not None:
@@ -212,7 +212,7 @@ def _cancelled(proc: Process) -> bool:
     return False
 
 
-def _refresh(rt: _Runtime, proc: Process) -> None:
+def _refresh(rt: _Runtime, proc: Process[Any]) -> None:
     """Recompute ``proc``'s pending flag, interrupt it if it became cancelled; same for its groups' children."""
     if proc._state is _DONE:
         return
@@ -227,7 +227,7 @@ def _refresh(rt: _Runtime, proc: Process) -> None:
             _refresh(rt, child)
 
 
-def _interrupt(rt: _Runtime, proc: Process) -> None:
+def _interrupt(rt: _Runtime, proc: Process[Any]) -> None:
     """Stop the wait ``proc`` is in, so that it raises Cancelled (see "How a cancel travels")."""
     state = proc._state
     if state is _SLEEPING:
@@ -240,7 +240,7 @@ def _interrupt(rt: _Runtime, proc: Process) -> None:
         if waiting_on is not None:
             if getattr(waiting_on, "_uncancellable", False):
                 return  # C6: a task group's join
-            waiting_on._forget(proc)  # C2
+            waiting_on._forget(proc)  # type: ignore[attr-defined]  # C2
             proc._waiting_on = None
         _throw_cancelled(rt, proc)
     elif state is _RUNNING:
@@ -254,7 +254,7 @@ def _interrupt(rt: _Runtime, proc: Process) -> None:
     # RUNNABLE (C1), or RUNNING here (C5): the next checkpoint raises.
 
 
-def _cancel_process(proc: Process) -> None:
+def _cancel_process(proc: Process[Any]) -> None:
     _current("Process.cancel()")
     if proc._state is _DONE or proc._cancel_called:
         return
@@ -294,7 +294,7 @@ class CancelScope:
         self._shield = bool(shield)
         self._cancel_called = False
         self.cancelled_caught = False  # the scope caught a Cancelled at its end
-        self._proc: Process | None = None  # the process that entered it
+        self._proc: Process[Any] | None = None  # the process that entered it
         self._parent: Any = None  # the node it was entered in
         self._timer: list[Any] | None = None  # the deadline's heap entry, while active
         self._state = 0  # 0: new, _ACTIVE, _EXITED

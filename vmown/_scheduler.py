@@ -271,7 +271,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, TypeVarTuple
 
 from ._errors import VmownError, check, error
 from ._native import ffi, lib
@@ -280,6 +280,7 @@ from ._ownership import Ownership
 __all__ = ["Process", "checkpoint", "current_process", "run", "sleep", "spawn", "stats"]
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 DEFAULT_MAX_THREADS = 1000
 DEFAULT_IDLE_TIMEOUT_S = 10.0
@@ -321,7 +322,7 @@ _DONE = "done"
 # cancellation).
 _SUSPEND = object()
 
-_process_var: contextvars.ContextVar[Process] = contextvars.ContextVar("vmown.process")
+_process_var: contextvars.ContextVar[Process[Any]] = contextvars.ContextVar("vmown.process")
 
 
 class _ThreadState:
@@ -343,12 +344,12 @@ class _Here(threading.local):
 _here = _Here()
 
 
-class Process:
+class Process(Generic[T]):
     """A green process of :func:`vmown.run`: one coroutine, scheduled on any worker thread.
 
     Made by :func:`spawn` (and by :func:`run` for ``main``).  ``await process``
-    waits for it to finish and returns its result, or raises its exception
-    with the traceback of where it was raised.  Each process runs in its own
+    waits for it to finish and returns its result (``Process[T]``: a ``T``),
+    or raises its exception with the traceback of where it was raised.  Each process runs in its own
     copy of its spawner's :mod:`contextvars` context, which follows it from
     thread to thread.
     """
@@ -382,7 +383,7 @@ class Process:
     # (_cancel.py): Process.cancel() cancels it like a scope; it never shields.
     _shield = False
 
-    def __init__(self, rt: _Runtime, coro: Coroutine[Any, Any, Any], ctx: contextvars.Context) -> None:
+    def __init__(self, rt: _Runtime, coro: Coroutine[Any, Any, T], ctx: contextvars.Context) -> None:
         self._rt = rt
         self._coro = coro
         self._resume: Callable[[Any], Any] | None = coro.send  # what the next step calls
@@ -391,7 +392,7 @@ class Process:
         self._state = _RUNNABLE
         self._result: Any = None
         self._exception: BaseException | None = None
-        self._joiners: list[Process] | None = None  # made by the first join
+        self._joiners: list[Process[Any]] | None = None  # made by the first join
         self._waiting_on: object = None  # what it waits on, while WAITING
         self._retrieved = False  # someone awaited it (or will: it had joiners)
         # Cancellation (_cancel.py).  Invariant: _cancel_pending is
@@ -417,13 +418,14 @@ class Process:
         """Whether the process has finished (returned or raised)."""
         return self._state is _DONE
 
-    def __await__(self) -> Generator[Any, Any, Any]:
+    def __await__(self) -> Generator[Any, Any, T]:
         if self._state is not _DONE:
             yield self
         self._retrieved = True
         if self._exception is not None:
             raise self._exception
-        return self._result
+        result: T = self._result
+        return result
 
     def cancel(self) -> None:
         """Cancel the process, as if its whole body were in a cancelled :class:`vmown.CancelScope`.
@@ -440,7 +442,7 @@ class Process:
         """Whether the process ended because it was cancelled."""
         return self._cancelled
 
-    def result(self) -> Any:
+    def result(self) -> T:
         """The finished process's return value; raises its exception if it raised.
 
         Raises RuntimeError if the process has not finished (``await`` it
@@ -450,7 +452,8 @@ class Process:
         self._retrieved = True
         if self._exception is not None:
             raise self._exception
-        return self._result
+        result: T = self._result
+        return result
 
     def exception(self) -> BaseException | None:
         """The exception the finished process raised, or None if it returned.
@@ -465,7 +468,7 @@ class Process:
         if self._state is not _DONE:
             raise RuntimeError(f"{self!r} has not finished: await it before calling {what}()")
 
-    def _forget(self, joiner: Process) -> None:
+    def _forget(self, joiner: Process[Any]) -> None:
         """Stop waking ``joiner`` (it is being closed)."""
         if self._joiners is not None:
             self._joiners.remove(joiner)
@@ -500,18 +503,18 @@ class _Runtime:
         # store costs ~65 (one aligned 8-byte store either way; the heartbeat
         # only reads the words).
         self.work_words = memoryview(ffi.buffer(lib.vmown_work_words(self.cb), 16)).cast("Q")
-        self.run_queue: deque[Process] = deque()
+        self.run_queue: deque[Process[Any]] = deque()
         # [deadline_ns, seq, target] heap; target: a sleeping Process, a
         # CancelScope's deadline, or None once dropped (lazy deletion).
         self.timers: list[list[Any]] = []
         self.stale_timers = 0  # entries whose target is None
         self.timer_seq = itertools.count()
-        self.processes: dict[Process, None] = {}  # alive, in spawn order
-        self.main: Process | None = None
+        self.processes: dict[Process[Any], None] = {}  # alive, in spawn order
+        self.main: Process[Any] | None = None
         self.halt = False  # stop serving; the run thread shuts down
         self.fatal: BaseException | None = None  # raised by run() in place of main's outcome
         self.running = 0  # steps started and not finished, on any thread
-        self.unretrieved: list[Process] = []  # failed with nobody awaiting them (yet)
+        self.unretrieved: list[Process[Any]] = []  # failed with nobody awaiting them (yet)
         # What vmown_set_work last published.
         self.pub_run = False
         self.pub_timer_ns = 0
@@ -538,19 +541,19 @@ class _Runtime:
 # ---- the current process ----
 
 
-def _current(what: str) -> Process:
+def _current(what: str) -> Process[Any]:
     proc = _process_var.get(None)
     if proc is None:
         raise RuntimeError(f"{what} must be called from a process started by vmown.run()")
     return proc
 
 
-def current_process() -> Process:
+def current_process() -> Process[Any]:
     """The :class:`Process` that calls it (must be called from a process of vmown.run())."""
     return _current("vmown.current_process()")
 
 
-def spawn(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> Process:
+def spawn(fn: Callable[[*Ts], Coroutine[Any, Any, T]], *args: *Ts) -> Process[T]:
     """Start ``fn(*args)`` (an ``async def`` function) as a new process; return its handle.
 
     Must be called from a process.  The new process runs in a copy of the
@@ -561,7 +564,7 @@ def spawn(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> Process:
     return _spawn(parent._rt, fn, args, contextvars.copy_context())
 
 
-def _spawn(rt: _Runtime, fn: Callable[..., Any], args: tuple[Any, ...], ctx: contextvars.Context) -> Process:
+def _spawn(rt: _Runtime, fn: Callable[..., Any], args: tuple[Any, ...], ctx: contextvars.Context) -> Process[Any]:
     if not callable(fn):
         hint = ""
         if _coroutine_like(fn):
@@ -622,7 +625,7 @@ def _suspend() -> Generator[object, Any, Any]:
     return (yield _SUSPEND)
 
 
-def _wake(proc: Process, value: Any = None) -> None:
+def _wake(proc: Process[Any], value: Any = None) -> None:
     """Make a WAITING process runnable; the next step receives ``value``.  Owner only."""
     if proc._state is not _WAITING:
         _broken(f"woke {proc!r}, which is not waiting")
@@ -639,7 +642,7 @@ def _broken(what: str) -> None:
     raise RuntimeError(f"vmown: broken scheduler invariant: {what}")
 
 
-def _trap(rt: _Runtime, proc: Process, trap: Any) -> None:
+def _trap(rt: _Runtime, proc: Process[Any], trap: Any) -> None:
     """Handle what a step yielded, other than None (a checkpoint)."""
     proc._value = None
     if proc._cancel_pending and (trap is _SUSPEND or type(trap) is int or type(trap) is Process):
@@ -666,7 +669,7 @@ def _trap(rt: _Runtime, proc: Process, trap: Any) -> None:
         )
 
 
-def _join(rt: _Runtime, proc: Process, target: Process) -> None:
+def _join(rt: _Runtime, proc: Process[Any], target: Process[Any]) -> None:
     if target is proc:
         _throw_later(rt, proc, RuntimeError(f"{proc!r} awaits itself"))
     elif target._rt is not rt:
@@ -684,14 +687,14 @@ def _join(rt: _Runtime, proc: Process, target: Process) -> None:
             target._joiners.append(proc)
 
 
-def _throw_later(rt: _Runtime, proc: Process, exc: BaseException) -> None:
+def _throw_later(rt: _Runtime, proc: Process[Any], exc: BaseException) -> None:
     proc._resume = partial(_throw_into, proc)
     proc._value = exc
     proc._state = _RUNNABLE
     rt.run_queue.append(proc)
 
 
-def _cancellable(proc: Process, trap: Any) -> bool:
+def _cancellable(proc: Process[Any], trap: Any) -> bool:
     """Whether a step that yielded ``trap`` with a cancellation pending must get Cancelled now.
 
     A suspension registered with a primitive is taken out of it first; the
@@ -707,19 +710,19 @@ def _cancellable(proc: Process, trap: Any) -> bool:
     return True
 
 
-def _throw_cancelled(rt: _Runtime, proc: Process) -> None:
+def _throw_cancelled(rt: _Runtime, proc: Process[Any]) -> None:
     """Make ``proc`` runnable with Cancelled to raise at the await it stopped at."""
     _throw_later(rt, proc, _Cancelled(f"{proc!r} is in a cancelled scope"))
     if not rt.pub_run:
         _publish(rt)
 
 
-def _throw_into(proc: Process, exc: BaseException) -> Any:
+def _throw_into(proc: Process[Any], exc: BaseException) -> Any:
     proc._resume = proc._coro.send
     return proc._coro.throw(exc)
 
 
-def _finish(rt: _Runtime, proc: Process, exc: BaseException) -> None:
+def _finish(rt: _Runtime, proc: Process[Any], exc: BaseException) -> None:
     """The step ended the process: ``exc`` is StopIteration (returned) or what it raised."""
     if isinstance(exc, StopIteration):
         proc._result = exc.value
@@ -1086,8 +1089,8 @@ def _leave() -> None:
 
 
 def run(
-    main: Callable[..., Coroutine[Any, Any, T]],
-    *args: Any,
+    main: Callable[[*Ts], Coroutine[Any, Any, T]],
+    *args: *Ts,
     hz: int = 1000,
     max_threads: int = DEFAULT_MAX_THREADS,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,

@@ -37,13 +37,13 @@ class WouldBlock(Exception):
     """Raised by :meth:`Queue.put_nowait` and :meth:`Queue.get_nowait` when the call would have to wait."""
 
 
-def _cancel_point(me: Process) -> None:
+def _cancel_point(me: Process[Any]) -> None:
     """A wait that need not block still raises Cancelled in a cancelled scope."""
     if me._cancel_pending:
         raise Cancelled(f"{me!r} is in a cancelled scope")
 
 
-async def _wait_in(waiters: deque[Any], entry: Any, me: Process, primitive: object) -> Any:
+async def _wait_in(waiters: deque[Any], entry: Any, me: Process[Any], primitive: object) -> Any:
     """Queue ``entry`` (``me`` or a tuple starting with it) and sleep until woken."""
     waiters.append(entry)
     me._waiting_on = primitive
@@ -57,7 +57,7 @@ class Event:
 
     def __init__(self) -> None:
         self._flag = False
-        self._waiters: deque[Process] = deque()
+        self._waiters: deque[Process[Any]] = deque()
 
     def is_set(self) -> bool:
         """Whether :meth:`set` has been called."""
@@ -80,7 +80,7 @@ class Event:
         if not self._flag:
             await _wait_in(self._waiters, me, me, self)
 
-    def _forget(self, proc: Process) -> None:
+    def _forget(self, proc: Process[Any]) -> None:
         self._waiters.remove(proc)
 
     def __repr__(self) -> str:
@@ -91,7 +91,7 @@ class _Acquirable:
     """What Lock and Semaphore share: their waiting processes, ``async with``."""
 
     __slots__ = ("_waiters",)
-    _waiters: deque[Process]
+    _waiters: deque[Process[Any]]
 
     async def acquire(self) -> None:
         raise NotImplementedError
@@ -99,7 +99,7 @@ class _Acquirable:
     def release(self) -> None:
         raise NotImplementedError
 
-    def _forget(self, proc: Process) -> None:
+    def _forget(self, proc: Process[Any]) -> None:
         self._waiters.remove(proc)
 
     async def __aenter__(self) -> Self:
@@ -120,8 +120,8 @@ class Lock(_Acquirable):
     __slots__ = ("_holder",)
 
     def __init__(self) -> None:
-        self._holder: Process | None = None
-        self._waiters: deque[Process] = deque()
+        self._holder: Process[Any] | None = None
+        self._waiters: deque[Process[Any]] = deque()
 
     def locked(self) -> bool:
         """Whether some process holds the lock."""
@@ -167,7 +167,7 @@ class Semaphore(_Acquirable):
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"a Semaphore starts with a non-negative int of units, not {value!r}")
         self._value = value
-        self._waiters: deque[Process] = deque()
+        self._waiters: deque[Process[Any]] = deque()
 
     @property
     def value(self) -> int:
@@ -212,8 +212,8 @@ class Queue(Generic[T]):
         self._maxsize = maxsize
         self._limit = maxsize or sys.maxsize  # Invariant: len(_items) <= _limit
         self._items: deque[T] = deque()
-        self._getters: deque[Process] = deque()
-        self._putters: deque[tuple[Process, T]] = deque()
+        self._getters: deque[Process[Any]] = deque()
+        self._putters: deque[tuple[Process[Any], T]] = deque()
 
     @property
     def maxsize(self) -> int:
@@ -279,7 +279,7 @@ class Queue(Generic[T]):
             _wake(putter)
         return item
 
-    def _forget(self, proc: Process) -> None:
+    def _forget(self, proc: Process[Any]) -> None:
         if proc in self._getters:
             self._getters.remove(proc)
         else:
@@ -307,7 +307,7 @@ class Condition:
 
     def __init__(self, lock: Lock | None = None) -> None:
         self._lock = Lock() if lock is None else lock
-        self._waiters: deque[Process] = deque()
+        self._waiters: deque[Process[Any]] = deque()
 
     @property
     def lock(self) -> Lock:
@@ -333,7 +333,7 @@ class Condition:
     async def __aexit__(self, *exc_info: object) -> None:
         self._lock.release()
 
-    def _check_holder(self, what: str) -> Process:
+    def _check_holder(self, what: str) -> Process[Any]:
         me = _current(what)
         if self._lock._holder is not me:
             raise RuntimeError(f"{what} needs the condition's lock: call it inside `async with condition:`")
@@ -360,7 +360,7 @@ class Condition:
         """Wake every waiting process."""
         self.notify(len(self._waiters))
 
-    def _forget(self, proc: Process) -> None:
+    def _forget(self, proc: Process[Any]) -> None:
         self._waiters.remove(proc)
 
     def __repr__(self) -> str:
@@ -385,8 +385,8 @@ class CapacityLimiter:
     def __init__(self, total_tokens: int) -> None:
         self._check_total(total_tokens)
         self._total = total_tokens
-        self._borrowers: set[Process] = set()
-        self._waiters: deque[Process] = deque()
+        self._borrowers: set[Process[Any]] = set()
+        self._waiters: deque[Process[Any]] = deque()
 
     @staticmethod
     def _check_total(total_tokens: int) -> None:
@@ -439,7 +439,7 @@ class CapacityLimiter:
             self._borrowers.add(proc)
             _wake(proc)
 
-    def _forget(self, proc: Process) -> None:
+    def _forget(self, proc: Process[Any]) -> None:
         self._waiters.remove(proc)
 
     async def __aenter__(self) -> Self:

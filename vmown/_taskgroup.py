@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextvars
 from types import TracebackType
-from typing import Any, Callable, Coroutine, TypeVar
+from typing import Any, Callable, Coroutine, TypeVar, TypeVarTuple
 
 from ._cancel import Cancelled, CancelScope, _cancelled
 from ._scheduler import _WAITING, Process, _current, _spawn, _suspend, _wake
@@ -35,6 +35,7 @@ from ._scheduler import _WAITING, Process, _current, _spawn, _suspend, _wake
 __all__ = ["TaskGroup"]
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 class TaskGroup:
@@ -55,8 +56,8 @@ class TaskGroup:
 
     def __init__(self) -> None:
         self._scope = CancelScope()
-        self._proc: Process | None = None  # the process whose block this is
-        self._children: dict[Process, None] = {}  # alive, in spawn order
+        self._proc: Process[Any] | None = None  # the process whose block this is
+        self._children: dict[Process[Any], None] = {}  # alive, in spawn order
         self._errors: list[BaseException] = []
         self._joining = False  # the parent waits in __aexit__
         self._closed = False
@@ -77,7 +78,7 @@ class TaskGroup:
         proc._groups.append(self)
         return self
 
-    def spawn(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> Process:
+    def spawn(self, fn: Callable[[*Ts], Coroutine[Any, Any, T]], *args: *Ts) -> Process[T]:
         """Start ``fn(*args)`` as a child of the group; return its :class:`Process`.
 
         May be called from any process of the run while the block is open
@@ -95,7 +96,7 @@ class TaskGroup:
         self._children[child] = None
         return child
 
-    def _child_done(self, child: Process) -> None:
+    def _child_done(self, child: Process[Any]) -> None:
         """A child ended (_scheduler._finish): keep its failure, cancel the group for it."""
         del self._children[child]
         exc = child._exception
@@ -108,7 +109,7 @@ class TaskGroup:
             if proc is not None and proc._state is _WAITING:
                 _wake(proc)
 
-    def _forget(self, proc: Process) -> None:
+    def _forget(self, proc: Process[Any]) -> None:
         """The parent is being closed (the run ends): nobody waits any more."""
         self._joining = False
 
