@@ -446,3 +446,45 @@ def test_c7_heap_stays_small() -> None:
         return len(_scheduler._current("test")._rt.timers)
 
     assert vmown.run(main) <= 2
+
+
+def test_c9_a_callee_that_raises_while_cancelled() -> None:
+    """The asynchronous Cancelled lands after the callee's exception, at the
+    next eval-breaker check (a handler, or a scope's __exit__ it pre-empts):
+    the scopes are left in order, and the run goes on."""
+    import socket
+
+    async def blocked_recv(sock: socket.socket) -> list[Any]:
+        out: list[Any] = []
+        with vmown.move_on_after(10) as outer:
+            with vmown.move_on_after(0.02) as inner:
+                vmown.callout(sock.recv, 1)  # a timeout after 0.2 s, raised from C
+        out.append(inner.cancelled_caught or outer.cancelled_caught)
+        out.append(_scheduler._current("test")._scope is _scheduler._current("test"))
+        return out
+
+    async def bare(sock: socket.socket) -> None:
+        with vmown.move_on_after(0.02):
+            vmown.callout(sock.recv, 1)
+
+    async def main() -> list[Any]:
+        a, b = socket.socketpair()
+        a.settimeout(0.2)
+        try:
+            out = await vmown.spawn(blocked_recv, a)
+            proc = vmown.spawn(bare, a)
+            try:
+                await proc
+                out.append("returned")
+            except vmown.ProcessCancelled:
+                out.append("cancelled")
+            except TimeoutError:
+                out.append("timeout")
+            return out
+        finally:
+            a.close()
+            b.close()
+
+    out = vmown.run(main)
+    assert out[:2] == [True, True]
+    assert out[2] in ("returned", "cancelled")  # not the callee's TimeoutError, not a halted run

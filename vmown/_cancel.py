@@ -116,6 +116,18 @@
 #     the join is marked _uncancellable, so _cancellable leaves it waiting;
 #     the children are cancelled through the group and the last one to end
 #     wakes the parent.  Test: test_taskgroup.py (outer cancel).
+# C8. (_callout.py) An interrupt reaches a thread that has left the call.
+# C9. The callee of a callout raises (a socket timeout, say) while the cancel
+#     is on its way: the CALL that failed makes no eval-breaker check, so the
+#     asynchronous Cancelled lands at the next one -- in the handler that
+#     runs next, or at the entry of the cancel scope's __exit__, which then
+#     never runs.  The scope stays on the chain; the next scope out finds it
+#     there with a Cancelled in flight and leaves it (_unwind), catching the
+#     Cancelled if the abandoned scope was cancelled; a process that ends
+#     with a Cancelled it did not catch is a cancelled process (_finish), it
+#     never halts the run.  Interruptible wrappers take the exception back
+#     themselves and raise in place (_callout._interruptible).  Test:
+#     test_c9_a_callee_that_raises_while_cancelled.
 # C7. A scope is left with its deadline still in the heap at its head: the
 #     entry is dropped and popped at once, so the heartbeat is not told of a
 #     timer that no longer exists (a stale head would cost it one needless
@@ -325,17 +337,16 @@ class CancelScope:
         proc = self._proc
         if proc is None or self._state != _ACTIVE:
             raise RuntimeError("this CancelScope is not active")
+        inner_caught = False
         if proc._scope is not self:
-            raise RuntimeError(
-                f"cancel scopes left out of order in {proc!r}: leave the inner scope (or task group) first"
-            )
+            inner_caught = self._unwind(proc, exc)
         self._state = _EXITED
         proc._scope = self._parent
         if self._timer is not None:
             _drop_timer(proc._rt, self._timer)
             self._timer = None
         proc._cancel_pending = _cancelled(proc)
-        if exc is None or not self._cancel_called:
+        if exc is None or not (self._cancel_called or inner_caught):
             return False
         if isinstance(exc, Cancelled):
             self.cancelled_caught = True
@@ -348,6 +359,33 @@ class CancelScope:
                     return True
                 raise rest from exc.__cause__
         return False
+
+    def _unwind(self, proc: Process[Any], exc: BaseException | None) -> bool:
+        """C9: leave the inner scopes whose __exit__ an asynchronous Cancelled pre-empted.
+
+        Returns whether one of them was cancelled (its Cancelled is caught
+        here, one scope further out than it should have been).  Anything
+        else is a scope left out of order: refused.
+        """
+        abandoned = []
+        node = proc._scope
+        while type(node) is CancelScope or type(node) is _FailScope:
+            if node is self:
+                break
+            abandoned.append(node)
+            node = node._parent
+        if node is not self or not isinstance(exc, Cancelled):
+            raise RuntimeError(
+                f"cancel scopes left out of order in {proc!r}: leave the inner scope (or task group) first"
+            )
+        for inner in abandoned:
+            inner._state = _EXITED
+            if inner._timer is not None:
+                _drop_timer(proc._rt, inner._timer)
+                inner._timer = None
+            if inner._cancel_called:
+                inner.cancelled_caught = True
+        return any(inner._cancel_called for inner in abandoned)
 
     def _arm(self, rt: _Runtime) -> None:
         """Put the deadline in the run's timer heap (and tell the heartbeat if it is the next)."""

@@ -726,9 +726,11 @@ def _finish(rt: _Runtime, proc: Process[Any], exc: BaseException) -> None:
     """The step ended the process: ``exc`` is StopIteration (returned) or what it raised."""
     if isinstance(exc, StopIteration):
         proc._result = exc.value
-    elif isinstance(exc, _Cancelled) and (proc._cancel_called or proc._group is not None):
-        # Cancelled by Process.cancel() or with its task group: its awaiters
-        # get ProcessCancelled, a plain failure of the awaited process.
+    elif isinstance(exc, _Cancelled):
+        # Cancelled by Process.cancel(), with its task group, or by a scope
+        # whose __exit__ an asynchronous Cancelled pre-empted (_cancel.py,
+        # race C9): its awaiters get ProcessCancelled, a plain failure of the
+        # awaited process, and the run goes on.
         proc._cancelled = True
         proc._retrieved = True
         failure = _ProcessCancelled(f"{proc!r} was cancelled")
