@@ -488,3 +488,22 @@ def test_c9_a_callee_that_raises_while_cancelled() -> None:
     out = vmown.run(main)
     assert out[:2] == [True, True]
     assert out[2] in ("returned", "cancelled")  # not the callee's TimeoutError, not a halted run
+
+
+def test_a_channel_wait_made_in_a_run_is_cancelled_within_its_wait_slice() -> None:
+    """Channel.recv waits in C slices of at most 50 ms, with Python between
+    them: made as a callout, the cancel lands at the end of the slice."""
+    from vmown._arena import Arena
+    from vmown._channel import Channel
+
+    async def main() -> tuple[bool, float]:
+        with Arena.anonymous(1 << 20) as arena:
+            channel = Channel.create(arena, 4096)
+            start = time.monotonic()
+            with vmown.move_on_after(0.02) as scope:
+                vmown.callout(channel.recv)  # nothing is ever sent
+            return scope.cancelled_caught, time.monotonic() - start
+
+    caught, elapsed_s = vmown.run(main)
+    assert caught
+    assert elapsed_s < SLACK_S

@@ -796,6 +796,9 @@ def _release_timers(rt: _Runtime) -> None:
             run_queue.append(target)
         else:
             target._expire()  # a CancelScope's deadline (_cancel.py, race C3)
+    while timers and timers[0][2] is None:  # keep the head live (_drop_timer)
+        heapq.heappop(timers)
+        rt.stale_timers -= 1
 
 
 def _drop_timer(rt: _Runtime, entry: list[Any]) -> None:
@@ -902,7 +905,7 @@ def _work(rt: _Runtime, me: _ThreadState, given: bool = False) -> None:
 
 def _park(rt: _Runtime, me: _ThreadState) -> bool:
     """Park until there is work; True once owning the VM, False for a worker that leaves."""
-    if not rt.run_queue and not rt.timers and rt.running == 0:
+    if not rt.run_queue and len(rt.timers) == rt.stale_timers and rt.running == 0:
         _halt(rt, _deadlock(rt))
         return True
     timeout_ns, watch_ns = _park_timeout(rt, me)
