@@ -287,7 +287,7 @@ def test_c1_handed_over_then_cancelled_keeps_the_lock() -> None:
 
 
 def _waiter_leaves_the_queue(blocking: Callable[[int], None]) -> None:
-    """C2 for Lock, Semaphore and both ends of a Queue: the cancelled waiter
+    """C2 for Lock, Semaphore, CapacityLimiter, Condition and both ends of a Queue: the cancelled waiter
     is skipped, the next waiter gets what is released, exactly once."""
 
     async def take(kind: str, prim: Any, i: int, log: list[tuple[str, int]], timeout: float) -> None:
@@ -298,16 +298,24 @@ def _waiter_leaves_the_queue(blocking: Callable[[int], None]) -> None:
                 return
             if kind == "put":
                 await prim.put(i)
+            elif kind == "condition":
+                async with prim:
+                    await prim.wait()
             else:
                 await prim.acquire()
             log.append((kind, i))
 
     async def main() -> list[Any]:
         results = []
-        for kind in ("lock", "semaphore", "get", "put"):
+        for kind in ("lock", "semaphore", "get", "put", "limiter", "condition"):
             if kind == "lock":
                 prim: Any = vmown.Lock()
                 await prim.acquire()
+            elif kind == "limiter":
+                prim = vmown.CapacityLimiter(1)
+                await prim.acquire()
+            elif kind == "condition":
+                prim = vmown.Condition()
             elif kind == "semaphore":
                 prim = vmown.Semaphore(0)
             elif kind == "get":
@@ -320,8 +328,11 @@ def _waiter_leaves_the_queue(blocking: Callable[[int], None]) -> None:
             await vmown.sleep(0.003)
             survivor = vmown.spawn(take, kind, prim, 1, log, 10)
             await doomed  # timed out: it left the queue
-            if kind in ("lock", "semaphore"):
+            if kind in ("lock", "semaphore", "limiter"):
                 prim.release()
+            elif kind == "condition":
+                async with prim:
+                    prim.notify()  # one: it must reach the survivor
             elif kind == "get":
                 await prim.put(42)
             else:
@@ -337,6 +348,8 @@ def _waiter_leaves_the_queue(blocking: Callable[[int], None]) -> None:
         ("semaphore", [("semaphore", 1)]),
         ("get", [("get", 42)]),
         ("put", [("put", 1), ("queued", 1)]),
+        ("limiter", [("limiter", 1)]),
+        ("condition", [("condition", 1)]),
     ]
 
 

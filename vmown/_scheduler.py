@@ -733,7 +733,7 @@ def _finish(rt: _Runtime, proc: Process[Any], exc: BaseException) -> None:
         # awaited process, and the run goes on.
         proc._cancelled = True
         proc._retrieved = True
-        failure = _ProcessCancelled(f"{proc!r} was cancelled")
+        failure = _ProcessCancelled(f"<vmown.Process {proc.name}> was cancelled")
         failure.__cause__ = exc
         proc._exception = failure
     else:
@@ -1255,7 +1255,9 @@ def _close_ownership(rt: _Runtime) -> None:
 
 # ---- SIGINT ----
 
-_PROTECTED_MODULES = frozenset({__name__, "vmown._sync"})
+# Cancel scopes and task groups update the run's state in their __exit__ and
+# __aexit__: KeyboardInterrupt waits for a scheduling point there too.
+_PROTECTED_MODULES = frozenset({__name__, "vmown._sync", "vmown._cancel", "vmown._taskgroup"})
 
 
 def _ki_deferred(frame: types.FrameType | None) -> bool:
