@@ -115,8 +115,16 @@
 # C6. A task group's parent waits in __aexit__ while its scope is cancelled:
 #     the join is marked _uncancellable, so _cancellable leaves it waiting;
 #     the children are cancelled through the group and the last one to end
-#     wakes the parent.  Test: test_taskgroup.py (outer cancel).
-# C8. (_callout.py) An interrupt reaches a thread that has left the call.
+#     wakes the parent.  Test: test_taskgroup.py::
+#     test_outer_cancel_while_the_parent_waits_at_the_end_of_the_block.
+# C7. A scope is left with its deadline still in the heap at its head: the
+#     entry is dropped and popped at once, so the heartbeat is not told of a
+#     timer that no longer exists (a stale head would cost it one needless
+#     activation, nothing else).  Test: test_c7_heap_stays_small.
+# C8. An interrupt reaches a thread that has left the call (_callout.py,
+#     "The per-call state word"): the wait for the VM retries on EINTR.
+#     Test: test_callout.py::test_c8_interrupting_a_thread_that_left_the_call_is_harmless
+#     (with the race-widening switch).
 # C9. The callee of a callout raises (a socket timeout, say) while the cancel
 #     is on its way: the CALL that failed makes no eval-breaker check, so the
 #     asynchronous Cancelled lands at the next one -- in the handler that
@@ -128,10 +136,6 @@
 #     never halts the run.  Interruptible wrappers take the exception back
 #     themselves and raise in place (_callout._interruptible).  Test:
 #     test_c9_a_callee_that_raises_while_cancelled.
-# C7. A scope is left with its deadline still in the heap at its head: the
-#     entry is dropped and popped at once, so the heartbeat is not told of a
-#     timer that no longer exists (a stale head would cost it one needless
-#     activation, nothing else).  Test: test_c7_heap_stays_small.
 #
 # Assumptions: the owner of the VM is the only thread that touches any of
 # this (cancel() refuses other threads); CPython checks asynchronous
@@ -439,12 +443,13 @@ class CancelScope:
     @deadline.setter
     def deadline(self, value: float) -> None:
         ns = _to_ns(value)
+        proc = self._proc
+        if self._state == _ACTIVE:
+            _current("setting CancelScope.deadline")
         self._relative_ns = None
         self._deadline_ns = ns
-        proc = self._proc
         if self._state != _ACTIVE or proc is None:
             return
-        _current("setting CancelScope.deadline")
         if self._timer is not None:
             _drop_timer(proc._rt, self._timer)
             self._timer = None
@@ -458,10 +463,11 @@ class CancelScope:
 
     @shield.setter
     def shield(self, value: bool) -> None:
-        self._shield = bool(value)
         proc = self._proc
-        if self._state == _ACTIVE and proc is not None:
+        if self._state == _ACTIVE:
             _current("setting CancelScope.shield")
+        self._shield = bool(value)
+        if self._state == _ACTIVE and proc is not None:
             _refresh(proc._rt, proc)
 
     def __repr__(self) -> str:
