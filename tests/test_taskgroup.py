@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import cffi
@@ -152,3 +153,21 @@ def test_a_cancelled_child_process_reports_cancelled() -> None:
         return victim.cancelled(), isinstance(victim.exception(), vmown.ProcessCancelled)
 
     assert vmown.run(main) == (True, True)
+
+
+def test_the_run_ends_while_a_group_is_open_and_closes_it_quietly() -> None:
+    async def holder(ready: vmown.Event, log: list[str]) -> None:
+        async with vmown.TaskGroup() as tg:
+            tg.spawn(sleep_long, log)
+            ready.set()
+            await vmown.sleep(10)
+
+    async def main() -> list[str]:
+        ready, log = vmown.Event(), []
+        vmown.spawn(holder, ready, log)
+        await ready.wait()
+        return log
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert vmown.run(main) == ["finally"]  # the child was closed too, its finally ran

@@ -118,6 +118,12 @@ class TaskGroup:
     ) -> bool:
         proc = self._proc
         assert proc is not None
+        if isinstance(exc, GeneratorExit):  # the run is closing its processes: nobody to wait for
+            self._closed = True
+            if proc._groups is not None:
+                proc._groups.remove(self)
+            self._scope.__exit__(etype, exc, tb)
+            return False
         if exc is not None and not isinstance(exc, Cancelled):
             self._errors.append(exc)
             self._scope._cancel(proc._rt)
