@@ -105,7 +105,7 @@ def heartbeat_tid() -> int:
 
 
 def runtime_cb() -> Any:
-    """The vmown_cb * of the VM the calling thread serves (called inside vmown.run).
+    """The vmown_vm * of the VM the calling thread serves (called inside vmown.run).
 
     The runtime has no public accessor for it: this reads the scheduler's
     per-thread state (vmown/_scheduler.py, _here.state.cb).

@@ -21,7 +21,7 @@
 #       vmown.stats() and times the call: a call "caused an activation" if
 #       the heartbeat handed the VM on across it -- an activation of a parked
 #       worker (the VM left unowned by an eager callout) or a revocation (a
-#       lazy callout kept the owner word: native/ownership.c, "Lazy
+#       lazy callout kept the owner word: native/grants.c, "Lazy
 #       callouts"); their sum grew.  By the design's hysteresis
 #       (the VM must stay unowned for one whole tick) a call shorter than a
 #       tick never causes an activation and one longer than two ticks always

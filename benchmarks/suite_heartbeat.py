@@ -21,7 +21,7 @@
 #                   the heartbeat's cost over that floor.
 #   *_activations   activations over the window.
 #   *_revocations   revocations over the window: lazy callouts whose VM the
-#                   heartbeat handed on (native/ownership.c, "Lazy callouts")
+#                   heartbeat handed on (native/grants.c, "Lazy callouts")
 #
 # Method: the heartbeat's thread id comes from vmown_heartbeat_read (its tid
 # field) on the runtime's control block (reached through the scheduler's

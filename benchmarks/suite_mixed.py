@@ -24,7 +24,7 @@
 #                    heartbeat (vmown.stats()['activations']): the only way a
 #                    new process gets a thread while every thread is in a step
 #   vmown_revocations   in the same run: lazy callouts whose VM the heartbeat
-#                    handed on (native/ownership.c, "Lazy callouts")
+#                    handed on (native/grants.c, "Lazy callouts")
 #   vmown_lazy_callouts in the same run: callouts that kept the owner word
 #   vmown_hand_offs  in the same run: releases straight to a queued thread.
 #                    Each is a semaphore wake (microseconds) where a call with

@@ -58,16 +58,12 @@
  */
 #define _GNU_SOURCE
 #include "vmown_internal.h"
+#include "vmown_shorthands.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#define RELAXED memory_order_relaxed
-#define ACQUIRE memory_order_acquire
-#define RELEASE memory_order_release
-#define SEQ_CST memory_order_seq_cst
 
 #define MAX_DATA (1ull << 44)              /* 16 TiB: bounds every size read back */
 #define DEFAULT_FILE_RESERVE (1ull << 30)  /* address range (not memory) per file arena */

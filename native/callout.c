@@ -15,7 +15,7 @@
  * the switch interval (5 ms) never enters into it.
  *
  * With this process's heartbeat running and nobody waiting, begin goes out
- * *lazily* (ownership.c, "Lazy callouts"): it only marks its slot, keeps the
+ * *lazily* (grants.c, "Lazy callouts"): it only marks its slot, keeps the
  * owner word, and end finds the word still its own with a plain load.  No
  * locked instruction either way; the heartbeat revokes the VM from a callout
  * that stays out a whole tick while somebody needs it.  A caller that takes
@@ -25,7 +25,7 @@
  * VM (the demo's ticker: 8.8-9.0 ms late at the median of 15 runs, against
  * 6.0-6.4 ms eager).
  *
- * Otherwise begin's disown gives a queued thread a *soft* grant (ownership.c,
+ * Otherwise begin's disown gives a queued thread a *soft* grant (grants.c,
  * "Soft grants"): if the call is back before that thread has woken and
  * claimed the VM, end takes it back with one CAS instead of queueing behind
  * it.  A short call thus costs a queued thread a wake-up but never a convoy.
@@ -37,24 +37,21 @@
  * The binding is thread-local (C11 _Thread_local): per thread of this
  * process, nothing in shared memory.  The initial-exec TLS model makes each
  * access one load off the thread pointer; the default model for a shared
- * object calls __tls_get_addr, twice per callout (measured: ~3 ns of a 75 ns
- * wrapped call).  The cost is 16 bytes of the static TLS that the C library
+ * object calls __tls_get_addr, twice per callout (docs/design-log.md).  The cost is 16 bytes of the static TLS that the C library
  * keeps for modules loaded later.  Generated wrappers live in other extension
  * modules; they reach these functions through the table returned by
  * vmown_callout_api, so there is one copy of the core in the process.
  */
 #define _GNU_SOURCE
 #include "vmown_internal.h"
+#include "vmown_shorthands.h"
 
 #include <errno.h>
-
-#define likely(x) __builtin_expect(!!(x), 1)
-#define unlikely(x) __builtin_expect(!!(x), 0)
 
 #define LAZY 0x80000000u  /* token bit: slots are < 2^20 */
 
 static _Thread_local struct {
-    vmown_cb *cb;
+    vmown_vm *vm;
     uint32_t slot;
     uint64_t tag;    /* of the callout out now */
     uint32_t epoch;  /* of the owner word after an eager callout's disown */
@@ -69,10 +66,8 @@ static _Thread_local struct {
  * whose VM somebody took meanwhile (its own had to wait, or the word's epoch
  * moved: somebody owned and released it) sets the count back
  * to EAGER_AFTER_REVOCATION; each that found the VM still free counts down,
- * and at 0 the function goes lazy again.  (A fixed count of 64 eager calls
- * made a function that always blocks go lazy, and be revoked, every 65th
- * call: 15 revocations in a run of suite `mixed`, each leaving the VM idle a
- * tick.)  A small direct-mapped table, process-wide: a collision or a lost
+ * and at 0 the function goes lazy again (a fixed count made a function that
+ * always blocks be revoked periodically: docs/design-log.md).  A small direct-mapped table, process-wide: a collision or a lost
  * update costs a wrong guess, never correctness (relaxed atomics). */
 #ifndef EAGER_AFTER_REVOCATION
 #define EAGER_AFTER_REVOCATION 64
@@ -106,35 +101,35 @@ static void eager_back(uint64_t tag, bool taken) {
     atomic_store_explicit(&hints[i].eager_left, taken ? EAGER_AFTER_REVOCATION : left - 1, memory_order_relaxed);
 }
 
-int vmown_bind_thread(vmown_cb *cb, uint32_t slot) {
-    if (cb && (slot < 1 || slot > cb->nslots)) return VMOWN_EBADSLOT;
-    bound.cb = cb;
-    bound.slot = cb ? slot : 0;
+int vmown_bind_thread(vmown_vm *vm, uint32_t slot) {
+    if (vm && (slot < 1 || slot > vm->nslots)) return VMOWN_EBADSLOT;
+    bound.vm = vm;
+    bound.slot = vm ? slot : 0;
     return 0;
 }
 
-void vmown__unbind_if(vmown_cb *cb, uint32_t slot) {
-    if (bound.cb == cb && bound.slot == slot) {
-        bound.cb = NULL;
+void vmown__unbind_if(vmown_vm *vm, uint32_t slot) {
+    if (bound.vm == vm && bound.slot == slot) {
+        bound.vm = NULL;
         bound.slot = 0;
     }
 }
 
 uint32_t vmown_callout_begin(uint64_t tag) {
-    vmown_cb *cb = bound.cb;
-    if (!cb) return 0;
+    vmown_vm *vm = bound.vm;
+    if (!vm) return 0;
     bound.tag = tag;
-    int rc = vmown__callout_disown(cb, bound.slot, tag, eager_hint(tag));
-    if (rc == 0) bound.epoch = vmown_epoch(cb);
+    int rc = vmown__callout_disown(vm, bound.slot, tag, eager_hint(tag));
+    if (rc == 0) bound.epoch = vmown_epoch(vm);
     return rc < 0 ? 0 : rc ? bound.slot | LAZY : bound.slot;
 }
 
 uint32_t vmown_callout_begin_eager(uint64_t tag) {
-    vmown_cb *cb = bound.cb;
-    if (!cb) return 0;
+    vmown_vm *vm = bound.vm;
+    if (!vm) return 0;
     bound.tag = tag;
-    if (vmown__callout_disown(cb, bound.slot, tag, true) < 0) return 0;
-    bound.epoch = vmown_epoch(cb);
+    if (vmown__callout_disown(vm, bound.slot, tag, true) < 0) return 0;
+    bound.epoch = vmown_epoch(vm);
     return bound.slot;
 }
 
@@ -142,14 +137,14 @@ uint32_t vmown_callout_begin_eager(uint64_t tag) {
 static int back(uint32_t token, bool wait) {
     uint32_t slot = token & ~LAZY;
     if (token & LAZY) {
-        if (vmown__lazy_return(bound.cb, slot) == 0) return 1;
+        if (vmown__lazy_return(bound.vm, slot) == 0) return 1;
         revoked(bound.tag);
     } else {
-        int rc = vmown_try_own(bound.cb, slot);
-        if (unlikely(eager_hint(bound.tag))) eager_back(bound.tag, rc != 1 || vmown_epoch(bound.cb) != bound.epoch);
+        int rc = vmown_try_own(bound.vm, slot);
+        if (unlikely(eager_hint(bound.tag))) eager_back(bound.tag, rc != 1 || vmown_epoch(bound.vm) != bound.epoch);
         if (rc == 1) return 1;
     }
-    int rc = wait ? vmown_own(bound.cb, slot) : vmown_try_own(bound.cb, slot);
+    int rc = wait ? vmown_own(bound.vm, slot) : vmown_try_own(bound.vm, slot);
     if (wait ? rc == 0 : rc == 1) return 1;
     if (wait || rc < 0) vmown__fatal("vmown_callout_end: own", rc == VMOWN_EBROKEN ? EIO : EINVAL);
     return 0;

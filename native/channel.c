@@ -101,20 +101,13 @@
  */
 #define _GNU_SOURCE
 #include "vmown_internal.h"
+#include "vmown_shorthands.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#define RELAXED memory_order_relaxed
-#define ACQUIRE memory_order_acquire
-#define RELEASE memory_order_release
-#define SEQ_CST memory_order_seq_cst
-
-#define likely(x) __builtin_expect(!!(x), 1)
-#define unlikely(x) __builtin_expect(!!(x), 0)
 
 #define MIN_CAPACITY 64ull
 #define MAX_CAPACITY (1ull << 40)
@@ -153,10 +146,10 @@ static _Atomic uint64_t self_who;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static void forget_self(void) { atomic_store_explicit(&self_who, 0, RELAXED); }
-static void install_atfork(void) { pthread_atfork(NULL, NULL, forget_self); }
+static void install_atfork(void) { vmown__at_fork_child(forget_self); }
 
 static uint64_t learn_self(void) {
-    pthread_once(&atfork_once, install_atfork);  /* before caching: a fork then resets it */
+    vmown__at_fork_child_once(&atfork_once, install_atfork);  /* before caching: a fork then resets it */
     int32_t pid = (int32_t)getpid();
     uint64_t who = WHO(pid, vmown__process_start_time(pid));
     atomic_store_explicit(&self_who, who, RELAXED);

@@ -222,6 +222,51 @@ int vmown__thread_start(pthread_t *thread, void *(*fn)(void *), void *arg) {
     return -rc;
 }
 
+int vmown__thread_join(pthread_t thread) { return -pthread_join(thread, NULL); }
+
+pthread_t vmown__thread_self(void) { return pthread_self(); }
+
+void vmown__mutex_init(pthread_mutex_t *mu) {
+    int rc = pthread_mutex_init(mu, NULL);
+    if (rc != 0) vmown__fatal("pthread_mutex_init", rc);
+}
+
+void vmown__mutex_destroy(pthread_mutex_t *mu) { (void)pthread_mutex_destroy(mu); }
+
+void vmown__mutex_lock(pthread_mutex_t *mu) {
+    int rc = pthread_mutex_lock(mu);
+    if (rc != 0) vmown__fatal("pthread_mutex_lock", rc);
+}
+
+void vmown__mutex_unlock(pthread_mutex_t *mu) {
+    int rc = pthread_mutex_unlock(mu);
+    if (rc != 0) vmown__fatal("pthread_mutex_unlock", rc);
+}
+
+void vmown__cond_init(pthread_cond_t *cond) {
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);  /* the clock of vmown__now_ns */
+    int rc = pthread_cond_init(cond, &attr);
+    pthread_condattr_destroy(&attr);
+    if (rc != 0) vmown__fatal("pthread_cond_init", rc);
+}
+
+void vmown__cond_destroy(pthread_cond_t *cond) { (void)pthread_cond_destroy(cond); }
+
+void vmown__cond_broadcast(pthread_cond_t *cond) { (void)pthread_cond_broadcast(cond); }
+
+int vmown__cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *mu, int64_t deadline_ns) {
+    struct timespec ts = {.tv_sec = deadline_ns / 1000000000, .tv_nsec = deadline_ns % 1000000000};
+    int saved = errno, rc = pthread_cond_timedwait(cond, mu, &ts);
+    errno = saved;
+    return rc == 0 ? 0 : rc == ETIMEDOUT ? VMOWN_ETIMEDOUT : -rc;
+}
+
+void vmown__at_fork_child_once(pthread_once_t *once, void (*install)(void)) { (void)pthread_once(once, install); }
+
+void vmown__at_fork_child(void (*fn)(void)) { (void)pthread_atfork(NULL, NULL, fn); }
+
 int vmown_map_anonymous(size_t len, void **out) {
     void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return -errno;

@@ -9,7 +9,7 @@
  *
  * Everything lives in a *control block* in caller-provided, page-aligned memory
  * (never in C globals), so the block can sit in a shared mapping and be used by
- * threads of several processes.  See ownership.c for the protocol notes.
+ * threads of several processes.  See owner.c and grants.c for the protocol notes.
  *
  * Conventions (libuv-like): `vmown_` names are public, `vmown__` internal;
  * functions return 0 (or a non-negative result) on success and a negative code
@@ -67,15 +67,16 @@ enum {
                                      still queued: see vmown_own_resume */
 };
 
-/* Owner word: bits 0-31 the owner (int32: 0 = unowned, >0 = slot index,
- * -1 = reserved during a hand-over, 0x40000000 | slot = a soft grant to slot
- * not claimed yet; vmown_owner reports that slot), bits 32-63 the ownership epoch, bumped
- * by every release.  Packing both into one word makes a release one atomic
+/* Owner word: bits 0-31 the owner (0 = unowned, >0 = slot index,
+ * 0x40000000 | slot = a soft grant to slot not claimed yet, 0x20000000 | slot
+ * = REVOKING: the heartbeat is deciding whether slot, out in a lazy callout,
+ * loses the VM; vmown_owner reports slot for both), bits 32-63 the ownership
+ * epoch, bumped by every release.  Packing both into one word makes a release one atomic
  * store and lets an observer tell "unowned all along" from "owned and
  * released again" by comparing two reads of a single word. */
-/* A process-local handle on a control block (made by vmown_cb_init or
- * vmown_cb_attach, freed by vmown_cb_detach; the memory stays the caller's). */
-typedef struct vmown_cb vmown_cb;
+/* A process-local handle on a control block (made by vmown_vm_init or
+ * vmown_vm_attach, freed by vmown_vm_detach; the memory stays the caller's). */
+typedef struct vmown_vm vmown_vm;
 
 /* Totals of the whole block: folded counters of departed slots plus the live
  * slots' own counters (each slot counts its own events without atomics RMW). */
@@ -90,7 +91,7 @@ typedef struct {
     uint64_t soft_grants;  /* callout disowns that woke a waiter with a soft grant */
     uint64_t steals;       /* soft grants taken back by their granter before the claim */
     uint64_t robberies;    /* waiters that woke to a grant taken back (and queued again) */
-    uint64_t lazy_disowns; /* callout disowns that kept the owner word (ownership.c, "Lazy callouts") */
+    uint64_t lazy_disowns; /* callout disowns that kept the owner word (grants.c, "Lazy callouts") */
     uint64_t reaped;       /* slots freed because their process died */
 } vmown_counters;
 
@@ -105,53 +106,53 @@ typedef struct {
     uint32_t next;         /* queue link */
     uint32_t generation;   /* bumped at each registration */
     uint32_t lazy_out;     /* 1 while out in a lazy callout: the owner word still
-                              names it (ownership.c, "Lazy callouts") */
+                              names it (grants.c, "Lazy callouts") */
 } vmown_slot_info;
 
 /* Size in bytes (a multiple of the page size) of a block with nslots slots. */
-size_t vmown_cb_size(uint32_t nslots);
+size_t vmown_block_size(uint32_t nslots);
 
 /* Initialise a block in len bytes of zeroed or reused page-aligned memory.
  * Two-phase: the state word reads INITIALIZING until everything else is
  * written, then READY with release ordering. */
-int vmown_cb_init(void *mem, size_t len, uint32_t nslots, vmown_cb **out);
+int vmown_vm_init(void *mem, size_t len, uint32_t nslots, vmown_vm **out);
 
 /* Check a block made elsewhere (another process, a file) and return it.
  * Every header field is read once and checked against len and this build. */
-int vmown_cb_attach(void *mem, size_t len, vmown_cb **out);
-void vmown_cb_detach(vmown_cb *cb);
+int vmown_vm_attach(void *mem, size_t len, vmown_vm **out);
+void vmown_vm_detach(vmown_vm *vm);
 
 /* Claim a free slot for the calling thread; returns its index (>= 1). */
-int vmown_register(vmown_cb *cb);
+int vmown_register(vmown_vm *vm);
 /* Give a slot back.  A slot that owns the VM releases it first; a slot that is
  * queued is refused with VMOWN_EBUSY. */
-int vmown_unregister(vmown_cb *cb, uint32_t slot);
+int vmown_unregister(vmown_vm *vm, uint32_t slot);
 
 /* Release the VM: hand it to the head waiter if there is one, else store 0.
  * Always a hard, FIFO hand-off; only vmown_callout_begin makes soft grants.
  * `callout` tags what the caller is about to do (0 = nothing in particular). */
-int vmown_disown(vmown_cb *cb, uint32_t slot, uint64_t callout);
+int vmown_disown(vmown_vm *vm, uint32_t slot, uint64_t callout);
 /* Take the VM, waiting as long as it takes (signals are not reported). */
-int vmown_own(vmown_cb *cb, uint32_t slot);
+int vmown_own(vmown_vm *vm, uint32_t slot);
 /* Take the VM; timeout_ns < 0 waits forever.  With VMOWN_WAIT_INTERRUPTIBLE a
  * signal makes it return VMOWN_EINTR; a timeout returns VMOWN_ETIMEDOUT.  In
  * both cases the slot has left the queue and does not own the VM. */
-int vmown_own_wait(vmown_cb *cb, uint32_t slot, int64_t timeout_ns, int flags);
+int vmown_own_wait(vmown_vm *vm, uint32_t slot, int64_t timeout_ns, int flags);
 /* Go on waiting after VMOWN_EAGAIN, the slot still queued; deadline_ns is
  * CLOCK_MONOTONIC (vmown_now_ns), < 0 for none.  Why slices: a signal whose
  * handler runs between two sleeps interrupts neither; returning to the
  * caller at every slice lets it run its pending handlers (Python does at the
  * next bytecode boundary) so that no Ctrl-C waits for the VM. */
-int vmown_own_resume(vmown_cb *cb, uint32_t slot, int64_t deadline_ns, int flags);
+int vmown_own_resume(vmown_vm *vm, uint32_t slot, int64_t deadline_ns, int flags);
 /* Leave the queue after VMOWN_EAGAIN.  Returns 0 (not owning), or 1 if the
  * VM was handed over meanwhile: the caller owns it and must release it. */
-int vmown_own_cancel(vmown_cb *cb, uint32_t slot);
+int vmown_own_cancel(vmown_vm *vm, uint32_t slot);
 /* Take the VM only if nobody owns it: 1 taken, 0 not, negative on error. */
-int vmown_try_own(vmown_cb *cb, uint32_t slot);
+int vmown_try_own(vmown_vm *vm, uint32_t slot);
 /* The owner gives the VM to the head waiter and queues for it again: returns
  * 1 after getting it back, 0 if nobody waited (nothing happened), or an error
  * (VMOWN_EINTR / VMOWN_ETIMEDOUT: the caller no longer owns the VM). */
-int vmown_yield(vmown_cb *cb, uint32_t slot, int64_t timeout_ns, int flags);
+int vmown_yield(vmown_vm *vm, uint32_t slot, int64_t timeout_ns, int flags);
 
 /* One-argument forms for callers that pay per argument (cffi dispatches a
  * one-argument call without building an argument tuple: half the cost).
@@ -159,20 +160,28 @@ int vmown_yield(vmown_cb *cb, uint32_t slot, int64_t timeout_ns, int flags);
  * is interruptible and sliced (VMOWN_EINTR, VMOWN_EAGAIN), disown records
  * no callout tag. */
 typedef struct {
-    vmown_cb *cb;
+    vmown_vm *vm;
     uint32_t slot;
 } vmown_thread;
 int vmown_thread_own(const vmown_thread *t);
 int vmown_thread_disown(const vmown_thread *t);
 
 /* Set the queue priority of a slot (higher goes first, FIFO among equals). */
-int vmown_set_priority(vmown_cb *cb, uint32_t slot, int32_t priority);
+int vmown_set_priority(vmown_vm *vm, uint32_t slot, int32_t priority);
+
+/* The names of vmown_counters' fields, in order (i < vmown_counter_count();
+ * NULL past the end), and of the slot states (indexed by VMOWN_SLOT_*):
+ * the one list Python's statistics and `python -m vmown top` use. */
+uint32_t vmown_counter_count(void);
+const char *vmown_counter_name(uint32_t i);
+uint32_t vmown_slot_state_count(void);
+const char *vmown_slot_state_name(uint32_t i);
 
 /* Observers: safe from any thread or process, no lock taken. */
-uint64_t vmown_owner_word(const vmown_cb *cb);
-int32_t vmown_owner(const vmown_cb *cb);
-uint32_t vmown_epoch(const vmown_cb *cb);
-uint32_t vmown_waiters(const vmown_cb *cb);
+uint64_t vmown_owner_word(const vmown_vm *vm);
+int32_t vmown_owner(const vmown_vm *vm);
+uint32_t vmown_epoch(const vmown_vm *vm);
+uint32_t vmown_waiters(const vmown_vm *vm);
 /* Where the count of queued threads lives, for reading it without a call:
  * from Python, a cffi call releases and retakes the GIL, and an owner that
  * does that at every scheduling point makes CPython's GIL hand-over (which
@@ -180,18 +189,20 @@ uint32_t vmown_waiters(const vmown_cb *cb);
  * any hand-over) starve a thread that waits for the GIL.  A plain load
  * through this pointer releases nothing.  Aligned 32-bit word: loads are
  * atomic; the value is a snapshot, as from vmown_waiters. */
-const uint32_t *vmown_waiters_word(const vmown_cb *cb);
+const uint32_t *vmown_waiters_word(const vmown_vm *vm);
 /* Two words for the owner to write in place (plain stores through this
  * pointer, no call, nothing released), read by the heartbeat (heartbeat.c):
- * [0] processes taken off the run queue so far, bumped at each; [1] processes
- * runnable now, the word vmown_set_work writes. */
-uint64_t *vmown_work_words(vmown_cb *cb);
-uint32_t vmown_nslots(const vmown_cb *cb);
-uint32_t vmown_slots_in_use(const vmown_cb *cb);
-int vmown_counters_read(const vmown_cb *cb, vmown_counters *out);
-int vmown_slot_read(const vmown_cb *cb, uint32_t slot, vmown_slot_info *out);
+ * [VMOWN_WORK_TAKEN] processes taken off the run queue so far, bumped at
+ * each; [VMOWN_WORK_RUNNABLE] processes runnable now, the word vmown_set_work
+ * writes. */
+enum { VMOWN_WORK_TAKEN = 0, VMOWN_WORK_RUNNABLE = 1 };
+uint64_t *vmown_work_words(vmown_vm *vm);
+uint32_t vmown_nslots(const vmown_vm *vm);
+uint32_t vmown_slots_in_use(const vmown_vm *vm);
+int vmown_counters_read(const vmown_vm *vm, vmown_counters *out);
+int vmown_slot_read(const vmown_vm *vm, uint32_t slot, vmown_slot_info *out);
 /* Waiting slots in queue order; returns how many were written (<= cap). */
-int vmown_queue_read(vmown_cb *cb, uint32_t *out, uint32_t cap);
+int vmown_queue_read(vmown_vm *vm, uint32_t *out, uint32_t cap);
 
 /* ---- Workers and the heartbeat (heartbeat.c) ----
  *
@@ -210,7 +221,7 @@ typedef struct {
     uint64_t starved;       /* ticks that found work but no idle worker */
     uint64_t sleeps;        /* times the heartbeat stopped ticking */
     uint64_t servers;       /* idle workers queued for the VM: run queue stalled */
-    uint64_t revocations;   /* lazy callouts whose VM the heartbeat took (ownership.c) */
+    uint64_t revocations;   /* lazy callouts whose VM the heartbeat took (grants.c) */
     uint64_t called_off;    /* revocations called off because the callout was back */
     uint32_t lazy;          /* 1 while callouts of this process may go out lazily */
     uint32_t idle_workers;  /* workers parked now */
@@ -222,16 +233,16 @@ typedef struct {
  * release the VM (to the head waiter, if any), in one step under the lock.
  * Returns 1 once given the VM (activated), 0 when woken by vmown_unpark
  * (not owning), VMOWN_ETIMEDOUT (not owning) after timeout_ns (< 0: none). */
-int vmown_park(vmown_cb *cb, uint32_t slot, int64_t timeout_ns);
+int vmown_park(vmown_vm *vm, uint32_t slot, int64_t timeout_ns);
 /* Park a worker that does not own the VM (a new one): join the idle stack and
  * wait, as vmown_park does after its release; same results.  A thread pool
  * can thus start workers without handing the VM to each.  VMOWN_ENOTOWNER if
  * the caller owns the VM (or holds a grant of it), VMOWN_EBADSLOT if its slot
  * is queued or parked already. */
-int vmown_park_new(vmown_cb *cb, uint32_t slot, int64_t timeout_ns);
+int vmown_park_new(vmown_vm *vm, uint32_t slot, int64_t timeout_ns);
 /* Wake one parked worker (slot 0: the most recently parked) without giving
  * it the VM: its vmown_park returns 0.  Returns the slot woken, 0 if none. */
-int vmown_unpark(vmown_cb *cb, uint32_t slot);
+int vmown_unpark(vmown_vm *vm, uint32_t slot);
 
 /* ---- The worker pool (workers.c) ----
  *
@@ -241,7 +252,7 @@ int vmown_unpark(vmown_cb *cb, uint32_t slot);
  * pooled worker the VM, it calls entry(arg, slot) on its own thread, owning
  * the VM; entry serves and returns once it no longer owns.  The thread then
  * gives its slot back and exits.  A worker parked idle_timeout_ns without
- * being given the VM exits if another one is parked.  One pool per vmown_cb;
+ * being given the VM exits if another one is parked.  One pool per vmown_vm;
  * its threads have every signal blocked. */
 typedef void (*vmown_worker_entry)(void *arg, uint32_t slot);
 
@@ -260,54 +271,54 @@ typedef struct {
 
 /* Start the pool's spawner thread.  VMOWN_EBUSY if a pool runs already,
  * VMOWN_EINVAL for max_workers 0. */
-int vmown_workers_start(vmown_cb *cb, vmown_worker_entry entry, void *arg, uint32_t max_workers,
+int vmown_workers_start(vmown_vm *vm, vmown_worker_entry entry, void *arg, uint32_t max_workers,
                         int64_t idle_timeout_ns);
 /* Ask for `want` workers parked or on their way, counting those parked now
  * (the spawner starts the rest, never past max_workers).  Cheap: a lock and
  * a post.  Returns cap_hits + failures so far (a caller that sees it grow
  * reads the stats and reports), or VMOWN_EINVAL without a running pool. */
-int64_t vmown_workers_want(vmown_cb *cb, uint32_t want);
+int64_t vmown_workers_want(vmown_vm *vm, uint32_t want);
 /* No more starts: stop the spawner and make parked pooled workers leave
  * (each parked one is unparked: its vmown_park_new returns and it exits).
  * A worker in entry is not stopped: entry returns when the caller's own
  * protocol says so.  Idempotent. */
-int vmown_workers_stop(vmown_cb *cb);
+int vmown_workers_stop(vmown_vm *vm);
 /* Wait up to timeout_ns (< 0: no limit) for every pooled worker to exit,
  * joining them; returns how many still live (0: all joined).  After a
- * return of 0 the pool holds no thread and vmown_cb_detach may free it. */
-int vmown_workers_join(vmown_cb *cb, int64_t timeout_ns);
-int vmown_workers_read(const vmown_cb *cb, vmown_workers_stats *out);
+ * return of 0 the pool holds no thread and vmown_vm_detach may free it. */
+int vmown_workers_join(vmown_vm *vm, int64_t timeout_ns);
+int vmown_workers_read(const vmown_vm *vm, vmown_workers_stats *out);
 
 /* Owner only, cheap (plain stores): what work waits if the VM is left
  * unowned.  runnable: processes ready to run; next_timer_ns: earliest timer
  * (CLOCK_MONOTONIC ns, 0 = none). */
-void vmown_set_work(vmown_cb *cb, uint64_t runnable, int64_t next_timer_ns);
+void vmown_set_work(vmown_vm *vm, uint64_t runnable, int64_t next_timer_ns);
 /* CLOCK_MONOTONIC in ns, the heartbeat's clock. */
 int64_t vmown_now_ns(void);
 
-int vmown_heartbeat_start(vmown_cb *cb, uint32_t hz);
-int vmown_heartbeat_stop(vmown_cb *cb);
-int vmown_heartbeat_read(const vmown_cb *cb, vmown_heartbeat_stats *out);
+int vmown_heartbeat_start(vmown_vm *vm, uint32_t hz);
+int vmown_heartbeat_stop(vmown_vm *vm);
+int vmown_heartbeat_read(const vmown_vm *vm, vmown_heartbeat_stats *out);
 /* Whether callouts of this process may go out lazily while its heartbeat
- * runs (on by default: ownership.c, "Lazy callouts"); off makes every
+ * runs (on by default: grants.c, "Lazy callouts"); off makes every
  * callout release the owner word, as without a heartbeat.  Returns 1 if they
  * go lazily now (on, a heartbeat running, and the kernel able to revoke). */
-int vmown_heartbeat_set_lazy(vmown_cb *cb, int on);
+int vmown_heartbeat_set_lazy(vmown_vm *vm, int on);
 
 /* ---- Callouts from C (callout.c) ---- */
 
-/* Bind the calling thread to a block and its slot (cb NULL unbinds). */
-int vmown_bind_thread(vmown_cb *cb, uint32_t slot);
+/* Bind the calling thread to a block and its slot (vm NULL unbinds). */
+int vmown_bind_thread(vmown_vm *vm, uint32_t slot);
 /* Disown if this thread is bound and owns the VM; returns a token for
  * vmown_callout_end (0: nothing was disowned, the call is a plain call).
  * With this process's heartbeat running and nobody queued, the callout goes
  * out lazily: the owner word keeps naming the thread, its slot says it is
  * out, and the heartbeat revokes the VM if it stays out a whole tick while
- * somebody needs it (ownership.c, "Lazy callouts"); callouts with the tag of
+ * somebody needs it (grants.c, "Lazy callouts"); callouts with the tag of
  * a revoked one are eager while somebody takes the VM during them, and
  * lazy again after 64 that nobody needed (callout.c, hints).  Otherwise a queued thread gets
  * a soft grant: end (or try_end) takes the VM back with one CAS if that
- * thread has not claimed it yet (ownership.c). */
+ * thread has not claimed it yet (grants.c). */
 uint32_t vmown_callout_begin(uint64_t tag);
 /* Own again (waiting without the GIL if need be); errno is preserved.  A
  * failure here cannot be reported to the caller and aborts, naming it. */
@@ -319,7 +330,7 @@ int vmown_callout_try_end(uint32_t token);
 /* vmown_callout_begin, never lazy: for a caller that takes the GIL back
  * between the call and its end (vmown.callout).  A lazy callout would hold
  * the VM while it waits for the GIL, and whoever holds the GIL could not
- * get the VM (measured: the demo's ticker 8-10 ms late instead of 5-6). */
+ * get the VM. */
 uint32_t vmown_callout_begin_eager(uint64_t tag);
 
 /* Fields are only ever appended (a reader of version 1 that knows fewer
@@ -339,7 +350,7 @@ const vmown_callout_table *vmown_callout_api(void);
 /* Where things are in a control block (byte offsets from its start), for
  * tools that read a block from outside and for tests that corrupt one. */
 typedef struct {
-    uint32_t owner_word, attention, lock, lock_size, queue_head, queue_tail, idle_head;
+    uint32_t owner_word, waiters_and_hb_asleep, lock, lock_size, queue_head, queue_tail, idle_head;
     uint32_t slots, slot_size, slot_state, slot_next, slot_pid, slot_sem, sem_size;
 } vmown_layout;
 void vmown_layout_read(vmown_layout *out);
@@ -351,7 +362,7 @@ uint32_t vmown_layout_version(void);
 /* Free the slots of processes that died (pid gone, zombie, or recycled),
  * releasing the VM if one of them owned it.  Waiters do this by themselves
  * within 50 ms of a dead owner; returns how many slots were freed. */
-int vmown_reap(vmown_cb *cb);
+int vmown_reap(vmown_vm *vm);
 
 /* Debug: stop the calling process (SIGSTOP) at a point of the protocol, so a
  * test can kill it exactly there.  Process-wide; VMOWN_DEBUG_STOP_NONE off. */

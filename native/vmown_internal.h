@@ -27,14 +27,13 @@ enum { VMOWN__INITIALIZING = 1, VMOWN__READY = 2, VMOWN__BROKEN = 3 };
 #define VMOWN__OWNER(word) ((int32_t)(uint32_t)(word))
 #define VMOWN__EPOCH(word) ((uint32_t)((word) >> 32))
 #define VMOWN__WORD(epoch, owner) (((uint64_t)(uint32_t)(epoch) << 32) | (uint32_t)(int32_t)(owner))
-#define VMOWN__RESERVED (-1)
-/* A soft grant (ownership.c): the owner field holds PENDING | slot while the
+/* A soft grant (grants.c): the owner field holds PENDING | slot while the
  * slot has been given the VM but has not claimed it yet.  Such a word is
  * owned (not 0) and names no valid slot (indices are < 2^20), so every test
  * "OWNER(w) == me" fails for it; VMOWN__HOLDER reads the slot it names. */
 #define VMOWN__PENDING 0x40000000u
 #define VMOWN__IS_PENDING(word) (((uint32_t)(word) & 0xc0000000u) == VMOWN__PENDING)
-/* A revocation (ownership.c, "Lazy callouts"): the owner field holds
+/* A revocation (grants.c, "Lazy callouts"): the owner field holds
  * REVOKING | slot while the heartbeat decides whether that slot, out in a
  * lazy callout, loses the VM.  Owned, like a pending word; only the slot
  * itself (taking it back) and the revoker may change it. */
@@ -48,19 +47,27 @@ static inline int32_t VMOWN__HOLDER(uint64_t word) {
     return VMOWN__OWNER(word);
 }
 
-/* attention word: the count of queued threads in the low 32 bits.  The upper
+/* waiters_and_hb_asleep word: the count of queued threads in the low 32 bits.  The upper
  * bits are for the heartbeat (asleep, work pending); the disown fast path
  * reads this one word after its release store. */
 #define VMOWN__WAITERS_MASK 0xffffffffull
 #define VMOWN__HB_ASLEEP (1ull << 32) /* the heartbeat sleeps on hb_sem */
 
+/* The counters each slot keeps, in the order of vmown_counters (vmown.h),
+ * whose last field, reaped, is the block's own.  The one list: the slot's
+ * fields, registration's reset, folding, reading and the names that
+ * vmown_counter_name gives Python are made from it. */
+#define VMOWN__SLOT_COUNTERS(X) \
+    X(fast_owns) X(slow_owns) X(waits) X(hand_offs) X(disowns) X(interrupts) \
+    X(soft_grants) X(steals) X(robberies) X(lazy_disowns)
+
 struct vmown_header {
     _Atomic uint64_t magic;
     _Atomic uint32_t version;
-    _Atomic uint32_t header_size;   /* sizeof(struct vmown_cb) up to the slots */
+    _Atomic uint32_t header_size;   /* sizeof(struct vmown_vm) up to the slots */
     _Atomic uint32_t slot_size;     /* sizeof(struct vmown_slot) */
     _Atomic uint32_t nslots;
-    _Atomic uint64_t total_size;    /* vmown_cb_size(nslots) */
+    _Atomic uint64_t total_size;    /* vmown_block_size(nslots) */
     _Atomic uint32_t state;         /* VMOWN__INITIALIZING -> READY (-> BROKEN) */
     _Atomic uint32_t sem_size;      /* sizeof(sem_t): the OS layer's, checked */
     _Atomic uint32_t lock_size;     /* sizeof(pthread_mutex_t), checked */
@@ -93,12 +100,13 @@ struct vmown_slot {
      * restores saved_priority.  Under lock. */
     _Atomic uint32_t serving;
     _Atomic int32_t saved_priority;
-    /* Lazy callouts (ownership.c): bumped by its own thread as a lazy
+    /* Lazy callouts (grants.c): bumped by its own thread as a lazy
      * callout goes out (odd) and comes back (even); read by the heartbeat. */
     _Atomic uint64_t lazy_seq;
     /* counters, written only by the slot's thread (relaxed load + store) */
-    _Atomic uint64_t fast_owns, slow_owns, waits, hand_offs, disowns, interrupts;
-    _Atomic uint64_t soft_grants, steals, robberies, lazy_disowns;
+#define VMOWN__COUNTER_FIELD(name) _Atomic uint64_t name;
+    VMOWN__SLOT_COUNTERS(VMOWN__COUNTER_FIELD)
+#undef VMOWN__COUNTER_FIELD
 } __attribute__((aligned(VMOWN__CACHE_LINE)));
 
 /* The shared control block: header, hot words, lock, queue, slot table. */
@@ -108,11 +116,11 @@ struct vmown__block {
     _Atomic uint64_t owner_word __attribute__((aligned(VMOWN__CACHE_LINE)));
     /* Read by every disown: alone in its line, so heartbeat ticks and
      * published work do not knock it out of the disowner's cache. */
-    _Atomic uint64_t attention __attribute__((aligned(VMOWN__CACHE_LINE)));
+    _Atomic uint64_t waiters_and_hb_asleep __attribute__((aligned(VMOWN__CACHE_LINE)));
     /* Work that waits if the VM is left unowned: written by the owner with
      * plain stores before it releases, read by the heartbeat. */
-    /* work[0]: processes taken off the run queue so far (the heartbeat sees
-     * the queue served); work[1]: processes runnable (vmown_set_work).  The
+    /* work[VMOWN_WORK_TAKEN]: processes taken off the run queue so far (the heartbeat sees
+     * the queue served); work[VMOWN_WORK_RUNNABLE]: processes runnable (vmown_set_work).  The
      * owner writes both in place too (vmown_work_words). */
     _Atomic uint64_t work[2] __attribute__((aligned(VMOWN__CACHE_LINE)));
     _Atomic int64_t next_timer_ns;  /* CLOCK_MONOTONIC; 0 = no timer */
@@ -148,8 +156,8 @@ struct vmown__block {
 
 /* The process-local handle on a block: trusted copies of what bounds every
  * index read back from shared memory. */
-struct vmown_cb {
-    struct vmown__block *b;
+struct vmown_vm {
+    struct vmown__block *block;
     size_t len;
     uint32_t nslots;
     /* this process's heartbeat on the block, if any */
@@ -158,47 +166,51 @@ struct vmown_cb {
     uint32_t hb_hz;
     _Atomic int hb_stop;
     _Atomic int32_t hb_tid;
-    /* Lazy callouts (ownership.c).  lazy_ok: this process's heartbeat runs
+    /* Lazy callouts (grants.c).  lazy_ok: this process's heartbeat runs
      * and can revoke them (membarrier registered); lazy: callouts of this
      * process's threads may go out lazily (cleared as the heartbeat stops). */
     _Atomic int lazy_ok, lazy;
-    bool eager;                     /* vmown_heartbeat_set_lazy(cb, 0) was called */
+    bool eager;                     /* vmown_heartbeat_set_lazy(vm, 0) was called */
     int32_t hb_pid;                 /* the process of that heartbeat */
     /* This process's worker pool (workers.c), or NULL; read by the heartbeat. */
     struct vmown__pool *_Atomic pool;
 };
 
-/* Stops and frees the worker pool of cb (workers.c); false, freeing nothing,
+/* Stops and frees the worker pool of vm (workers.c); false, freeing nothing,
  * while a worker lives. */
-bool vmown__workers_free(vmown_cb *cb);
+bool vmown__workers_free(vmown_vm *vm);
 
-/* Shared between ownership.c and heartbeat.c. */
-int vmown__activate(vmown_cb *cb, uint64_t expected_word);
+/* The core (idle.c, grants.c) for the heartbeat and callout.c. */
+int vmown__activate(vmown_vm *vm, uint64_t expected_word);
 /* Move the most recently parked worker from the idle stack into the wait
  * queue (granting it the VM at once if unowned); returns its slot, 0 if none
  * is parked.  Its vmown_park returns 1 once it owns the VM. */
-int vmown__queue_idle(vmown_cb *cb);
+int vmown__queue_idle(vmown_vm *vm);
 /* Disown for a callout (callout.c): lazily if this process's heartbeat can
  * revoke it, nobody waits and the caller does not ask for `eager` (returns
  * 1), else with a soft grant to the head waiter (returns 0); a negative code
  * if the caller does not own the VM or is out in a callout already. */
-int vmown__callout_disown(vmown_cb *cb, uint32_t slot, uint64_t callout, bool eager);
+int vmown__callout_disown(vmown_vm *vm, uint32_t slot, uint64_t callout, bool eager);
 /* Back from a lazy callout: 0 if the caller owns the VM again (no locked
  * instruction unless a revocation is under way), 1 if it was revoked and
  * must own the VM the ordinary way.  Idempotent: a second call after 1
  * returns 1 again. */
-int vmown__lazy_return(vmown_cb *cb, uint32_t slot);
+int vmown__lazy_return(vmown_vm *vm, uint32_t slot);
 /* Heartbeat: the seq of the lazy callout the owner named by `word` is out in
  * (odd), or 0 if it is not out in one or cannot be revoked from here. */
-uint64_t vmown__lazy_out(vmown_cb *cb, uint64_t word);
+uint64_t vmown__lazy_out(vmown_vm *vm, uint64_t word);
 /* Heartbeat: take the VM from an owner out in lazy callout `seq` since it
  * read `word`; hand it to the head waiter, else (if `work`) a parked worker,
  * else leave it unowned.  1 if revoked, 0 if the callout was back (called
  * off) or the word moved. */
-int vmown__revoke(vmown_cb *cb, uint64_t word, uint64_t seq, bool work);
-void vmown__heartbeat_wake(vmown_cb *cb);
-/* Unbind the calling thread if it is bound to (cb, slot): callout.c. */
-void vmown__unbind_if(vmown_cb *cb, uint32_t slot);
+int vmown__revoke(vmown_vm *vm, uint64_t word, uint64_t seq, bool work);
+/* Wake this block's heartbeat if it sleeps (owner.c): the heartbeat sleeps
+ * on the core's hb_sem, so the core wakes it without calling up. */
+void vmown__wake_heartbeat(vmown_vm *vm);
+/* vmown_unregister without the unbinding (block.c); lifecycle.c adds it. */
+int vmown__unregister(vmown_vm *vm, uint32_t slot);
+/* Unbind the calling thread if it is bound to (vm, slot): callout.c. */
+void vmown__unbind_if(vmown_vm *vm, uint32_t slot);
 
 /* OS layer (os_linux.c): everything that a port to another OS rewrites. */
 int vmown__sem_init(sem_t *sem);
@@ -223,6 +235,24 @@ void vmown__cpu_relax(void);
 void vmown__sleep_until(int64_t deadline_ns);
 /* Start a thread with every signal blocked (they belong to the program). */
 int vmown__thread_start(pthread_t *thread, void *(*fn)(void *), void *arg);
+/* 0 or a negative code. */
+int vmown__thread_join(pthread_t thread);
+pthread_t vmown__thread_self(void);
+/* Process-private mutex and condition variable (the worker pool); a failure
+ * that cannot happen on valid memory is fatal.  The condition variable runs
+ * on the clock of vmown__now_ns: vmown__cond_wait_until returns 0 when
+ * signalled, VMOWN_ETIMEDOUT at deadline_ns, or a negative code. */
+void vmown__mutex_init(pthread_mutex_t *mu);
+void vmown__mutex_destroy(pthread_mutex_t *mu);
+void vmown__mutex_lock(pthread_mutex_t *mu);
+void vmown__mutex_unlock(pthread_mutex_t *mu);
+void vmown__cond_init(pthread_cond_t *cond);
+void vmown__cond_destroy(pthread_cond_t *cond);
+void vmown__cond_broadcast(pthread_cond_t *cond);
+int vmown__cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *mu, int64_t deadline_ns);
+/* Run install once per process (pthread_once), and fn in the child after a fork. */
+void vmown__at_fork_child_once(pthread_once_t *once, void (*install)(void));
+void vmown__at_fork_child(void (*fn)(void));
 /* In a new pool worker: block the program's asynchronous signals only, and
  * name the thread (at most 15 characters). */
 void vmown__worker_thread_setup(const char *name);

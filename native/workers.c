@@ -8,10 +8,7 @@
  * under the interpreter's lock (CPython: the Thread bookkeeping, the new
  * thread's first frames), and the VM's owner holds that lock between its
  * callouts: each start then costs the VM a lock hand-over or two, at the
- * worst moment (measured in benchmarks suite `mixed`, 200 processes that
- * each block within their first steps: with 150 workers started on demand
- * from Python, the last process first ran at 0.10-0.13 s; with the same
- * workers parked beforehand, at 0.06-0.09 s).
+ * worst moment (docs/design-log.md).
  *
  * So the pool starts threads in C and parks them at once on the idle stack
  * (vmown_park_new), registered and bound but with no interpreter state.  A
@@ -51,7 +48,7 @@
 #define JOIN_ROUND_NS 10000000  /* 10 ms between unpark rounds while joining */
 
 struct worker {
-    vmown_cb *cb;
+    vmown_vm *vm;
     pthread_t thread;  /* set by the worker itself, under mu, as it exits */
     struct worker *next;
 };
@@ -81,72 +78,72 @@ static void fail_locked(struct vmown__pool *p, int err) {
 
 static void *worker_main(void *arg) {
     struct worker *me = arg;
-    vmown_cb *cb = me->cb;
-    struct vmown__pool *p = cb->pool;
+    vmown_vm *vm = me->vm;
+    struct vmown__pool *p = vm->pool;
     vmown__worker_thread_setup("vmown-worker");
-    int slot = vmown_register(cb);
+    int slot = vmown_register(vm);
     if (slot > 0) {
-        (void)vmown_bind_thread(cb, (uint32_t)slot);
-        pthread_mutex_lock(&p->mu);
+        (void)vmown_bind_thread(vm, (uint32_t)slot);
+        vmown__mutex_lock(&p->mu);
         p->starting--;
-        pthread_mutex_unlock(&p->mu);
+        vmown__mutex_unlock(&p->mu);
         while (!atomic_load_explicit(&p->stop, memory_order_acquire)) {
-            int rc = vmown_park_new(cb, (uint32_t)slot, p->idle_timeout_ns);
+            int rc = vmown_park_new(vm, (uint32_t)slot, p->idle_timeout_ns);
             if (rc == 1) {  /* given the VM */
-                pthread_mutex_lock(&p->mu);
+                vmown__mutex_lock(&p->mu);
                 p->entered++;
-                pthread_mutex_unlock(&p->mu);
+                vmown__mutex_unlock(&p->mu);
                 p->entry(p->arg, (uint32_t)slot);
                 break;
             }
-            if (rc == VMOWN_ETIMEDOUT && atomic_load_explicit(&cb->b->idle_count, memory_order_relaxed) > 0)
+            if (rc == VMOWN_ETIMEDOUT && atomic_load_explicit(&vm->block->idle_count, memory_order_relaxed) > 0)
                 break;  /* surplus: another worker is parked */
             if (rc < 0 && rc != VMOWN_ETIMEDOUT && rc != VMOWN_EINTR) {
-                pthread_mutex_lock(&p->mu);
+                vmown__mutex_lock(&p->mu);
                 fail_locked(p, rc);
-                pthread_mutex_unlock(&p->mu);
+                vmown__mutex_unlock(&p->mu);
                 break;
             }
         }
         (void)vmown_bind_thread(NULL, 0);
-        (void)vmown_unregister(cb, (uint32_t)slot);
+        (void)vmown__unregister(vm, (uint32_t)slot);  /* unbound just above */
     }
-    pthread_mutex_lock(&p->mu);
+    vmown__mutex_lock(&p->mu);
     if (slot <= 0) {
         p->starting--;
         fail_locked(p, slot);
     }
     p->live--;
-    me->thread = pthread_self();
+    me->thread = vmown__thread_self();
     me->next = p->dead;
     p->dead = me;
-    pthread_cond_broadcast(&p->exited);
-    pthread_mutex_unlock(&p->mu);
+    vmown__cond_broadcast(&p->exited);
+    vmown__mutex_unlock(&p->mu);
     return NULL;
 }
 
 /* Join the workers that have exited. */
 static void reap(struct vmown__pool *p) {
-    pthread_mutex_lock(&p->mu);
+    vmown__mutex_lock(&p->mu);
     struct worker *dead = p->dead;
     p->dead = NULL;
-    pthread_mutex_unlock(&p->mu);
+    vmown__mutex_unlock(&p->mu);
     while (dead) {
         struct worker *next = dead->next;
-        (void)pthread_join(dead->thread, NULL);
+        (void)vmown__thread_join(dead->thread);
         free(dead);
         dead = next;
     }
 }
 
 static void *spawner_main(void *arg) {
-    vmown_cb *cb = arg;
-    struct vmown__pool *p = cb->pool;
+    vmown_vm *vm = arg;
+    struct vmown__pool *p = vm->pool;
     vmown__thread_name("vmown-spawner");
     for (;;) {
         (void)vmown__sem_wait(&p->wake, -1);
         reap(p);
-        pthread_mutex_lock(&p->mu);
+        vmown__mutex_lock(&p->mu);
         while (p->wanted > 0 && !atomic_load_explicit(&p->stop, memory_order_relaxed)) {
             p->wanted--;
             struct worker *w = malloc(sizeof *w);
@@ -155,15 +152,15 @@ static void *spawner_main(void *arg) {
                 p->wanted = 0;
                 break;
             }
-            *w = (struct worker){.cb = cb};
+            *w = (struct worker){.vm = vm};
             p->live++;
             p->starting++;
             p->started++;
             if (p->live > p->high) p->high = p->live;
-            pthread_mutex_unlock(&p->mu);
+            vmown__mutex_unlock(&p->mu);
             pthread_t thread;
             int rc = vmown__thread_start(&thread, worker_main, w);
-            pthread_mutex_lock(&p->mu);
+            vmown__mutex_lock(&p->mu);
             if (rc != 0) {  /* the OS refused a thread: try again at the next ask */
                 p->live--;
                 p->starting--;
@@ -174,7 +171,7 @@ static void *spawner_main(void *arg) {
             }
         }
         bool stop = atomic_load_explicit(&p->stop, memory_order_relaxed);
-        pthread_mutex_unlock(&p->mu);
+        vmown__mutex_unlock(&p->mu);
         if (stop) return NULL;
     }
 }
@@ -182,16 +179,16 @@ static void *spawner_main(void *arg) {
 /* Free a pool that holds no thread. */
 static void destroy(struct vmown__pool *p) {
     vmown__sem_destroy(&p->wake);
-    pthread_cond_destroy(&p->exited);
-    pthread_mutex_destroy(&p->mu);
+    vmown__cond_destroy(&p->exited);
+    vmown__mutex_destroy(&p->mu);
     free(p);
 }
 
-int vmown_workers_start(vmown_cb *cb, vmown_worker_entry entry, void *arg, uint32_t max_workers,
+int vmown_workers_start(vmown_vm *vm, vmown_worker_entry entry, void *arg, uint32_t max_workers,
                         int64_t idle_timeout_ns) {
     if (!entry || max_workers == 0) return VMOWN_EINVAL;
-    if (cb->pool && cb->pool->running) return VMOWN_EBUSY;
-    if (!vmown__workers_free(cb)) return VMOWN_EBUSY;  /* a stopped pool whose workers live */
+    if (vm->pool && vm->pool->running) return VMOWN_EBUSY;
+    if (!vmown__workers_free(vm)) return VMOWN_EBUSY;  /* a stopped pool whose workers live */
     struct vmown__pool *p = calloc(1, sizeof *p);
     if (!p) return -ENOMEM;
     int rc = vmown__sem_init(&p->wake);
@@ -199,20 +196,16 @@ int vmown_workers_start(vmown_cb *cb, vmown_worker_entry entry, void *arg, uint3
         free(p);
         return rc;
     }
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);  /* the clock of vmown__now_ns */
-    pthread_cond_init(&p->exited, &attr);
-    pthread_condattr_destroy(&attr);
+    vmown__mutex_init(&p->mu);
+    vmown__cond_init(&p->exited);
     p->entry = entry;
     p->arg = arg;
     p->max_workers = max_workers;
     p->idle_timeout_ns = idle_timeout_ns;
-    cb->pool = p;
-    rc = vmown__thread_start(&p->spawner, spawner_main, cb);
+    vm->pool = p;
+    rc = vmown__thread_start(&p->spawner, spawner_main, vm);
     if (rc != 0) {
-        cb->pool = NULL;
+        vm->pool = NULL;
         destroy(p);
         return rc;
     }
@@ -220,11 +213,11 @@ int vmown_workers_start(vmown_cb *cb, vmown_worker_entry entry, void *arg, uint3
     return 0;
 }
 
-int64_t vmown_workers_want(vmown_cb *cb, uint32_t want) {
-    struct vmown__pool *p = cb->pool;
+int64_t vmown_workers_want(vmown_vm *vm, uint32_t want) {
+    struct vmown__pool *p = vm->pool;
     if (!p || !p->running) return VMOWN_EINVAL;
-    uint32_t idle = atomic_load_explicit(&cb->b->idle_count, memory_order_relaxed);
-    pthread_mutex_lock(&p->mu);
+    uint32_t idle = atomic_load_explicit(&vm->block->idle_count, memory_order_relaxed);
+    vmown__mutex_lock(&p->mu);
     int64_t need = (int64_t)want - idle - p->starting - p->wanted;
     if (need > 0) {
         int64_t room = (int64_t)p->max_workers - p->live - p->wanted;
@@ -234,49 +227,48 @@ int64_t vmown_workers_want(vmown_cb *cb, uint32_t want) {
         }
         p->wanted += (uint32_t)need;
     }
-    int64_t news = (int64_t)(p->cap_hits + p->failures);
-    pthread_mutex_unlock(&p->mu);
+    int64_t shortfalls = (int64_t)(p->cap_hits + p->failures);
+    vmown__mutex_unlock(&p->mu);
     if (need > 0) (void)vmown__sem_post(&p->wake);
-    return news;
+    return shortfalls;
 }
 
-int vmown_workers_stop(vmown_cb *cb) {
-    struct vmown__pool *p = cb->pool;
+int vmown_workers_stop(vmown_vm *vm) {
+    struct vmown__pool *p = vm->pool;
     if (!p || !p->running) return 0;
     atomic_store_explicit(&p->stop, 1, memory_order_release);
     (void)vmown__sem_post(&p->wake);
-    int rc = pthread_join(p->spawner, NULL);
+    int rc = vmown__thread_join(p->spawner);
     p->running = false;
-    return -rc;
+    return rc;
 }
 
-int vmown_workers_join(vmown_cb *cb, int64_t timeout_ns) {
-    struct vmown__pool *p = cb->pool;
+int vmown_workers_join(vmown_vm *vm, int64_t timeout_ns) {
+    struct vmown__pool *p = vm->pool;
     if (!p) return 0;
     int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
     uint32_t live;
     for (;;) {
-        while (vmown_unpark(cb, 0) > 0) {
+        while (vmown_unpark(vm, 0) > 0) {
         }
         int64_t now = vmown__now_ns();
         int64_t until = now + JOIN_ROUND_NS;
         if (deadline >= 0 && deadline < until) until = deadline;
-        struct timespec ts = {.tv_sec = until / 1000000000, .tv_nsec = until % 1000000000};
-        pthread_mutex_lock(&p->mu);
-        while (p->live > 0 && pthread_cond_timedwait(&p->exited, &p->mu, &ts) == 0) {
+        vmown__mutex_lock(&p->mu);
+        while (p->live > 0 && vmown__cond_wait_until(&p->exited, &p->mu, until) == 0) {
         }
         live = p->live;
-        pthread_mutex_unlock(&p->mu);
+        vmown__mutex_unlock(&p->mu);
         reap(p);
         if (live == 0 || (deadline >= 0 && vmown__now_ns() >= deadline)) return (int)live;
     }
 }
 
-int vmown_workers_read(const vmown_cb *cb, vmown_workers_stats *out) {
-    struct vmown__pool *p = cb->pool;
+int vmown_workers_read(const vmown_vm *vm, vmown_workers_stats *out) {
+    struct vmown__pool *p = vm->pool;
     *out = (vmown_workers_stats){0};
     if (!p) return 0;
-    pthread_mutex_lock(&p->mu);
+    vmown__mutex_lock(&p->mu);
     *out = (vmown_workers_stats){
         .live = p->live,
         .high = p->high,
@@ -289,20 +281,20 @@ int vmown_workers_read(const vmown_cb *cb, vmown_workers_stats *out) {
         .last_error = p->last_error,
         .running = p->running,
     };
-    pthread_mutex_unlock(&p->mu);
+    vmown__mutex_unlock(&p->mu);
     return 0;
 }
 
-bool vmown__workers_free(vmown_cb *cb) {
-    struct vmown__pool *p = cb->pool;
+bool vmown__workers_free(vmown_vm *vm) {
+    struct vmown__pool *p = vm->pool;
     if (!p) return true;
-    (void)vmown_workers_stop(cb);
-    pthread_mutex_lock(&p->mu);
+    (void)vmown_workers_stop(vm);
+    vmown__mutex_lock(&p->mu);
     uint32_t live = p->live;
-    pthread_mutex_unlock(&p->mu);
+    vmown__mutex_unlock(&p->mu);
     if (live > 0) return false;  /* a worker still out in a callout: leave the pool (and the block) be */
     reap(p);
-    cb->pool = NULL;
+    vm->pool = NULL;
     destroy(p);
     return true;
 }

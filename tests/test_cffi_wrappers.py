@@ -97,7 +97,7 @@ def test_wrapped_call_disowns_while_it_runs(module: ModuleType) -> None:
 
 def test_wrapped_calls_in_a_run_go_out_lazily(module: ModuleType) -> None:
     """In vmown.run (a heartbeat runs), a wrapped call with nobody queued
-    keeps the owner word (native/ownership.c, "Lazy callouts"); with lazy
+    keeps the owner word (native/grants.c, "Lazy callouts"); with lazy
     callouts turned off it releases it."""
     lib = module.lib
     vmown.bind_threaded(lib)
@@ -260,6 +260,20 @@ def test_bad_declarations_are_refused() -> None:
         vmown.threaded_wrappers("int f(int);", suffix="-x")
     with pytest.raises(TypeError, match="no wrappers"):
         vmown.bind_threaded(object())
+
+
+def test_missing_setuptools_is_named_on_pythons_that_compile_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: object) -> object:
+        return None if name == "setuptools" else real_find_spec(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    if sys.version_info >= (3, 12):
+        with pytest.raises(ModuleNotFoundError, match="pip install setuptools"):
+            vmown.threaded_wrappers("int f(int);")
+    else:  # distutils compiles
+        assert "f_threaded" in vmown.threaded_wrappers("int f(int);")[0]
 
 
 # ---- cancellation and interrupts ----

@@ -16,7 +16,7 @@ LIVENESS = NATIVE / "tests" / "liveness_test.c"
 GRANT = NATIVE / "tests" / "grant_test.c"
 LAZY = NATIVE / "tests" / "lazy_test.c"
 WORKERS = NATIVE / "tests" / "workers_test.c"
-# Widen also the window of a lazy callout's return (ownership.c, "Lazy
+# Widen also the window of a lazy callout's return (grants.c, "Lazy
 # callouts"); without vmown_debug_set_widen_ns it costs one relaxed load.
 WIDE = "-DVMOWN_WIDEN_FAST_PATHS"
 

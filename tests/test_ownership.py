@@ -199,7 +199,7 @@ def test_bad_slots_argument() -> None:
 
 
 def _block_copy(vm: vmown.Ownership) -> mmap.mmap:
-    size = lib.vmown_cb_size(vm.slots)
+    size = lib.vmown_block_size(vm.slots)
     copy = mmap.mmap(-1, size)
     copy[:] = ffi.buffer(vm._block.addr, size)[:]
     return copy
@@ -251,10 +251,10 @@ def _layout() -> dict[str, int]:
 LAYOUT = _layout()
 FUZZ_SLOTS = 4
 # (offset, length) of the words garbage may land in: the owner word, the
-# attention word (waiter count), queue head/tail, idle stack, every slot.
+# waiters_and_hb_asleep word (waiter count and the heartbeat-asleep bit), queue head/tail, idle stack, every slot.
 FUZZ_TARGETS = [
     (LAYOUT["owner_word"], 8),
-    (LAYOUT["attention"], 8),
+    (LAYOUT["waiters_and_hb_asleep"], 8),
     (LAYOUT["queue_head"], 8),
     (LAYOUT["idle_head"], 4),
     (LAYOUT["slots"], (FUZZ_SLOTS + 1) * LAYOUT["slot_size"]),
@@ -306,7 +306,7 @@ def test_a_lock_word_held_for_ever_gives_an_error_not_a_hang() -> None:
 
 def test_attached_block_is_shared_with_its_creator() -> None:
     vm = vmown.Ownership(slots=8)
-    view = ffi.buffer(vm._block.addr, lib.vmown_cb_size(8))
+    view = ffi.buffer(vm._block.addr, lib.vmown_block_size(8))
     other = vmown.Ownership.attach(view)
     vm.own()
     assert other.owner == vm.slot

@@ -178,7 +178,7 @@ def test_peer_killed_inside_the_lock() -> None:
 
 @pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
 def test_granter_killed_between_its_store_and_its_post(soft: bool) -> None:
-    """Race S8 (native/ownership.c): the child hands the VM to the waiting
+    """Race S8 (native/grants.c): the child hands the VM to the waiting
     parent thread -- by a disown (hard) or a callout's disown (a soft grant)
     -- and dies before its post.  The waiter, GRANTED with no post coming,
     takes the VM after one slice."""

@@ -334,7 +334,7 @@ def test_a_blocking_callout_does_not_stop_a_ticker() -> None:
 def test_short_calls_cause_no_activation_long_calls_do() -> None:
     """The heartbeat acts on a call out for a whole tick: it activates a
     worker (the VM released by an eager callout) or revokes the VM from a
-    lazy one (native/ownership.c, "Lazy callouts"); both count here."""
+    lazy one (native/grants.c, "Lazy callouts"); both count here."""
 
     def taken() -> int:
         stats = vmown.stats()

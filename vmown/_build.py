@@ -15,8 +15,13 @@ from cffi import FFI
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "native"
-# One .c per subsystem; os_linux.c holds every OS call.
-SOURCES = ["ownership.c", "heartbeat.c", "callout.c", "workers.c", "os_linux.c", "arena.c", "channel.c"]
+# One .c per subsystem, lowest layer first (tests/test_layers.py); os_linux.c
+# holds every OS call.
+SOURCES = [
+    "os_linux.c", "arena.c", "channel.c",
+    "block.c", "owner.c", "grants.c", "idle.c", "repair.c",
+    "callout.c", "workers.c", "heartbeat.c", "lifecycle.c",
+]
 CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"]
 
 

@@ -35,10 +35,17 @@
 # where it is.  It reaches the core through the table of function pointers
 # from vmown_callout_api (one copy of the core per process), checked by
 # version at bind time.  Until it is bound, a wrapper makes a plain call.
+#
+# Compiling the user's module is cffi's job, and on Python >= 3.12 (no
+# distutils) cffi compiles through setuptools.  vmown declares setuptools as a
+# dependency there; threaded_wrappers checks for it up front so a missing one
+# is named before the user's build gets as far as cffi's own error.
 
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -71,6 +78,16 @@ int _vmown_threaded_init(uintptr_t table_address) {
     return 0;
 }
 """
+
+
+def _require_setuptools() -> None:
+    """Fail with what to install if cffi will not be able to compile the wrappers."""
+    if sys.version_info >= (3, 12) and importlib.util.find_spec("setuptools") is None:
+        raise ModuleNotFoundError(
+            "vmown.threaded_wrappers: cffi compiles the wrappers with setuptools on Python >= 3.12, "
+            "and it is not installed: pip install setuptools (vmown's own install declares it)",
+            name="setuptools",
+        )
 
 
 def _parse(declarations: str, typedefs: tuple[str, ...]) -> list[c_ast.Decl]:
@@ -157,6 +174,7 @@ def threaded_wrappers(declarations: str, *, suffix: str = "_threaded", typedefs:
     """
     if not suffix.isidentifier():
         raise ValueError(f"suffix must be usable in a C name, not {suffix!r}")
+    _require_setuptools()
     generator = CGenerator()
     cdefs = ["int _vmown_threaded_init(uintptr_t table_address);", "uintptr_t _vmown_threaded_tag(const char *name);"]
     sources = ["#include <stdint.h>\n#include <string.h>\n", _PRELUDE]

@@ -1,4 +1,4 @@
-# The Python face of the ownership core (native/ownership.c).
+# The Python face of the ownership core (native/block.c, owner.c, grants.c).
 #
 # An Ownership is one VM ownership word, its wait queue and its slot table, in
 # a control block.  By default the block lives in an anonymous MAP_SHARED
@@ -54,16 +54,10 @@ _INTERRUPTIBLE = lib.VMOWN_WAIT_INTERRUPTIBLE
 # handler ran between two sleeps is acted on within a slice, not never.
 _SLICED = lib.VMOWN_WAIT_INTERRUPTIBLE | lib.VMOWN_WAIT_SLICES
 
-_COUNTERS = (
-    "fast_owns", "slow_owns", "waits", "hand_offs", "disowns", "interrupts", "soft_grants", "steals", "robberies",
-    "reaped",
-)
-_SLOT_STATES = {
-    lib.VMOWN_SLOT_FREE: "free",
-    lib.VMOWN_SLOT_RUNNING: "running",
-    lib.VMOWN_SLOT_WAITING: "waiting",
-    lib.VMOWN_SLOT_GRANTED: "granted",
-}
+# Both lists come from the C core (block.c), which makes them from the
+# definitions it uses itself.
+_COUNTERS = tuple(ffi.string(lib.vmown_counter_name(i)).decode() for i in range(lib.vmown_counter_count()))
+_SLOT_STATES = {i: ffi.string(lib.vmown_slot_state_name(i)).decode() for i in range(lib.vmown_slot_state_count())}
 
 
 def _timeout_ns(timeout: float | None) -> int:
@@ -80,14 +74,14 @@ class _Block:
     __slots__ = ("cb", "addr", "size", "keep", "__weakref__")
 
     def __init__(self, cb: Any, addr: Any, size: int, keep: Any) -> None:
-        self.cb = cb  # vmown_cb *
+        self.cb = cb  # vmown_vm *
         self.addr = addr  # void *, ours to unmap, or NULL
         self.size = size
         self.keep = keep  # what keeps caller-provided memory alive
 
     def free(self) -> None:
         if self.cb != ffi.NULL:
-            lib.vmown_cb_detach(self.cb)
+            lib.vmown_vm_detach(self.cb)
             self.cb = ffi.NULL
         if self.addr != ffi.NULL:
             lib.vmown_unmap(self.addr, self.size)
@@ -107,7 +101,7 @@ class _Registration:
         self.slot = slot
         self.pid = os.getpid()
         # (block, slot) for the one-argument calls of the hot paths
-        self.thread = ffi.new("vmown_thread *", {"cb": block.cb, "slot": slot})
+        self.thread = ffi.new("vmown_thread *", {"vm": block.cb, "slot": slot})
 
     def __del__(self) -> None:
         # Only in the process that registered: a forked child drops the
@@ -146,11 +140,11 @@ class Ownership:
     def __init__(self, slots: int = DEFAULT_SLOTS) -> None:
         if not isinstance(slots, int) or not 1 <= slots <= 1 << 20:
             raise ValueError(f"slots must be an int from 1 to {1 << 20}, not {slots!r}")
-        size = lib.vmown_cb_size(slots)
+        size = lib.vmown_block_size(slots)
         addr = ffi.new("void **")
         check(lib.vmown_map_anonymous(size, addr), "mapping the control block")
-        out = ffi.new("vmown_cb **")
-        rc = lib.vmown_cb_init(addr[0], size, slots, out)
+        out = ffi.new("vmown_vm **")
+        rc = lib.vmown_vm_init(addr[0], size, slots, out)
         if rc < 0:
             lib.vmown_unmap(addr[0], size)
             raise error(rc, "initialising the control block")
@@ -167,12 +161,12 @@ class Ownership:
         pinned = cls._pin(buffer)
         if not isinstance(slots, int) or not 1 <= slots <= 1 << 20:
             raise ValueError(f"slots must be an int from 1 to {1 << 20}, not {slots!r}")
-        if len(pinned) < lib.vmown_cb_size(slots):
+        if len(pinned) < lib.vmown_block_size(slots):
             raise ValueError(
-                f"a block of {slots} slots needs {lib.vmown_cb_size(slots)} bytes, the buffer has {len(pinned)}"
+                f"a block of {slots} slots needs {lib.vmown_block_size(slots)} bytes, the buffer has {len(pinned)}"
             )
-        out = ffi.new("vmown_cb **")
-        check(lib.vmown_cb_init(pinned, len(pinned), slots, out), "initialising the control block")
+        out = ffi.new("vmown_vm **")
+        check(lib.vmown_vm_init(pinned, len(pinned), slots, out), "initialising the control block")
         self = cls.__new__(cls)
         self._setup(_Block(out[0], ffi.NULL, len(pinned), pinned))
         return self
@@ -180,7 +174,7 @@ class Ownership:
     @staticmethod
     def size_for(slots: int) -> int:
         """Bytes (whole pages) that a control block of ``slots`` slots takes."""
-        return lib.vmown_cb_size(slots)
+        return lib.vmown_block_size(slots)
 
     @staticmethod
     def _pin(buffer: Any) -> Any:
@@ -198,8 +192,8 @@ class Ownership:
         header is checked; a bad one raises :class:`ControlBlockError`.
         """
         pinned = cls._pin(buffer)
-        out = ffi.new("vmown_cb **")
-        check(lib.vmown_cb_attach(pinned, len(pinned), out), "attaching the control block")
+        out = ffi.new("vmown_vm **")
+        check(lib.vmown_vm_attach(pinned, len(pinned), out), "attaching the control block")
         self = cls.__new__(cls)
         self._setup(_Block(out[0], ffi.NULL, len(pinned), pinned))
         return self
@@ -374,7 +368,7 @@ class Ownership:
 
     @property
     def owner(self) -> int:
-        """Slot index of the owner: 0 unowned, -1 reserved during a hand-over."""
+        """Slot index of the owner (or of the holder of a pending grant or revocation): 0 unowned."""
         return lib.vmown_owner(self._handle())
 
     @property

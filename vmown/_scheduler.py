@@ -303,6 +303,8 @@ _park_c = lib.vmown_park
 _own_wait = lib.vmown_own_wait
 _disown = lib.vmown_disown
 _EINTR = lib.VMOWN_EINTR
+_WORK_TAKEN = lib.VMOWN_WORK_TAKEN
+_WORK_RUNNABLE = lib.VMOWN_WORK_RUNNABLE
 _ETIMEDOUT = lib.VMOWN_ETIMEDOUT
 _INTERRUPTIBLE = lib.VMOWN_WAIT_INTERRUPTIBLE
 
@@ -331,7 +333,7 @@ class _ThreadState:
     __slots__ = ("cb", "slot", "run_thread", "ident")
 
     def __init__(self, cb: Any, slot: int, run_thread: bool) -> None:
-        self.cb = cb  # vmown_cb * of the run's control block
+        self.cb = cb  # vmown_vm * of the run's control block
         self.slot = slot  # this thread's slot in it
         self.run_thread = run_thread  # the thread that called vmown.run()
         self.ident = threading.get_ident()  # made on the thread it describes
@@ -490,13 +492,13 @@ class _Runtime:
     __slots__ = (
         "ownership", "cb", "waiters_word", "work_words", "run_queue", "timers", "stale_timers", "timer_seq", "processes", "main",
         "halt", "fatal", "running", "unretrieved", "pub_run", "pub_timer_ns", "watch_ns", "run_slot", "max_threads",
-        "idle_timeout_ns", "handle", "worker_idents", "pool_news", "cap_warned", "failures_warned",
+        "idle_timeout_ns", "handle", "worker_idents", "pool_shortfalls", "cap_warned", "failures_warned",
         "steps", "spawned", "parks", "releases",
     )  # fmt: skip
 
     def __init__(self, max_threads: int, idle_timeout_s: float) -> None:
         self.ownership = Ownership(slots=max_threads + _SLOT_MARGIN)
-        self.cb = self.ownership._cb  # vmown_cb *, valid until ownership.close()
+        self.cb = self.ownership._cb  # vmown_vm *, valid until ownership.close()
         self.waiters_word = lib.vmown_waiters_word(self.cb)  # read in place by _serve
         # [0] written in place by _serve at every step, [1] by spawn (and by
         # _publish): a memoryview store costs ~20 ns where a cffi pointer
@@ -528,7 +530,7 @@ class _Runtime:
         self.handle: Any = ffi.new_handle(self)
         self.worker_idents: dict[int, int] = {}  # slot -> thread ident, of workers in Python
         # The pool's cap hits + failures at the last look, and what was reported.
-        self.pool_news = 0
+        self.pool_shortfalls = 0
         self.cap_warned = False
         self.failures_warned = 0
         # Counters (owner only).
@@ -584,7 +586,7 @@ def _spawn(rt: _Runtime, fn: Callable[..., Any], args: tuple[Any, ...], ctx: con
     if not rt.pub_run:
         _publish(rt)
     else:
-        rt.work_words[1] = len(rt.run_queue)  # how many servers the heartbeat may queue
+        rt.work_words[_WORK_RUNNABLE] = len(rt.run_queue)  # how many servers the heartbeat may queue
     return proc
 
 
@@ -861,7 +863,7 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
         proc._state = _RUNNING
         proc._thread = here  # where a canceller finds it while it is in a callout
         rt.running += 1
-        work_words[0] = rt.steps = rt.steps + 1  # the heartbeat sees the run queue move
+        work_words[_WORK_TAKEN] = rt.steps = rt.steps + 1  # the heartbeat sees the run queue move
         try:
             trap = proc._ctx_run(proc._resume, proc._value)  # type: ignore[misc]
         except BaseException as exc:  # noqa: BLE001 - the process's outcome
@@ -882,7 +884,7 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
 
 def _yield_gil(rt: _Runtime) -> None:
     """If a thread of the run is out of the VM, let it take the GIL (see "The GIL")."""
-    if _pool(rt).live - _idle_workers(rt) > 0:  # a worker neither parked nor this one
+    if _pool_stats(rt).live - _idle_workers(rt) > 0:  # a worker neither parked nor this one
         time.sleep(0)  # a syscall that blocks briefly (timer slack), the GIL released
 
 
@@ -985,15 +987,15 @@ def _ensure_spare(rt: _Runtime) -> None:
     """
     if rt.halt:
         return
-    news = lib.vmown_workers_want(rt.cb, min(len(rt.run_queue), _SPARES) or 1)
-    if news != rt.pool_news:
-        _report_pool(rt, check(news, "asking for workers"))
+    shortfalls = lib.vmown_workers_want(rt.cb, min(len(rt.run_queue), _SPARES) or 1)
+    if shortfalls != rt.pool_shortfalls:
+        _report_pool(rt, check(shortfalls, "asking for workers"))
 
 
-def _report_pool(rt: _Runtime, news: int) -> None:
+def _report_pool(rt: _Runtime, shortfalls: int) -> None:
     """The pool met max_threads or the OS refused a thread: say so, once each."""
-    rt.pool_news = news
-    pool = _pool(rt)
+    rt.pool_shortfalls = shortfalls
+    pool = _pool_stats(rt)
     if pool.cap_hits and not rt.cap_warned:
         rt.cap_warned = True
         _warn_cap(rt)
@@ -1007,7 +1009,7 @@ def _report_pool(rt: _Runtime, news: int) -> None:
         )
 
 
-def _pool(rt: _Runtime) -> Any:
+def _pool_stats(rt: _Runtime) -> Any:
     out = ffi.new("vmown_workers_stats *")
     lib.vmown_workers_read(rt.cb, out)
     return out
@@ -1173,7 +1175,7 @@ def _shutdown(rt: _Runtime, me: _ThreadState) -> None:
     _publish(rt)
     check(lib.vmown_heartbeat_stop(rt.cb), "stopping the heartbeat")
     check(lib.vmown_workers_stop(rt.cb), "stopping the worker pool")
-    if _pool(rt).live:
+    if _pool_stats(rt).live:
         _release(rt, me)
         _join_workers(rt)
         _own(rt, me)
@@ -1239,7 +1241,7 @@ def _report_unretrieved(rt: _Runtime) -> None:
 
 def _close_ownership(rt: _Runtime) -> None:
     """Free the control block, unless a thread abandoned in a callout still uses it."""
-    if _pool(rt).live:
+    if _pool_stats(rt).live:
         return  # the block stays mapped, and the pool allocated, for it
     for _ in range(100):
         try:
@@ -1323,7 +1325,7 @@ def stats() -> dict[str, int]:
     ``servers`` (parked workers the heartbeat queued for a stalled run
     queue), ``soft_grants``, ``steals`` and ``robberies`` (callout disowns
     that woke a waiter softly, grants taken back before the claim, waiters
-    that woke to find theirs taken; native/ownership.c, "Soft grants");
+    that woke to find theirs taken; native/grants.c, "Soft grants");
     ``lazy_callouts`` (callouts that kept the owner word), ``revocations``
     (lazy callouts the heartbeat took the VM from) and ``called_off``
     (revocations dropped because the callout was back; "Lazy callouts").
@@ -1336,7 +1338,7 @@ def _stats(rt: _Runtime) -> dict[str, int]:
     check(lib.vmown_counters_read(rt.cb, counters), "reading counters")
     heartbeat = ffi.new("vmown_heartbeat_stats *")
     check(lib.vmown_heartbeat_read(rt.cb, heartbeat), "reading the heartbeat")
-    pool = _pool(rt)
+    pool = _pool_stats(rt)
     return {
         "callouts": counters.disowns - rt.parks - rt.releases,
         "activations": heartbeat.activations,

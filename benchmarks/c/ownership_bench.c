@@ -5,7 +5,7 @@
  * builds it with the core's own list of sources.
  *
  * pair_c_ns: one thread, nobody else registered, disown() + own() in a tight
- *   loop; both take their fast paths (an atomic store + a load of `attention`,
+ *   loop; both take their fast paths (an atomic store + a load of `waiters_and_hb_asleep`,
  *   then a CAS).  Each batch of PAIRS_PER_BATCH pairs gives a mean; we report
  *   the MINIMUM over BATCHES batch means.  Noise on a shared machine (other
  *   tenants, interrupts, frequency dips) only ever adds time, so the fastest
@@ -66,18 +66,18 @@ static _Noreturn void die(const char *what, long rc) {
 
 /* ---- pair_c_ns ---- */
 
-static double pair_ns(vmown_cb *cb, long pairs, int batches) {
-    int me = vmown_register(cb);
-    if (me < 1 || vmown_own(cb, me) != 0) die("register + own", me);
+static double pair_ns(vmown_vm *vm, long pairs, int batches) {
+    int me = vmown_register(vm);
+    if (me < 1 || vmown_own(vm, me) != 0) die("register + own", me);
     double best = INFINITY;
     for (int b = 0; b < batches; b++) {
         int64_t start = now_ns();
         for (long i = 0; i < pairs; i++)
-            if (vmown_disown(cb, me, 0) != 0 || vmown_own(cb, me) != 0) die("disown + own", i);
+            if (vmown_disown(vm, me, 0) != 0 || vmown_own(vm, me) != 0) die("disown + own", i);
         double mean = (double)(now_ns() - start) / (double)pairs;
         if (mean < best) best = mean;
     }
-    if (vmown_unregister(cb, me) != 0) die("unregister", 0);
+    if (vmown_unregister(vm, me) != 0) die("unregister", 0);
     return best;
 }
 
@@ -85,7 +85,7 @@ static double pair_ns(vmown_cb *cb, long pairs, int batches) {
 
 /* What the owner (main thread) and the waiter thread share. */
 static struct {
-    vmown_cb *cb;
+    vmown_vm *vm;
     sem_t sem;
     long samples;                 /* per kind */
     _Atomic long round;           /* owner -> waiter: start round r (1-based) */
@@ -102,14 +102,14 @@ static void spin_until(_Atomic long *word, long value) {
 
 static void *waiter(void *arg) {
     (void)arg;
-    int me = vmown_register(shared.cb);
+    int me = vmown_register(shared.vm);
     if (me < 1) die("register (waiter)", me);
     atomic_store(&shared.tid, (pid_t)syscall(SYS_gettid));
     for (long r = 1; r <= KINDS * shared.samples; r++) {
         spin_until(&shared.round, r);
         int kind = (int)(r % KINDS), rc;
         if (kind == HANDOFF) {
-            if ((rc = vmown_own(shared.cb, me)) != 0) die("own (waiter)", rc);
+            if ((rc = vmown_own(shared.vm, me)) != 0) die("own (waiter)", rc);
         } else {
             atomic_store_explicit(&shared.ready, r, memory_order_release);
             while (sem_wait(&shared.sem) != 0) continue;  /* EINTR only: no signals here */
@@ -117,10 +117,10 @@ static void *waiter(void *arg) {
         int64_t t1 = now_ns();
         int64_t t0 = atomic_load_explicit(&shared.t0, memory_order_acquire);
         shared.latency_ns[kind][(r - 1) / KINDS] = t1 - t0;
-        if (kind == HANDOFF && (rc = vmown_disown(shared.cb, me, 0)) != 0) die("disown (waiter)", rc);
+        if (kind == HANDOFF && (rc = vmown_disown(shared.vm, me, 0)) != 0) die("disown (waiter)", rc);
         atomic_store_explicit(&shared.done, r, memory_order_release);
     }
-    if (vmown_unregister(shared.cb, me) != 0) die("unregister (waiter)", 0);
+    if (vmown_unregister(shared.vm, me) != 0) die("unregister (waiter)", 0);
     return NULL;
 }
 
@@ -143,17 +143,17 @@ static void sleep_ns(long ns) {
 }
 
 static void owner_rounds(long gap_ns) {
-    int me = vmown_register(shared.cb), rc;
+    int me = vmown_register(shared.vm), rc;
     if (me < 1) die("register (owner)", me);
     while (atomic_load(&shared.tid) == 0) sched_yield();
     pid_t tid = atomic_load(&shared.tid);
     for (long r = 1; r <= KINDS * shared.samples; r++) {
         int kind = (int)(r % KINDS);
         /* The waiter disowned before its last `done`: this own is uncontended. */
-        if (kind == HANDOFF && (rc = vmown_own(shared.cb, me)) != 0) die("own (owner)", rc);
+        if (kind == HANDOFF && (rc = vmown_own(shared.vm, me)) != 0) die("own (owner)", rc);
         atomic_store_explicit(&shared.round, r, memory_order_release);
         if (kind == HANDOFF) {
-            while (vmown_waiters(shared.cb) != 1) sched_yield();
+            while (vmown_waiters(shared.vm) != 1) sched_yield();
         } else {
             spin_until(&shared.ready, r);
         }
@@ -161,13 +161,13 @@ static void owner_rounds(long gap_ns) {
         sleep_ns(gap_ns);
         atomic_store_explicit(&shared.t0, now_ns(), memory_order_release);
         if (kind == HANDOFF) {
-            if ((rc = vmown_disown(shared.cb, me, 0)) != 0) die("disown (owner)", rc);
+            if ((rc = vmown_disown(shared.vm, me, 0)) != 0) die("disown (owner)", rc);
         } else if (sem_post(&shared.sem) != 0) {
             die("sem_post", 0);
         }
         spin_until(&shared.done, r);
     }
-    if (vmown_unregister(shared.cb, me) != 0) die("unregister (owner)", 0);
+    if (vmown_unregister(shared.vm, me) != 0) die("unregister (owner)", 0);
 }
 
 static int cmp_i64(const void *a, const void *b) {
@@ -189,25 +189,25 @@ int main(int argc, char **argv) {
     int batches = atoi(argv[2]);
     if (pairs < 1 || batches < 1 || samples < 1 || gap_ns < 0) die("parsing arguments", 0);
 
-    size_t len = vmown_cb_size(4);
+    size_t len = vmown_block_size(4);
     void *mem;
     int rc;
     if ((rc = vmown_map_anonymous(len, &mem)) != 0) die("vmown_map_anonymous", rc);
-    if ((rc = vmown_cb_init(mem, len, 4, &shared.cb)) != 0) die("vmown_cb_init", rc);
+    if ((rc = vmown_vm_init(mem, len, 4, &shared.vm)) != 0) die("vmown_vm_init", rc);
 
-    double pair = pair_ns(shared.cb, pairs, batches);
+    double pair = pair_ns(shared.vm, pairs, batches);
 
     shared.samples = samples;
     for (int k = 0; k < KINDS; k++)
         if (!(shared.latency_ns[k] = malloc(sizeof(int64_t) * (size_t)samples))) die("malloc", 0);
     if (sem_init(&shared.sem, /*pshared=*/1, 0) != 0) die("sem_init", 0);
     vmown_counters before, after;
-    vmown_counters_read(shared.cb, &before);
+    vmown_counters_read(shared.vm, &before);
     pthread_t thread;
     if ((rc = pthread_create(&thread, NULL, waiter, NULL)) != 0) die("pthread_create", rc);
     owner_rounds(gap_ns);
     pthread_join(thread, NULL);
-    vmown_counters_read(shared.cb, &after);
+    vmown_counters_read(shared.vm, &after);
     uint64_t hand_offs = after.hand_offs - before.hand_offs;
     if (hand_offs != (uint64_t)samples) die("check: one hand-off per hand-off sample", (long)hand_offs);
 

@@ -62,7 +62,7 @@
 
 #define FAST_BYTES (64 * 1024) /* longest message copied with the GIL held */
 
-#define likely(x) __builtin_expect(!!(x), 1)
+#include "vmown_shorthands.h"
 
 /* Set once by bind(), before any Channel exists; NULL: every call goes slow. */
 static const vmown_channel_table *core;

@@ -3,7 +3,7 @@
  * CHECK(cond, format, ...): on failure, print "<program>: FAILED: <message>
  * (file:line)" and exit 1.  wait_for(cond, what): poll cond every ms for up
  * to 10 s, then CHECK it.  make_block(nslots): a control block for nslots
- * threads in an anonymous shared mapping; free_block(cb) detaches and
+ * threads in an anonymous shared mapping; free_block(vm) detaches and
  * unmaps it.  The including file defines TEST_NAME first.
  */
 #ifndef VMOWN_TESTS_CHECK_H
@@ -33,16 +33,16 @@ static inline void wait_for(int (*cond)(void), const char *what) {
 static void *block_mem;
 static size_t block_len;
 
-static inline vmown_cb *make_block(uint32_t nslots) {
-    block_len = vmown_cb_size(nslots);
-    vmown_cb *cb = NULL;
-    CHECK(vmown_map_anonymous(block_len, &block_mem) == 0 && vmown_cb_init(block_mem, block_len, nslots, &cb) == 0,
+static inline vmown_vm *make_block(uint32_t nslots) {
+    block_len = vmown_block_size(nslots);
+    vmown_vm *vm = NULL;
+    CHECK(vmown_map_anonymous(block_len, &block_mem) == 0 && vmown_vm_init(block_mem, block_len, nslots, &vm) == 0,
           "make block");
-    return cb;
+    return vm;
 }
 
-static inline void free_block(vmown_cb *cb) {
-    vmown_cb_detach(cb);
+static inline void free_block(vmown_vm *vm) {
+    vmown_vm_detach(vm);
     vmown_unmap(block_mem, block_len);
 }
 

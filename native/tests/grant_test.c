@@ -31,19 +31,19 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-static vmown_cb *cb;
+static vmown_vm *vm;
 static int a_slot;
 
 
 static vmown_counters counters(void) {
     vmown_counters c;
-    vmown_counters_read(cb, &c);
+    vmown_counters_read(vm, &c);
     return c;
 }
 
 static void wait_for_waiters(uint32_t n) {
-    for (int i = 0; i < 10000 && vmown_waiters(cb) != n; i++) usleep(500);
-    CHECK(vmown_waiters(cb) == n, "timed out waiting for %u waiters (have %u)", n, vmown_waiters(cb));
+    for (int i = 0; i < 10000 && vmown_waiters(vm) != n; i++) usleep(500);
+    CHECK(vmown_waiters(vm) == n, "timed out waiting for %u waiters (have %u)", n, vmown_waiters(vm));
 }
 
 static int pending(uint64_t word) { return ((uint32_t)word & 0xc0000000u) == 0x40000000u; }
@@ -59,16 +59,16 @@ static _Atomic int owned_seq;
 
 static void *waiter_main(void *arg) {
     struct waiter *w = arg;
-    CHECK(vmown_own(cb, (uint32_t)w->slot) == 0, "waiter own");
-    CHECK(vmown_owner(cb) == w->slot, "waiter owns, but the word says %d", vmown_owner(cb));
+    CHECK(vmown_own(vm, (uint32_t)w->slot) == 0, "waiter own");
+    CHECK(vmown_owner(vm) == w->slot, "waiter owns, but the word says %d", vmown_owner(vm));
     w->owned = ++owned_seq;
     if (w->hold_us) usleep((useconds_t)w->hold_us);
-    CHECK(vmown_disown(cb, (uint32_t)w->slot, 0) == 0, "waiter disown");
+    CHECK(vmown_disown(vm, (uint32_t)w->slot, 0) == 0, "waiter disown");
     return NULL;
 }
 
 static void start_waiter(struct waiter *w, int hold_us, uint32_t queued_before) {
-    w->slot = vmown_register(cb);
+    w->slot = vmown_register(vm);
     CHECK(w->slot > 0, "register");
     w->hold_us = hold_us;
     w->owned = 0;
@@ -78,7 +78,7 @@ static void start_waiter(struct waiter *w, int hold_us, uint32_t queued_before) 
 
 static void finish_waiter(struct waiter *w) {
     pthread_join(w->thread, NULL);
-    CHECK(vmown_unregister(cb, (uint32_t)w->slot) == 0, "unregister");
+    CHECK(vmown_unregister(vm, (uint32_t)w->slot) == 0, "unregister");
 }
 
 static void test_steal(void) {
@@ -88,21 +88,21 @@ static void test_steal(void) {
     vmown_debug_set_widen_ns(50000000);  /* the claim comes 50 ms after the wake */
     uint32_t token = vmown_callout_begin(1);
     CHECK(token == (uint32_t)a_slot, "callout_begin returned %u", token);
-    uint64_t w = vmown_owner_word(cb);
+    uint64_t w = vmown_owner_word(vm);
     CHECK(pending(w), "the word is not a pending grant: %#llx", (unsigned long long)w);
-    CHECK(vmown_owner(cb) == b.slot, "vmown_owner of a pending grant: %d, not %d", vmown_owner(cb), b.slot);
+    CHECK(vmown_owner(vm) == b.slot, "vmown_owner of a pending grant: %d, not %d", vmown_owner(vm), b.slot);
     vmown_callout_end(token);  /* steals */
-    CHECK(vmown_owner(cb) == a_slot && !pending(vmown_owner_word(cb)), "A did not steal the VM back");
+    CHECK(vmown_owner(vm) == a_slot && !pending(vmown_owner_word(vm)), "A did not steal the VM back");
     vmown_counters c1 = counters();
     CHECK(c1.soft_grants == c0.soft_grants + 1 && c1.steals == c0.steals + 1, "soft_grants/steals not counted");
     wait_for_waiters(1);  /* the robbed waiter queued again */
     vmown_debug_set_widen_ns(0);
     CHECK(counters().robberies == c0.robberies + 1, "robbery not counted");
     CHECK(b.owned == 0, "the robbed waiter owned");
-    CHECK(vmown_disown(cb, (uint32_t)a_slot, 0) == 0, "disown");
+    CHECK(vmown_disown(vm, (uint32_t)a_slot, 0) == 0, "disown");
     finish_waiter(&b);
     CHECK(b.owned, "the robbed waiter never owned");
-    CHECK(vmown_own(cb, (uint32_t)a_slot) == 0, "own");
+    CHECK(vmown_own(vm, (uint32_t)a_slot) == 0, "own");
     printf("steal: robbed waiter queued again and owned at the next disown\n");
 }
 
@@ -112,10 +112,10 @@ static void test_claim(void) {
     start_waiter(&b, 20000, 0);
     uint32_t token = vmown_callout_begin(2);
     CHECK(token == (uint32_t)a_slot, "callout_begin");
-    for (int i = 0; i < 10000 && (pending(vmown_owner_word(cb)) || vmown_owner(cb) != b.slot); i++) usleep(100);
-    CHECK(vmown_owner(cb) == b.slot && !pending(vmown_owner_word(cb)), "the waiter did not claim");
+    for (int i = 0; i < 10000 && (pending(vmown_owner_word(vm)) || vmown_owner(vm) != b.slot); i++) usleep(100);
+    CHECK(vmown_owner(vm) == b.slot && !pending(vmown_owner_word(vm)), "the waiter did not claim");
     vmown_callout_end(token);  /* the steal fails: queue, wait for b's disown */
-    CHECK(vmown_owner(cb) == a_slot, "A does not own after callout_end");
+    CHECK(vmown_owner(vm) == a_slot, "A does not own after callout_end");
     finish_waiter(&b);
     vmown_counters c1 = counters();
     CHECK(c1.steals == c0.steals && c1.robberies == c0.robberies, "a claimed grant was stolen");
@@ -183,21 +183,21 @@ static void test_keeps_place(void) {
 
 int main(int argc, char **argv) {
     int rounds = argc > 1 ? atoi(argv[1]) : 3;
-    cb = make_block(16);
-    a_slot = vmown_register(cb);
+    vm = make_block(16);
+    a_slot = vmown_register(vm);
     CHECK(a_slot > 0, "register");
-    CHECK(vmown_bind_thread(cb, (uint32_t)a_slot) == 0, "bind");
-    CHECK(vmown_own(cb, (uint32_t)a_slot) == 0, "own");
+    CHECK(vmown_bind_thread(vm, (uint32_t)a_slot) == 0, "bind");
+    CHECK(vmown_own(vm, (uint32_t)a_slot) == 0, "own");
     test_steal();
     test_claim();
     for (int r = 0; r < rounds; r++) {
         test_not_starved();
         test_keeps_place();
     }
-    CHECK(vmown_disown(cb, (uint32_t)a_slot, 0) == 0, "disown");
-    CHECK(vmown_owner(cb) == 0 && vmown_waiters(cb) == 0, "owner or queue left behind");
-    CHECK(vmown_unregister(cb, (uint32_t)a_slot) == 0, "unregister");
+    CHECK(vmown_disown(vm, (uint32_t)a_slot, 0) == 0, "disown");
+    CHECK(vmown_owner(vm) == 0 && vmown_waiters(vm) == 0, "owner or queue left behind");
+    CHECK(vmown_unregister(vm, (uint32_t)a_slot) == 0, "unregister");
     printf("grant_test: all passed\n");
-    free_block(cb);
+    free_block(vm);
     return 0;
 }

@@ -1,4 +1,4 @@
-/* lazy_test.c -- lazy callouts and their revocation (native/ownership.c,
+/* lazy_test.c -- lazy callouts and their revocation (native/grants.c,
  * "Lazy callouts"), from C.
  *
  * Usage: lazy_test [ROUNDS]
@@ -24,7 +24,7 @@
  *   called off after R1: the callout comes back after R1 and takes the word
  *     back with its CAS; the queued thread does not get the VM;
  *   stop: stopping the heartbeat revokes a lazy callout that is out;
- *   eager: vmown_heartbeat_set_lazy(cb, 0) makes callouts release the word.
+ *   eager: vmown_heartbeat_set_lazy(vm, 0) makes callouts release the word.
  */
 #define _GNU_SOURCE
 #include "../vmown.h"
@@ -37,7 +37,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-static vmown_cb *cb;
+static vmown_vm *vm;
 static _Atomic int64_t activated_at;
 
 
@@ -46,13 +46,13 @@ static _Atomic int64_t activated_at;
 
 static vmown_heartbeat_stats hb(void) {
     vmown_heartbeat_stats s;
-    vmown_heartbeat_read(cb, &s);
+    vmown_heartbeat_read(vm, &s);
     return s;
 }
 
 static uint64_t lazies(void) {
     vmown_counters c;
-    vmown_counters_read(cb, &c);
+    vmown_counters_read(vm, &c);
     return c.lazy_disowns;
 }
 
@@ -61,30 +61,30 @@ static int one_idle(void) { return hb().idle_workers == 1; }
 /* A worker: parked new; when activated, note the time, clear the work, park. */
 static void *worker(void *arg) {
     (void)arg;
-    int me = vmown_register(cb);
+    int me = vmown_register(vm);
     CHECK(me > 0, "register");
-    int rc = vmown_park_new(cb, me, -1);
+    int rc = vmown_park_new(vm, me, -1);
     while (rc == 1) {
         activated_at = vmown_now_ns();
-        vmown_set_work(cb, 0, 0);
-        rc = vmown_park(cb, me, -1);
+        vmown_set_work(vm, 0, 0);
+        rc = vmown_park(vm, me, -1);
     }
     CHECK(rc == 0, "park returned %d", rc);
-    vmown_unregister(cb, me);
+    vmown_unregister(vm, me);
     return NULL;
 }
 
 /* A thread that queues for the VM, notes when it got it, gives it back. */
 static _Atomic int64_t waiter_owned_at;
-static int waiter_queued(void) { return vmown_waiters(cb) == 1 || waiter_owned_at != 0; }
+static int waiter_queued(void) { return vmown_waiters(vm) == 1 || waiter_owned_at != 0; }
 static void *waiter(void *arg) {
     (void)arg;
-    int me = vmown_register(cb);
+    int me = vmown_register(vm);
     CHECK(me > 0, "register");
-    CHECK(vmown_own(cb, me) == 0, "waiter own");
+    CHECK(vmown_own(vm, me) == 0, "waiter own");
     waiter_owned_at = vmown_now_ns();
-    CHECK(vmown_disown(cb, me, 0) == 0, "waiter disown");
-    vmown_unregister(cb, me);
+    CHECK(vmown_disown(vm, me, 0) == 0, "waiter disown");
+    vmown_unregister(vm, me);
     return NULL;
 }
 
@@ -96,24 +96,24 @@ static pthread_t start_waiter(void) {
     return t;
 }
 
-static int32_t owner_field(void) { return (int32_t)(uint32_t)vmown_owner_word(cb); }
+static int32_t owner_field(void) { return (int32_t)(uint32_t)vmown_owner_word(vm); }
 
 #define LAZY 0x80000000u  /* token bit of a lazy callout (callout.c) */
 
 int main(int argc, char **argv) {
     int rounds = argc > 1 ? atoi(argv[1]) : 20;
-    cb = make_block(16);
-    int me = vmown_register(cb);
-    CHECK(me > 0 && vmown_bind_thread(cb, (uint32_t)me) == 0, "register and bind");
-    CHECK(vmown_own(cb, me) == 0, "own");
+    vm = make_block(16);
+    int me = vmown_register(vm);
+    CHECK(me > 0 && vmown_bind_thread(vm, (uint32_t)me) == 0, "register and bind");
+    CHECK(vmown_own(vm, me) == 0, "own");
     uint32_t token = vmown_callout_begin(1);
-    CHECK(token == (uint32_t)me && vmown_owner(cb) == 0, "without a heartbeat a callout is eager");
+    CHECK(token == (uint32_t)me && vmown_owner(vm) == 0, "without a heartbeat a callout is eager");
     vmown_callout_end(token);
-    CHECK(vmown_heartbeat_start(cb, 1000) == 0 && hb().lazy == 1, "heartbeat start: lazy callouts on");
+    CHECK(vmown_heartbeat_start(vm, 1000) == 0 && hb().lazy == 1, "heartbeat start: lazy callouts on");
 
     /* short: lazy, the word kept, no revocation */
-    vmown_set_work(cb, 1, 0);
-    uint32_t epoch = vmown_epoch(cb);
+    vmown_set_work(vm, 1, 0);
+    uint32_t epoch = vmown_epoch(vm);
     uint64_t lazy0 = lazies(), rev0 = hb().revocations;
     int stretched = 0, eager = 0;
     for (int i = 0; i < 500; i++) {
@@ -121,10 +121,10 @@ int main(int argc, char **argv) {
         token = vmown_callout_begin(2);
         CHECK(token != 0, "no token");
         eager += !(token & LAZY);  /* after a (stretched, revoked) one */
-        CHECK(!(token & LAZY) || vmown_owner(cb) == me, "the word names the owner during a lazy callout");
+        CHECK(!(token & LAZY) || vmown_owner(vm) == me, "the word names the owner during a lazy callout");
         usleep(200);
         vmown_callout_end(token);
-        CHECK(vmown_owner(cb) == me, "own after a short callout");
+        CHECK(vmown_owner(vm) == me, "own after a short callout");
         stretched += vmown_now_ns() - t0 >= MS;
     }
     uint64_t revoked = hb().revocations - rev0;
@@ -133,14 +133,14 @@ int main(int argc, char **argv) {
           (unsigned long long)revoked);
     CHECK(revoked <= (uint64_t)stretched, "%llu revocations of 0.2 ms callouts (%d stretched)",
           (unsigned long long)revoked, stretched);
-    CHECK(revoked || vmown_epoch(cb) == epoch, "the word changed without a revocation");
+    CHECK(revoked || vmown_epoch(vm) == epoch, "the word changed without a revocation");
     printf("short: %d of 500 callouts lazy, %llu revoked (%d stretched past a tick): ok\n", 500 - eager,
            (unsigned long long)revoked, stretched);
 
     /* worker: revoked for a parked worker while the callout blocks */
     /* No work published before the worker parks: with work waiting and the
      * VM owned, the heartbeat would queue it as a server (heartbeat.c). */
-    vmown_set_work(cb, 0, 0);
+    vmown_set_work(vm, 0, 0);
     pthread_t w;
     pthread_create(&w, NULL, worker, NULL);
     wait_for(one_idle, "the worker to park");
@@ -149,14 +149,14 @@ int main(int argc, char **argv) {
     for (int r = 0; r < rounds; r++) {
         uint64_t revs = hb().revocations, acts = hb().activations, servers = hb().servers;
         activated_at = 0;
-        vmown_set_work(cb, 1, 0);
+        vmown_set_work(vm, 1, 0);
         int64_t t0 = vmown_now_ns();
         token = vmown_callout_begin(3);
         int lazy = (token & LAZY) != 0;
         usleep(20000);
         int64_t back = vmown_now_ns();
         vmown_callout_end(token);
-        CHECK(vmown_owner(cb) == me, "own after a revoked callout");
+        CHECK(vmown_owner(vm) == me, "own after a revoked callout");
         /* Lazy: the worker is activated, or queued as a server first (the
          * VM is owned and the run queue makes no progress: heartbeat.c) and
          * handed the VM as the head waiter: a revocation either way.  The
@@ -185,20 +185,20 @@ int main(int argc, char **argv) {
 
     /* after a revocation, the next 64 callouts of that function (tag) are
      * eager; others stay lazy */
-    vmown_set_work(cb, 1, 0);
+    vmown_set_work(vm, 1, 0);
     token = vmown_callout_begin(30);
     CHECK(token & LAZY, "a new tag is not lazy");
     usleep(20000);
     vmown_callout_end(token);
     wait_for(one_idle, "the worker to park again");
     /* an eager one whose VM the worker took: the count is full again */
-    vmown_set_work(cb, 1, 0);
+    vmown_set_work(vm, 1, 0);
     token = vmown_callout_begin(30);
     CHECK(token == (uint32_t)me, "a revoked tag is not eager");
     usleep(20000);
     vmown_callout_end(token);
     wait_for(one_idle, "the worker to park again");
-    vmown_set_work(cb, 0, 0);
+    vmown_set_work(vm, 0, 0);
     for (int i = 0; i < 64; i++) {
         token = vmown_callout_begin(30);
         CHECK(token == (uint32_t)me, "callout %d of a revoked tag is not eager", i);
@@ -213,7 +213,7 @@ int main(int argc, char **argv) {
     printf("after a revocation: eager while the VM is taken, lazy 64 untaken callouts later; other tags lazy: "
            "ok\n");
 
-    vmown_set_work(cb, 0, 0);
+    vmown_set_work(vm, 0, 0);
 
     /* waiter: the heartbeat sleeps through a quiet lazy callout; a thread
      * that queues wakes it and gets the VM while the callout is out */
@@ -231,7 +231,7 @@ int main(int argc, char **argv) {
     CHECK(hb().revocations == revs + 1, "not a revocation");
     vmown_callout_end(token);
     pthread_join(t, NULL);
-    CHECK(vmown_owner(cb) == me, "own after the waiter");
+    CHECK(vmown_owner(vm) == me, "own after the waiter");
     printf("waiter: the heartbeat slept, the queued thread woke it and owned %.2f ms later: ok\n",
            (waiter_owned_at - queued) / 1e6);
 
@@ -240,7 +240,7 @@ int main(int argc, char **argv) {
     CHECK(vmown_callout_begin(6) == 0, "a callout inside a lazy callout is not plain");
     vmown_callout_end(0);
     vmown_callout_end(token);
-    CHECK(vmown_owner(cb) == me, "own after a nested callout");
+    CHECK(vmown_owner(vm) == me, "own after a nested callout");
     printf("nested: plain: ok\n");
 
     /* called off before R1: back while the revoker waits before its CAS */
@@ -259,13 +259,13 @@ int main(int argc, char **argv) {
     }
     CHECK(saw, "the revoker never marked the word (the forced interleaving did not happen)");
     /* The word reads (e, REVOKING|me) while we run: a disown settles it. */
-    CHECK(vmown_disown(cb, me, 0) == 0, "disown through a revoking word");
+    CHECK(vmown_disown(vm, me, 0) == 0, "disown through a revoking word");
     pthread_join(t, NULL);
     CHECK(waiter_owned_at != 0, "the waiter did not get the VM from the disown");
     for (int i = 0; i < 200 && hb().called_off == off; i++) usleep(1000);
     CHECK(hb().called_off == off + 1 && hb().revocations == revs, "not called off");
     vmown_debug_set_widen_ns(0);
-    CHECK(vmown_own(cb, me) == 0, "own");
+    CHECK(vmown_own(vm, me) == 0, "own");
     printf("called off before R1: the owner ran through a revoking word: ok\n");
 
     /* called off after R1: back between R1 and R3, takes the word back */
@@ -284,41 +284,41 @@ int main(int argc, char **argv) {
     CHECK(owner_field() == me && waiter_owned_at == 0, "the callout did not take the word back");
     for (int i = 0; i < 200 && hb().called_off == off; i++) usleep(1000);
     CHECK(hb().called_off == off + 1 && hb().revocations == revs, "not called off");
-    CHECK(waiter_owned_at == 0 && vmown_owner(cb) == me, "the VM went to the waiter");
+    CHECK(waiter_owned_at == 0 && vmown_owner(vm) == me, "the VM went to the waiter");
     vmown_debug_set_widen_ns(0);
-    CHECK(vmown_disown(cb, me, 0) == 0, "disown");
+    CHECK(vmown_disown(vm, me, 0) == 0, "disown");
     pthread_join(t, NULL);
-    CHECK(vmown_own(cb, me) == 0, "own");
+    CHECK(vmown_own(vm, me) == 0, "own");
     printf("called off after R1: the callout took the word back: ok\n");
 
     /* stop: a lazy callout that is out is revoked */
     revs = hb().revocations;
     token = vmown_callout_begin(9);
     usleep(5000);
-    CHECK(vmown_heartbeat_stop(cb) == 0, "heartbeat stop");
-    CHECK(vmown_owner(cb) == 0 && hb().revocations == revs + 1 && hb().lazy == 0, "stop left a lazy callout owning");
+    CHECK(vmown_heartbeat_stop(vm) == 0, "heartbeat stop");
+    CHECK(vmown_owner(vm) == 0 && hb().revocations == revs + 1 && hb().lazy == 0, "stop left a lazy callout owning");
     vmown_callout_end(token);
-    CHECK(vmown_owner(cb) == me, "own after the stop");
+    CHECK(vmown_owner(vm) == me, "own after the stop");
     printf("stop: the callout out was revoked: ok\n");
 
     /* eager on request */
-    CHECK(vmown_heartbeat_start(cb, 1000) == 0, "heartbeat restart");
-    CHECK(vmown_heartbeat_set_lazy(cb, 0) == 0, "set eager");
+    CHECK(vmown_heartbeat_start(vm, 1000) == 0, "heartbeat restart");
+    CHECK(vmown_heartbeat_set_lazy(vm, 0) == 0, "set eager");
     token = vmown_callout_begin(10);
-    CHECK(token == (uint32_t)me && vmown_owner(cb) == 0, "an eager callout kept the word");
+    CHECK(token == (uint32_t)me && vmown_owner(vm) == 0, "an eager callout kept the word");
     vmown_callout_end(token);
-    CHECK(vmown_heartbeat_set_lazy(cb, 1) == 1, "set lazy");
+    CHECK(vmown_heartbeat_set_lazy(vm, 1) == 1, "set lazy");
     token = vmown_callout_begin(11);
-    CHECK(vmown_owner(cb) == me, "lazy again");
+    CHECK(vmown_owner(vm) == me, "lazy again");
     vmown_callout_end(token);
     printf("eager on request: ok\n");
 
-    CHECK(vmown_unpark(cb, 0) > 0, "unpark the worker");
+    CHECK(vmown_unpark(vm, 0) > 0, "unpark the worker");
     pthread_join(w, NULL);
-    CHECK(vmown_heartbeat_stop(cb) == 0, "heartbeat stop");
+    CHECK(vmown_heartbeat_stop(vm) == 0, "heartbeat stop");
     vmown_bind_thread(NULL, 0);
-    vmown_unregister(cb, me);
-    free_block(cb);
+    vmown_unregister(vm, me);
+    free_block(vm);
     printf("lazy_test: all passed\n");
     return 0;
 }

@@ -26,27 +26,27 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-static vmown_cb *cb;
+static vmown_vm *vm;
 static _Atomic int entered, entered_owning, bad_arg;
 static int token = 42;
 
 static vmown_workers_stats pool(void) {
     vmown_workers_stats s;
-    CHECK(vmown_workers_read(cb, &s) == 0, "read");
+    CHECK(vmown_workers_read(vm, &s) == 0, "read");
     return s;
 }
 static uint32_t idle(void) {
     vmown_heartbeat_stats s;
-    vmown_heartbeat_read(cb, &s);
+    vmown_heartbeat_read(vm, &s);
     return s.idle_workers;
 }
 
 /* A pooled worker's entry: it owns the VM; clear the work, give the VM back. */
 static void entry(void *arg, uint32_t slot) {
     if (arg != &token) bad_arg = 1;
-    if (vmown_owner(cb) == (int32_t)slot) entered_owning++;
-    vmown_set_work(cb, 0, 0);
-    CHECK(vmown_disown(cb, slot, 0) == 0, "entry disown");
+    if (vmown_owner(vm) == (int32_t)slot) entered_owning++;
+    vmown_set_work(vm, 0, 0);
+    CHECK(vmown_disown(vm, slot, 0) == 0, "entry disown");
     entered++;
 }
 
@@ -57,24 +57,24 @@ static int four_live(void) { return pool().live == 4 && pool().starting == 0; }
 static void *asker(void *arg) {
     (void)arg;
     for (int i = 0; i < 200; i++) {
-        CHECK(vmown_workers_want(cb, 1 + i % 4) >= 0, "want");
+        CHECK(vmown_workers_want(vm, 1 + i % 4) >= 0, "want");
         usleep(100);
     }
     return NULL;
 }
 
 static void fresh_block(uint32_t max_workers, int64_t idle_timeout_ns) {
-    cb = make_block(32);
-    CHECK(vmown_workers_start(cb, entry, &token, max_workers, idle_timeout_ns) == 0, "start pool");
-    CHECK(vmown_workers_start(cb, entry, &token, max_workers, idle_timeout_ns) == VMOWN_EBUSY, "second start");
+    vm = make_block(32);
+    CHECK(vmown_workers_start(vm, entry, &token, max_workers, idle_timeout_ns) == 0, "start pool");
+    CHECK(vmown_workers_start(vm, entry, &token, max_workers, idle_timeout_ns) == VMOWN_EBUSY, "second start");
 }
 
 static void end_block(void) {
-    CHECK(vmown_workers_stop(cb) == 0, "stop");
-    CHECK(vmown_workers_want(cb, 3) == VMOWN_EINVAL, "ask after stop");
-    CHECK(vmown_workers_join(cb, 10000000000LL) == 0, "join: %u live", pool().live);
+    CHECK(vmown_workers_stop(vm) == 0, "stop");
+    CHECK(vmown_workers_want(vm, 3) == VMOWN_EINVAL, "ask after stop");
+    CHECK(vmown_workers_join(vm, 10000000000LL) == 0, "join: %u live", pool().live);
     CHECK(pool().live == 0 && pool().running == 0, "nothing left");
-    free_block(cb);
+    free_block(vm);
 }
 
 int main(int argc, char **argv) {
@@ -82,33 +82,33 @@ int main(int argc, char **argv) {
 
     /* spares */
     fresh_block(16, -1);
-    int me = vmown_register(cb);
+    int me = vmown_register(vm);
     CHECK(me > 0, "register");
-    CHECK(vmown_own(cb, me) == 0, "own");
-    CHECK(vmown_workers_want(cb, 6) == 0, "want 6");
+    CHECK(vmown_own(vm, me) == 0, "own");
+    CHECK(vmown_workers_want(vm, 6) == 0, "want 6");
     wait_for(six_idle, "6 parked workers");
-    CHECK(vmown_workers_want(cb, 6) == 0, "want 6 again");
+    CHECK(vmown_workers_want(vm, 6) == 0, "want 6 again");
     usleep(20000);
     CHECK(pool().started == 6 && pool().live == 6 && pool().entered == 0, "started %llu", (unsigned long long)pool().started);
     printf("spares: 6 parked, none entered: ok\n");
 
     /* entry */
-    CHECK(vmown_heartbeat_start(cb, 1000) == 0, "heartbeat");
+    CHECK(vmown_heartbeat_start(vm, 1000) == 0, "heartbeat");
     for (int r = 0; r < rounds; r++) {
         int before = entered;
-        vmown_set_work(cb, 1, 0);
-        CHECK(vmown_disown(cb, me, 0) == 0, "disown");
+        vmown_set_work(vm, 1, 0);
+        CHECK(vmown_disown(vm, me, 0) == 0, "disown");
         usleep(20000);  /* the callout */
-        CHECK(vmown_own(cb, me) == 0, "own back");
+        CHECK(vmown_own(vm, me) == 0, "own back");
         CHECK(entered == before + 1, "round %d: %d entered, expected %d", r, entered, before + 1);
-        CHECK(vmown_workers_want(cb, 6) == 0, "top up");
+        CHECK(vmown_workers_want(vm, 6) == 0, "top up");
     }
     CHECK(entered_owning == rounds && !bad_arg, "entered owning with the arg");
-    CHECK(vmown_heartbeat_stop(cb) == 0, "heartbeat stop");
+    CHECK(vmown_heartbeat_stop(vm) == 0, "heartbeat stop");
     CHECK(pool().entered == (uint64_t)rounds, "entered count");
     printf("entry: %d workers entered owning the VM and left: ok\n", rounds);
-    CHECK(vmown_disown(cb, me, 0) == 0, "disown");
-    CHECK(vmown_unregister(cb, me) == 0, "unregister");
+    CHECK(vmown_disown(vm, me, 0) == 0, "disown");
+    CHECK(vmown_unregister(vm, me) == 0, "unregister");
     end_block();
     CHECK(entered == rounds, "no entry at stop");
     printf("stop and join: ok\n");
@@ -127,9 +127,9 @@ int main(int argc, char **argv) {
 
     /* cap */
     fresh_block(4, -1);
-    CHECK(vmown_workers_want(cb, 10) == 1, "one cap hit");
+    CHECK(vmown_workers_want(vm, 10) == 1, "one cap hit");
     wait_for(four_live, "4 workers");
-    CHECK(vmown_workers_want(cb, 10) == 2, "a second cap hit");
+    CHECK(vmown_workers_want(vm, 10) == 2, "a second cap hit");
     usleep(20000);
     CHECK(pool().live == 4 && pool().high == 4, "never past the cap");
     printf("cap: 4 of 10, 2 hits: ok\n");

@@ -1,0 +1,230 @@
+/* idle.c -- the idle stack of parked workers and servers.
+ *
+ * Parking joins the idle stack and releases the VM in one critical section,
+ * so a worker is never both unfindable and unowning: whoever looks at the
+ * stack under the lock sees it either owning or parked.
+ *
+ * A parked worker leaves the stack in one of three ways, each under the lock:
+ *   activation (heartbeat): the owner word is CAS'd from the unowned word the
+ *     heartbeat saw at two ticks to the worker's index, state := GRANTED;
+ *   unpark: state := RUNNING (woken without the VM);
+ *   its own timeout or signal: it unlinks itself while still PARKED.
+ * The first two post its semaphore after unlocking; the third finds its state
+ * changed if it lost the race, and then takes the post that is on its way.
+ *
+ * No owner value is reserved while the heartbeat picks a worker: the pick
+ * happens under the lock *before* the CAS, so the CAS either installs the
+ * chosen worker or fails because somebody took the VM, and the worker stays
+ * parked. */
+
+#define _GNU_SOURCE
+#include "vmown_core.h"
+
+int vmown__idle_unlink_locked(vmown_vm *vm, uint32_t me) {
+    uint32_t prev;
+    int rc = vmown__list_unlink_locked(vm, &vm->block->idle_head, offsetof(struct vmown_slot, idle_next), me, &prev);
+    if (rc == 0) atomic_fetch_sub_explicit(&vm->block->idle_count, 1, RELAXED);
+    return rc;
+}
+
+/* Out of the idle stack, a server (vmown__queue_idle) has its own priority
+ * again.  Owning, it came through the queue as a waiter does: counted as a
+ * slow own, so that every acquisition is an own or an activation. */
+static int leave_serving(vmown_vm *vm, uint32_t me, int rc) {
+    struct vmown_slot *s = slot_of(vm, me);
+    if (atomic_load_explicit(&s->serving, RELAXED)) {
+        if (rc == 1) bump(&s->slow_owns);
+        atomic_store_explicit(&s->priority, atomic_load_explicit(&s->saved_priority, RELAXED), RELAXED);
+        atomic_store_explicit(&s->serving, 0, RELAXED);
+        atomic_fetch_sub_explicit(&vm->block->servers_out, 1, RELAXED);
+    }
+    return rc;
+}
+
+static void push_idle_locked(vmown_vm *vm, uint32_t me) {
+    struct vmown__block *b = vm->block;
+    struct vmown_slot *s = slot_of(vm, me);
+    atomic_store_explicit(&s->idle_next, atomic_load_explicit(&b->idle_head, RELAXED), RELAXED);
+    atomic_store_explicit(&b->idle_head, me, RELAXED);
+    atomic_fetch_add_explicit(&b->idle_count, 1, RELAXED);
+    atomic_store_explicit(&s->state, VMOWN_SLOT_PARKED, RELAXED);
+}
+
+/* Parked: sleep until unparked (0), given the VM (1), or the deadline or a
+ * signal (a negative code). */
+static int wait_parked(vmown_vm *vm, uint32_t me, int64_t deadline) {
+    struct vmown_slot *s = slot_of(vm, me);
+    int rc;
+    int interruptible = 1;
+    unsigned strays = 0;
+    for (;;) {
+        rc = vmown__sem_wait(&s->sem, deadline);
+        uint32_t st = atomic_load_explicit(&s->state, ACQUIRE);
+        if (rc == 0) {
+            if (st == VMOWN_SLOT_GRANTED) break;
+            if (st == VMOWN_SLOT_RUNNING) return 0;  /* unparked */
+            if (++strays > MAX_STRAY_POSTS) { mark_broken(vm); return VMOWN_EBROKEN; }
+            continue;                                 /* a stray post */
+        }
+        if (!interruptible) continue;
+        int lrc = vmown__lock_block(vm);
+        if (lrc < 0) return lrc;
+        if (atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_PARKED) {
+            lrc = vmown__idle_unlink_locked(vm, me);
+            atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
+            unlock_block(vm);
+            bump(&s->interrupts);
+            return lrc < 0 ? lrc : rc;
+        }
+        bool queued = atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_WAITING;
+        unlock_block(vm);
+        if (queued) {
+            /* Queued by the heartbeat (vmown__queue_idle): a waiter now,
+             * which waits like any other, its timeout no longer applying. */
+            rc = vmown__await_grant(vm, me, -1, 0);
+            return rc < 0 ? rc : 1;
+        }
+        /* Activated or unparked meanwhile: that post is on its way. */
+        deadline = -1;
+        interruptible = 0;
+    }
+    /* Activated (a hard grant), or granted from the queue, perhaps softly. */
+    if ((rc = vmown__settle_grant(vm, me)) < 0) return rc;
+    if (rc == 0) {
+        rc = vmown__await_grant(vm, me, -1, 0);  /* robbed and queued again */
+        return rc < 0 ? rc : 1;
+    }
+    atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
+    bump(&s->waits);
+    return 1;
+}
+
+/* Park, releasing the VM in the same critical section (hand-off to the
+ * head waiter, if any). */
+static int park_owning(vmown_vm *vm, uint32_t me, int64_t timeout_ns) {
+    struct vmown__block *b = vm->block;
+    struct vmown_slot *s = slot_of(vm, me);
+    uint64_t w = my_word(vm, me);
+    if (VMOWN__OWNER(w) != (int32_t)me) return VMOWN_ENOTOWNER;
+    int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
+    uint32_t head = 0;
+    int rc = vmown__lock_block(vm);
+    if (rc < 0) return rc;
+    push_idle_locked(vm, me);
+    rc = vmown__pop_head_locked(vm, &head);
+    /* Counted before the release: whoever owns next sees the counts. */
+    bump(&s->disowns);
+    if (head) bump(&s->hand_offs);
+    /* Caution: after this store another thread may run VM code. */
+    atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, head), SEQ_CST);
+    unlock_block(vm);
+    if (rc < 0) return rc;
+    if (head) {
+        vmown__widen();
+        post(vm, head);
+    }
+    /* No waiter can be stranded: one that queues after the unlock finds the
+     * VM unowned under the lock and takes it itself. */
+    return wait_parked(vm, me, deadline);
+}
+
+/* Park a thread that does not own the VM (a new worker). */
+static int park_new(vmown_vm *vm, uint32_t me, int64_t timeout_ns) {
+    struct vmown_slot *s = slot_of(vm, me);
+    uint64_t w = atomic_load_explicit(&vm->block->owner_word, RELAXED);
+    if (VMOWN__HOLDER(w) == (int32_t)me) return VMOWN_ENOTOWNER;
+    if (atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_RUNNING) return VMOWN_EBADSLOT;
+    int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
+    int rc = vmown__lock_block(vm);
+    if (rc < 0) return rc;
+    push_idle_locked(vm, me);
+    unlock_block(vm);
+    return wait_parked(vm, me, deadline);
+}
+
+int vmown_park(vmown_vm *vm, uint32_t me, int64_t timeout_ns) {
+    if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
+    return leave_serving(vm, me, park_owning(vm, me, timeout_ns));
+}
+
+int vmown_park_new(vmown_vm *vm, uint32_t me, int64_t timeout_ns) {
+    if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
+    return leave_serving(vm, me, park_new(vm, me, timeout_ns));
+}
+
+int vmown_unpark(vmown_vm *vm, uint32_t target) {
+    if (target != 0 && !valid_index(vm, target)) return VMOWN_EBADSLOT;
+    int rc = vmown__lock_block(vm);
+    if (rc < 0) return rc;
+    if (target == 0 && (rc = vmown__read_link(vm, &vm->block->idle_head, &target)) < 0) goto done;
+    if (target == 0 || atomic_load_explicit(&slot_of(vm, target)->state, RELAXED) != VMOWN_SLOT_PARKED) {
+        rc = 0;
+        goto done;
+    }
+    if ((rc = vmown__idle_unlink_locked(vm, target)) < 0) goto done;
+    atomic_store_explicit(&slot_of(vm, target)->state, VMOWN_SLOT_RUNNING, RELEASE);
+    unlock_block(vm);
+    post(vm, target);
+    return (int)target;
+done:
+    unlock_block(vm);
+    return rc;
+}
+
+int vmown__queue_idle(vmown_vm *vm) {
+    uint32_t target, granted = 0;
+    int rc = vmown__lock_block(vm);
+    if (rc < 0) return rc;
+    if ((rc = vmown__read_link(vm, &vm->block->idle_head, &target)) < 0 || target == 0) goto done;
+    /* Off the idle stack and into the queue in one critical section: whoever
+     * looks under the lock finds it in exactly one of them. */
+    struct vmown_slot *s = slot_of(vm, target);
+    if ((rc = vmown__idle_unlink_locked(vm, target)) < 0) goto done;
+    /* Behind every other waiter: a thread back from a callout carries a
+     * process already under way. */
+    atomic_store_explicit(&s->saved_priority, atomic_load_explicit(&s->priority, RELAXED), RELAXED);
+    atomic_store_explicit(&s->priority, INT32_MIN, RELAXED);
+    atomic_store_explicit(&s->serving, 1, RELAXED);
+    atomic_fetch_add_explicit(&vm->block->servers_out, 1, RELAXED);
+    if ((rc = vmown__enqueue_locked(vm, target)) < 0) goto done;
+    /* enqueue_locked counted it in `waiters_and_hb_asleep` (seq_cst) before this load of
+     * the owner word: an owner releasing meanwhile sees the waiter (and hands
+     * off or kicks, blocking on the lock until we are done), or we see the VM
+     * unowned and grant it here. */
+    rc = vmown__grant_head_locked(vm, &granted);
+done:
+    unlock_block(vm);
+    vmown__post_granted(vm, granted);
+    return rc < 0 ? rc : (int)target;
+}
+
+int vmown__activate(vmown_vm *vm, uint64_t expected) {
+    struct vmown__block *b = vm->block;
+    uint32_t worker;
+    int rc = vmown__lock_block(vm);
+    if (rc < 0) return rc;
+    if ((rc = vmown__read_link(vm, &b->idle_head, &worker)) < 0 || worker == 0) {
+        unlock_block(vm);
+        if (rc == 0) atomic_fetch_add_explicit(&b->starved, 1, RELAXED);
+        return rc;
+    }
+    if (!atomic_compare_exchange_strong_explicit(&b->owner_word, &expected,
+                                                 VMOWN__WORD(VMOWN__EPOCH(expected), worker), SEQ_CST, RELAXED)) {
+        unlock_block(vm);
+        return 0;  /* somebody took the VM since the tick looked */
+    }
+    rc = vmown__idle_unlink_locked(vm, worker);
+    atomic_store_explicit(&slot_of(vm, worker)->state, VMOWN_SLOT_GRANTED, RELAXED);
+    unlock_block(vm);
+    if (rc < 0) return rc;
+    vmown__widen();
+    post(vm, worker);
+    atomic_fetch_add_explicit(&b->activations, 1, RELAXED);
+    return 1;
+}
+
+void vmown_set_work(vmown_vm *vm, uint64_t runnable, int64_t next_timer_ns) {
+    atomic_store_explicit(&vm->block->work[VMOWN_WORK_RUNNABLE], runnable, RELAXED);
+    atomic_store_explicit(&vm->block->next_timer_ns, next_timer_ns, RELAXED);
+}
+

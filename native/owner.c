@@ -1,0 +1,540 @@
+/* owner.c -- the owner word, own and disown, the wait queue, hand-off.
+ *
+ * Notes about the implementation
+ * ------------------------------
+ * Three kinds of object: the owner word (who runs VM code), the slots (one per
+ * thread, each with its own process-shared semaphore), and the wait queue (a
+ * linked list of slots, FIFO among equal priorities) under the block's lock.
+ *
+ * Rejected: a mutex as the ownership itself (the release would be a syscall
+ * whenever anyone sleeps on it, and the lock could not be handed to a chosen
+ * thread); a condition variable (wakes in no defined order, and a broadcast
+ * wakes everybody).  Chosen, as in Go's runtime and the threaded Cog VM: an
+ * atomic word that is claimed by CAS when free and *handed over* by storing
+ * the receiver's index into it, then posting the receiver's semaphore.
+ *
+ * Owner word = epoch << 32 | owner.  Only the owner writes the word while it
+ * is owned; anybody may CAS it while the owner field is 0 (and, while it is a
+ * pending soft grant, its holder and its granter may: see grants.c, "Soft grants").  Hence a release is
+ * a plain store, and an acquisition is a CAS from (epoch, 0).
+ *
+ * Disown (release), by the owner:
+ *   1. if waiters are counted, take the lock, dequeue the head, store
+ *      (epoch+1, head), unlock, post head's semaphore (a callout's disown
+ *      stores a soft grant instead, see below);
+ *   2. else store (epoch+1, 0) seq_cst, then load `waiters_and_hb_asleep` seq_cst; if a
+ *      waiter appeared meanwhile, kick (below).
+ * Own, by a thread that does not own:
+ *   1. CAS (epoch, 0) -> (epoch, me): done, nothing to restore.
+ *   2. else take the lock, try the CAS again, else enqueue and count me in
+ *      `waiters_and_hb_asleep` (seq_cst), unlock;
+ *   3. load the owner word seq_cst; if it reads 0, kick;
+ *   4. sleep on my semaphore until a post finds my state GRANTED.
+ * Kick: under the lock, while the queue is not empty and the owner is 0, CAS
+ *   (epoch, 0) -> (epoch, head); on success dequeue head, mark it GRANTED,
+ *   unlock and post it.
+ *
+ * Why no wake-up is lost (a store-load, "Dekker" pair):
+ *   owner:  store owner := 0   ; load waiters_and_hb_asleep
+ *   waiter: add waiters_and_hb_asleep += 1 ; load owner
+ * All four are seq_cst, so at least one side sees the other's store: either
+ * the owner sees the waiter (and kicks, or hands off), or the waiter sees the
+ * VM free (and kicks).  If both see each other both kick; kick is idempotent:
+ * its CAS succeeds for one head at most, and a failed CAS means whoever took
+ * the word will see the waiter at its own release.
+ *
+ * Why a post is never lost: the granter stores the new owner and sets GRANTED
+ * *before* posting, and the semaphore counts, so a post that arrives before
+ * the waiter sleeps makes its wait return at once.  The waiter trusts its
+ * state, not the post: a stray post (a repaired block may post twice) makes it
+ * look at its state and sleep again.
+ *
+ * Leaving the queue early (a signal, a timeout): under the lock, if the slot
+ * is still WAITING it unlinks itself; if it is GRANTED the VM is already its
+ * own and a post is on its way, so it takes that post and returns success.
+ *
+ *
+ * Lock order: the block's lock is the only lock; no semaphore is posted and no
+ * other lock is taken while holding it, except in repair.
+ *
+ * Debug: vmown_debug_set_widen_ns() stretches the windows that the
+ * arguments above are about (enqueue -> sleep, store owner -> post, a soft
+ * grant's wake -> claim) so that stress tests run through them instead of
+ * past them.
+ */
+#define _GNU_SOURCE
+#include "vmown_core.h"
+
+#include <stdlib.h>
+
+static _Atomic int64_t widen_ns;
+
+void vmown_debug_set_widen_ns(int64_t ns) { atomic_store(&widen_ns, ns < 0 ? 0 : ns); }
+
+void vmown__widen(void) {
+    int64_t ns = atomic_load_explicit(&widen_ns, RELAXED);
+    if (likely(ns == 0)) return;
+    int64_t until = vmown__now_ns() + ns;
+    do vmown__thread_yield();
+    while (vmown__now_ns() < until);
+}
+
+static _Atomic int debug_stop_point;
+
+void vmown_debug_set_stop(int point) { atomic_store(&debug_stop_point, point); }
+
+void vmown__debug_stop(int point) {
+    if (unlikely(atomic_load_explicit(&debug_stop_point, RELAXED) == point)) vmown__stop_self();
+}
+
+/* ---- the wait queue; every function here runs under the lock ---- */
+
+/* Read a link from shared memory: 0 or a valid index, else the block is
+ * corrupt and is marked broken. */
+int vmown__read_link(vmown_vm *vm, _Atomic uint32_t *link, uint32_t *out) {
+    uint32_t i = atomic_load_explicit(link, RELAXED);
+    if (i != 0 && !valid_index(vm, i)) {
+        mark_broken(vm);
+        return VMOWN_EBROKEN;
+    }
+    *out = i;
+    return 0;
+}
+
+int vmown__enqueue_locked(vmown_vm *vm, uint32_t me) {
+    struct vmown__block *b = vm->block;
+    struct vmown_slot *s = slot_of(vm, me);
+    int32_t prio = atomic_load_explicit(&s->priority, RELAXED);
+    uint32_t tail, prev = 0, cur;
+    int rc;
+    atomic_store_explicit(&s->ticket, atomic_fetch_add_explicit(&b->next_ticket, 1, RELAXED), RELAXED);
+    atomic_store_explicit(&s->state, VMOWN_SLOT_WAITING, RELAXED);
+    atomic_store_explicit(&s->robbed, 0, RELAXED);  /* a new wait: no robbery yet */
+    if ((rc = vmown__read_link(vm, &b->tail, &tail)) < 0) return rc;
+    if (tail == 0 || atomic_load_explicit(&slot_of(vm, tail)->priority, RELAXED) >= prio) {
+        /* The common case: append. */
+        atomic_store_explicit(&s->next, 0, RELAXED);
+        if (tail) atomic_store_explicit(&slot_of(vm, tail)->next, me, RELAXED);
+        else atomic_store_explicit(&b->head, me, RELAXED);
+        atomic_store_explicit(&b->tail, me, RELAXED);
+    } else {
+        /* Insert before the first slot of lower priority; bounded walk. */
+        if ((rc = vmown__read_link(vm, &b->head, &cur)) < 0) return rc;
+        for (uint32_t steps = 0; cur && atomic_load_explicit(&slot_of(vm, cur)->priority, RELAXED) >= prio;
+             steps++) {
+            if (steps > vm->nslots) { mark_broken(vm); return VMOWN_EBROKEN; }
+            prev = cur;
+            if ((rc = vmown__read_link(vm, &slot_of(vm, cur)->next, &cur)) < 0) return rc;
+        }
+        atomic_store_explicit(&s->next, cur, RELAXED);
+        if (prev) atomic_store_explicit(&slot_of(vm, prev)->next, me, RELAXED);
+        else atomic_store_explicit(&b->head, me, RELAXED);
+    }
+    vmown__debug_stop(VMOWN_DEBUG_STOP_IN_LOCK);  /* linked, not yet counted */
+    /* seq_cst: pairs with the load of `waiters_and_hb_asleep` after a release store. */
+    atomic_fetch_add_explicit(&b->waiters_and_hb_asleep, 1, SEQ_CST);
+    return 0;
+}
+
+/* Put `me` back in the queue at the place its ticket gives it: a waiter
+ * robbed of a soft grant keeps its place (among equal priorities it is older
+ * than everybody, so this is the head).  Bounded walk, as enqueue_locked. */
+int vmown__requeue_locked(vmown_vm *vm, uint32_t me) {
+    struct vmown__block *b = vm->block;
+    struct vmown_slot *s = slot_of(vm, me);
+    int32_t prio = atomic_load_explicit(&s->priority, RELAXED);
+    uint64_t ticket = atomic_load_explicit(&s->ticket, RELAXED);
+    uint32_t prev = 0, cur;
+    int rc;
+    if ((rc = vmown__read_link(vm, &b->head, &cur)) < 0) return rc;
+    for (uint32_t steps = 0; cur; steps++) {
+        struct vmown_slot *c = slot_of(vm, cur);
+        int32_t p = atomic_load_explicit(&c->priority, RELAXED);
+        if (p < prio || (p == prio && atomic_load_explicit(&c->ticket, RELAXED) > ticket)) break;
+        if (steps > vm->nslots) { mark_broken(vm); return VMOWN_EBROKEN; }
+        prev = cur;
+        if ((rc = vmown__read_link(vm, &c->next, &cur)) < 0) return rc;
+    }
+    atomic_store_explicit(&s->state, VMOWN_SLOT_WAITING, RELAXED);
+    atomic_store_explicit(&s->next, cur, RELAXED);
+    if (prev) atomic_store_explicit(&slot_of(vm, prev)->next, me, RELAXED);
+    else atomic_store_explicit(&b->head, me, RELAXED);
+    if (cur == 0) atomic_store_explicit(&b->tail, me, RELAXED);
+    /* seq_cst: the same store-load pair as enqueue_locked. */
+    atomic_fetch_add_explicit(&b->waiters_and_hb_asleep, 1, SEQ_CST);
+    return 0;
+}
+
+/* Unlink `me` from a slot list (the queue: field `next`; the idle stack:
+ * `idle_next`) whose first link is *head.  The walk is bounded by nslots and
+ * every link is checked, so a corrupt list marks the block broken instead of
+ * looping.  *prev_out is me's predecessor (0: it was first). */
+int vmown__list_unlink_locked(vmown_vm *vm, _Atomic uint32_t *head, size_t link, uint32_t me,
+                              uint32_t *prev_out) {
+#define LINK(i) ((_Atomic uint32_t *)((char *)slot_of(vm, (i)) + link))
+    uint32_t prev = 0, cur, next;
+    int rc;
+    if ((rc = vmown__read_link(vm, head, &cur)) < 0) return rc;
+    for (uint32_t steps = 0; cur != me; steps++) {
+        if (cur == 0 || steps > vm->nslots) { mark_broken(vm); return VMOWN_EBROKEN; }
+        prev = cur;
+        if ((rc = vmown__read_link(vm, LINK(cur), &cur)) < 0) return rc;
+    }
+    if ((rc = vmown__read_link(vm, LINK(me), &next)) < 0) return rc;
+    atomic_store_explicit(prev ? LINK(prev) : head, next, RELAXED);
+    atomic_store_explicit(LINK(me), 0, RELAXED);
+    *prev_out = prev;
+    return 0;
+#undef LINK
+}
+
+/* Unlink `me` from wherever it is in the queue. */
+int vmown__unlink_locked(vmown_vm *vm, uint32_t me) {
+    struct vmown__block *b = vm->block;
+    uint32_t prev;
+    int rc = vmown__list_unlink_locked(vm, &b->head, offsetof(struct vmown_slot, next), me, &prev);
+    if (rc < 0) return rc;
+    if (atomic_load_explicit(&b->tail, RELAXED) == me) atomic_store_explicit(&b->tail, prev, RELAXED);
+    atomic_fetch_sub_explicit(&b->waiters_and_hb_asleep, 1, SEQ_CST);
+    return 0;
+}
+
+/* Dequeue the head and mark it GRANTED; the caller stores it as owner. */
+int vmown__pop_head_locked(vmown_vm *vm, uint32_t *out) {
+    uint32_t head;
+    int rc = vmown__read_link(vm, &vm->block->head, &head);
+    if (rc < 0) return rc;
+    if (head && (rc = vmown__unlink_locked(vm, head)) < 0) return rc;
+    if (head) atomic_store_explicit(&slot_of(vm, head)->state, VMOWN_SLOT_GRANTED, RELAXED);
+    *out = head;
+    return 0;
+}
+
+/* ---- hand-over ---- */
+
+/* Give an unowned VM to the head waiter, if both exist. */
+/* Under the lock: give an unowned VM to the head waiter, if both exist.
+ * Sets *granted to the slot to post after unlocking (0: none). */
+int vmown__grant_head_locked(vmown_vm *vm, uint32_t *granted) {
+    struct vmown__block *b = vm->block;
+    uint32_t head;
+    int rc;
+    *granted = 0;
+    for (;;) {
+        if ((rc = vmown__read_link(vm, &b->head, &head)) < 0 || head == 0) return rc;
+        uint64_t w = atomic_load_explicit(&b->owner_word, SEQ_CST);
+        if (VMOWN__OWNER(w) != 0) return 0;  /* its owner will see the queue */
+        if (atomic_compare_exchange_strong_explicit(&b->owner_word, &w, VMOWN__WORD(VMOWN__EPOCH(w), head),
+                                                    SEQ_CST, RELAXED))
+            break;
+        /* Lost the CAS to an epoch bump, or to a taker who will see us. */
+    }
+    rc = vmown__pop_head_locked(vm, &head);
+    if (rc == 0) *granted = head;
+    return rc;
+}
+
+void vmown__post_granted(vmown_vm *vm, uint32_t granted) {
+    if (!granted) return;
+    vmown__widen();
+    post(vm, granted);
+}
+
+/* Give an unowned VM to the head waiter, if both exist. */
+int vmown__kick(vmown_vm *vm) {
+    uint32_t granted;
+    int rc = vmown__lock_block(vm);
+    if (rc < 0) return rc;
+    rc = vmown__grant_head_locked(vm, &granted);
+    unlock_block(vm);
+    vmown__post_granted(vm, granted);
+    return rc;
+}
+
+/* Wake this block's heartbeat if it sleeps (VMOWN__HB_ASLEEP in
+ * `waiters_and_hb_asleep`): the core's side of the heartbeat's sleep, so that the core
+ * calls nothing above it.  A stray post is harmless. */
+void vmown__wake_heartbeat(vmown_vm *vm) {
+    uint64_t was = atomic_fetch_and_explicit(&vm->block->waiters_and_hb_asleep, ~VMOWN__HB_ASLEEP, SEQ_CST);
+    if (was & VMOWN__HB_ASLEEP) (void)vmown__sem_post(&vm->block->hb_sem);  /* fails only if corrupt */
+}
+
+/* Just queued (counted in `waiters_and_hb_asleep`, seq_cst): the other half of the
+ * store-load pairs.  The owner released before it could see us: kick.  The
+ * owner is out in a lazy callout, which only a revocation ends, and the
+ * heartbeat sleeps: wake it (grants.c, "Lazy callouts"). */
+int vmown__after_queueing(vmown_vm *vm) {
+    struct vmown__block *b = vm->block;
+    uint64_t w = atomic_load_explicit(&b->owner_word, SEQ_CST);
+    if (VMOWN__OWNER(w) == 0) return vmown__kick(vm);
+    uint32_t t = (uint32_t)VMOWN__OWNER(w);
+    if ((atomic_load_explicit(&b->waiters_and_hb_asleep, SEQ_CST) & VMOWN__HB_ASLEEP) && valid_index(vm, t) &&
+        (atomic_load_explicit(&slot_of(vm, t)->lazy_seq, RELAXED) & 1))
+        vmown__wake_heartbeat(vm);
+    return 0;
+}
+
+/* Sleep until GRANTED.  On a signal (if interruptible) or a timeout, leave the
+ * queue; if the grant won that race, take it instead.  Robbed of a soft grant,
+ * sleep again, with the caller's deadline and flags. */
+int vmown__await_grant(vmown_vm *vm, uint32_t me, int64_t deadline_ns, int flags) {
+    struct vmown_slot *s = slot_of(vm, me);
+    const int64_t deadline_asked = deadline_ns;
+    const int flags_asked = flags;
+    unsigned strays = 0;
+    for (;;) {
+        int64_t slice_end = vmown__now_ns() + SLICE_NS;
+        bool sliced = deadline_ns < 0 || slice_end < deadline_ns;
+        int rc = vmown__sem_wait(&s->sem, sliced ? slice_end : deadline_ns);
+        if (rc == 0) {
+            if (atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_GRANTED) goto granted;
+            if (++strays > MAX_STRAY_POSTS) { mark_broken(vm); return VMOWN_EBROKEN; }
+            continue;  /* a stray post */
+        }
+        if (rc == VMOWN_ETIMEDOUT && sliced) {
+            /* Granted, but no post for a whole slice: the granter died
+             * between its store and its post.  Take the grant; should the
+             * post come after all, the next wait skips it as a stray. */
+            if (atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_GRANTED) goto granted;
+            if ((rc = vmown__check_owner(vm)) < 0) return rc;
+            if ((flags & VMOWN_WAIT_SLICES) &&
+                atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_WAITING)
+                return VMOWN_EAGAIN;  /* still queued: the caller runs its signal handlers */
+            continue;
+        }
+        if (rc == VMOWN_EINTR && !(flags & VMOWN_WAIT_INTERRUPTIBLE)) continue;
+        int lrc = vmown__lock_block(vm);
+        if (lrc < 0) return lrc;
+        if (atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_WAITING) {
+            lrc = vmown__unlink_locked(vm, me);
+            atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
+            unlock_block(vm);
+            bump(&s->interrupts);
+            return lrc < 0 ? lrc : rc;
+        }
+        unlock_block(vm);
+        /* GRANTED: the VM is ours (or a soft grant is) and the post is on
+         * its way. */
+        deadline_ns = -1;
+        flags = 0;
+        continue;
+    granted:
+        vmown__debug_stop(VMOWN_DEBUG_STOP_GRANTED);
+        if ((rc = vmown__settle_grant(vm, me)) < 0) return rc;
+        if (rc == 1) break;
+        deadline_ns = deadline_asked;  /* robbed: queued again, as asked */
+        flags = flags_asked;
+    }
+    atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
+    bump(&s->waits);
+    return 0;
+}
+
+
+/* A soft grant turns hard for a waiter robbed this often, or this long after
+ * its first robbery: a thread that makes only short callouts cannot keep the
+ * VM from it. */
+#ifndef MAX_ROBBED
+#define MAX_ROBBED 64
+#endif
+#ifndef ROB_LIMIT_NS
+#define ROB_LIMIT_NS 1000000  /* 1 ms: one heartbeat tick at the default rate */
+#endif
+
+int vmown__disown(vmown_vm *vm, uint32_t me, uint64_t callout, bool soft) {
+    if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
+    struct vmown__block *b = vm->block;
+    struct vmown_slot *s = slot_of(vm, me);
+    uint64_t w = my_word(vm, me);
+    if (unlikely(VMOWN__OWNER(w) != (int32_t)me)) return VMOWN_ENOTOWNER;
+    atomic_store_explicit(&s->callout, callout, RELAXED);
+    atomic_store_explicit(&s->callout_tick, atomic_load_explicit(&b->ticks, RELAXED), RELAXED);
+    bump(&s->disowns);
+    if (likely((atomic_load_explicit(&b->waiters_and_hb_asleep, RELAXED) & VMOWN__WAITERS_MASK) == 0)) {
+        /* Release; seq_cst orders it before the load of waiters_and_hb_asleep below. */
+        atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, 0), SEQ_CST);
+        uint64_t att = atomic_load_explicit(&b->waiters_and_hb_asleep, SEQ_CST);
+        if (likely(att == 0)) return 0;
+        if (att & VMOWN__HB_ASLEEP) vmown__wake_heartbeat(vm);
+        return (att & VMOWN__WAITERS_MASK) ? vmown__kick(vm) : 0;
+    }
+    /* Hand-off: give the VM straight to the head waiter. */
+    uint32_t head = 0;
+    int rc = vmown__lock_block(vm);
+    if (rc < 0) return rc;
+    if (soft && atomic_load_explicit(&b->claimant, RELAXED) != 0) {
+        /* A robbed claimant is on its way back (race S3): it looks again
+         * under this lock after us, so it finds the VM free or queues and
+         * is granted by a later disown.  Waking another waiter now would
+         * only make a herd. */
+        atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, 0), SEQ_CST);
+        unlock_block(vm);
+        if (atomic_load_explicit(&b->waiters_and_hb_asleep, SEQ_CST) & VMOWN__HB_ASLEEP) vmown__wake_heartbeat(vm);
+        return 0;
+    }
+    rc = vmown__pop_head_locked(vm, &head);
+    uint32_t word_owner = head;
+    if (soft && head) {
+        struct vmown_slot *h = slot_of(vm, head);
+        uint32_t robbed = atomic_load_explicit(&h->robbed, RELAXED);
+        soft = robbed == 0 || (robbed < MAX_ROBBED && vmown__now_ns() -
+                                   atomic_load_explicit(&h->robbed_since_ns, RELAXED) < ROB_LIMIT_NS);
+    }
+    if (soft && head) {
+        word_owner = VMOWN__PENDING | head;
+        atomic_store_explicit(&b->claimant, head, RELAXED);
+        atomic_store_explicit(&s->soft_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, word_owner), RELAXED);
+        bump(&s->soft_grants);
+    } else if (head) {
+        bump(&s->hand_offs);  /* before the release, as in vmown_park */
+    }
+    /* Caution: once the word names head, head may run VM code; nothing of the
+     * VM may be touched after this store. */
+    atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, word_owner), SEQ_CST);
+    unlock_block(vm);
+    if (rc < 0) return rc;
+    if (head) {
+        vmown__debug_stop(VMOWN_DEBUG_STOP_BEFORE_POST);  /* S8 */
+        vmown__widen();
+        post(vm, head);
+    } else if (atomic_load_explicit(&b->waiters_and_hb_asleep, SEQ_CST) & VMOWN__WAITERS_MASK) {
+        return vmown__kick(vm);
+    }
+    return 0;
+}
+
+int vmown_disown(vmown_vm *vm, uint32_t me, uint64_t callout) { return vmown__disown(vm, me, callout, false); }
+
+static int own_fast(vmown_vm *vm, struct vmown_slot *s, uint32_t me, uint64_t *w) {
+    *w = atomic_load_explicit(&vm->block->owner_word, RELAXED);
+    if (likely(VMOWN__OWNER(*w) == 0)) {
+        if (atomic_compare_exchange_strong_explicit(&vm->block->owner_word, w, VMOWN__WORD(VMOWN__EPOCH(*w), me),
+                                                    ACQUIRE, RELAXED)) {
+            bump(&s->fast_owns);
+            return 1;
+        }
+    } else if (*w == atomic_load_explicit(&s->soft_word, RELAXED)) {
+        /* Our own soft grant, not claimed yet: steal it back (race S1). */
+        if (atomic_compare_exchange_strong_explicit(&vm->block->owner_word, w, VMOWN__WORD(VMOWN__EPOCH(*w), me),
+                                                    ACQUIRE, RELAXED)) {
+            atomic_store_explicit(&s->soft_word, 0, RELAXED);
+            bump(&s->steals);
+            bump(&s->fast_owns);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int vmown_own_wait(vmown_vm *vm, uint32_t me, int64_t timeout_ns, int flags) {
+    if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
+    struct vmown__block *b = vm->block;
+    struct vmown_slot *s = slot_of(vm, me);
+    uint64_t w;
+    if (likely(own_fast(vm, s, me, &w))) return 0;
+    if (VMOWN__OWNER(vmown__settle_revoking(vm, me, w)) == (int32_t)me) return VMOWN_EALREADY;
+    if (atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_RUNNING) return VMOWN_EBADSLOT;
+    int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
+    int rc = vmown__lock_block(vm);
+    if (rc < 0) return rc;
+    w = atomic_load_explicit(&b->owner_word, RELAXED);
+    if (VMOWN__OWNER(w) == 0 &&
+        atomic_compare_exchange_strong_explicit(&b->owner_word, &w, VMOWN__WORD(VMOWN__EPOCH(w), me), ACQUIRE,
+                                                RELAXED)) {
+        unlock_block(vm);
+        bump(&s->slow_owns);
+        return 0;
+    }
+    if (timeout_ns == 0) {
+        unlock_block(vm);
+        return VMOWN_ETIMEDOUT;
+    }
+    rc = vmown__enqueue_locked(vm, me);
+    unlock_block(vm);
+    if (rc < 0) return rc;
+    bump(&s->slow_owns);
+    vmown__widen();
+    /* The other half of the store-load pair: the owner may have released
+     * before it could see us counted. */
+    if ((rc = vmown__after_queueing(vm)) < 0) return rc;
+    return vmown__await_grant(vm, me, deadline, flags);
+}
+
+int vmown_own(vmown_vm *vm, uint32_t me) { return vmown_own_wait(vm, me, -1, 0); }
+
+int vmown_own_resume(vmown_vm *vm, uint32_t me, int64_t deadline_ns, int flags) {
+    if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
+    uint32_t st = atomic_load_explicit(&slot_of(vm, me)->state, ACQUIRE);
+    if (st != VMOWN_SLOT_WAITING && st != VMOWN_SLOT_GRANTED) return VMOWN_EBADSLOT;
+    return vmown__await_grant(vm, me, deadline_ns, flags);
+}
+
+int vmown_own_cancel(vmown_vm *vm, uint32_t me) {
+    if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
+    struct vmown_slot *s = slot_of(vm, me);
+    int rc = vmown__lock_block(vm);
+    if (rc < 0) return rc;
+    if (atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_WAITING) {
+        rc = vmown__unlink_locked(vm, me);
+        atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
+        unlock_block(vm);
+        bump(&s->interrupts);
+        return rc;
+    }
+    unlock_block(vm);
+    if (atomic_load_explicit(&s->state, ACQUIRE) != VMOWN_SLOT_GRANTED) return 0;
+    rc = vmown__await_grant(vm, me, -1, 0);  /* granted meanwhile: take the post on its way */
+    return rc < 0 ? rc : 1;
+}
+
+int vmown_thread_own(const vmown_thread *t) {
+    return vmown_own_wait(t->vm, t->slot, -1, VMOWN_WAIT_INTERRUPTIBLE | VMOWN_WAIT_SLICES);
+}
+
+int vmown_thread_disown(const vmown_thread *t) { return vmown_disown(t->vm, t->slot, 0); }
+
+int vmown_try_own(vmown_vm *vm, uint32_t me) {
+    if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
+    struct vmown_slot *s = slot_of(vm, me);
+    uint64_t w;
+    if (own_fast(vm, s, me, &w)) return 1;
+    return VMOWN__OWNER(vmown__settle_revoking(vm, me, w)) == (int32_t)me ? VMOWN_EALREADY : 0;
+}
+
+int vmown_yield(vmown_vm *vm, uint32_t me, int64_t timeout_ns, int flags) {
+    if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
+    struct vmown__block *b = vm->block;
+    struct vmown_slot *s = slot_of(vm, me);
+    uint64_t w = my_word(vm, me);
+    if (VMOWN__OWNER(w) != (int32_t)me) return VMOWN_ENOTOWNER;
+    if ((atomic_load_explicit(&b->waiters_and_hb_asleep, RELAXED) & VMOWN__WAITERS_MASK) == 0) return 0;
+    int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
+    uint32_t head = 0;
+    int rc = vmown__lock_block(vm);
+    if (rc < 0) return rc;
+    if ((rc = vmown__pop_head_locked(vm, &head)) < 0 || head == 0) {
+        unlock_block(vm);
+        return rc;
+    }
+    if ((rc = vmown__enqueue_locked(vm, me)) < 0) {
+        mark_broken(vm);
+        unlock_block(vm);
+        return rc;
+    }
+    bump(&s->hand_offs);
+    atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, head), SEQ_CST);
+    unlock_block(vm);
+    vmown__widen();
+    post(vm, head);
+    rc = vmown__await_grant(vm, me, deadline, flags);
+    return rc < 0 ? rc : 1;
+}
+
+int vmown_set_priority(vmown_vm *vm, uint32_t me, int32_t priority) {
+    if (!valid_index(vm, me)) return VMOWN_EBADSLOT;
+    struct vmown_slot *s = slot_of(vm, me);
+    if (atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_RUNNING) return VMOWN_EBUSY;
+    atomic_store_explicit(&s->priority, priority, RELAXED);
+    return 0;
+}
+

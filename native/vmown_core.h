@@ -1,0 +1,75 @@
+/* vmown_core.h -- what the files of the core (block.c, owner.c, grants.c,
+ * idle.c, repair.c) share and nobody above them calls.
+ *
+ * Every function named *_locked runs under the block's lock.
+ */
+#ifndef VMOWN_CORE_H
+#define VMOWN_CORE_H
+
+#include "vmown_internal.h"
+#include "vmown_shorthands.h"
+
+#define VMOWN__MAX_SLOTS (1u << 20)
+#define LOCK_TIMEOUT_NS 2000000000  /* 2 s: the lock is held for microseconds */
+#define MAX_STRAY_POSTS 1000        /* in one wait: more means a corrupt semaphore */
+#define SLICE_NS 50000000           /* 50 ms: a dead owner is found within one slice */
+
+static inline void mark_broken(vmown_vm *vm) {
+    atomic_store_explicit(&vm->block->hdr.state, VMOWN__BROKEN, RELEASE);
+}
+
+/* Post a slot's semaphore; a failure can only come from corrupt memory. */
+static inline void post(vmown_vm *vm, uint32_t slot) {
+    if (vmown__sem_post(&vm->block->slots[slot].sem) != 0) mark_broken(vm);
+}
+
+static inline void bump(_Atomic uint64_t *counter) {
+    atomic_store_explicit(counter, atomic_load_explicit(counter, RELAXED) + 1, RELAXED);
+}
+
+static inline struct vmown_slot *slot_of(vmown_vm *vm, uint32_t i) { return &vm->block->slots[i]; }
+
+static inline bool valid_index(const vmown_vm *vm, uint32_t i) { return i >= 1 && i <= vm->nslots; }
+
+/* grants.c */
+uint64_t vmown__settle_revoking(vmown_vm *vm, uint32_t me, uint64_t w);
+int vmown__settle_grant(vmown_vm *vm, uint32_t me);
+
+/* The owner word as seen by `me`, which runs VM code (grants.c, "Lazy
+ * callouts"). */
+static inline uint64_t my_word(vmown_vm *vm, uint32_t me) {
+    uint64_t w = atomic_load_explicit(&vm->block->owner_word, RELAXED);
+    return unlikely(VMOWN__OWNER(w) != (int32_t)me) ? vmown__settle_revoking(vm, me, w) : w;
+}
+
+/* owner.c: debug windows and stops (vmown_debug_set_widen_ns, _set_stop). */
+void vmown__widen(void);
+void vmown__debug_stop(int point);
+
+/* owner.c: the wait queue.  A link read back is 0 or a valid index, else the
+ * block is marked broken and a negative code returned. */
+int vmown__read_link(vmown_vm *vm, _Atomic uint32_t *link, uint32_t *out);
+int vmown__enqueue_locked(vmown_vm *vm, uint32_t me);
+int vmown__requeue_locked(vmown_vm *vm, uint32_t me);
+int vmown__list_unlink_locked(vmown_vm *vm, _Atomic uint32_t *head, size_t link, uint32_t me, uint32_t *prev);
+int vmown__unlink_locked(vmown_vm *vm, uint32_t me);
+int vmown__pop_head_locked(vmown_vm *vm, uint32_t *out);
+int vmown__grant_head_locked(vmown_vm *vm, uint32_t *granted);
+void vmown__post_granted(vmown_vm *vm, uint32_t granted);
+int vmown__kick(vmown_vm *vm);
+int vmown__after_queueing(vmown_vm *vm);
+int vmown__await_grant(vmown_vm *vm, uint32_t me, int64_t deadline_ns, int flags);
+/* soft: a callout's disown, which may give a soft grant (grants.c). */
+int vmown__disown(vmown_vm *vm, uint32_t me, uint64_t callout, bool soft);
+
+/* repair.c: take the block's lock, mending what a dead holder left. */
+int vmown__lock_block(vmown_vm *vm);
+static inline void unlock_block(vmown_vm *vm) { vmown__unlock(&vm->block->lock); }
+void vmown__fold_counters_locked(vmown_vm *vm, struct vmown_slot *s);
+int vmown__reap_dead_locked(vmown_vm *vm, uint32_t *granted);
+int vmown__check_owner(vmown_vm *vm);
+
+/* idle.c */
+int vmown__idle_unlink_locked(vmown_vm *vm, uint32_t me);
+
+#endif
