@@ -81,23 +81,53 @@
 #     code writes into and the caller never sees; a str needs encoding).
 # The common case (numbers and cdata) costs a type test per argument in
 # callout(), and nothing at all in threaded() for non-pointer parameters.
+#
+# Cancellation.  A process in a callout cannot be abandoned (its frame is on
+# the thread's stack): a cancel reaching it sets an asynchronous exception
+# on the thread, raised when the call returns (_cancel.py, race C4).  To make
+# the call itself return early, a function opts in: threaded(fn,
+# interrupt=INTERRUPT_SIGNAL) sends SIGURG to the callout's thread; the
+# signal has a no-op handler installed without SA_RESTART, so a blocked
+# system call fails with EINTR (Ruby's unblocking functions, "ubf").
+# interrupt=callable runs the callable on the canceller's thread instead
+# (sqlite3's Connection.interrupt, closing a descriptor).  The generated C
+# wrappers opt in at bind time (bind_threaded(lib, interrupt={...})), keyed
+# by the tag their callouts record in the slot (the C function's address).
+#
+# The per-call state word.  The interrupt is sent only while the callout is
+# in progress: proc._interrupt is set just before the call and cleared just
+# after (a Python wrapper) or the slot's tag names the function (C wrappers),
+# and both are read by the owner of the VM, while the callout's thread cannot
+# get back to Python without the VM.  It may still have left the system
+# call and be waiting to own the VM: the signal then lands in that wait,
+# which retries on EINTR (vmown_own without VMOWN_WAIT_INTERRUPTIBLE), so an
+# interrupt of a thread that has left the call is harmless (race C8).
+# vmown.callout itself takes no interrupt: it is one C builtin, and a Python
+# layer to read the keyword would triple its cost; wrap the function with
+# threaded(fn, interrupt=...) instead.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
+import signal
 import sys
+import threading
 import types
+import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 import _cffi_backend
 
 from . import _callout_ext
 from ._native import ffi, lib
+from ._scheduler import Process, _process_var, _ThreadState
 
-__all__ = ["callout", "threaded"]
+__all__ = ["INTERRUPT_SIGNAL", "callout", "threaded"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 _CData = _cffi_backend._CDataBase
 
@@ -166,7 +196,123 @@ def _function_ctype(fn: Any) -> Any:
         return None
 
 
-def threaded(fn: Callable[..., T]) -> Callable[..., T]:
+# ---- interrupts ----
+
+
+class _InterruptSignal:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "vmown.INTERRUPT_SIGNAL"
+
+
+INTERRUPT_SIGNAL: Final = _InterruptSignal()
+INTERRUPT_SIGNAL.__class__.__doc__ = """Interrupt a cancelled callout with a signal.
+
+Pass as ``interrupt=`` to :func:`vmown.threaded` or :func:`vmown.bind_threaded`:
+when the calling process is cancelled during the call, SIGURG is sent to
+the callout's thread (a no-op handler, no SA_RESTART), so the blocked system
+call fails with EINTR and the call returns; the callout then raises
+Cancelled.  The handler is installed on the main thread when the first such
+wrapper is made.
+"""
+
+# The signal INTERRUPT_SIGNAL sends: ignored by default, used by nothing else
+# here (Go uses it for goroutine preemption for the same reason).
+_SIGNAL = signal.SIGURG
+_signal_installed = False
+# Tag (the C function's address) -> interrupt, for the generated C wrappers.
+_c_interrupts: dict[int, Any] = {}
+
+# PyThreadState_SetAsyncExc(ident, NULL): take back a pending asynchronous exception.
+_clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
+    ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
+)
+
+
+def _no_op(signum: int, frame: object) -> None:
+    """The handler of INTERRUPT_SIGNAL: its only job is to make the system call fail with EINTR."""
+
+
+def _check_interrupt(interrupt: Any) -> None:
+    if interrupt is INTERRUPT_SIGNAL:
+        _install_signal()
+    elif not callable(interrupt):
+        raise TypeError(f"interrupt must be vmown.INTERRUPT_SIGNAL or a callable, not {interrupt!r}")
+
+
+def _install_signal() -> None:
+    """Give SIGURG a no-op handler without SA_RESTART (once, on the main thread)."""
+    global _signal_installed
+    if _signal_installed:
+        return
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(
+            "interrupt=vmown.INTERRUPT_SIGNAL installs a signal handler, which only the main thread "
+            "can do: make the first interruptible wrapper on the main thread (at import, say)"
+        )
+    if signal.getsignal(_SIGNAL) in (signal.SIG_DFL, signal.SIG_IGN, None):
+        signal.signal(_SIGNAL, _no_op)
+    signal.siginterrupt(_SIGNAL, True)  # no SA_RESTART: the call fails with EINTR
+    _signal_installed = True
+
+
+def _send(interrupt: Any, ident: int) -> None:
+    if interrupt is INTERRUPT_SIGNAL:
+        signal.pthread_kill(ident, _SIGNAL)
+    else:
+        interrupt()
+
+
+def _interrupt_callout(proc: Process[Any], thread: _ThreadState) -> None:
+    """Owner: ``proc`` is in a callout on ``thread`` and was cancelled: interrupt the call if it opted in."""
+    interrupt = proc._interrupt
+    if interrupt is None and _c_interrupts:
+        info = ffi.new("vmown_slot_info *")
+        if lib.vmown_slot_read(thread.cb, thread.slot, info) == 0:
+            interrupt = _c_interrupts.get(int(info.callout))
+    if interrupt is None:
+        return
+    try:
+        _send(interrupt, thread.ident)
+    except Exception as exc:  # noqa: BLE001 - the canceller may be the loop: report, go on
+        warnings.warn(f"interrupting the callout of {proc!r} failed: {exc!r}", RuntimeWarning, stacklevel=2)
+
+
+def _interruptible(call: Callable[P, T], interrupt: Any) -> Callable[P, T]:
+    """``call`` (a threaded wrapper) with ``interrupt`` armed for the duration of each call."""
+
+    def interruptible(*args: P.args, **kwargs: P.kwargs) -> T:
+        proc = _process_var.get(None)
+        if proc is None:
+            return call(*args, **kwargs)
+        if proc._cancel_pending:  # cancelled already: do not start the call
+            raise _cancelled()(f"{proc!r} is in a cancelled scope")
+        proc._interrupt = interrupt  # the per-call state word
+        try:
+            return call(*args, **kwargs)
+        finally:
+            proc._interrupt = None
+            if proc._cancel_pending:
+                # The asynchronous Cancelled, if not yet raised (the call
+                # failed, with EINTR say), would land at this thread's next
+                # eval-breaker check, wherever that is: take it back and
+                # raise here, with what the call raised as the context.
+                _clear_async_exc(threading.get_ident(), None)
+                raise _cancelled()(f"{proc!r} was cancelled during a callout")
+
+    return interruptible
+
+
+def _cancelled() -> type[BaseException]:
+    from ._cancel import Cancelled
+
+    return Cancelled
+
+
+def threaded(
+    fn: Callable[P, T], *, interrupt: Callable[[], object] | _InterruptSignal | None = None
+) -> Callable[P, T]:
     """Wrap ``fn`` so that every call to it is a :func:`callout`.
 
     Made for cffi functions (``lib.f`` of an out-of-line module, or a function
@@ -177,7 +323,25 @@ def threaded(fn: Callable[..., T]) -> Callable[..., T]:
     tuple or other unpinnable object for a pointer parameter is refused with
     a TypeError before the call.  Any other callable (and a variadic C
     function) gets the rules of :func:`callout`.
+
+    A process cancelled during the call gets :class:`vmown.Cancelled` when
+    it returns.  ``interrupt`` makes the call return early instead:
+    :data:`vmown.INTERRUPT_SIGNAL` interrupts the thread's blocked system
+    call (it fails with EINTR), a callable is run from the canceller's
+    thread (``conn.interrupt`` of sqlite3, closing a descriptor).  An
+    interruptible wrapper is a Python function around the C one (~0.3 us
+    more per call), and a call that starts in a cancelled scope raises
+    Cancelled without being made.
     """
+    if interrupt is not None:
+        _check_interrupt(interrupt)
+        inner = threaded(fn)
+        wrapper = _interruptible(inner, interrupt)
+        for attr in ("__name__", "__qualname__", "__doc__"):
+            if hasattr(inner, attr):
+                setattr(wrapper, attr, getattr(inner, attr))
+        wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+        return wrapper
     ctype = _function_ctype(fn)
     if ctype is None or ctype.ellipsis:
         ctypes = None  # the rules of callout()

@@ -132,15 +132,16 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, TypeVarTuple
 
 from ._errors import VmownError, check, error
 from ._native import ffi, lib
 from ._ownership import Ownership
 
-__all__ = ["Process", "checkpoint", "run", "sleep", "spawn", "stats"]
+__all__ = ["Process", "checkpoint", "current_process", "run", "sleep", "spawn", "stats"]
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 DEFAULT_MAX_THREADS = 1000
 DEFAULT_IDLE_TIMEOUT_S = 10.0
@@ -184,18 +185,19 @@ _DONE = "done"
 # cancellation).
 _SUSPEND = object()
 
-_process_var: contextvars.ContextVar[Process] = contextvars.ContextVar("vmown.process")
+_process_var: contextvars.ContextVar[Process[Any]] = contextvars.ContextVar("vmown.process")
 
 
 class _ThreadState:
     """A thread that serves a vmown.run(): its slot in the run's control block."""
 
-    __slots__ = ("cb", "slot", "run_thread")
+    __slots__ = ("cb", "slot", "run_thread", "ident")
 
     def __init__(self, cb: Any, slot: int, run_thread: bool) -> None:
         self.cb = cb  # vmown_vm * of the run's control block
         self.slot = slot  # this thread's slot in it
         self.run_thread = run_thread  # the thread that called vmown.run()
+        self.ident = threading.get_ident()  # made on the thread it describes
 
 
 class _Here(threading.local):
@@ -205,12 +207,12 @@ class _Here(threading.local):
 _here = _Here()
 
 
-class Process:
+class Process(Generic[T]):
     """A green process of :func:`vmown.run`: one coroutine, scheduled on any worker thread.
 
     Made by :func:`spawn` (and by :func:`run` for ``main``).  ``await process``
-    waits for it to finish and returns its result, or raises its exception
-    with the traceback of where it was raised.  Each process runs in its own
+    waits for it to finish and returns its result (``Process[T]``: a ``T``),
+    or raises its exception with the traceback of where it was raised.  Each process runs in its own
     copy of its spawner's :mod:`contextvars` context, which follows it from
     thread to thread.
     """
@@ -227,9 +229,24 @@ class Process:
         "_joiners",
         "_waiting_on",
         "_retrieved",
+        "_scope",
+        "_parent",
+        "_cancel_called",
+        "_cancel_pending",
+        "_groups",
+        "_group",
+        "_thread",
+        "_timer",
+        "_interrupt",
+        "_cancelled",
+        "__weakref__",
     )
 
-    def __init__(self, rt: _Runtime, coro: Coroutine[Any, Any, Any], ctx: contextvars.Context) -> None:
+    # A process is the outermost node of its own chain of cancel scopes
+    # (_cancel.py): Process.cancel() cancels it like a scope; it never shields.
+    _shield = False
+
+    def __init__(self, rt: _Runtime, coro: Coroutine[Any, Any, T], ctx: contextvars.Context) -> None:
         self._rt = rt
         self._coro = coro
         self._resume: Callable[[Any], Any] | None = coro.send  # what the next step calls
@@ -238,9 +255,22 @@ class Process:
         self._state = _RUNNABLE
         self._result: Any = None
         self._exception: BaseException | None = None
-        self._joiners: list[Process] | None = None  # made by the first join
+        self._joiners: list[Process[Any]] | None = None  # made by the first join
         self._waiting_on: object = None  # what it waits on, while WAITING
         self._retrieved = False  # someone awaited it (or will: it had joiners)
+        # Cancellation (_cancel.py).  Invariant: _cancel_pending is
+        # _cancelled(self) whenever this process is not RUNNING, kept so by
+        # every change to a scope of its chain.
+        self._scope: Any = self  # innermost cancel scope it is in (itself: none)
+        self._parent: Any = None  # the task group's scope it was spawned in
+        self._cancel_called = False  # Process.cancel() was called
+        self._cancel_pending = False  # a checkpoint or wait must raise Cancelled
+        self._groups: list[Any] | None = None  # task groups open in it
+        self._group: Any = None  # the task group it is a child of
+        self._thread: _ThreadState | None = None  # the thread that ran its last step
+        self._timer: list[Any] | None = None  # its sleep's heap entry, while SLEEPING
+        self._interrupt: Callable[[], object] | None = None  # while in an interruptible callout
+        self._cancelled = False  # it ended with Cancelled (Process.cancel)
 
     @property
     def name(self) -> str:
@@ -251,15 +281,57 @@ class Process:
         """Whether the process has finished (returned or raised)."""
         return self._state is _DONE
 
-    def __await__(self) -> Generator[Any, Any, Any]:
+    def __await__(self) -> Generator[Any, Any, T]:
         if self._state is not _DONE:
             yield self
         self._retrieved = True
         if self._exception is not None:
             raise self._exception
-        return self._result
+        result: T = self._result
+        return result
 
-    def _forget(self, joiner: Process) -> None:
+    def cancel(self) -> None:
+        """Cancel the process, as if its whole body were in a cancelled :class:`vmown.CancelScope`.
+
+        Call it from another process of the run.  The process gets
+        :class:`vmown.Cancelled` at its next checkpoint or wait (or when the
+        callout it is in returns) and again at each one after; if it lets it
+        propagate, awaiting it raises :class:`vmown.ProcessCancelled`.
+        Cancelling a finished process does nothing.
+        """
+        _cancel_process(self)
+
+    def cancelled(self) -> bool:
+        """Whether the process ended because it was cancelled."""
+        return self._cancelled
+
+    def result(self) -> T:
+        """The finished process's return value; raises its exception if it raised.
+
+        Raises RuntimeError if the process has not finished (``await`` it
+        instead), ProcessCancelled if it was cancelled.
+        """
+        self._check_done("result")
+        self._retrieved = True
+        if self._exception is not None:
+            raise self._exception
+        result: T = self._result
+        return result
+
+    def exception(self) -> BaseException | None:
+        """The exception the finished process raised, or None if it returned.
+
+        Raises RuntimeError if the process has not finished.
+        """
+        self._check_done("exception")
+        self._retrieved = True
+        return self._exception
+
+    def _check_done(self, what: str) -> None:
+        if self._state is not _DONE:
+            raise RuntimeError(f"{self!r} has not finished: await it before calling {what}()")
+
+    def _forget(self, joiner: Process[Any]) -> None:
         """Stop waking ``joiner`` (it is being closed)."""
         if self._joiners is not None:
             self._joiners.remove(joiner)
@@ -279,7 +351,7 @@ class _Runtime:
     """
 
     __slots__ = (
-        "ownership", "cb", "waiters_word", "work_words", "run_queue", "timers", "timer_seq", "processes", "main",
+        "ownership", "cb", "waiters_word", "work_words", "run_queue", "timers", "stale_timers", "timer_seq", "processes", "main",
         "halt", "fatal", "running", "unretrieved", "published_runnable", "published_timer_ns",
         "watched_deadline_ns", "run_slot", "max_threads", "idle_timeout_ns", "handle", "worker_idents",
         "pool_shortfalls", "cap_warned", "failures_warned", "steps", "spawned", "parks", "releases",
@@ -294,11 +366,14 @@ class _Runtime:
         # store costs ~65 (one aligned 8-byte store either way; the heartbeat
         # only reads the words).
         self.work_words = memoryview(ffi.buffer(lib.vmown_work_words(self.cb), 16)).cast("Q")
-        self.run_queue: deque[Process] = deque()
-        self.timers: list[tuple[int, int, Process]] = []  # (deadline_ns, seq, process) heap
+        self.run_queue: deque[Process[Any]] = deque()
+        # [deadline_ns, seq, target] heap; target: a sleeping Process, a
+        # CancelScope's deadline, or None once dropped (lazy deletion).
+        self.timers: list[list[Any]] = []
+        self.stale_timers = 0  # entries whose target is None
         self.timer_seq = itertools.count()
-        self.processes: dict[Process, None] = {}  # alive, in spawn order
-        self.main: Process | None = None
+        self.processes: dict[Process[Any], None] = {}  # alive, in spawn order
+        self.main: Process[Any] | None = None
         # Invariant: only ever goes from False to True; read by every thread
         # while it owns the VM or right after vmown_park/vmown_own return (P4).
         self.halt = False  # stop serving; the run thread shuts down
@@ -306,7 +381,7 @@ class _Runtime:
         # Invariant: counts the steps between ctx.run's call and its return,
         # on every thread; non-zero while a step is blocked in a callout (P9).
         self.running = 0
-        self.unretrieved: list[Process] = []  # failed with nobody awaiting them (yet)
+        self.unretrieved: list[Process[Any]] = []  # failed with nobody awaiting them (yet)
         # What vmown_set_work last published.  Invariant: while a step runs
         # (a callout may release the VM), published_runnable is True if the
         # run queue is not empty and published_timer_ns is the earliest
@@ -337,14 +412,19 @@ class _Runtime:
 # ---- the current process ----
 
 
-def _current(what: str) -> Process:
+def _current(what: str) -> Process[Any]:
     proc = _process_var.get(None)
     if proc is None:
         raise RuntimeError(f"{what} must be called from a process started by vmown.run()")
     return proc
 
 
-def spawn(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> Process:
+def current_process() -> Process[Any]:
+    """The :class:`Process` that calls it (must be called from a process of vmown.run())."""
+    return _current("vmown.current_process()")
+
+
+def spawn(fn: Callable[[*Ts], Coroutine[Any, Any, T]], *args: *Ts) -> Process[T]:
     """Start ``fn(*args)`` (an ``async def`` function) as a new process; return its handle.
 
     Must be called from a process.  The new process runs in a copy of the
@@ -355,7 +435,7 @@ def spawn(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> Process:
     return _spawn(parent._rt, fn, args, contextvars.copy_context())
 
 
-def _spawn(rt: _Runtime, fn: Callable[..., Any], args: tuple[Any, ...], ctx: contextvars.Context) -> Process:
+def _spawn(rt: _Runtime, fn: Callable[..., Any], args: tuple[Any, ...], ctx: contextvars.Context) -> Process[Any]:
     if not callable(fn):
         hint = ""
         if _coroutine_like(fn):
@@ -422,7 +502,7 @@ def _suspend() -> Generator[object, Any, Any]:
 #     an empty run queue).  _wake publishes "runnable" before the callout can
 #     release the VM, so the heartbeat sees Q waiting and activates a worker;
 #     unpublished, Q would wait for P's callout to come back.
-def _wake(proc: Process, value: Any = None) -> None:
+def _wake(proc: Process[Any], value: Any = None) -> None:
     """Make a WAITING process runnable; the next step receives ``value``.  Owner only."""
     if proc._state is not _WAITING:
         _broken(f"woke {proc!r}, which is not waiting")
@@ -439,14 +519,20 @@ def _broken(what: str) -> None:
     raise RuntimeError(f"vmown: broken scheduler invariant: {what}")
 
 
-def _trap(rt: _Runtime, proc: Process, trap: Any) -> None:
+def _trap(rt: _Runtime, proc: Process[Any], trap: Any) -> None:
     """Handle what a step yielded, other than None (a checkpoint)."""
     proc._value = None
-    if trap is _SUSPEND:
+    if proc._cancel_pending and (trap is _SUSPEND or type(trap) is int or type(trap) is Process):
+        if _cancellable(proc, trap):
+            _throw_cancelled(rt, proc)
+        else:
+            proc._state = _WAITING
+    elif trap is _SUSPEND:
         proc._state = _WAITING
     elif type(trap) is int:
         proc._state = _SLEEPING
-        heapq.heappush(rt.timers, (trap, next(rt.timer_seq), proc))
+        proc._timer = entry = [trap, next(rt.timer_seq), proc]
+        heapq.heappush(rt.timers, entry)
     elif type(trap) is Process:
         _join(rt, proc, trap)
     else:
@@ -460,7 +546,7 @@ def _trap(rt: _Runtime, proc: Process, trap: Any) -> None:
         )
 
 
-def _join(rt: _Runtime, proc: Process, target: Process) -> None:
+def _join(rt: _Runtime, proc: Process[Any], target: Process[Any]) -> None:
     if target is proc:
         _throw_later(rt, proc, RuntimeError(f"{proc!r} awaits itself"))
     elif target._rt is not rt:
@@ -478,22 +564,55 @@ def _join(rt: _Runtime, proc: Process, target: Process) -> None:
             target._joiners.append(proc)
 
 
-def _throw_later(rt: _Runtime, proc: Process, exc: BaseException) -> None:
+def _throw_later(rt: _Runtime, proc: Process[Any], exc: BaseException) -> None:
     proc._resume = partial(_throw_into, proc)
     proc._value = exc
     proc._state = _RUNNABLE
     rt.run_queue.append(proc)
 
 
-def _throw_into(proc: Process, exc: BaseException) -> Any:
+def _cancellable(proc: Process[Any], trap: Any) -> bool:
+    """Whether a step that yielded ``trap`` with a cancellation pending must get Cancelled now.
+
+    A suspension registered with a primitive is taken out of it first; the
+    join of a task group (``_uncancellable``) waits on regardless.
+    """
+    if trap is _SUSPEND:
+        waiting_on = proc._waiting_on
+        if waiting_on is not None:
+            if getattr(waiting_on, "_uncancellable", False):
+                return False
+            waiting_on._forget(proc)  # type: ignore[attr-defined]
+            proc._waiting_on = None
+    return True
+
+
+def _throw_cancelled(rt: _Runtime, proc: Process[Any]) -> None:
+    """Make ``proc`` runnable with Cancelled to raise at the await it stopped at."""
+    _throw_later(rt, proc, _Cancelled(f"{proc!r} is in a cancelled scope"))
+    if not rt.published_runnable:
+        _publish(rt)
+
+
+def _throw_into(proc: Process[Any], exc: BaseException) -> Any:
     proc._resume = proc._coro.send
     return proc._coro.throw(exc)
 
 
-def _finish(rt: _Runtime, proc: Process, exc: BaseException) -> None:
+def _finish(rt: _Runtime, proc: Process[Any], exc: BaseException) -> None:
     """The step ended the process: ``exc`` is StopIteration (returned) or what it raised."""
     if isinstance(exc, StopIteration):
         proc._result = exc.value
+    elif isinstance(exc, _Cancelled):
+        # Cancelled by Process.cancel(), with its task group, or by a scope
+        # whose __exit__ an asynchronous Cancelled pre-empted (_cancel.py,
+        # race C9): its awaiters get ProcessCancelled, a plain failure of the
+        # awaited process, and the run goes on.
+        proc._cancelled = True
+        proc._retrieved = True
+        failure = _ProcessCancelled(f"<vmown.Process {proc.name}> was cancelled")
+        failure.__cause__ = exc
+        proc._exception = failure
     else:
         proc._exception = exc
     proc._state = _DONE
@@ -502,6 +621,8 @@ def _finish(rt: _Runtime, proc: Process, exc: BaseException) -> None:
     joiners, proc._joiners = proc._joiners, None
     for joiner in joiners or ():
         _wake(joiner)
+    if proc._group is not None:
+        proc._group._child_done(proc)
     if proc._exception is not None:
         if not isinstance(proc._exception, Exception):  # KeyboardInterrupt, SystemExit...
             _halt(rt, proc._exception)
@@ -546,13 +667,37 @@ def _publish(rt: _Runtime) -> None:
 
 
 def _release_timers(rt: _Runtime) -> None:
+    """Wake the sleepers that are due and expire the cancel scopes' deadlines that passed."""
     timers, run_queue, now = rt.timers, rt.run_queue, _now()
     while timers and timers[0][0] <= now:
-        proc = heapq.heappop(timers)[2]
-        if proc._state is not _SLEEPING:
-            _broken(f"{proc!r} was in the timer heap")
-        proc._state = _RUNNABLE
-        run_queue.append(proc)
+        target = heapq.heappop(timers)[2]
+        if target is None:  # dropped: a cancelled sleep, a scope left early
+            rt.stale_timers -= 1
+        elif type(target) is Process:
+            if target._state is not _SLEEPING:
+                _broken(f"{target!r} was in the timer heap")
+            target._timer = None
+            target._state = _RUNNABLE
+            run_queue.append(target)
+        else:
+            target._expire()  # a CancelScope's deadline (_cancel.py, race C3)
+    while timers and timers[0][2] is None:  # keep the head live (_drop_timer)
+        heapq.heappop(timers)
+        rt.stale_timers -= 1
+
+
+def _drop_timer(rt: _Runtime, entry: list[Any]) -> None:
+    """Drop a timer entry (lazy deletion); keep the heap's head live and the heap mostly live."""
+    entry[2] = None
+    rt.stale_timers += 1
+    timers = rt.timers
+    while timers and timers[0][2] is None:
+        heapq.heappop(timers)
+        rt.stale_timers -= 1
+    if rt.stale_timers > 1024 and rt.stale_timers * 2 > len(timers):
+        timers[:] = [entry for entry in timers if entry[2] is not None]
+        heapq.heapify(timers)
+        rt.stale_timers = 0
 
 
 # P1. A callout comes back while the heartbeat activates a worker.
@@ -596,6 +741,7 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
     waiters_word = rt.waiters_word
     work_words = rt.work_words
     now = _now
+    here = _here.state
     countdown = _CLOCK_EVERY
     yield_at = now() + _GIL_YIELD_NS
     while not rt.halt and (first or not waiters_word[0]):
@@ -618,6 +764,7 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
         if proc._state is not _RUNNABLE:
             _broken(f"{proc!r} was in the run queue")
         proc._state = _RUNNING
+        proc._thread = here  # where a canceller finds it while it is in a callout
         rt.running += 1
         work_words[_WORK_TAKEN] = rt.steps = rt.steps + 1  # the heartbeat sees the run queue move
         try:
@@ -628,6 +775,9 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
             continue
         rt.running -= 1
         if trap is None:  # checkpoint
+            if proc._cancel_pending:
+                _throw_cancelled(rt, proc)
+                continue
             proc._state = _RUNNABLE
             proc._value = None
             append(proc)
@@ -673,7 +823,7 @@ def _work(rt: _Runtime, me: _ThreadState, given: bool = False) -> None:
 #     threads), so the check is exact.
 def _park(rt: _Runtime, me: _ThreadState) -> bool:
     """Park until there is work; True once owning the VM, False for a worker that leaves."""
-    if not rt.run_queue and not rt.timers and rt.running == 0:
+    if not rt.run_queue and len(rt.timers) == rt.stale_timers and rt.running == 0:
         _halt(rt, _deadlock(rt))
         return True
     timeout_ns, watched_deadline_ns = _park_timeout(rt, me)
@@ -876,8 +1026,8 @@ def _leave() -> None:
 
 
 def run(
-    main: Callable[..., Coroutine[Any, Any, T]],
-    *args: Any,
+    main: Callable[[*Ts], Coroutine[Any, Any, T]],
+    *args: *Ts,
     hz: int = 1000,
     max_threads: int = DEFAULT_MAX_THREADS,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
@@ -1049,7 +1199,9 @@ def _close_ownership(rt: _Runtime) -> None:
 
 # ---- SIGINT ----
 
-_PROTECTED_MODULES = frozenset({__name__, "vmown._sync"})
+# Cancel scopes and task groups update the run's state in their __exit__ and
+# __aexit__: KeyboardInterrupt waits for a scheduling point there too.
+_PROTECTED_MODULES = frozenset({__name__, "vmown._sync", "vmown._cancel", "vmown._taskgroup"})
 
 
 # P6. SIGINT lands anywhere in the main thread.  CPython runs the handler at
@@ -1168,6 +1320,12 @@ def _stats(rt: _Runtime) -> dict[str, int]:
         "called_off": heartbeat.called_off,
     }
 
+
+from ._cancel import (  # noqa: E402
+    Cancelled as _Cancelled,
+    ProcessCancelled as _ProcessCancelled,
+    _cancel_process,
+)
 
 # Frames of these functions call user code: KeyboardInterrupt raised below
 # them lands inside a step (P6).
