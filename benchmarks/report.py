@@ -150,7 +150,7 @@ _GROUPS: list[tuple[str, str, str, str, list[tuple[str, dict[str, str]]]]] = [
         "sched",
         "sched_peers",
         "Scheduler operations against trio and asyncio (log scale)",
-        "per operation (ns; spawn+join of 10k: s x 1e9 / 1e4)",
+        "ns per operation (spawn + join: per process)",
         [
             ("yield", {"vmown": "yield_ns", "trio": "trio_yield_ns", "asyncio": "asyncio_yield_ns"}),
             (

@@ -134,6 +134,9 @@ _CData = _cffi_backend._CDataBase
 # Tags recorded in the slot while in a callout: small integers, one per
 # threaded wrapper (1 is callout()'s, in callout_ext.c).
 _tags = itertools.count(2)
+# Tag -> the function's name, for observers (python -m vmown top, stacks):
+# every threaded wrapper's, the functions of modules given to bind_threaded.
+_tag_names: dict[int, str] = {1: "callout"}
 
 
 # ---- messages (the C code calls these to refuse an argument) ----
@@ -145,6 +148,29 @@ def _name(fn: Any) -> str:
         return f"C function {ffi.typeof(fn).cname}"
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     return f"{name}()" if isinstance(name, str) else repr(fn)
+
+
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p),
+                ("sname", ctypes.c_char_p), ("saddr", ctypes.c_void_p)]  # fmt: skip
+
+
+def _symbol_name(fn: Any) -> str:
+    """The name of a C function as the dynamic linker knows it (dladdr), else how messages name it.
+
+    cffi's ABI-mode functions (ffi.dlopen) do not know their names; a wrapper
+    records this once, when it is made, for observers to show.
+    """
+    if isinstance(fn, _CData) and ffi.typeof(fn).kind == "function":
+        info = _DlInfo()
+        try:
+            dladdr = ctypes.CDLL(None).dladdr
+            dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+            if dladdr(int(ffi.cast("uintptr_t", fn)), ctypes.byref(info)) and info.sname:
+                return info.sname.decode(errors="replace")
+        except (OSError, AttributeError):
+            pass
+    return _name(fn)
 
 
 def _refuse(fn: Any, where: str, arg: Any, what: str) -> TypeError:
@@ -347,8 +373,10 @@ def threaded(
         ctypes = None  # the rules of callout()
     else:
         ctypes = tuple(arg if arg.kind in ("pointer", "array") else None for arg in ctype.args)
-    wrapper = _callout_ext.Threaded(fn, next(_tags), ctypes)
+    tag = next(_tags)
+    wrapper = _callout_ext.Threaded(fn, tag, ctypes)
     name = getattr(fn, "__name__", None)
+    _tag_names[tag] = _symbol_name(fn) if isinstance(fn, _CData) or not isinstance(name, str) else name
     if isinstance(name, str) and name.isidentifier():
         wrapper.__name__ = wrapper.__qualname__ = name
     wrapper.__doc__ = f"{_name(fn)} as a callout: the VM is disowned while it runs (vmown.threaded)."

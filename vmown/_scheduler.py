@@ -121,6 +121,7 @@ import heapq
 import inspect
 import itertools
 import math
+import os
 import signal
 import sys
 import threading
@@ -136,6 +137,7 @@ from typing import Any, Generic, TypeVar, TypeVarTuple
 
 from ._errors import VmownError, check, error
 from ._native import ffi, lib
+from . import _monitor
 from ._ownership import Ownership
 
 __all__ = ["Process", "checkpoint", "current_process", "run", "sleep", "spawn", "stats"]
@@ -355,10 +357,18 @@ class _Runtime:
         "halt", "fatal", "running", "unretrieved", "published_runnable", "published_timer_ns",
         "watched_deadline_ns", "run_slot", "max_threads", "idle_timeout_ns", "handle", "worker_idents",
         "pool_shortfalls", "cap_warned", "failures_warned", "steps", "spawned", "parks", "releases",
+        "monitor",
     )  # fmt: skip
 
-    def __init__(self, max_threads: int, idle_timeout_s: float) -> None:
-        self.ownership = Ownership(slots=max_threads + _SLOT_MARGIN)
+    def __init__(self, max_threads: int, idle_timeout_s: float, monitor: str | None = None) -> None:
+        slots = max_threads + _SLOT_MARGIN
+        # With a monitor path the block lives in an arena file that
+        # `python -m vmown top PATH` attaches (vmown/_monitor.py).
+        self.monitor = _monitor.Publisher(monitor, slots) if monitor else None
+        if self.monitor is not None:
+            self.ownership = Ownership.create_in(self.monitor.block, slots=slots)
+        else:
+            self.ownership = Ownership(slots=slots)
         self.cb = self.ownership._cb  # vmown_vm *, valid until ownership.close()
         self.waiters_word = lib.vmown_waiters_word(self.cb)  # read in place by _serve
         # [0] written in place by _serve at every step, [1] by spawn (and by
@@ -1031,6 +1041,7 @@ def run(
     hz: int = 1000,
     max_threads: int = DEFAULT_MAX_THREADS,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
+    monitor: str | os.PathLike[str] | None = None,
 ) -> T:
     """Run ``main(*args)`` as the first process of a new VM; return its result.
 
@@ -1045,11 +1056,18 @@ def run(
 
     Ctrl-C (on the main thread) raises KeyboardInterrupt promptly, also while
     a callout blocks, once the callouts still in flight have come back.
+
+    ``monitor`` (or the environment variable ``VMOWN_MONITOR``) is a path
+    for a new arena file holding the run's control block and figures, for
+    ``python -m vmown top PATH`` to watch from another process; the file is
+    removed when the run ends.
     """
     _check_run_arguments(hz, max_threads, idle_timeout)
     if _here.state is not None:
         raise RuntimeError("vmown.run() cannot run inside vmown.run(); use vmown.spawn() for a new process")
-    rt = _Runtime(max_threads, idle_timeout)
+    if monitor is None:
+        monitor = os.environ.get(_monitor.ENV_VAR) or None
+    rt = _Runtime(max_threads, idle_timeout, os.fspath(monitor) if monitor is not None else None)
     me = _enter(rt, run_thread=True)
     try:
         _own(rt, me)
@@ -1057,6 +1075,8 @@ def run(
         with _sigint_handler(rt):
             try:
                 check(lib.vmown_heartbeat_start(rt.cb, hz), "starting the heartbeat")
+                if rt.monitor is not None:
+                    rt.monitor.start(partial(_monitor_figures, rt, hz))
                 rt.main = _spawn(rt, main, args, contextvars.copy_context())
                 check(
                     lib.vmown_workers_start(
@@ -1070,7 +1090,11 @@ def run(
                 _shutdown(rt, me)
     finally:
         _leave()
+        if rt.monitor is not None:
+            rt.monitor.stop()
         _close_ownership(rt)
+        if rt.monitor is not None:
+            rt.monitor.close(block_freed=rt.ownership._cb is None)
     result: T = _outcome(rt)
     return result
 
@@ -1318,6 +1342,18 @@ def _stats(rt: _Runtime) -> dict[str, int]:
         "lazy_callouts": counters.lazy_disowns,
         "revocations": heartbeat.revocations,
         "called_off": heartbeat.called_off,
+    }
+
+
+def _monitor_figures(rt: _Runtime, hz: int) -> dict[str, Any]:
+    """What the monitor publishes besides the block (vmown/_monitor.py); any thread may call it."""
+    from ._callout import _tag_names
+
+    return {
+        "pid": os.getpid(),
+        "hz": hz,
+        "stats": _stats(rt),
+        "callout_names": {str(tag): name for tag, name in list(_tag_names.items())},
     }
 
 
