@@ -27,7 +27,7 @@ from ._errors import (
     VmownError,
 )
 from ._cffi_wrappers import bind_threaded, threaded_wrappers
-from ._callout import INTERRUPT_SIGNAL, callout, threaded
+from ._callout import INTERRUPT_SIGNAL, callout, callout_stats, threaded
 from ._native import lib as _lib
 from ._ownership import LAYOUT_VERSION as _LAYOUT_VERSION, Ownership
 from ._scheduler import Process, checkpoint, current_process, run, sleep, spawn, stats
@@ -86,6 +86,7 @@ __all__ = [
     "WouldBlock",
     "bind_threaded",
     "callout",
+    "callout_stats",
     "checkpoint",
     "current_process",
     "current_time",

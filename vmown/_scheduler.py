@@ -137,7 +137,7 @@ from typing import Any, Generic, TypeVar, TypeVarTuple
 
 from ._errors import VmownError, check, error
 from ._native import ffi, lib
-from . import _monitor
+from . import _callout_ext, _monitor
 from ._ownership import Ownership
 
 __all__ = ["Process", "checkpoint", "current_process", "run", "sleep", "spawn", "stats"]
@@ -1042,6 +1042,7 @@ def run(
     max_threads: int = DEFAULT_MAX_THREADS,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
     monitor: str | os.PathLike[str] | None = None,
+    callout_times: bool = False,
 ) -> T:
     """Run ``main(*args)`` as the first process of a new VM; return its result.
 
@@ -1060,7 +1061,9 @@ def run(
     ``monitor`` (or the environment variable ``VMOWN_MONITOR``) is a path
     for a new arena file holding the run's control block and figures, for
     ``python -m vmown top PATH`` to watch from another process; the file is
-    removed when the run ends.
+    removed when the run ends.  ``callout_times`` times every callout for
+    :func:`vmown.callout_stats` (on with ``monitor`` too): two clock reads
+    per callout.
     """
     _check_run_arguments(hz, max_threads, idle_timeout)
     if _here.state is not None:
@@ -1068,6 +1071,7 @@ def run(
     if monitor is None:
         monitor = os.environ.get(_monitor.ENV_VAR) or None
     rt = _Runtime(max_threads, idle_timeout, os.fspath(monitor) if monitor is not None else None)
+    timing_was = _callout_ext.set_timing(True) if callout_times or rt.monitor is not None else None
     me = _enter(rt, run_thread=True)
     try:
         _own(rt, me)
@@ -1090,6 +1094,8 @@ def run(
                 _shutdown(rt, me)
     finally:
         _leave()
+        if timing_was is not None:
+            _callout_ext.set_timing(timing_was)
         if rt.monitor is not None:
             rt.monitor.stop()
         _close_ownership(rt)
@@ -1347,13 +1353,14 @@ def _stats(rt: _Runtime) -> dict[str, int]:
 
 def _monitor_figures(rt: _Runtime, hz: int) -> dict[str, Any]:
     """What the monitor publishes besides the block (vmown/_monitor.py); any thread may call it."""
-    from ._callout import _tag_names
+    from ._callout import _tag_names, callout_stats
 
     return {
         "pid": os.getpid(),
         "hz": hz,
         "stats": _stats(rt),
         "callout_names": {str(tag): name for tag, name in list(_tag_names.items())},
+        "functions": callout_stats(),
     }
 
 
