@@ -44,6 +44,7 @@ from ._cancel import (
 )
 from ._sync import CapacityLimiter, Condition, Event, Lock, Queue, Semaphore, WouldBlock
 from ._taskgroup import TaskGroup
+from ._watchdog import SlowCalloutWarning, SlowStepWarning, WatchdogWarning
 
 __version__ = "0.1.0"
 
@@ -79,10 +80,13 @@ __all__ = [
     "ProcessCancelled",
     "Queue",
     "Semaphore",
+    "SlowCalloutWarning",
+    "SlowStepWarning",
     "SlotsExhaustedError",
     "TaskGroup",
     "TooSlowError",
     "VmownError",
+    "WatchdogWarning",
     "WouldBlock",
     "bind_threaded",
     "callout",

@@ -137,7 +137,7 @@ from typing import Any, Generic, TypeVar, TypeVarTuple
 
 from ._errors import VmownError, check, error
 from ._native import ffi, lib
-from . import _callout_ext, _monitor
+from . import _callout_ext, _monitor, _watchdog
 from ._ownership import Ownership
 
 __all__ = ["Process", "checkpoint", "current_process", "run", "sleep", "spawn", "stats"]
@@ -357,7 +357,7 @@ class _Runtime:
         "halt", "fatal", "running", "unretrieved", "published_runnable", "published_timer_ns",
         "watched_deadline_ns", "run_slot", "max_threads", "idle_timeout_ns", "handle", "worker_idents",
         "pool_shortfalls", "cap_warned", "failures_warned", "steps", "spawned", "parks", "releases",
-        "monitor",
+        "monitor", "run_ident",
     )  # fmt: skip
 
     def __init__(self, max_threads: int, idle_timeout_s: float, monitor: str | None = None) -> None:
@@ -402,6 +402,7 @@ class _Runtime:
         # worker parks with a timer only if it is earlier than this one (P8).
         self.watched_deadline_ns = 0
         self.run_slot = 0
+        self.run_ident = 0  # threading ident of the run thread (the watchdog reads its stack)
         self.max_threads = max_threads
         self.idle_timeout_ns = int(idle_timeout_s * 1e9)
         # What the pool's workers get back in vmown_py_worker; dropped when
@@ -1043,6 +1044,8 @@ def run(
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
     monitor: str | os.PathLike[str] | None = None,
     callout_times: bool = False,
+    slow_step: float | None = None,
+    slow_callout: float | None = None,
 ) -> T:
     """Run ``main(*args)`` as the first process of a new VM; return its result.
 
@@ -1064,8 +1067,18 @@ def run(
     removed when the run ends.  ``callout_times`` times every callout for
     :func:`vmown.callout_stats` (on with ``monitor`` too): two clock reads
     per callout.
+
+    The watchdog (off by default): ``slow_step`` seconds without a
+    scheduling point while other work waits gives one
+    :class:`vmown.SlowStepWarning` naming the process, function and line it
+    is at; a callout out for ``slow_callout`` seconds gives one
+    :class:`vmown.SlowCalloutWarning` naming the function, with the Python
+    stack that called it.
     """
     _check_run_arguments(hz, max_threads, idle_timeout)
+    for name, value in (("slow_step", slow_step), ("slow_callout", slow_callout)):
+        if value is not None and not (isinstance(value, (int, float)) and value > 0):
+            raise ValueError(f"{name} must be a positive number of seconds or None (off), not {value!r}")
     if _here.state is not None:
         raise RuntimeError("vmown.run() cannot run inside vmown.run(); use vmown.spawn() for a new process")
     if monitor is None:
@@ -1076,9 +1089,14 @@ def run(
     try:
         _own(rt, me)
         rt.run_slot = me.slot
+        rt.run_ident = me.ident
+        watchdog = None
         with _sigint_handler(rt):
             try:
                 check(lib.vmown_heartbeat_start(rt.cb, hz), "starting the heartbeat")
+                if slow_step is not None or slow_callout is not None:
+                    watchdog = _watchdog.Watchdog(rt, slow_step, slow_callout)
+                    watchdog.start()
                 if rt.monitor is not None:
                     rt.monitor.start(partial(_monitor_figures, rt, hz))
                 rt.main = _spawn(rt, main, args, contextvars.copy_context())
@@ -1091,6 +1109,8 @@ def run(
                 _ensure_spare(rt)
                 _work(rt, me)
             finally:
+                if watchdog is not None:
+                    watchdog.stop()
                 _shutdown(rt, me)
     finally:
         _leave()

@@ -109,6 +109,7 @@ static PyObject *call_disowned(PyObject *fn, uint64_t tag, figures *f, PyObject 
                                PyObject *kwnames) {
     uint32_t token = core_begin(tag);
     if (!token) return PyObject_Vectorcall(fn, args, nargs, kwnames);
+    if (!f) f = target_figures(fn);  /* before the call: a watchdog names a target still out */
     uint64_t start_ns = timing ? now_ns() : 0;
     PyObject *result = PyObject_Vectorcall(fn, args, nargs, kwnames);
     int waited = !core_try_end(token);
@@ -117,7 +118,6 @@ static PyObject *call_disowned(PyObject *fn, uint64_t tag, figures *f, PyObject 
         core_end(token);
         Py_END_ALLOW_THREADS
     }
-    if (!f) f = target_figures(fn);
     f->calls++;
     f->handed_over += (unsigned)waited;
     if (start_ns) {
