@@ -56,9 +56,9 @@ from typing import Any
 
 __all__ = ["SlowCalloutWarning", "SlowStepWarning", "WatchdogWarning"]
 
-POLL_FRACTION = 0.25
-POLL_MIN_S = 0.005
-POLL_MAX_S = 0.1
+POLL_FRACTION = 0.5  # of the smaller threshold: a warning comes 1-1.5 thresholds in
+POLL_MIN_S = 0.01
+POLL_MAX_S = 0.25
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
