@@ -43,6 +43,7 @@ from ._cancel import (
     move_on_at,
 )
 from ._sync import CapacityLimiter, Condition, Event, Lock, Queue, Semaphore, WouldBlock
+from ._stacks import allow_inspection
 from ._taskgroup import TaskGroup
 from ._watchdog import SlowCalloutWarning, SlowStepWarning, WatchdogWarning
 
@@ -88,6 +89,7 @@ __all__ = [
     "VmownError",
     "WatchdogWarning",
     "WouldBlock",
+    "allow_inspection",
     "bind_threaded",
     "callout",
     "callout_stats",

@@ -1,4 +1,4 @@
-"""python -m vmown demo | top PATH | stale DIR -- the vmown command line.
+"""python -m vmown demo | top PATH | stacks PID | stale DIR -- the vmown command line.
 
 demo: a few seconds that show what vmown is for.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -282,6 +283,19 @@ def stale(directory: str, remove: bool) -> int:
     return 0
 
 
+def stacks(pid: int, monitor: str | None, as_json: bool) -> int:
+    """Every thread of process ``pid``: py-spy's frames joined with the VM's tables (vmown/_stacks.py)."""
+    from vmown import _stacks
+
+    try:
+        report = _stacks.inspect(pid, monitor)
+    except (OSError, RuntimeError, subprocess.SubprocessError, ValueError) as exc:
+        print(f"vmown stacks: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report) if as_json else _stacks.format_text(report))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line: every subcommand, and help for every option."""
     parser = argparse.ArgumentParser(prog="python -m vmown", description=(__doc__ or "").splitlines()[0])
@@ -303,6 +317,10 @@ def parser() -> argparse.ArgumentParser:
                        help="seconds between screens (default: %(default)s)")
     watch.add_argument("--once", action="store_true", help="print one screen and exit")
     watch.add_argument("--json", action="store_true", help="print each screen as one line of JSON")
+    dump = commands.add_parser("stacks", help="every thread of a running program: frames and VM roles (py-spy)")
+    dump.add_argument("pid", type=int, help="the process to inspect")
+    dump.add_argument("--monitor", help="its monitor arena (default: found in /proc/PID/maps)")
+    dump.add_argument("--json", action="store_true", help="print one JSON object")
     clean = commands.add_parser("stale", help="find arena files left by dead processes")
     clean.add_argument("directory", help="directory to search for arena files, e.g. /dev/shm")
     clean.add_argument("--remove", action="store_true", help="delete the stale arena files found")
@@ -315,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         return demo(args.processes, args.calls, args.block_fraction, args.seed)
     if args.command == "top":
         return top(args.path, args.interval, args.once, args.json)
+    if args.command == "stacks":
+        return stacks(args.pid, args.monitor, args.json)
     return stale(args.directory, args.remove)
 
 

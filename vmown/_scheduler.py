@@ -1381,6 +1381,12 @@ def _monitor_figures(rt: _Runtime, hz: int) -> dict[str, Any]:
         "stats": _stats(rt),
         "callout_names": {str(tag): name for tag, name in list(_tag_names.items())},
         "functions": callout_stats(),
+        # slot -> the process whose step runs on that thread (python -m vmown stacks)
+        "running": {
+            str(proc._thread.slot): proc.name
+            for proc in list(rt.processes)
+            if proc._state is _RUNNING and proc._thread is not None
+        },
     }
 
 

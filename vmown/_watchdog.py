@@ -147,7 +147,7 @@ class Watchdog:
             return
         if owner == 0 or key == self._step_warned or now - self._step_since < self.slow_step_s:
             return
-        if rt.ownership.slot_info(owner)["callout"]:
+        if rt.ownership.slot_info(owner)["lazy_out"]:
             return  # a lazy callout keeps the owner word: a callout, not a step
         waiting = bool(rt.run_queue) or bool(rt.timers and rt.timers[0][0] <= _now())
         if not waiting:
@@ -185,14 +185,20 @@ class Watchdog:
     def _look_at_callouts(self, now: float) -> None:
         from ._scheduler import _RUNNING
 
+        from ._native import lib
+
         rt = self.rt
         threads = self._serving_threads()
+        owner = lib.vmown_owner(rt.cb)
         frames: dict[int, FrameType] | None = None
         seen = set()
         for slot, ident in threads.items():
             info = rt.ownership.slot_info(slot)
             tag = info["callout"]
-            if not tag or info["state"] == "free":
+            # A slot keeps its last callout's tag until its next disown: the
+            # callout is out only while the slot runs without owning the VM,
+            # or owns it with a lazy callout out.
+            if not tag or info["state"] != "running" or (slot == owner and not info["lazy_out"]):
                 continue
             if frames is None:
                 frames = sys._current_frames()
