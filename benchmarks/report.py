@@ -138,8 +138,10 @@ _BARS: list[tuple[str, str, str, str, bool, list[tuple[str, str]]]] = [
         [
             ("idle_cpu", "idle"),
             ("idle_bare_ticker_cpu", "idle, bare 1 kHz ticker"),
+            ("watchdog_idle_cpu", "idle, + watchdog (0.1 s)"),
             ("busy_cpu", "busy"),
             ("busy_bare_ticker_cpu", "busy, bare 1 kHz ticker"),
+            ("watchdog_busy_cpu", "busy, + watchdog (0.1 s)"),
         ],
     ),
 ]
@@ -214,14 +216,14 @@ def _pyplot() -> Any:
 
 def _save(plt: Any, fig: Any, path: pathlib.Path) -> pathlib.Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
 
 
 def _bar_plot(plt: Any, out: pathlib.Path, figures: dict[str, float], spec: tuple) -> pathlib.Path | None:
     _, stem, title, unit, log, metrics = spec
-    have = [(label, figures[m]) for m, label in metrics if m in figures and figures[m] > 0]
+    have = [(label, figures[m]) for m, label in metrics if m in figures and (figures[m] > 0 or not log)]
     if len(have) < 2:
         return None
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(have) + 1.4))
