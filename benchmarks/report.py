@@ -313,7 +313,9 @@ def plots(results: dict[str, Any], out: pathlib.Path) -> dict[str, list[pathlib.
     return drawn
 
 
-def write(results: dict[str, Any], out: pathlib.Path, markdown: Callable[[dict[str, Any]], str]) -> list[pathlib.Path]:
+def write(
+    results: dict[str, Any], out: pathlib.Path, markdown: Callable[[dict[str, Any]], str]
+) -> list[pathlib.Path]:
     """Write results.json, README.md and the plots into `out`; return the PNGs written."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -84,6 +84,8 @@ def test_top_once_json_watches_a_run_started_with_monitor(tmp_path: pathlib.Path
     assert second["counters"]["disowns"] > first["counters"]["disowns"]
     assert "usleep" in second["run"]["callout_names"].values()
     assert second["run"]["rates"]["steps"] > 0
+    usleep = next(row for row in second["run"]["functions"] if row["name"] == "usleep")
+    assert usleep["calls"] > 0 and usleep["total_out_s"] > 0  # monitor= times the callouts
 
 
 def test_top_screen_names_the_run_and_the_slot_states(tmp_path: pathlib.Path) -> None:

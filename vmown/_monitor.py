@@ -101,7 +101,9 @@ class Publisher:
         """Publish collect() now and every interval_s from a thread of its own."""
         self._collect = collect
         self.publish()
-        self._thread = threading.Thread(target=self._loop, args=(interval_s,), name="vmown-monitor", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, args=(interval_s,), name="vmown-monitor", daemon=True
+        )
         self._thread.start()
 
     def _loop(self, interval_s: float) -> None:

@@ -1333,6 +1333,7 @@ def stats() -> dict[str, int]:
     ``lazy_callouts`` (callouts that kept the owner word), ``revocations``
     (lazy callouts the heartbeat took the VM from) and ``called_off``
     (revocations dropped because the callout was back; "Lazy callouts").
+    Figures per C function are :func:`vmown.callout_stats`.
     """
     return _stats(_current("vmown.stats()")._rt)
 

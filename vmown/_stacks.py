@@ -167,7 +167,8 @@ def _role(slot: dict[str, Any] | None, owner: int, figures: dict[str, Any], name
         stats, hz = figures.get("stats", {}), figures.get("hz") or 0
         out = ""
         if hz and "ticks" in stats and stats["ticks"] > slot["callout_tick"]:  # else: since the last snapshot
-            out_s = (stats["ticks"] - slot["callout_tick"]) / hz + max(0.0, time.time() - figures.get("published_s", 0))
+            since_snapshot_s = max(0.0, time.time() - figures.get("published_s", 0))
+            out_s = (stats["ticks"] - slot["callout_tick"]) / hz + since_snapshot_s
             out = f" for ~{out_s:.1f} s"
         return f"in a callout to {function}{out}"
     if slot["slot"] == owner:

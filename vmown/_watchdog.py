@@ -153,9 +153,10 @@ class Watchdog:
         if not waiting:
             return
         proc = next(
-            (p for p in list(rt.processes) if p._state is _RUNNING and getattr(p._thread, "slot", 0) == owner),
+            (p for p in list(rt.processes)
+             if p._state is _RUNNING and getattr(p._thread, "slot", 0) == owner),
             None,
-        )
+        )  # fmt: skip
         if proc is None:
             return  # scheduler code between steps
         frame = sys._current_frames().get(proc._thread.ident)
@@ -165,8 +166,8 @@ class Watchdog:
         elapsed_s = now - self._step_since + self.poll_s / 2
         self._warn(
             SlowStepWarning,
-            f"process {proc.name} kept the VM for over {self.slow_step_s:g} s (about {elapsed_s:.2f} s so far) "
-            "without reaching a scheduling point while other work waited",
+            f"process {proc.name} kept the VM for over {self.slow_step_s:g} s "
+            f"(about {elapsed_s:.2f} s so far) without reaching a scheduling point while other work waited",
             frame,
             process=proc.name,
             elapsed_s=elapsed_s,
@@ -219,7 +220,8 @@ class Watchdog:
                          if p._state is _RUNNING and getattr(p._thread, "slot", 0) == slot), None)  # fmt: skip
             self._warn(
                 SlowCalloutWarning,
-                f"a callout to {function} has been out for {elapsed_s:.2f} s (slow_callout={self.slow_callout_s:g})"
+                f"a callout to {function} has been out for {elapsed_s:.2f} s "
+                f"(slow_callout={self.slow_callout_s:g})"
                 + (f" in process {proc.name}" if proc is not None else ""),
                 frame,
                 function=function,
@@ -232,7 +234,9 @@ class Watchdog:
 
     # ---- both ----
 
-    def _warn(self, category: type[WatchdogWarning], text: str, frame: FrameType | None, **attrs: Any) -> None:
+    def _warn(
+        self, category: type[WatchdogWarning], text: str, frame: FrameType | None, **attrs: Any
+    ) -> None:
         user = _user_frame(frame)
         stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
         where = user or frame
