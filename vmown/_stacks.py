@@ -17,9 +17,11 @@
 # Python have no frames for py-spy and are listed from /proc/PID/task under
 # their names.
 #
-# The two reads are not one instant: the block is read just after py-spy has
-# let the program go, so a short callout may show as owner or the other way
-# round.  Each thread's frames are py-spy's, each role the block's.
+# One instant.  py-spy stops the program while it reads the stacks (it
+# cannot read a program stopped with SIGSTOP); the block is sampled while
+# py-spy runs and the table of the longest stretch in which the owner word
+# did not move is kept (_table_while): in a busy run, py-spy's stop.  A
+# role may still come from just before or after it.
 #
 # ptrace.  py-spy reads the program's memory with ptrace's permissions.  Where
 # Yama restricts ptrace to descendants (kernel.yama.ptrace_scope = 1, the
@@ -36,6 +38,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -69,25 +72,46 @@ def _py_spy() -> str:
     return found
 
 
-def py_spy_dump(pid: int) -> list[dict[str, Any]]:
-    """py-spy's threads of process ``pid``, with native frames."""
-    proc = subprocess.run(
-        [_py_spy(), "dump", "--json", "--native", "--pid", str(pid)],
-        capture_output=True,
-        text=True,
-        timeout=PY_SPY_TIMEOUT_S,
-    )
-    if proc.returncode != 0:
+def _start_py_spy(pid: int) -> subprocess.Popen[bytes]:
+    # Its output goes to files, not pipes: a dump of many threads fills a
+    # pipe, and py-spy would wait on it (the program still stopped) while
+    # _table_while waits for py-spy.
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    spy = subprocess.Popen([_py_spy(), "dump", "--json", "--native", "--pid", str(pid)], stdout=out, stderr=err)
+    _outputs[spy.pid] = (out, err)
+    return spy
+
+
+_outputs: dict[int, tuple[Any, Any]] = {}  # py-spy's pid -> its stdout and stderr files
+
+
+def _py_spy_threads(spy: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
+    """py-spy's threads, with native frames, once it has finished."""
+    try:
+        spy.wait(timeout=PY_SPY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait()
+        raise RuntimeError(f"py-spy dump took over {PY_SPY_TIMEOUT_S:g} s") from None
+    out, err = (_read_all(f) for f in _outputs.pop(spy.pid))
+    if spy.returncode != 0:
         hint = (
             " (ptrace refused: run as the same user, call vmown.allow_inspection() in the program, or use sudo)"
-            if "ermission" in proc.stderr
+            if "ermission" in err
             else ""
         )
-        raise RuntimeError(f"py-spy dump failed{hint}: {proc.stderr.strip()[:500]}")
-    threads = json.loads(proc.stdout)
+        raise RuntimeError(f"py-spy dump failed{hint}: {err.strip()[:500]}")
+    threads = json.loads(out)
     if not isinstance(threads, list):
         raise RuntimeError("py-spy dump --json gave no list of threads")
     return threads
+
+
+def _read_all(f: Any) -> str:
+    f.seek(0)
+    text = f.read().decode(errors="replace")
+    f.close()
+    return str(text)
 
 
 def find_monitor(pid: int) -> str | None:
@@ -132,22 +156,48 @@ def _task_names(pid: int) -> dict[int, str]:
     return names
 
 
-def _vm_table(path: str) -> dict[str, Any]:
-    """The block's slots by thread id, the owner, and the run's figures."""
+def _read_table(vm: Ownership) -> dict[str, Any]:
+    slots = {}
+    for slot in range(1, vm.slots + 1):
+        info = vm.slot_info(slot)
+        if info["state"] != "free":
+            slots[int(info["tid"])] = {"slot": slot, **info}
+    return {"owner": vm.owner, "slots": slots}
+
+
+def _table_while(path: str, spy: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """The block as it stood while py-spy held the program stopped, and the run's figures.
+
+    py-spy stops every thread while it reads their stacks; the block cannot
+    change then.  So the block is sampled for as long as py-spy runs, and the
+    table kept is the one of the longest stretch in which the owner word
+    (owner and epoch: every disown moves the epoch) and the waiter count did
+    not move.  In a busy run that stretch is py-spy's stop; in a quiet one any
+    stretch shows the same state.
+    """
     arena = Arena.open(path, mode=0o777)
     try:
         vm = Ownership.attach(arena.buffer)
         figures = read_figures(arena, vm.slots) or {}
-        owner = vm.owner
-        slots = {}
-        for slot in range(1, vm.slots + 1):
-            info = vm.slot_info(slot)
-            if info["state"] != "free":
-                slots[int(info["tid"])] = {"slot": slot, **info}
+        best: tuple[float, dict[str, Any]] | None = None
+        key, table, since = None, None, 0.0
+        deadline = time.monotonic() + PY_SPY_TIMEOUT_S
+        while True:
+            running = spy.poll() is None and time.monotonic() < deadline
+            now = time.monotonic()
+            new_key = (vm.epoch, vm.owner, vm.waiters)
+            if new_key != key or not running:
+                if table is not None and (best is None or now - since > best[0]):
+                    best = (now - since, table)
+                if not running:
+                    break
+                key, table, since = new_key, _read_table(vm), now
+            time.sleep(0.0002)
+        assert best is not None
         del vm
     finally:
         arena.close()
-    return {"owner": owner, "slots": slots, "figures": figures}
+    return {**best[1], "figures": figures}
 
 
 def _role(slot: dict[str, Any] | None, owner: int, figures: dict[str, Any], name: str) -> str:
@@ -178,9 +228,12 @@ def _role(slot: dict[str, Any] | None, owner: int, figures: dict[str, Any], name
 
 def inspect(pid: int, monitor: str | None = None) -> dict[str, Any]:
     """Every thread of ``pid``: name, role, slot, the process it serves, frames."""
-    dump = py_spy_dump(pid)
     path = monitor or find_monitor(pid)
-    table = _vm_table(path) if path else {"owner": 0, "slots": {}, "figures": {}}
+    spy = _start_py_spy(pid)
+    try:
+        table = _table_while(path, spy) if path else {"owner": 0, "slots": {}, "figures": {}}
+    finally:
+        dump = _py_spy_threads(spy)
     names = _task_names(pid)
     serving = {int(k): v for k, v in table["figures"].get("running", {}).items()}
     threads = []
@@ -196,7 +249,8 @@ def inspect(pid: int, monitor: str | None = None) -> dict[str, Any]:
                 "name": name,
                 "role": _role(slot, table["owner"], table["figures"], name),
                 "slot": slot["slot"] if slot else None,
-                "process": serving.get(slot["slot"]) if slot else None,
+                # the last snapshot's: it says nothing of a thread parked since
+                "process": serving.get(slot["slot"]) if slot and slot["state"] != "parked" else None,
                 "owns_gil": bool(thread.get("owns_gil")),
                 "frames": [
                     {
