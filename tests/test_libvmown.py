@@ -23,7 +23,7 @@ import pytest
 from vmown._build import NATIVE, ROOT, SOURCES
 from vmown._native import ffi, lib
 
-from .support import run_c
+from .support import install_libvmown, make, pkg_config, run_c
 
 STRESS = NATIVE / "tests" / "stress.c"
 
@@ -32,34 +32,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def make(*args: str) -> str:
-    done = subprocess.run(["make", "-s", "-C", str(ROOT), *args], capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-def install(out: pathlib.Path, *variables: str) -> pathlib.Path:
-    prefix = out / "prefix"
-    make("-j2", f"BUILDDIR={out / 'build'}", f"PREFIX={prefix}", *variables, "install")
-    return prefix
-
-
 @pytest.fixture(scope="module")
 def prefix(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    return install(tmp_path_factory.mktemp("libvmown"))
+    return install_libvmown(tmp_path_factory.mktemp("libvmown"))
 
 
 @pytest.fixture(scope="module")
 def tsan_prefix(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    return install(tmp_path_factory.mktemp("libvmown_tsan"), "CFLAGS=-O1 -g -fsanitize=thread",
-                   "LDFLAGS=-fsanitize=thread")
-
-
-def pkg_config(prefix: pathlib.Path, *args: str) -> list[str]:
-    env = {**os.environ, "PKG_CONFIG_PATH": str(prefix / "lib" / "pkgconfig")}
-    done = subprocess.run(["pkg-config", *args, "vmown"], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.split()
+    return install_libvmown(tmp_path_factory.mktemp("libvmown_tsan"), "CFLAGS=-O1 -g -fsanitize=thread",
+                            "LDFLAGS=-fsanitize=thread")
 
 
 def build_against(prefix: pathlib.Path, source: pathlib.Path, output: pathlib.Path, *flags: str) -> pathlib.Path:
