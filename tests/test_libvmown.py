@@ -126,3 +126,10 @@ def test_the_static_library_links_alone(prefix: pathlib.Path, tmp_path: pathlib.
     assert "libvmown" not in subprocess.run(["ldd", str(program)], capture_output=True, text=True).stdout
     done = subprocess.run([str(program)], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == ffi.string(lib.vmown_version_string()).decode()
+
+
+def test_every_public_function_is_in_the_c_api_guide() -> None:
+    guide = (ROOT / "docs" / "C-API.md").read_text()
+    assert "vmown_callout_begin" in public_functions()
+    missing = sorted(name for name in public_functions() if not re.search(rf"\b{name}\b", guide))
+    assert missing == [], f"docs/C-API.md does not mention {missing}"
