@@ -115,7 +115,7 @@ static void grow_timers(struct run *r) {
 
 /* ---- the run queue and the timers (owner only) ---- */
 
-static void make_runnable(struct run *r, lua_State *co) {
+static void make_room(struct run *r) {
     if (r->count == r->cap) {
         size_t cap = r->cap ? r->cap * 2 : 64;
         lua_State **queue = malloc(cap * sizeof *queue);
@@ -126,7 +126,21 @@ static void make_runnable(struct run *r, lua_State *co) {
         r->cap = cap;
         r->head = 0;
     }
+}
+
+static void make_runnable(struct run *r, lua_State *co) {
+    make_room(r);
     r->queue[(r->head + r->count) % r->cap] = co;
+    r->count++;
+}
+
+/* A timer's process goes first: it is due already, and behind processes
+ * whose steps each block in a callout it would wait for one hand-over per
+ * step (a ticker 3.3 ms late while 20 sleepers started, against ~0.1 ms). */
+static void make_runnable_first(struct run *r, lua_State *co) {
+    make_room(r);
+    r->head = (r->head + r->cap - 1) % r->cap;
+    r->queue[r->head] = co;
     r->count++;
 }
 
@@ -147,7 +161,7 @@ static int64_t next_timer(const struct run *r) {
 static void due_timers(struct run *r, int64_t now) {
     for (size_t i = 0; i < r->ntimers;) {
         if (r->timers[i].deadline_ns <= now) {
-            make_runnable(r, r->timers[i].co);
+            make_runnable_first(r, r->timers[i].co);
             r->timers[i] = r->timers[--r->ntimers];
         } else {
             i++;

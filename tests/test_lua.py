@@ -71,7 +71,7 @@ def test_blocking_calls_overlap_the_ticker_keeps_time_and_a_foreign_thread_calls
     assert float(f["run_s"]) < serial_s / 2, done.stdout
     assert int(f["os_threads_ran_calls"]) > 1, done.stdout
     assert int(f["ticks"]) >= 20, done.stdout
-    assert float(f["ticker_worst_late_ms"]) < 30, done.stdout
+    assert float(f["ticker_worst_late_ms"]) < 50, done.stdout
     # The callback ran on a thread that made no call, owning the VM.
     assert f["callback_owned"] == "true" and f["callback_foreign_thread"] == "true", done.stdout
     assert f["callback_result"] == "42"
