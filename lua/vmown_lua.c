@@ -76,6 +76,8 @@
 
 static char SLEEP, SUSPEND;  /* addresses yielded as light userdata */
 
+struct foreign;
+
 struct timer {
     int64_t deadline_ns;
     lua_State *co;
@@ -95,6 +97,7 @@ struct run {
     int64_t live;    /* processes spawned and not finished */
     int64_t steps;
     char *error;     /* the first error of a process */
+    struct foreign *foreign;  /* foreign threads not joined yet */
 };
 
 static struct run *current;  /* written before any other thread starts, and after they are joined */
@@ -357,6 +360,7 @@ struct foreign {
     lua_State *waiting;  /* the coroutine that waits for it */
     pthread_t thread;
     int nargs, status, nres;
+    struct foreign **prev, *next;  /* in run.foreign, owner only */
 };
 
 static void *foreign_main(void *arg) {
@@ -385,6 +389,8 @@ static int foreign_done(lua_State *L, int status, lua_KContext ctx) {
     uint32_t token = vmown_callout_begin(0);  /* the thread is leaving: a join of microseconds */
     int rc = pthread_join(f->thread, NULL);
     vmown_callout_end(token);
+    *f->prev = f->next;
+    if (f->next) f->next->prev = f->prev;
     if (rc != 0) return luaL_error(L, "vmown: joining the foreign thread: %s", strerror(rc));
     lua_xmove(f->th, L, f->nres);
     if (f->status != LUA_OK) return lua_error(L);
@@ -403,6 +409,10 @@ static int l_call_from_foreign_thread(lua_State *L) {
     lua_xmove(L, f->th, n);
     int rc = pthread_create(&f->thread, NULL, foreign_main, f);
     if (rc != 0) return luaL_error(L, "vmown: starting a foreign thread: %s", strerror(rc));
+    f->prev = &r->foreign;
+    f->next = r->foreign;
+    if (f->next) f->next->prev = &f->next;
+    r->foreign = f;
     lua_pushlightuserdata(L, &SUSPEND);
     return lua_yieldk(L, 1, (lua_KContext)f, foreign_done);
 }
@@ -465,6 +475,11 @@ static int l_run(lua_State *L) {
     (void)vmown_heartbeat_stop(r->vm);
     (void)vmown_workers_stop(r->vm);
     if (vmown_workers_join(r->vm, -1) != 0) fatal("vmown_workers_join", -1);
+    /* A run that failed leaves the foreign threads of the processes still
+     * waiting for them: each gets the VM (free now), calls back and leaves;
+     * their userdata stays anchored on those processes' stacks (PROCS) until
+     * the join. */
+    for (struct foreign *f = r->foreign; f; f = f->next) (void)pthread_join(f->thread, NULL);
     stats_table(L, r, vmown_now_ns() - start);
     (void)vmown_unregister(r->vm, (uint32_t)slot);
     my_slot = 0;
