@@ -3,7 +3,7 @@
 -- callback from a foreign thread.  Prints key=value figures, one a line.
 --
 -- Usage: lua5.4 ticker.lua [SLEEPERS] [CALLS] [CALL_US]
--- (LUA_CPATH must find vmown.so: lua/README.md.)
+-- (LUA_CPATH must find vmown.so; `make -C lua check` builds it and runs this.)
 local vmown = require "vmown"
 
 local sleepers = tonumber(arg[1]) or 20
