@@ -85,6 +85,13 @@ def test_architecture_indexes_every_race_of_the_scheduler() -> None:
     assert sorted(numbered - _indexed(ARCHITECTURE.read_text())) == []
 
 
+def test_architecture_indexes_every_race_of_cancellation() -> None:
+    code = (ROOT / "vmown" / "_cancel.py").read_text()
+    numbered = set(re.findall(r"^# (K\d+)\.", code, re.MULTILINE))
+    assert len(numbered) >= 5, "_cancel.py lost its numbered races"
+    assert sorted(numbered - _indexed(ARCHITECTURE.read_text())) == []
+
+
 def test_architecture_indexes_every_numbered_race_of_the_core() -> None:
     native = "".join(p.read_text() for p in sorted((ROOT / "native").glob("*.c")))
     numbered = set(re.findall(r"^ \*\s+([SRL]\d)[.:] ", native, re.MULTILINE))

@@ -606,7 +606,7 @@ def _finish(rt: _Runtime, proc: Process[Any], exc: BaseException) -> None:
     elif isinstance(exc, _Cancelled):
         # Cancelled by Process.cancel(), with its task group, or by a scope
         # whose __exit__ an asynchronous Cancelled pre-empted (_cancel.py,
-        # race C9): its awaiters get ProcessCancelled, a plain failure of the
+        # race K9): its awaiters get ProcessCancelled, a plain failure of the
         # awaited process, and the run goes on.
         proc._cancelled = True
         proc._retrieved = True
@@ -680,7 +680,7 @@ def _release_timers(rt: _Runtime) -> None:
             target._state = _RUNNABLE
             run_queue.append(target)
         else:
-            target._expire()  # a CancelScope's deadline (_cancel.py, race C3)
+            target._expire()  # a CancelScope's deadline (_cancel.py, race K3)
     while timers and timers[0][2] is None:  # keep the head live (_drop_timer)
         heapq.heappop(timers)
         rt.stale_timers -= 1
