@@ -44,6 +44,7 @@ from ._cancel import (
 )
 from ._sync import CapacityLimiter, Condition, Event, Lock, Queue, Semaphore, WouldBlock
 from ._taskgroup import TaskGroup
+from ._io import notify_closing, wait_readable, wait_writable
 
 __version__ = "0.1.0"
 
@@ -93,10 +94,13 @@ __all__ = [
     "fail_at",
     "move_on_after",
     "move_on_at",
+    "notify_closing",
     "run",
     "sleep",
     "spawn",
     "stats",
     "threaded",
     "threaded_wrappers",
+    "wait_readable",
+    "wait_writable",
 ]
