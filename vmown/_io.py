@@ -136,8 +136,7 @@ def _watch(rt: _Runtime, fd: int) -> _Watch:
     return watch
 
 
-@types.coroutine
-def wait_readable(fd: Any) -> Generator[object, Any, None]:
+async def wait_readable(fd: Any) -> None:
     """Wait until ``fd`` (a descriptor, or an object with ``fileno()``) is readable.
 
     Holds no thread while it waits.  Like every wait, raises
@@ -150,35 +149,52 @@ def wait_readable(fd: Any) -> Generator[object, Any, None]:
     me = _current("vmown.wait_readable()")
     if me._cancel_pending:
         raise Cancelled(f"{me!r} is in a cancelled scope")
-    watch = _watch(me._rt, _fileno(fd))
+    await _wait_readable(me, _fileno(fd))
+
+
+async def wait_writable(fd: Any) -> None:
+    """Wait until ``fd`` is writable; the rules of :func:`wait_readable`."""
+    me = _current("vmown.wait_writable()")
+    if me._cancel_pending:
+        raise Cancelled(f"{me!r} is in a cancelled scope")
+    await _wait_writable(me, _fileno(fd))
+
+
+@types.coroutine
+def _wait_readable(me: Process[Any], fd: int) -> Generator[object, Any, None]:
+    """wait_readable for a checked caller and descriptor (vmown.socket's path)."""
+    io = me._rt.io
+    watch = io.watches.get(fd) if io is not None else None
+    if watch is None:
+        watch = _watch(me._rt, fd)
+        io = me._rt.io
     if watch.readable:
         watch.readable = False
         return
     if watch.reader is not None:
-        raise RuntimeError(f"{watch.reader!r} already waits for descriptor {watch.fd} to be readable")
+        raise RuntimeError(f"{watch.reader!r} already waits for descriptor {fd} to be readable")
     watch.reader = me
     me._waiting_on = watch
-    io = me._rt.io
     io.waiting += 1
     io.blocked += 1
     yield _SUSPEND
 
 
 @types.coroutine
-def wait_writable(fd: Any) -> Generator[object, Any, None]:
-    """Wait until ``fd`` is writable; the rules of :func:`wait_readable`."""
-    me = _current("vmown.wait_writable()")
-    if me._cancel_pending:
-        raise Cancelled(f"{me!r} is in a cancelled scope")
-    watch = _watch(me._rt, _fileno(fd))
+def _wait_writable(me: Process[Any], fd: int) -> Generator[object, Any, None]:
+    """wait_writable for a checked caller and descriptor."""
+    io = me._rt.io
+    watch = io.watches.get(fd) if io is not None else None
+    if watch is None:
+        watch = _watch(me._rt, fd)
+        io = me._rt.io
     if watch.writable:
         watch.writable = False
         return
     if watch.writer is not None:
-        raise RuntimeError(f"{watch.writer!r} already waits for descriptor {watch.fd} to be writable")
+        raise RuntimeError(f"{watch.writer!r} already waits for descriptor {fd} to be writable")
     watch.writer = me
     me._waiting_on = watch
-    io = me._rt.io
     io.waiting += 1
     io.blocked += 1
     yield _SUSPEND

@@ -11,19 +11,28 @@
 # end with a checkpoint.  Name resolution (getaddrinfo) is C that blocks in
 # its own way: a threaded callout, not a readiness wait.
 #
+# Receiving.  A receive on a stream socket that returns fewer bytes than
+# asked emptied the socket's buffer; every byte that arrives after it makes
+# an edge, which wakes the next wait or sets its flag.  So the next receive
+# waits first instead of trying a read that would fail with EAGAIN (one
+# system call and one exception per message of a request-reply exchange).
+# Not after end of stream (0 bytes: the edge of the hang-up came before)
+# nor for datagrams (a short datagram says nothing of the next one).
+#
 # close() calls notify_closing first when it runs in a process, so that a
 # process waiting on the socket gets OSError(EBADF) and the descriptor's
 # number can be reused safely (vmown/_io.py, "Edges").
 
 from __future__ import annotations
 
+import os
 import socket as _stdlib
 from typing import Any, Self
 
 from ._callout import callout
 from ._cancel import Cancelled
-from ._io import notify_closing, wait_readable, wait_writable
-from ._scheduler import _process_var, checkpoint
+from ._io import _wait_readable, _wait_writable, notify_closing
+from ._scheduler import Process, _process_var, checkpoint
 
 __all__ = ["open_tcp_listener", "open_tcp_stream"]
 
@@ -31,12 +40,14 @@ __all__ = ["open_tcp_listener", "open_tcp_stream"]
 _YIELD_EVERY = 16
 
 
-def _check_cancel(what: str) -> None:
+def _check_cancel(what: str) -> Process[Any]:
+    """The calling process; Cancelled in a cancelled scope, as at every wait."""
     proc = _process_var.get(None)
     if proc is None:
         raise RuntimeError(f"{what} must be called from a process started by vmown.run()")
     if proc._cancel_pending:
         raise Cancelled(f"{proc!r} is in a cancelled scope")
+    return proc
 
 
 class SocketType:
@@ -48,7 +59,7 @@ class SocketType:
     socket (``setsockopt``, ``getsockname``, ``family``...) are passed through.
     """
 
-    __slots__ = ("_sock", "_fd", "_unyielded")
+    __slots__ = ("_sock", "_fd", "_unyielded", "_stream", "_drained")
 
     def __init__(self, sock: _stdlib.socket) -> None:
         if not isinstance(sock, _stdlib.socket):
@@ -57,6 +68,10 @@ class SocketType:
         self._sock = sock
         self._fd = sock.fileno()
         self._unyielded = 0  # operations in a row that did not wait
+        self._stream = sock.type == _stdlib.SOCK_STREAM
+        # A stream socket's last receive came back short, so its buffer was
+        # empty then: any byte since has made an edge (see "Receiving").
+        self._drained = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
@@ -78,16 +93,9 @@ class SocketType:
             notify_closing(fd)
         self._sock.close()
 
-    async def _done(self) -> None:
-        """An operation completed without waiting: a checkpoint every _YIELD_EVERY of them."""
-        self._unyielded += 1
-        if self._unyielded >= _YIELD_EVERY:
-            self._unyielded = 0
-            await checkpoint()
-
     async def accept(self) -> tuple[SocketType, Any]:
         """Wait for a connection; return (a new SocketType, the peer's address)."""
-        _check_cancel("accept()")
+        me = _check_cancel("accept()")
         sock = self._sock
         while True:
             try:
@@ -95,102 +103,126 @@ class SocketType:
                 break
             except BlockingIOError:
                 self._unyielded = 0
-                await wait_readable(self._fd)
-        new = _stdlib.socket(sock.family, sock.type, sock.proto, fileno=conn)
-        await self._done()
-        return SocketType(new), address
+                await _wait_readable(me, self._fd)
+        new = SocketType(_stdlib.socket(sock.family, sock.type, sock.proto, fileno=conn))
+        self._unyielded += 1
+        if self._unyielded >= _YIELD_EVERY:
+            self._unyielded = 0
+            await checkpoint()
+        return new, address
 
     async def connect(self, address: Any) -> None:
         """Connect to ``address``; raise the OSError the connection failed with."""
-        _check_cancel("connect()")
+        me = _check_cancel("connect()")
         sock = self._sock
         try:
             sock.connect(address)
             return
         except (BlockingIOError, InterruptedError):
             pass
-        await wait_writable(self._fd)
-        error = sock.getsockopt(_stdlib.SOL_SOCKET, _stdlib.SO_ERROR)
-        if error:
-            raise OSError(error, f"connect to {address!r}: {_stdlib_strerror(error)}")
+        await _wait_writable(me, self._fd)
+        code = sock.getsockopt(_stdlib.SOL_SOCKET, _stdlib.SO_ERROR)
+        if code:
+            raise OSError(code, f"connect to {address!r}: {os.strerror(code)}")
+
+    # The four transfers: try, wait only on EAGAIN, and count the operations
+    # that did not wait (a checkpoint every _YIELD_EVERY of them).  Written
+    # out, not shared through a helper: each is on the path of every message.
 
     async def recv(self, bufsize: int, flags: int = 0) -> bytes:
         """Receive up to ``bufsize`` bytes (b"" at end of stream), waiting until some come."""
-        _check_cancel("recv()")
-        recv = self._sock.recv
-        try:
-            data = recv(bufsize, flags)
-        except BlockingIOError:
-            while True:
-                self._unyielded = 0
-                await wait_readable(self._fd)
-                try:
-                    return recv(bufsize, flags)
-                except BlockingIOError:
-                    pass
-        await self._done()
-        return data
+        me = _check_cancel("recv()")
+        if not self._drained:  # see "Receiving"
+            try:
+                data: bytes = self._sock.recv(bufsize, flags)
+            except BlockingIOError:
+                pass
+            else:
+                self._drained = 0 < len(data) < bufsize and self._stream and not flags
+                self._unyielded += 1
+                if self._unyielded >= _YIELD_EVERY:
+                    self._unyielded = 0
+                    await checkpoint()
+                return data
+        self._unyielded = 0
+        while True:
+            await _wait_readable(me, self._fd)
+            try:
+                data = self._sock.recv(bufsize, flags)
+            except BlockingIOError:
+                continue
+            self._drained = 0 < len(data) < bufsize and self._stream and not flags
+            return data
 
     async def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         """Receive into ``buffer``; return the number of bytes (0 at end of stream)."""
-        _check_cancel("recv_into()")
-        recv_into = self._sock.recv_into
-        try:
-            n = recv_into(buffer, nbytes, flags)
-        except BlockingIOError:
-            while True:
-                self._unyielded = 0
-                await wait_readable(self._fd)
-                try:
-                    return recv_into(buffer, nbytes, flags)
-                except BlockingIOError:
-                    pass
-        await self._done()
-        return n
+        me = _check_cancel("recv_into()")
+        asked = nbytes or memoryview(buffer).nbytes
+        if not self._drained:  # see "Receiving"
+            try:
+                n: int = self._sock.recv_into(buffer, nbytes, flags)
+            except BlockingIOError:
+                pass
+            else:
+                self._drained = 0 < n < asked and self._stream and not flags
+                self._unyielded += 1
+                if self._unyielded >= _YIELD_EVERY:
+                    self._unyielded = 0
+                    await checkpoint()
+                return n
+        self._unyielded = 0
+        while True:
+            await _wait_readable(me, self._fd)
+            try:
+                n = self._sock.recv_into(buffer, nbytes, flags)
+            except BlockingIOError:
+                continue
+            self._drained = 0 < n < asked and self._stream and not flags
+            return n
 
     async def send(self, data: Any, flags: int = 0) -> int:
         """Send some of ``data``, waiting until the socket takes at least a byte; return how many."""
-        _check_cancel("send()")
-        send = self._sock.send
+        me = _check_cancel("send()")
         try:
-            n = send(data, flags)
+            n: int = self._sock.send(data, flags)
         except BlockingIOError:
+            self._unyielded = 0
             while True:
-                self._unyielded = 0
-                await wait_writable(self._fd)
+                await _wait_writable(me, self._fd)
                 try:
-                    return send(data, flags)
+                    return self._sock.send(data, flags)  # type: ignore[no-any-return]
                 except BlockingIOError:
                     pass
-        await self._done()
+        self._unyielded += 1
+        if self._unyielded >= _YIELD_EVERY:
+            self._unyielded = 0
+            await checkpoint()
         return n
 
     async def sendall(self, data: Any, flags: int = 0) -> None:
         """Send all of ``data``, waiting as often as the socket's buffer is full."""
-        _check_cancel("sendall()")
+        me = _check_cancel("sendall()")
         send = self._sock.send
-        view = memoryview(data).cast("B")
-        total = len(view)
-        sent = 0
-        while True:
-            try:
-                sent += send(view[sent:] if sent else view, flags)
-            except BlockingIOError:
+        try:
+            sent = send(data, flags)
+        except BlockingIOError:
+            sent = 0
+        if type(data) is not bytes or sent < len(data):
+            view = memoryview(data).cast("B")
+            while sent < len(view):
                 self._unyielded = 0
-                await wait_writable(self._fd)
-                continue
-            if sent >= total:
-                break
-        await self._done()
+                await _wait_writable(me, self._fd)
+                try:
+                    sent += send(view[sent:], flags)
+                except BlockingIOError:
+                    pass
+        self._unyielded += 1
+        if self._unyielded >= _YIELD_EVERY:
+            self._unyielded = 0
+            await checkpoint()
 
     def __repr__(self) -> str:
         return f"<vmown.socket.SocketType {self._sock!r}>"
-
-
-def _stdlib_strerror(code: int) -> str:
-    import os
-
-    return os.strerror(code)
 
 
 def socket(
