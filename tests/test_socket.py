@@ -21,6 +21,7 @@ def os_threads() -> int:
 def test_an_echo_server_and_fifty_clients_in_one_run_byte_exact_without_a_thread_per_connection() -> None:
     clients, messages = 50, 1000
     high = [os_threads()]
+    stats: dict[str, int] = {}
 
     async def handler(conn: vsocket.SocketType) -> None:
         with conn:
@@ -62,12 +63,16 @@ def test_an_echo_server_and_fifty_clients_in_one_run_byte_exact_without_a_thread
         counts = [await p for p in procs]
         serving.cancel()
         listener.close()
+        stats.update(vmown.stats())
         return counts
 
     # hz=10: see tests/test_io.py (the heartbeat's servers are threads for
-    # CPU work; this test counts the threads that connections hold).
+    # CPU work; this test counts the threads that connections hold).  The 50
+    # getaddrinfo callouts of open_tcp_stream may each be activated past on
+    # a loaded machine, and each activation asks for spares: a thread per
+    # connection would be 50 or more, the bound is half that.
     assert vmown.run(main, hz=10) == [messages] * clients
-    assert max(high) < 10, high
+    assert max(high) < clients // 2, (high, stats)
 
 
 def test_connect_to_a_closed_port_raises_connection_refused() -> None:

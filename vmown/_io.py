@@ -133,7 +133,7 @@ def _watch(rt: _Runtime, fd: int) -> _Watch:
         except FileExistsError:
             pass  # watched before and never unwatched: its edges still come
         watch = io.watches[fd] = _Watch(fd)
-    return watch
+    return watch  # type: ignore[no-any-return]
 
 
 async def wait_readable(fd: Any) -> None:
@@ -162,7 +162,24 @@ async def wait_writable(fd: Any) -> None:
 
 @types.coroutine
 def _wait_readable(me: Process[Any], fd: int) -> Generator[object, Any, None]:
-    """wait_readable for a checked caller and descriptor (vmown.socket's path)."""
+    """wait_readable for a checked caller and descriptor."""
+    if _arm_readable(me, fd):
+        yield _SUSPEND
+
+
+@types.coroutine
+def _wait_writable(me: Process[Any], fd: int) -> Generator[object, Any, None]:
+    """wait_writable for a checked caller and descriptor."""
+    if _arm_writable(me, fd):
+        yield _SUSPEND
+
+
+def _arm_readable(me: Process[Any], fd: int) -> bool:
+    """Consume a readable edge (False), or register ``me`` as the reader: True, it must yield _SUSPEND.
+
+    The body of a wait, without its generator: vmown.socket's transfers call
+    it and yield themselves.
+    """
     io = me._rt.io
     watch = io.watches.get(fd) if io is not None else None
     if watch is None:
@@ -170,19 +187,18 @@ def _wait_readable(me: Process[Any], fd: int) -> Generator[object, Any, None]:
         io = me._rt.io
     if watch.readable:
         watch.readable = False
-        return
+        return False
     if watch.reader is not None:
         raise RuntimeError(f"{watch.reader!r} already waits for descriptor {fd} to be readable")
     watch.reader = me
     me._waiting_on = watch
     io.waiting += 1
     io.blocked += 1
-    yield _SUSPEND
+    return True
 
 
-@types.coroutine
-def _wait_writable(me: Process[Any], fd: int) -> Generator[object, Any, None]:
-    """wait_writable for a checked caller and descriptor."""
+def _arm_writable(me: Process[Any], fd: int) -> bool:
+    """_arm_readable for writing."""
     io = me._rt.io
     watch = io.watches.get(fd) if io is not None else None
     if watch is None:
@@ -190,14 +206,14 @@ def _wait_writable(me: Process[Any], fd: int) -> Generator[object, Any, None]:
         io = me._rt.io
     if watch.writable:
         watch.writable = False
-        return
+        return False
     if watch.writer is not None:
         raise RuntimeError(f"{watch.writer!r} already waits for descriptor {fd} to be writable")
     watch.writer = me
     me._waiting_on = watch
     io.waiting += 1
     io.blocked += 1
-    yield _SUSPEND
+    return True
 
 
 def notify_closing(fd: Any) -> None:

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import os
 import socket as _stdlib
+import types
+from collections.abc import Generator
 from typing import Any, Self
 
 from ._callout import callout
 from ._cancel import Cancelled
-from ._io import _wait_readable, _wait_writable, notify_closing
-from ._scheduler import Process, _process_var, checkpoint
+from ._io import _arm_readable, _arm_writable, _wait_readable, _wait_writable, notify_closing
+from ._scheduler import _SUSPEND, Process, _process_var, checkpoint
 
 __all__ = ["open_tcp_listener", "open_tcp_stream"]
 
@@ -126,12 +128,17 @@ class SocketType:
             raise OSError(code, f"connect to {address!r}: {os.strerror(code)}")
 
     # The four transfers: try, wait only on EAGAIN, and count the operations
-    # that did not wait (a checkpoint every _YIELD_EVERY of them).  Written
-    # out, not shared through a helper: each is on the path of every message.
+    # that did not wait (a checkpoint every _YIELD_EVERY of them).  They are
+    # on the path of every message, so each is one generator-based coroutine
+    # that yields to the scheduler itself (_SUSPEND to wait, None for a
+    # checkpoint) instead of awaiting helpers, and is written out in full.
 
-    async def recv(self, bufsize: int, flags: int = 0) -> bytes:
+    @types.coroutine
+    def recv(self, bufsize: int, flags: int = 0) -> Generator[object, Any, bytes]:
         """Receive up to ``bufsize`` bytes (b"" at end of stream), waiting until some come."""
-        me = _check_cancel("recv()")
+        me = _process_var.get(None)
+        if me is None or me._cancel_pending:
+            me = _check_cancel("recv()")  # raises
         if not self._drained:  # see "Receiving"
             try:
                 data: bytes = self._sock.recv(bufsize, flags)
@@ -142,11 +149,12 @@ class SocketType:
                 self._unyielded += 1
                 if self._unyielded >= _YIELD_EVERY:
                     self._unyielded = 0
-                    await checkpoint()
+                    yield None
                 return data
         self._unyielded = 0
         while True:
-            await _wait_readable(me, self._fd)
+            if _arm_readable(me, self._fd):
+                yield _SUSPEND
             try:
                 data = self._sock.recv(bufsize, flags)
             except BlockingIOError:
@@ -154,9 +162,12 @@ class SocketType:
             self._drained = 0 < len(data) < bufsize and self._stream and not flags
             return data
 
-    async def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+    @types.coroutine
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> Generator[object, Any, int]:
         """Receive into ``buffer``; return the number of bytes (0 at end of stream)."""
-        me = _check_cancel("recv_into()")
+        me = _process_var.get(None)
+        if me is None or me._cancel_pending:
+            me = _check_cancel("recv_into()")  # raises
         asked = nbytes or memoryview(buffer).nbytes
         if not self._drained:  # see "Receiving"
             try:
@@ -168,11 +179,12 @@ class SocketType:
                 self._unyielded += 1
                 if self._unyielded >= _YIELD_EVERY:
                     self._unyielded = 0
-                    await checkpoint()
+                    yield None
                 return n
         self._unyielded = 0
         while True:
-            await _wait_readable(me, self._fd)
+            if _arm_readable(me, self._fd):
+                yield _SUSPEND
             try:
                 n = self._sock.recv_into(buffer, nbytes, flags)
             except BlockingIOError:
@@ -180,28 +192,36 @@ class SocketType:
             self._drained = 0 < n < asked and self._stream and not flags
             return n
 
-    async def send(self, data: Any, flags: int = 0) -> int:
+    @types.coroutine
+    def send(self, data: Any, flags: int = 0) -> Generator[object, Any, int]:
         """Send some of ``data``, waiting until the socket takes at least a byte; return how many."""
-        me = _check_cancel("send()")
+        me = _process_var.get(None)
+        if me is None or me._cancel_pending:
+            me = _check_cancel("send()")  # raises
         try:
             n: int = self._sock.send(data, flags)
         except BlockingIOError:
             self._unyielded = 0
             while True:
-                await _wait_writable(me, self._fd)
+                if _arm_writable(me, self._fd):
+                    yield _SUSPEND
                 try:
-                    return self._sock.send(data, flags)  # type: ignore[no-any-return]
+                    n = self._sock.send(data, flags)
                 except BlockingIOError:
-                    pass
+                    continue
+                return n
         self._unyielded += 1
         if self._unyielded >= _YIELD_EVERY:
             self._unyielded = 0
-            await checkpoint()
+            yield None
         return n
 
-    async def sendall(self, data: Any, flags: int = 0) -> None:
+    @types.coroutine
+    def sendall(self, data: Any, flags: int = 0) -> Generator[object, Any, None]:
         """Send all of ``data``, waiting as often as the socket's buffer is full."""
-        me = _check_cancel("sendall()")
+        me = _process_var.get(None)
+        if me is None or me._cancel_pending:
+            me = _check_cancel("sendall()")  # raises
         send = self._sock.send
         try:
             sent = send(data, flags)
@@ -211,7 +231,8 @@ class SocketType:
             view = memoryview(data).cast("B")
             while sent < len(view):
                 self._unyielded = 0
-                await _wait_writable(me, self._fd)
+                if _arm_writable(me, self._fd):
+                    yield _SUSPEND
                 try:
                     sent += send(view[sent:], flags)
                 except BlockingIOError:
@@ -219,7 +240,7 @@ class SocketType:
         self._unyielded += 1
         if self._unyielded >= _YIELD_EVERY:
             self._unyielded = 0
-            await checkpoint()
+            yield None
 
     def __repr__(self) -> str:
         return f"<vmown.socket.SocketType {self._sock!r}>"
