@@ -283,3 +283,41 @@ def test_a_regular_file_is_refused_with_the_os_error(tmp_path: Any) -> None:
 
     with pytest.raises(PermissionError):
         vmown.run(main)
+
+
+def test_ctrl_c_while_the_run_thread_waits_in_epoll() -> None:
+    """N4: the SIGINT handler writes the poller's eventfd; epoll's retry after the handler returns at once."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("needs the main thread")
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("needs Python's default SIGINT handling")
+    r, w = nonblocking_pipe()
+    waiting = threading.Event()
+
+    async def main() -> None:
+        waiting.set()
+        await vmown.wait_readable(r)  # nothing runnable, no timer: the run thread waits in epoll
+
+    main_ident = threading.main_thread().ident
+    assert main_ident is not None
+
+    def interrupt() -> None:
+        if waiting.wait(30):
+            time.sleep(0.1)
+            signal.pthread_kill(main_ident, signal.SIGINT)
+
+    helper = threading.Thread(target=interrupt)
+    helper.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            vmown.run(main)
+    finally:
+        helper.join(30)
+        os.close(r)
+        os.close(w)
+    assert time.monotonic() - start < 20  # not stuck in epoll_wait without a timeout
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
