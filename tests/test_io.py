@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import threading
 import time
 from typing import Any
 
@@ -256,21 +257,30 @@ def test_two_readers_of_one_descriptor_are_refused() -> None:
 
 
 def test_main_ends_on_a_worker_while_the_run_thread_waits_in_epoll() -> None:
+    """N4: _halt writes the poller's eventfd; without it the run thread waits in epoll for ever."""
     r, w = nonblocking_pipe()
+    threads: dict[str, int] = {}
 
     async def never_written() -> None:
         await vmown.wait_readable(r)
 
-    async def main() -> str:
+    async def blocker() -> None:
+        threads["blocker"] = threading.get_ident()
+        usleep(200_000)  # the run thread, until after main has gone out
+
+    async def main() -> None:
         vmown.spawn(never_written)
-        usleep(200_000)  # main's next step runs on a worker; the run thread idles in epoll (N4)
-        return "done"
+        vmown.spawn(blocker)
+        await vmown.sleep(0.02)  # main's next step runs on a worker
+        threads["main"] = threading.get_ident()
+        usleep(400_000)  # meanwhile the run thread, back, idles in epoll with no timeout
 
     try:
-        assert vmown.run(main) == "done"
+        vmown.run(main)
     finally:
         os.close(r)
         os.close(w)
+    assert threads["main"] != threads["blocker"] == threading.get_ident()
 
 
 def test_a_regular_file_is_refused_with_the_os_error(tmp_path: Any) -> None:
