@@ -884,9 +884,10 @@ def _park(rt: _Runtime, me: _ThreadState) -> bool:
 #     A dispatches the edges only once it owns the VM.  Each edge goes to one
 #     epoll_wait (edge-triggered), so T's own polls never see these twice.
 # N4. The run halts while the poller waits: main ends on another thread
-#     (_halt), or Ctrl-C lands in the wait (_on_sigint).  Both set `halt`
-#     and write the poller's eventfd (_wake_poller); the wait returns, a
-#     worker leaves without the VM, the run thread owns it and shuts down.
+#     (_halt), a worker fails outside a step (_crash), or Ctrl-C lands in the
+#     wait (_on_sigint).  Each sets `halt` and then writes the poller's
+#     eventfd (_wake_poller); the wait returns, a worker leaves without the
+#     VM, the run thread owns it and shuts down.
 def _idle_in_poll(rt: _Runtime, me: _ThreadState, io: Any) -> bool:
     """Nothing to run, processes wait on descriptors: release the VM and wait in epoll.
 
@@ -1083,6 +1084,7 @@ def _crash(rt: _Runtime, me: _ThreadState | None, exc: BaseException) -> None:
         rt.releases += 1
         _disown(rt.cb, me.slot, 0)
     lib.vmown_unpark(rt.cb, rt.run_slot)
+    _wake_poller(rt)  # N4
 
 
 def _enter(rt: _Runtime, run_thread: bool) -> _ThreadState:
