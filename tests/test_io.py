@@ -331,3 +331,17 @@ def test_ctrl_c_while_the_run_thread_waits_in_epoll() -> None:
         os.close(w)
     assert time.monotonic() - start < 20  # not stuck in epoll_wait without a timeout
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_closed_socket_is_refused_with_ebadf() -> None:
+    import socket
+
+    sock = socket.socket()
+    sock.close()
+
+    async def main() -> None:
+        await vmown.wait_readable(sock)
+
+    with pytest.raises(OSError) as caught:
+        vmown.run(main)
+    assert caught.value.errno == errno.EBADF

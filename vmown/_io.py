@@ -119,7 +119,10 @@ def _fileno(fd: Any) -> int:
     fileno = getattr(fd, "fileno", None)
     if fileno is None:
         raise TypeError(f"expected a file descriptor or an object with fileno(), not {type(fd).__name__}")
-    return int(fileno())
+    number = int(fileno())
+    if number < 0:
+        raise OSError(errno.EBADF, f"{fd!r} is closed")
+    return number
 
 
 def _watch(rt: _Runtime, fd: int) -> _Watch:
