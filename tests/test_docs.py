@@ -142,3 +142,10 @@ def test_the_check_accepts_what_exists() -> None:
         '`native/callout.c:vmown_callout_begin` `native/tests/lazy_test.c:"called off after R1"` `native/`'
     )
     assert dangling(text) == []
+
+
+def test_architecture_indexes_every_race_of_the_descriptor_waits() -> None:
+    code = "".join((ROOT / "vmown" / name).read_text() for name in ("_io.py", "_scheduler.py"))
+    numbered = set(re.findall(r"^\s*# (N\d+)\.", code, re.MULTILINE))
+    assert len(numbered) >= 6, "_io.py and _scheduler.py lost their numbered races"
+    assert sorted(numbered - _indexed(ARCHITECTURE.read_text())) == []
