@@ -54,6 +54,7 @@ SUITES = {
     "sched": "suite_sched",
     "heartbeat": "suite_heartbeat",
     "ipc": "suite_ipc",
+    "net": "suite_net",
 }
 
 PROGRESS_S = 15.0  # a long suite says it is still running this often

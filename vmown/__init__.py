@@ -46,6 +46,9 @@ from ._sync import CapacityLimiter, Condition, Event, Lock, Queue, Semaphore, Wo
 from ._stacks import allow_inspection
 from ._taskgroup import TaskGroup
 from ._watchdog import SlowCalloutWarning, SlowStepWarning, WatchdogWarning
+from ._io import notify_closing, wait_readable, wait_writable
+from ._socket import open_tcp_listener, open_tcp_stream
+from . import socket
 
 __version__ = "0.1.0"
 
@@ -100,10 +103,16 @@ __all__ = [
     "fail_at",
     "move_on_after",
     "move_on_at",
+    "notify_closing",
+    "open_tcp_listener",
+    "open_tcp_stream",
     "run",
     "sleep",
+    "socket",
     "spawn",
     "stats",
     "threaded",
     "threaded_wrappers",
+    "wait_readable",
+    "wait_writable",
 ]
