@@ -880,3 +880,54 @@ def test_the_heartbeat_thread_is_named_and_known_from_the_start() -> None:
 
     tid, names = vmown.run(main)
     assert tid > 0 and names[str(tid)] == "vmown-heartbeat"
+
+
+# ---- the ownership guard ----
+
+
+def test_entry_points_refuse_a_thread_that_does_not_own_the_vm() -> None:
+    """A function run as a callout runs in the process's context but without
+    the VM: every entry point that changes the run's state refuses it, and
+    nothing changes."""
+
+    async def nothing() -> None:
+        return None
+
+    async def main() -> list[str]:
+        event, lock, queue = vmown.Event(), vmown.Lock(), vmown.Queue[int]()
+        sem = vmown.Semaphore(1)
+        await lock.acquire()
+        await sem.acquire()
+        refused = []
+        for name, call in (
+            ("Event.set", event.set),
+            ("spawn", lambda: vmown.spawn(nothing)),
+            ("Queue.put_nowait", lambda: queue.put_nowait(1)),
+            ("Lock.release", lock.release),
+            ("Semaphore.release", sem.release),
+            ("Process.cancel", vmown.current_process().cancel),
+        ):
+            with pytest.raises(vmown.NotOwnerError) as info:
+                vmown.callout(call)
+            assert "current_token" in str(info.value)
+            refused.append(name)
+        # A thread started with the process's context copied: the same.
+        errors: list[BaseException] = []
+
+        def other() -> None:
+            try:
+                event.set()
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        ctx = contextvars.copy_context()
+        thread = threading.Thread(target=ctx.run, args=(other,))
+        vmown.callout(thread.start)
+        vmown.callout(thread.join)
+        assert len(errors) == 1 and isinstance(errors[0], vmown.NotOwnerError)
+        assert not event.is_set() and queue.empty() and lock.locked() and sem.value == 0
+        lock.release()
+        event.set()
+        return refused
+
+    assert len(vmown.run(main)) == 6

@@ -121,6 +121,7 @@ import heapq
 import inspect
 import itertools
 import math
+import os
 import signal
 import sys
 import threading
@@ -134,9 +135,10 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any, Generic, TypeVar, TypeVarTuple
 
-from ._errors import VmownError, check, error
+from ._errors import NotOwnerError, VmownError, check, error
 from ._native import ffi, lib
 from ._ownership import Ownership
+from ._callout_ext import bind as _guard_bind, owns as _owns
 
 __all__ = ["Process", "checkpoint", "current_process", "run", "sleep", "spawn", "stats"]
 
@@ -186,6 +188,11 @@ _DONE = "done"
 _SUSPEND = object()
 
 _process_var: contextvars.ContextVar[Process[Any]] = contextvars.ContextVar("vmown.process")
+
+# The ownership guard (see _current).  VMOWN_GUARD=0 in the environment at
+# import builds the entry points without it: only for measuring what it
+# costs (benchmarks/suite_threads.py, guard_overhead).
+_GUARD = os.environ.get("VMOWN_GUARD", "1") != "0"
 
 
 class _ThreadState:
@@ -351,7 +358,7 @@ class _Runtime:
     """
 
     __slots__ = (
-        "ownership", "cb", "waiters_word", "work_words", "run_queue", "timers", "stale_timers", "timer_seq", "processes", "main",
+        "ownership", "cb", "waiters_word", "owner_word", "work_words", "run_queue", "timers", "stale_timers", "timer_seq", "processes", "main",
         "halt", "fatal", "running", "unretrieved", "published_runnable", "published_timer_ns",
         "watched_deadline_ns", "run_slot", "max_threads", "idle_timeout_ns", "handle", "worker_idents",
         "pool_shortfalls", "cap_warned", "failures_warned", "steps", "spawned", "parks", "releases",
@@ -361,6 +368,7 @@ class _Runtime:
         self.ownership = Ownership(slots=max_threads + _SLOT_MARGIN)
         self.cb = self.ownership._cb  # vmown_vm *, valid until ownership.close()
         self.waiters_word = lib.vmown_waiters_word(self.cb)  # read in place by _serve
+        self.owner_word = _owner_word(self.waiters_word)  # read in place by the guard
         # [0] written in place by _serve at every step, [1] by spawn (and by
         # _publish): a memoryview store costs ~20 ns where a cffi pointer
         # store costs ~65 (one aligned 8-byte store either way; the heartbeat
@@ -409,19 +417,58 @@ class _Runtime:
         self.releases = 0  # other disowns by the scheduler; callouts = disowns - both
 
 
-# ---- the current process ----
+def _owner_word(waiters_word: Any) -> memoryview:
+    """The block's owner word, for plain loads (the waiters word's block, by the layout's offsets)."""
+    if sys.byteorder != "little":  # vmown_waiters_word points at the low half: its offset differs
+        raise ImportError("vmown reads the owner word in place only on little-endian machines")
+    layout = ffi.new("vmown_layout *")
+    lib.vmown_layout_read(layout)
+    block = int(ffi.cast("uintptr_t", waiters_word)) - layout.waiters_and_hb_asleep
+    return memoryview(ffi.buffer(ffi.cast("char *", block + layout.owner_word), 8)).cast("Q")
+
+
+# ---- the current process, and the ownership guard ----
+
+# The guard.  Every entry point that changes the run's state (spawn, the
+# primitives' set/release/put/get, cancel) first checks that the calling
+# thread owns the VM: a process's code runs on a thread that owns it, but a
+# Python function run as a callout (vmown.callout(f)), a thread it starts
+# with the process's context copied, or a cffi callback in a threaded call
+# run in the process's context without the VM, while a worker may own it and
+# change the same state.  The check is one load of the owner word in place
+# and a compare with the thread's slot, in C (native/pyext/callout_ext.c:
+# guard_owns; each serving thread binds its slot there, _bind_here).  A lazy callout (C
+# wrappers) keeps the owner word, but runs no Python; a cffi callback inside
+# one owns the VM again first (_callback.py).
 
 
 def _current(what: str) -> Process[Any]:
+    """The calling process; NotOwnerError if the calling thread does not own its VM."""
     proc = _process_var.get(None)
     if proc is None:
-        raise RuntimeError(f"{what} must be called from a process started by vmown.run()")
+        raise RuntimeError(
+            f"{what} must be called from a process started by vmown.run() "
+            "(from another thread: vmown.current_token().run_sync(...))"
+        )
+    if _GUARD and not _owns():
+        raise _not_owner(what)
     return proc
+
+
+def _not_owner(what: str) -> NotOwnerError:
+    return NotOwnerError(
+        f"{what} was called from a thread that does not own the VM (a function run as a callout, "
+        "a callback from C, or another thread): its state belongs to the thread that owns the VM; "
+        "call it through token.run_sync(...) with token = vmown.current_token() taken in a process"
+    )
 
 
 def current_process() -> Process[Any]:
     """The :class:`Process` that calls it (must be called from a process of vmown.run())."""
-    return _current("vmown.current_process()")
+    proc = _process_var.get(None)
+    if proc is None:
+        raise RuntimeError("vmown.current_process() must be called from a process started by vmown.run()")
+    return proc
 
 
 def spawn(fn: Callable[[*Ts], Coroutine[Any, Any, T]], *args: *Ts) -> Process[T]:
@@ -969,6 +1016,7 @@ def vmown_py_worker(handle: Any, slot: int) -> None:
     me = _ThreadState(rt.cb, slot, run_thread=False)
     _here.state = me
     rt.worker_idents[slot] = threading.get_ident()
+    _bind_here(rt, me)
     try:
         _ensure_spare(rt)
         _work(rt, me, given=True)
@@ -976,7 +1024,7 @@ def vmown_py_worker(handle: Any, slot: int) -> None:
         _crash(rt, me, exc)
     finally:
         del rt.worker_idents[slot]
-        _here.state = None
+        _bind_here(rt, None)
         _forget_dummy_thread()
 
 
@@ -1013,13 +1061,22 @@ def _enter(rt: _Runtime, run_thread: bool) -> _ThreadState:
     """Register the calling thread with the run's control block, for Python and C callouts."""
     me = _ThreadState(rt.cb, rt.ownership.slot, run_thread)
     check(lib.vmown_bind_thread(rt.cb, me.slot), "binding a worker thread")
-    _here.state = me
+    _bind_here(rt, me)
     return me
 
 
 def _leave() -> None:
     lib.vmown_bind_thread(ffi.NULL, 0)
-    _here.state = None
+    _bind_here(None, None)
+
+
+def _bind_here(rt: _Runtime | None, me: _ThreadState | None) -> None:
+    """Record (or forget) the run this thread serves, for Python and for the guard."""
+    _here.state = me
+    if rt is None or me is None:
+        _guard_bind(0, 0)
+    else:
+        _guard_bind(int(ffi.cast("uintptr_t", ffi.from_buffer(rt.owner_word))), me.slot)
 
 
 # ---- run ----
@@ -1284,7 +1341,7 @@ def stats() -> dict[str, int]:
     (lazy callouts the heartbeat took the VM from) and ``called_off``
     (revocations dropped because the callout was back; "Lazy callouts").
     """
-    return _stats(_current("vmown.stats()")._rt)
+    return _stats(current_process()._rt)
 
 
 def _stats(rt: _Runtime) -> dict[str, int]:

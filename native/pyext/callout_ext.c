@@ -45,6 +45,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -304,6 +305,34 @@ static PyTypeObject threaded_type = {
     .tp_dictoffset = offsetof(threaded_object, dict),
 };
 
+/* ---- the ownership guard (vmown/_scheduler.py, "_current") ----
+ *
+ * Each thread that serves a run records where the run's owner word is and
+ * its own slot (bind); owns() is then one load of the word and a compare,
+ * no lock, no call into the core: ~25 ns where a threading.local lookup
+ * alone costs ~100.  The word is the core's (native/owner.c), read relaxed:
+ * a thread that owns the VM wrote its own slot there (or was handed it) and
+ * nobody else changes it while it owns, so the compare is exact for the
+ * owner; for any other thread it is false whatever value it reads. */
+
+static _Thread_local const _Atomic uint64_t *guard_word;
+static _Thread_local uint32_t guard_slot;
+
+static PyObject *guard_bind(PyObject *module, PyObject *args) {
+    unsigned long long address;
+    unsigned int slot;
+    if (!PyArg_ParseTuple(args, "KI:bind", &address, &slot)) return NULL;
+    guard_word = (const _Atomic uint64_t *)(uintptr_t)address;
+    guard_slot = slot;
+    Py_RETURN_NONE;
+}
+
+static PyObject *guard_owns(PyObject *module, PyObject *unused) {
+    const _Atomic uint64_t *word = guard_word;
+    if (word && (uint32_t)atomic_load_explicit(word, memory_order_relaxed) == guard_slot) Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+}
+
 /* ---- module ---- */
 
 static PyObject *init(PyObject *module, PyObject *args) {
@@ -347,6 +376,8 @@ PyDoc_STRVAR(callout_doc,
 static PyMethodDef methods[] = {
     {"init", init, METH_VARARGS, PyDoc_STR("init(table_address, cdata_type, pin_pointer, c_parameters)")},
     {"callout", (PyCFunction)(void (*)(void))callout, METH_FASTCALL | METH_KEYWORDS, callout_doc},
+    {"bind", guard_bind, METH_VARARGS, PyDoc_STR("bind(owner_word_address, slot): this thread serves a run (0: none)")},
+    {"owns", guard_owns, METH_NOARGS, PyDoc_STR("owns() -> whether this thread owns the VM it was bound to")},
     {NULL, NULL, 0, NULL},
 };
 
