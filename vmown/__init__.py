@@ -44,6 +44,7 @@ from ._cancel import (
 )
 from ._sync import CapacityLimiter, Condition, Event, Lock, Queue, Semaphore, WouldBlock
 from ._taskgroup import TaskGroup
+from ._token import RunFinishedError, RunToken, current_token
 
 __version__ = "0.1.0"
 
@@ -78,6 +79,8 @@ __all__ = [
     "Process",
     "ProcessCancelled",
     "Queue",
+    "RunFinishedError",
+    "RunToken",
     "Semaphore",
     "SlotsExhaustedError",
     "TaskGroup",
@@ -88,6 +91,7 @@ __all__ = [
     "callout",
     "checkpoint",
     "current_process",
+    "current_token",
     "current_time",
     "fail_after",
     "fail_at",

@@ -362,6 +362,7 @@ class _Runtime:
         "halt", "fatal", "running", "unretrieved", "published_runnable", "published_timer_ns",
         "watched_deadline_ns", "run_slot", "max_threads", "idle_timeout_ns", "handle", "worker_idents",
         "pool_shortfalls", "cap_warned", "failures_warned", "steps", "spawned", "parks", "releases",
+        "token",
     )  # fmt: skip
 
     def __init__(self, max_threads: int, idle_timeout_s: float) -> None:
@@ -415,6 +416,7 @@ class _Runtime:
         self.spawned = 0
         self.parks = 0  # vmown_park calls (the core counts each as a disown)
         self.releases = 0  # other disowns by the scheduler; callouts = disowns - both
+        self.token: Any = None  # the RunToken, once current_token() made it (_token.py)
 
 
 def _owner_word(waiters_word: Any) -> memoryview:
@@ -867,10 +869,11 @@ def _work(rt: _Runtime, me: _ThreadState, given: bool = False) -> None:
 #     step blocked in a callout counts until it ends, on its own thread with
 #     the VM owned, so whatever it will wake is never declared stuck.
 #     Nothing outside the VM can wake a process (primitives refuse other
-#     threads), so the check is exact.
+#     threads), so the check is exact -- until a RunToken exists: then a
+#     thread may call in at any time, and there is no check (_token.py).
 def _park(rt: _Runtime, me: _ThreadState) -> bool:
     """Park until there is work; True once owning the VM, False for a worker that leaves."""
-    if not rt.run_queue and len(rt.timers) == rt.stale_timers and rt.running == 0:
+    if not rt.run_queue and len(rt.timers) == rt.stale_timers and rt.running == 0 and rt.token is None:
         _halt(rt, _deadlock(rt))
         return True
     timeout_ns, watched_deadline_ns = _park_timeout(rt, me)
@@ -1160,6 +1163,8 @@ def _shutdown(rt: _Runtime, me: _ThreadState) -> None:
     if lib.vmown_owner(rt.cb) != me.slot:
         _own(rt, me)
     _publish(rt)
+    if rt.token is not None:
+        rt.token._finish(me)  # calls from other threads: refused from now on, those in flight let out
     check(lib.vmown_heartbeat_stop(rt.cb), "stopping the heartbeat")
     check(lib.vmown_workers_stop(rt.cb), "stopping the worker pool")
     if _pool_stats(rt).live:
