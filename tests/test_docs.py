@@ -88,8 +88,8 @@ def test_architecture_indexes_every_race_of_the_scheduler() -> None:
 def test_architecture_indexes_every_race_of_the_threads() -> None:
     paths = [ROOT / "vmown" / name for name in ("_token.py", "_callback.py", "_scheduler.py")]
     code = "".join(path.read_text() for path in paths if path.exists())
-    numbered = set(re.findall(r"^#\s+(T\d+)\s", code, re.MULTILINE))
-    assert {"T1", "T2", "T3"} <= numbered, "_token.py lost its numbered races"
+    numbered = set(re.findall(r"^#\s+([TB]\d+)[.\s]", code, re.MULTILINE))
+    assert {"T1", "T2", "T3", "B1"} <= numbered, "the threads' notes lost their numbered races"
     assert sorted(numbered - _indexed(ARCHITECTURE.read_text())) == []
 
 

@@ -198,13 +198,22 @@ _GUARD = os.environ.get("VMOWN_GUARD", "1") != "0"
 class _ThreadState:
     """A thread that serves a vmown.run(): its slot in the run's control block."""
 
-    __slots__ = ("cb", "slot", "run_thread", "ident")
+    __slots__ = ("cb", "slot", "run_thread", "ident", "bound_count", "bound_queue", "wake")
 
     def __init__(self, cb: Any, slot: int, run_thread: bool) -> None:
         self.cb = cb  # vmown_vm * of the run's control block
         self.slot = slot  # this thread's slot in it
         self.run_thread = run_thread  # the thread that called vmown.run()
         self.ident = threading.get_ident()  # made on the thread it describes
+        # Bound processes (see "Bound processes").  Invariant: bound_count
+        # is the number of live processes bound to this thread; while it is
+        # not 0 the thread serves only them (_serve_bound).  bound_queue:
+        # those of them that are runnable (owner only); wake: released by
+        # the owner that queues one there, waited on by this thread with
+        # the VM given up.
+        self.bound_count = 0
+        self.bound_queue: deque[Process[Any]] = deque()
+        self.wake = threading.Semaphore(0)
 
 
 class _Here(threading.local):
@@ -246,6 +255,7 @@ class Process(Generic[T]):
         "_timer",
         "_interrupt",
         "_cancelled",
+        "_bound",
         "__weakref__",
     )
 
@@ -278,6 +288,9 @@ class Process(Generic[T]):
         self._timer: list[Any] | None = None  # its sleep's heap entry, while SLEEPING
         self._interrupt: Callable[[], object] | None = None  # while in an interruptible callout
         self._cancelled = False  # it ended with Cancelled (Process.cancel)
+        # None: runs on any thread; True: bound to the thread of its first
+        # step; a _ThreadState: bound to that thread (owner only).
+        self._bound: Any = None
 
     @property
     def name(self) -> str:
@@ -362,7 +375,7 @@ class _Runtime:
         "halt", "fatal", "running", "unretrieved", "published_runnable", "published_timer_ns",
         "watched_deadline_ns", "run_slot", "max_threads", "idle_timeout_ns", "handle", "worker_idents",
         "pool_shortfalls", "cap_warned", "failures_warned", "steps", "spawned", "parks", "releases",
-        "token",
+        "token", "bound_runnable", "bound_threads",
     )  # fmt: skip
 
     def __init__(self, max_threads: int, idle_timeout_s: float) -> None:
@@ -417,6 +430,10 @@ class _Runtime:
         self.parks = 0  # vmown_park calls (the core counts each as a disown)
         self.releases = 0  # other disowns by the scheduler; callouts = disowns - both
         self.token: Any = None  # the RunToken, once current_token() made it (_token.py)
+        # Bound processes queued on their threads (not in run_queue), and
+        # the threads that have had any (woken at a halt).
+        self.bound_runnable = 0
+        self.bound_threads: dict[_ThreadState, None] = {}
 
 
 def _owner_word(waiters_word: Any) -> memoryview:
@@ -473,15 +490,24 @@ def current_process() -> Process[Any]:
     return proc
 
 
-def spawn(fn: Callable[[*Ts], Coroutine[Any, Any, T]], *args: *Ts) -> Process[T]:
+def spawn(fn: Callable[[*Ts], Coroutine[Any, Any, T]], *args: *Ts, bound: bool = False) -> Process[T]:
     """Start ``fn(*args)`` (an ``async def`` function) as a new process; return its handle.
 
     Must be called from a process.  The new process runs in a copy of the
     caller's contextvars context and is runnable at once; ``await`` the
     returned :class:`Process` for its result.
+
+    With ``bound=True`` every step of the process runs on the OS thread of
+    its first step (Go's LockOSThread): for objects tied to a thread
+    (sqlite3 connections, GUI toolkits, OpenGL contexts, thread-local C
+    state).  That thread then serves only its bound processes until they
+    end (see "Bound processes" in the scheduler's notes).
     """
     parent = _current("vmown.spawn()")
-    return _spawn(parent._rt, fn, args, contextvars.copy_context())
+    proc = _spawn(parent._rt, fn, args, contextvars.copy_context())
+    if bound:
+        proc._bound = True
+    return proc
 
 
 def _spawn(rt: _Runtime, fn: Callable[..., Any], args: tuple[Any, ...], ctx: contextvars.Context) -> Process[Any]:
@@ -667,6 +693,8 @@ def _finish(rt: _Runtime, proc: Process[Any], exc: BaseException) -> None:
     proc._state = _DONE
     proc._resume = proc._ctx_run = None  # break the cycle process -> context -> process
     del rt.processes[proc]
+    if proc._bound is not None and proc._bound is not True:
+        proc._bound.bound_count -= 1
     joiners, proc._joiners = proc._joiners, None
     for joiner in joiners or ():
         _wake(joiner)
@@ -698,6 +726,8 @@ def _halt(rt: _Runtime, fatal: BaseException | None) -> None:
     rt.halt = True
     _publish(rt)
     lib.vmown_unpark(rt.cb, rt.run_slot)  # if the run thread is parked; else a no-op
+    for thread in rt.bound_threads:  # threads waiting for their bound processes
+        thread.wake.release()
 
 
 # ---- the loop ----
@@ -807,6 +837,10 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
         if not run_queue:
             return
         proc = popleft()
+        if proc._bound is not None and proc._bound is not here:
+            if _to_bound_thread(rt, proc, here):
+                return  # this thread is bound now: _work switches to _serve_bound
+            continue
         next_timer_ns = timers[0][0] if timers else 0
         if bool(run_queue) is not rt.published_runnable or next_timer_ns != rt.published_timer_ns:
             _publish(rt)
@@ -847,14 +881,108 @@ def _work(rt: _Runtime, me: _ThreadState, given: bool = False) -> None:
     returns not owning it.
     """
     while not rt.halt:
+        if me.bound_count:
+            _serve_bound(rt, me)
+            continue
         _serve(rt, given)
         if rt.halt:
             break
+        if me.bound_count:
+            continue
         if not _park(rt, me):
             return
         given = True
     if not me.run_thread:
         _release(rt, me)
+
+
+# Bound processes.  A process spawned with bound=True (main, with
+# run(bind_main=True)) runs every step on one thread.  The rule: a thread
+# with live bound processes serves only them, so none of them waits for a
+# step of another process, which could block in a callout for any time.
+#   - Binding: the first thread that pops a bound=True process from the run
+#     queue binds it to itself (_to_bound_thread), queues it on its own
+#     bound_queue, and leaves _serve; _work runs _serve_bound from then on.
+#   - Becoming runnable: a bound process goes to the run queue like any
+#     other (_wake, timers, joins); the owner that pops it moves it to its
+#     thread's bound_queue and releases the thread's `wake` (B1 below).
+#   - Waiting: a bound thread with nothing runnable of its own gives the VM
+#     up (to the head waiter, or unowned: the heartbeat activates a worker
+#     for the others' work) and sleeps on `wake`, GIL released; woken, it
+#     queues for the VM like a returning callout and runs its process at the
+#     owner's next scheduling point.
+#   - When the last of them ends, the thread serves everybody again.
+# B1. A bound process is queued on its thread as the thread goes to sleep.
+#       O: bound_queue.append(P); wake.release()
+#       B: bound_queue empty -> release the VM -> wake.acquire()
+#     O appends while owning the VM, B looks while owning it, so B either
+#     sees P before it gives the VM up, or sleeps after O's release, which
+#     the semaphore keeps: acquire returns at once.  A release B does not
+#     need (it had seen P) only makes it look once more.
+def _to_bound_thread(rt: _Runtime, proc: Process[Any], here: _ThreadState) -> bool:
+    """Owner: ``proc`` is bound and not to ``here``; True if it was bound to ``here`` just now."""
+    rt.bound_runnable += 1
+    if proc._bound is True:  # its first step: bind it to this thread
+        proc._bound = here
+        here.bound_count += 1
+        rt.bound_threads[here] = None
+        here.bound_queue.append(proc)
+        return True
+    thread = proc._bound
+    thread.bound_queue.append(proc)
+    thread.wake.release()  # B1
+    return False
+
+
+def _serve_bound(rt: _Runtime, me: _ThreadState) -> None:
+    """Run this thread's bound processes; wait for them with the VM given up.
+
+    The caller owns the VM and owns it on return: when the run halts or the
+    thread has no bound process left.
+    """
+    queue = me.bound_queue
+    waiters_word = rt.waiters_word
+    while not rt.halt and me.bound_count:
+        if rt.timers and rt.timers[0][0] <= _now():
+            _release_timers(rt)
+        if not queue:
+            _release(rt, me)  # B1: looked while owning
+            me.wake.acquire()
+            _own(rt, me)
+            continue
+        proc = queue.popleft()
+        rt.bound_runnable -= 1
+        _step(rt, proc, me)
+        if waiters_word[0] and not rt.halt:  # a callout came back: let it in, then queue
+            _release(rt, me)
+            _own(rt, me)
+
+
+def _step(rt: _Runtime, proc: Process[Any], here: _ThreadState) -> None:
+    """Run one step of ``proc`` and handle what it yielded (_serve's body, for bound threads)."""
+    if proc._state is not _RUNNABLE:
+        _broken(f"{proc!r} was in a bound queue")
+    _publish(rt)
+    proc._state = _RUNNING
+    proc._thread = here
+    rt.running += 1
+    rt.work_words[_WORK_TAKEN] = rt.steps = rt.steps + 1
+    try:
+        trap = proc._ctx_run(proc._resume, proc._value)  # type: ignore[misc]
+    except BaseException as exc:  # noqa: BLE001 - the process's outcome
+        rt.running -= 1
+        _finish(rt, proc, exc)
+        return
+    rt.running -= 1
+    if trap is None:  # checkpoint
+        if proc._cancel_pending:
+            _throw_cancelled(rt, proc)
+            return
+        proc._state = _RUNNABLE
+        proc._value = None
+        rt.run_queue.append(proc)
+    else:
+        _trap(rt, proc, trap)
 
 
 # P2. A worker parks while a thread queues for the VM.
@@ -873,7 +1001,13 @@ def _work(rt: _Runtime, me: _ThreadState, given: bool = False) -> None:
 #     thread may call in at any time, and there is no check (_token.py).
 def _park(rt: _Runtime, me: _ThreadState) -> bool:
     """Park until there is work; True once owning the VM, False for a worker that leaves."""
-    if not rt.run_queue and len(rt.timers) == rt.stale_timers and rt.running == 0 and rt.token is None:
+    if (
+        not rt.run_queue
+        and len(rt.timers) == rt.stale_timers
+        and rt.running == 0
+        and rt.token is None
+        and rt.bound_runnable == 0
+    ):
         _halt(rt, _deadlock(rt))
         return True
     timeout_ns, watched_deadline_ns = _park_timeout(rt, me)
@@ -1091,6 +1225,7 @@ def run(
     hz: int = 1000,
     max_threads: int = DEFAULT_MAX_THREADS,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
+    bind_main: bool = False,
 ) -> T:
     """Run ``main(*args)`` as the first process of a new VM; return its result.
 
@@ -1105,6 +1240,10 @@ def run(
 
     Ctrl-C (on the main thread) raises KeyboardInterrupt promptly, also while
     a callout blocks, once the callouts still in flight have come back.
+
+    With ``bind_main=True`` every step of ``main`` runs on the calling thread
+    (a GUI's main thread, say), as ``spawn(..., bound=True)`` does for its
+    process; the calling thread then serves only main.
     """
     _check_run_arguments(hz, max_threads, idle_timeout)
     if _here.state is not None:
@@ -1118,6 +1257,13 @@ def run(
             try:
                 check(lib.vmown_heartbeat_start(rt.cb, hz), "starting the heartbeat")
                 rt.main = _spawn(rt, main, args, contextvars.copy_context())
+                if bind_main:
+                    rt.main._bound = me
+                    me.bound_count += 1
+                    rt.bound_threads[me] = None
+                    rt.run_queue.remove(rt.main)
+                    me.bound_queue.append(rt.main)
+                    rt.bound_runnable += 1
                 check(
                     lib.vmown_workers_start(
                         rt.cb, lib.vmown_py_worker, rt.handle, rt.max_threads - 1, rt.idle_timeout_ns
