@@ -28,6 +28,7 @@ from ._errors import (
 )
 from ._cffi_wrappers import bind_threaded, threaded_wrappers
 from ._callout import INTERRUPT_SIGNAL, callout, threaded
+from ._callback import callback
 from ._native import lib as _lib
 from ._ownership import LAYOUT_VERSION as _LAYOUT_VERSION, Ownership
 from ._scheduler import Process, checkpoint, current_process, run, sleep, spawn, stats
@@ -88,6 +89,7 @@ __all__ = [
     "VmownError",
     "WouldBlock",
     "bind_threaded",
+    "callback",
     "callout",
     "checkpoint",
     "current_process",

@@ -429,7 +429,7 @@ class _Runtime:
         self.spawned = 0
         self.parks = 0  # vmown_park calls (the core counts each as a disown)
         self.releases = 0  # other disowns by the scheduler; callouts = disowns - both
-        self.token: Any = None  # the RunToken, once current_token() made it (_token.py)
+        self.token: Any = None  # the run's RunToken (_token.py), made at the start
         # Bound processes queued on their threads (not in run_queue), and
         # the threads that have had any (woken at a halt).
         self.bound_runnable = 0
@@ -1005,7 +1005,7 @@ def _park(rt: _Runtime, me: _ThreadState) -> bool:
         not rt.run_queue
         and len(rt.timers) == rt.stale_timers
         and rt.running == 0
-        and rt.token is None
+        and not rt.token._handed_out
         and rt.bound_runnable == 0
     ):
         _halt(rt, _deadlock(rt))
@@ -1256,7 +1256,9 @@ def run(
         with _sigint_handler(rt):
             try:
                 check(lib.vmown_heartbeat_start(rt.cb, hz), "starting the heartbeat")
-                rt.main = _spawn(rt, main, args, contextvars.copy_context())
+                main_ctx = contextvars.copy_context()
+                rt.main = _spawn(rt, main, args, main_ctx)
+                rt.token = _token._start(rt, main_ctx)
                 if bind_main:
                     rt.main._bound = me
                     me.bound_count += 1
@@ -1529,6 +1531,7 @@ def _stats(rt: _Runtime) -> dict[str, int]:
     }
 
 
+from . import _token  # noqa: E402
 from ._cancel import (  # noqa: E402
     Cancelled as _Cancelled,
     ProcessCancelled as _ProcessCancelled,

@@ -9,11 +9,11 @@
 # function takes:
 #
 #     enter     a slot: the thread's own if it serves this run (a callout's
-#               thread), else one registered for the call
+#               thread), else the thread's own slot for this run (see Slots)
 #     own       vmown_own_wait: one CAS if the VM is unowned (every worker
 #               parked), else FIFO in the queue; the owner hands the VM over
 #               at its next scheduling point (_serve sees the waiter count)
-#     run fn    in a copy of the context current_token() was called in, with
+#     run fn    in a copy of main's context, with
 #               the guard bound to the slot: fn is an owner like any step
 #     leave     publish the work fn made (_publish), disown, and unpark the
 #               run thread if fn made a process runnable (else the
@@ -26,9 +26,18 @@
 # and never blocks) read by one thread per token that runs the calls in FIFO
 # order, each batch in one ownership.
 #
-# Deadlock detection.  Once a token exists, a thread may call in at any time:
-# the scheduler no longer calls "every process waits" a deadlock
-# (_scheduler._park reads rt.token).
+# Deadlock detection.  Once current_token() gave the token out, a thread may
+# call in at any time: the scheduler no longer calls "every process waits" a
+# deadlock (_scheduler._park reads the token's _handed_out).
+#
+# Slots.  A thread of the run (in a callout) calls in with its own slot; any
+# other thread registers one at its first call and keeps it while it lives
+# (a C thread calling back many times pays the registration once); the slot
+# goes back when the thread's Python locals go, or, for a C thread whose
+# Python state cffi keeps after it ended, when the next thread registers
+# (_sweep_locked: its native id is gone from /proc/self/task), and at the
+# run's end for every thread (_finish), before the control block is closed.  Functions run in a
+# copy of main's context: the primitives find a process of the run there.
 #
 # The races (docs/ARCHITECTURE.md, T1-T3):
 #   T1  a call enters while the run shuts down.  `finished` and `inflight`
@@ -47,10 +56,17 @@
 #       own slot (the callout has disowned it), runs fn, disowns; the
 #       callout's own end then owns as usual.  A thread that owns the VM
 #       cannot call in (it would wait for itself): refused at once.
+#   T4  a C thread ends while its slot is registered.  Its Python state
+#       (and so its threading.local) may outlive it, so the slot may never
+#       be given back by _ForeignSlot; the next registration, under the
+#       lock, gives back every slot whose thread id is gone (_sweep_locked),
+#       and _finish the rest: a slot is given back once, by whichever finds
+#       it still in _slots under the lock.
 
 from __future__ import annotations
 
 import contextvars
+import os
 import queue
 import threading
 from collections.abc import Callable, Coroutine
@@ -81,11 +97,20 @@ class RunToken:
     the function ran in the VM; :meth:`run_sync_soon` only queues.
     """
 
-    __slots__ = ("_rt", "_ctx", "_lock", "_idle", "_finished", "_inflight", "_soon", "_soon_thread")
+    __slots__ = (
+        "_rt", "_ctx", "_lock", "_idle", "_finished", "_inflight", "_soon", "_soon_thread", "_handed_out",
+        "_local", "_slots",
+    )  # fmt: skip
 
     def __init__(self, rt: _Runtime, ctx: contextvars.Context) -> None:
         self._rt = rt
-        self._ctx = ctx  # functions run in a copy of it
+        self._ctx = ctx  # main's: functions run in a copy of it
+        self._handed_out = False  # current_token() gave it out: no deadlock detection (owner only)
+        # Slots of threads that do not serve the run, registered at their
+        # first call and kept while they live (_ForeignSlot gives one back at
+        # the thread's exit, _finish the rest): under _lock.
+        self._local = threading.local()
+        self._slots: dict[int, int] = {}  # slot -> the native id of its thread
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when _inflight drops to 0
         # Invariant (under _lock): _finished only goes False -> True; while
@@ -107,7 +132,7 @@ class RunToken:
         :class:`vmown.RunFinishedError` once the run has finished, and
         RuntimeError from a thread that owns the VM (call ``fn`` directly).
         """
-        return self._call(lambda: self._ctx.copy().run(fn, *args))  # type: ignore[no-any-return]
+        return self._call(self._ctx.copy().run, fn, *args)  # type: ignore[no-any-return]
 
     def run(self, afn: Callable[[*Ts], Coroutine[Any, Any, T]], *args: *Ts) -> T:
         """Run ``await afn(*args)`` as a new process of the run; block until it is done; return its result.
@@ -127,7 +152,7 @@ class RunToken:
                 done.set()
 
         rt = self._rt
-        self._call(lambda: _spawn(rt, process, (), self._ctx.copy()))
+        self._call(_spawn, rt, process, (), self._ctx.copy())
         done.wait()
         if not outcome:  # closed by the run's end before it finished
             raise RunFinishedError(f"the run ended before {_name(afn)} finished")
@@ -153,7 +178,7 @@ class RunToken:
 
     # ---- getting in (see the notes) ----
 
-    def _call(self, body: Callable[[], T]) -> T:
+    def _call(self, body: Callable[..., T], *args: Any) -> T:
         rt = self._rt
         if _owns():
             raise RuntimeError(
@@ -166,30 +191,54 @@ class RunToken:
             self._inflight += 1
         try:
             here = _here.state
-            mine = here is not None and here.cb == rt.cb  # T3: a thread of the run, in a callout
-            slot = here.slot if mine else check(lib.vmown_register(rt.cb), "registering a thread")  # type: ignore[union-attr]
-            try:
-                _own(rt.cb, slot)
-                try:
-                    if rt.halt:
-                        raise RunFinishedError("the run this token belongs to has finished")
-                    if not mine:
-                        _bind_here(rt, _ThreadState(rt.cb, slot, run_thread=False))
-                    try:
-                        return body()
-                    finally:
-                        if not mine:
-                            _bind_here(None, None)
-                finally:
-                    _leave(rt, slot)
-            finally:
-                if not mine:
-                    lib.vmown_unregister(rt.cb, slot)
+            if here is not None and here.cb == rt.cb:  # T3: a thread of the run, in a callout
+                return self._owning(here.slot, None, body, args)
+            return self._owning(*self._foreign_slot(), body, args)
         finally:
             with self._lock:
                 self._inflight -= 1
                 if not self._inflight:
                     self._idle.notify_all()
+
+    def _owning(self, slot: int, state: _ThreadState | None, body: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """Own the VM with ``slot``, run ``body(*args)``, give the VM up (``state``: bind it meanwhile)."""
+        rt = self._rt
+        _own(rt.cb, slot)
+        try:
+            if rt.halt:
+                raise RunFinishedError("the run this token belongs to has finished")
+            if state is None:
+                return body(*args)
+            _bind_here(rt, state)
+            try:
+                return body(*args)
+            finally:
+                _bind_here(None, None)
+        finally:
+            _leave(rt, slot)
+
+    def _foreign_slot(self) -> tuple[int, _ThreadState]:
+        """This thread's slot in the run's block (registered at its first call), and its state."""
+        local = self._local
+        try:
+            return local.slot, local.state
+        except AttributeError:
+            pass
+        rt = self._rt
+        with self._lock:  # counted in flight: _finish has not unregistered the slots yet
+            self._sweep_locked()
+            slot = check(lib.vmown_register(rt.cb), "registering a thread")
+            self._slots[slot] = threading.get_native_id()
+        local.slot, local.state = slot, _ThreadState(rt.cb, slot, run_thread=False)
+        local.release = _ForeignSlot(self, slot)  # gives the slot back when the thread's locals go
+        return slot, local.state
+
+    def _sweep_locked(self) -> None:
+        """Give back the slots of threads that have ended (a C thread's Python locals may outlive it)."""
+        for slot, tid in list(self._slots.items()):
+            if not os.path.exists(f"/proc/self/task/{tid}"):
+                del self._slots[slot]
+                lib.vmown_unregister(self._rt.cb, slot)
 
     # ---- run_sync_soon's thread ----
 
@@ -207,7 +256,7 @@ class RunToken:
             calls = [item for item in batch if item is not _STOP]
             if calls:
                 try:
-                    self._call(lambda: self._run_batch(calls))
+                    self._call(self._run_batch, calls)
                 except RunFinishedError:
                     return
             if stop:
@@ -225,18 +274,53 @@ class RunToken:
     # ---- the run's end (T1) ----
 
     def _finish(self, me: _ThreadState) -> None:
-        """Run thread, owning the VM, at shutdown: refuse new calls, let those in flight out."""
+        """Run thread, owning the VM, at shutdown: refuse new calls, let those in flight out (T1)."""
         rt = self._rt
         with self._lock:
             self._finished = True
-        self._soon.put(_STOP)
-        _scheduler._release(rt, me)  # calls in flight need the VM to get out
-        with self._lock:
-            while self._inflight:
-                self._idle.wait(0.05)
-        if self._soon_thread is not None:
-            self._soon_thread.join()
-        _scheduler._own(rt, me)
+            busy = self._inflight > 0 or self._soon_thread is not None
+        _active.remove(self)
+        if busy:
+            self._soon.put(_STOP)
+            _scheduler._release(rt, me)  # calls in flight need the VM to get out
+            with self._lock:
+                while self._inflight:
+                    self._idle.wait(0.05)
+            if self._soon_thread is not None:
+                self._soon_thread.join()
+            _scheduler._own(rt, me)
+        with self._lock:  # nothing in flight, nothing new: the block may be closed
+            for slot in self._slots:
+                lib.vmown_unregister(rt.cb, slot)
+            self._slots.clear()
+
+
+class _ForeignSlot:
+    """A thread's slot in a run's block; given back when the thread's locals go (at its exit)."""
+
+    __slots__ = ("token", "slot")
+
+    def __init__(self, token: RunToken, slot: int) -> None:
+        self.token = token
+        self.slot = slot
+
+    def __del__(self) -> None:
+        token = self.token
+        with token._lock:
+            if token._slots.pop(self.slot, None) is not None:  # else _finish or a sweep gave it back
+                lib.vmown_unregister(token._rt.cb, self.slot)
+
+
+# The tokens of the runs in progress in this process (callbacks from C
+# threads find their run here, _callback.py).
+_active: list[RunToken] = []
+
+
+def _start(rt: _Runtime, ctx: contextvars.Context) -> RunToken:
+    """Run thread, at the run's start: the run's token (not handed out yet)."""
+    token = RunToken(rt, ctx)
+    _active.append(token)
+    return token
 
 
 def current_token() -> RunToken:
@@ -247,13 +331,11 @@ def current_token() -> RunToken:
     the VM from there.  Each run has one token; while it exists the run does
     not report deadlocks (a thread may wake a process at any time).
     """
-    proc = _scheduler._current("vmown.current_token()")
-    rt = proc._rt
-    if rt.token is None:
-        token = RunToken(rt, contextvars.copy_context())
+    token: RunToken = _scheduler._current("vmown.current_token()")._rt.token
+    if not token._handed_out:
+        token._handed_out = True
         token._start_soon_thread()
-        rt.token = token
-    return rt.token  # type: ignore[no-any-return]
+    return token
 
 
 def _own(cb: Any, slot: int) -> None:
