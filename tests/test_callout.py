@@ -586,3 +586,20 @@ def test_c8_interrupting_a_thread_that_left_the_call_is_harmless(widen: Any) -> 
             vmown.callout(thread.join)
 
     assert vmown.run(main) == 400
+
+
+def test_callout_of_an_api_mode_function_pins_buffers_like_threaded() -> None:
+    """An out-of-line (API mode) cffi function through callout() gets the
+    rules of threaded(): a writable buffer is passed as a pointer; bytes (read
+    only, and API mode keeps no const) are refused."""
+    ownership = vmown.Ownership(slots=4)
+    try:
+        out = bytearray(64)
+        assert vmown.callout(lib.vmown_queue_read, ownership._cb, out, 16) == 0
+        assert vmown.threaded(lib.vmown_queue_read)(ownership._cb, out, 16) == 0
+        with pytest.raises(TypeError, match="read-only"):
+            vmown.callout(lib.vmown_queue_read, ownership._cb, bytes(64), 16)
+        with pytest.raises(TypeError, match="list"):
+            vmown.callout(lib.vmown_queue_read, ownership._cb, [0] * 16, 16)
+    finally:
+        ownership.close()
