@@ -12,6 +12,7 @@ import pytest
 
 import vmown
 from vmown import _callout_ext, _scheduler
+from vmown._callback import _lazy_out
 
 pytestmark = pytest.mark.usefixtures("no_thread_left_behind")
 
@@ -159,3 +160,85 @@ def test_without_a_run_a_callback_is_a_plain_call(clib: Any) -> None:
     c_tick = _ffi.callback("tick_fn", vmown.callback(lambda thread, i: count.append(i)))
     clib.call_here(c_tick, 3)
     assert count == [0, 1, 2]
+
+
+LAZY_DECLARATIONS = """
+typedef void (*tick_fn)(int thread, int i);
+int call_back_after_us(tick_fn fn, int us, int count);
+"""
+LAZY_SOURCE = """
+#include <time.h>
+typedef void (*tick_fn)(int thread, int i);
+int call_back_after_us(tick_fn fn, int us, int count) {
+    struct timespec ts = {0, us * 1000L};
+    for (int i = 0; i < count; i++) {
+        nanosleep(&ts, NULL);  /* out long enough for the heartbeat to revoke a lazy callout */
+        fn(0, i);
+    }
+    return count;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def wrapped(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A cffi API-mode module whose function is called through a generated (lazy) C wrapper."""
+    import importlib.util
+
+    out = tmp_path_factory.mktemp("lazy_callbacks")
+    builder = cffi.FFI()
+    builder.cdef(LAZY_DECLARATIONS)
+    cdef, source = vmown.threaded_wrappers(
+        "int call_back_after_us(tick_fn fn, int us, int count);", typedefs=("tick_fn",)
+    )
+    builder.cdef(cdef)
+    builder.set_source("_vmown_lazy_callbacks", LAZY_SOURCE + source)
+    library = builder.compile(tmpdir=str(out))
+    spec = importlib.util.spec_from_file_location("_vmown_lazy_callbacks", library)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    vmown.bind_threaded(mod.lib)
+    return mod
+
+
+def test_a_callback_inside_a_lazy_c_wrapper_call_owns_the_vm_alone(wrapped: Any) -> None:
+    """T5: the generated wrapper goes out lazily (the owner word still names
+    its thread); the C function calls back at once (the callout is still
+    lazy), then after 3 ms each (the heartbeat revokes the callout meanwhile,
+    another process having work).  Every
+    callback owns the VM for real (not lazily) and overlaps no step."""
+    state = {"count": 0, "stepping": False, "overlaps": 0, "not_owner": 0, "lazy": 0}
+    ffi, lib = wrapped.ffi, wrapped.lib
+
+    @vmown.callback
+    def tick(thread: int, i: int) -> None:
+        if state["stepping"]:
+            state["overlaps"] += 1
+        here = _scheduler._here.state
+        state["lazy"] += bool(here is not None and _lazy_out(here))
+        state["not_owner"] += not _callout_ext.owns()
+        state["count"] += 1
+
+    c_tick = ffi.callback("tick_fn", tick)
+
+    async def stepper(done: vmown.Event) -> None:
+        while not done.is_set():
+            state["stepping"] = True
+            sum(range(50))
+            state["stepping"] = False
+            await vmown.checkpoint()
+
+    async def main() -> int:
+        done = vmown.Event()
+        stepping = vmown.spawn(stepper, done)
+        await vmown.checkpoint()
+        n = lib.call_back_after_us_threaded(c_tick, 0, 50)  # back at once: still lazy
+        n += lib.call_back_after_us_threaded(c_tick, 3000, 20)  # out a tick first: revoked
+        done.set()
+        await stepping
+        return int(n)
+
+    assert vmown.run(main) == 70
+    assert state["count"] == 70
+    assert state["overlaps"] == 0 and state["not_owner"] == 0 and state["lazy"] == 0
