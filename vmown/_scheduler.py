@@ -371,7 +371,7 @@ class _Runtime:
     """
 
     __slots__ = (
-        "ownership", "cb", "waiters_word", "owner_word", "work_words", "run_queue", "timers", "stale_timers", "timer_seq", "processes", "main",
+        "ownership", "cb", "waiters_word", "owner_word", "owner_address", "work_words", "run_queue", "timers", "stale_timers", "timer_seq", "processes", "main",
         "halt", "fatal", "running", "unretrieved", "published_runnable", "published_timer_ns",
         "watched_deadline_ns", "run_slot", "max_threads", "idle_timeout_ns", "handle", "worker_idents",
         "pool_shortfalls", "cap_warned", "failures_warned", "steps", "spawned", "parks", "releases",
@@ -383,6 +383,7 @@ class _Runtime:
         self.cb = self.ownership._cb  # vmown_vm *, valid until ownership.close()
         self.waiters_word = lib.vmown_waiters_word(self.cb)  # read in place by _serve
         self.owner_word = _owner_word(self.waiters_word)  # read in place by the guard
+        self.owner_address = int(ffi.cast("uintptr_t", ffi.from_buffer(self.owner_word)))
         # [0] written in place by _serve at every step, [1] by spawn (and by
         # _publish): a memoryview store costs ~20 ns where a cffi pointer
         # store costs ~65 (one aligned 8-byte store either way; the heartbeat
@@ -1213,7 +1214,7 @@ def _bind_here(rt: _Runtime | None, me: _ThreadState | None) -> None:
     if rt is None or me is None:
         _guard_bind(0, 0)
     else:
-        _guard_bind(int(ffi.cast("uintptr_t", ffi.from_buffer(rt.owner_word))), me.slot)
+        _guard_bind(rt.owner_address, me.slot)
 
 
 # ---- run ----
