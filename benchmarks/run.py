@@ -52,6 +52,7 @@ SUITES = {
     "heartbeat": "suite_heartbeat",
     "ipc": "suite_ipc",
     "threads": "suite_threads",
+    "net": "suite_net",
 }
 
 

@@ -551,7 +551,7 @@ def test_an_interruptible_call_in_a_cancelled_scope_is_not_made() -> None:
         vmown.threaded(libc.read, interrupt=42)
 
 
-def test_c8_interrupting_a_thread_that_left_the_call_is_harmless(widen: Any) -> None:
+def test_k8_interrupting_a_thread_that_left_the_call_is_harmless(widen: Any) -> None:
     """SIGURG at threads while they come back from short interruptible calls
     (the own path widened): every call completes, nothing raises."""
     widen(20_000)

@@ -1,4 +1,4 @@
-"""vmown._cancel: cancel scopes, deadlines, Process.cancel, and the races C1..C7 of its essay."""
+"""vmown._cancel: cancel scopes, deadlines, Process.cancel, and the races K1..K9 of its essay."""
 
 from __future__ import annotations
 
@@ -263,13 +263,13 @@ def test_result_exception_cancelled() -> None:
 # ---- the races of the essay ----
 
 
-def test_c1_handed_over_then_cancelled_keeps_the_lock() -> None:
+def test_k1_handed_over_then_cancelled_keeps_the_lock() -> None:
     async def waiter(lock: vmown.Lock, scope_box: list[vmown.CancelScope], log: list[str]) -> None:
         with vmown.CancelScope() as scope:
             scope_box.append(scope)
             async with lock:
                 log.append("acquired")
-                await vmown.checkpoint()  # C1: raises here, inside the block
+                await vmown.checkpoint()  # K1: raises here, inside the block
                 log.append("not reached")
         log.append(f"caught={scope.cancelled_caught} locked={lock.locked()}")
 
@@ -287,7 +287,7 @@ def test_c1_handed_over_then_cancelled_keeps_the_lock() -> None:
 
 
 def _waiter_leaves_the_queue(blocking: Callable[[int], None]) -> None:
-    """C2 for Lock, Semaphore, CapacityLimiter, Condition and both ends of a Queue: the cancelled waiter
+    """K2 for Lock, Semaphore, CapacityLimiter, Condition and both ends of a Queue: the cancelled waiter
     is skipped, the next waiter gets what is released, exactly once."""
 
     async def take(kind: str, prim: Any, i: int, log: list[tuple[str, int]], timeout: float) -> None:
@@ -353,16 +353,16 @@ def _waiter_leaves_the_queue(blocking: Callable[[int], None]) -> None:
     ]
 
 
-def test_c2_cancelled_waiter_leaves_the_queue() -> None:
+def test_k2_cancelled_waiter_leaves_the_queue() -> None:
     _waiter_leaves_the_queue(lambda i: None)
 
 
-def test_c2_cancelled_waiter_leaves_the_queue_widened(widen: Callable[[int], None]) -> None:
+def test_k2_cancelled_waiter_leaves_the_queue_widened(widen: Callable[[int], None]) -> None:
     widen(20_000)
     _waiter_leaves_the_queue(lambda i: usleep(1500))  # migrate through blocked callouts
 
 
-def test_c2_many_waiters_some_cancelled_none_lost_or_run_twice(widen: Callable[[int], None]) -> None:
+def test_k2_many_waiters_some_cancelled_none_lost_or_run_twice(widen: Callable[[int], None]) -> None:
     widen(10_000)
 
     async def worker(i: int, lock: vmown.Lock, held: list[int], timed_out: list[int]) -> None:
@@ -388,7 +388,7 @@ def test_c2_many_waiters_some_cancelled_none_lost_or_run_twice(widen: Callable[[
     assert all(i % 3 == 0 for i in timed_out)
 
 
-def test_c3_sleep_and_deadline_due_together() -> None:
+def test_k3_sleep_and_deadline_due_together() -> None:
     async def main() -> list[bool]:
         out = []
         for _ in range(20):
@@ -423,20 +423,20 @@ def _callout_raises_on_return() -> tuple[bool, list[str], float, int]:
     return vmown.run(main)
 
 
-def test_c4_callout_raises_cancelled_on_return() -> None:
+def test_k4_callout_raises_cancelled_on_return() -> None:
     caught, after, elapsed_s, ticks = _callout_raises_on_return()
     assert caught and after == []
     assert 0.3 <= elapsed_s < 0.3 + SLACK_S  # the call is not abandoned: it returns
     assert ticks > 5  # the others ran meanwhile (the deadline fired on another thread)
 
 
-def test_c4_callout_raises_cancelled_on_return_widened(widen: Callable[[int], None]) -> None:
+def test_k4_callout_raises_cancelled_on_return_widened(widen: Callable[[int], None]) -> None:
     widen(20_000)
     caught, after, _, _ = _callout_raises_on_return()
     assert caught and after == []
 
 
-def test_c5_cancel_own_scope_raises_at_next_checkpoint() -> None:
+def test_k5_cancel_own_scope_raises_at_next_checkpoint() -> None:
     async def main() -> list[str]:
         out = []
         with vmown.CancelScope() as scope:
@@ -451,7 +451,7 @@ def test_c5_cancel_own_scope_raises_at_next_checkpoint() -> None:
     assert vmown.run(main) == ["still running", "after the callout"]
 
 
-def test_c7_heap_stays_small() -> None:
+def test_k7_heap_stays_small() -> None:
     async def main() -> int:
         for _ in range(5000):
             with vmown.move_on_after(10):
@@ -461,7 +461,7 @@ def test_c7_heap_stays_small() -> None:
     assert vmown.run(main) <= 2
 
 
-def test_c9_a_callee_that_raises_while_cancelled() -> None:
+def test_k9_a_callee_that_raises_while_cancelled() -> None:
     """The asynchronous Cancelled lands after the callee's exception, at the
     next eval-breaker check (a handler, or a scope's __exit__ it pre-empts):
     the scopes are left in order, and the run goes on."""

@@ -93,6 +93,13 @@ def test_architecture_indexes_every_race_of_the_threads() -> None:
     assert sorted(numbered - _indexed(ARCHITECTURE.read_text())) == []
 
 
+def test_architecture_indexes_every_race_of_cancellation() -> None:
+    code = (ROOT / "vmown" / "_cancel.py").read_text()
+    numbered = set(re.findall(r"^# (K\d+)\.", code, re.MULTILINE))
+    assert len(numbered) >= 5, "_cancel.py lost its numbered races"
+    assert sorted(numbered - _indexed(ARCHITECTURE.read_text())) == []
+
+
 def test_architecture_indexes_every_numbered_race_of_the_core() -> None:
     native = "".join(p.read_text() for p in sorted((ROOT / "native").glob("*.c")))
     numbered = set(re.findall(r"^ \*\s+([SRL]\d)[.:] ", native, re.MULTILINE))
@@ -143,3 +150,10 @@ def test_the_check_accepts_what_exists() -> None:
         '`native/callout.c:vmown_callout_begin` `native/tests/lazy_test.c:"called off after R1"` `native/`'
     )
     assert dangling(text) == []
+
+
+def test_architecture_indexes_every_race_of_the_descriptor_waits() -> None:
+    code = "".join((ROOT / "vmown" / name).read_text() for name in ("_io.py", "_scheduler.py"))
+    numbered = set(re.findall(r"^\s*# (N\d+)\.", code, re.MULTILINE))
+    assert len(numbered) >= 6, "_io.py and _scheduler.py lost their numbered races"
+    assert sorted(numbered - _indexed(ARCHITECTURE.read_text())) == []

@@ -86,7 +86,7 @@ def test_cancelling_the_enclosing_scope_cancels_the_children() -> None:
 
 
 def test_outer_cancel_while_the_parent_waits_at_the_end_of_the_block() -> None:
-    """C6: the join at the end waits uncancellably; the children end, then the block."""
+    """K6: the join at the end waits uncancellably; the children end, then the block."""
 
     async def main() -> tuple[bool, list[str]]:
         log: list[str] = []

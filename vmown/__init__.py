@@ -46,6 +46,9 @@ from ._cancel import (
 from ._sync import CapacityLimiter, Condition, Event, Lock, Queue, Semaphore, WouldBlock
 from ._taskgroup import TaskGroup
 from ._token import RunFinishedError, RunToken, current_token
+from ._io import notify_closing, wait_readable, wait_writable
+from ._socket import open_tcp_listener, open_tcp_stream
+from . import socket
 
 __version__ = "0.1.0"
 
@@ -99,10 +102,16 @@ __all__ = [
     "fail_at",
     "move_on_after",
     "move_on_at",
+    "notify_closing",
+    "open_tcp_listener",
+    "open_tcp_stream",
     "run",
     "sleep",
+    "socket",
     "spawn",
     "stats",
     "threaded",
     "threaded_wrappers",
+    "wait_readable",
+    "wait_writable",
 ]

@@ -78,7 +78,7 @@
 #
 # Cancellation.  A process in a callout cannot be abandoned (its frame is on
 # the thread's stack): a cancel reaching it sets an asynchronous exception
-# on the thread, raised when the call returns (_cancel.py, race C4).  To make
+# on the thread, raised when the call returns (_cancel.py, race K4).  To make
 # the call itself return early, a function opts in: threaded(fn,
 # interrupt=INTERRUPT_SIGNAL) sends SIGURG to the callout's thread; the
 # signal has a no-op handler installed without SA_RESTART, so a blocked
@@ -95,7 +95,7 @@
 # get back to Python without the VM.  It may still have left the system
 # call and be waiting to own the VM: the signal then lands in that wait,
 # which retries on EINTR (vmown_own without VMOWN_WAIT_INTERRUPTIBLE), so an
-# interrupt of a thread that has left the call is harmless (race C8).
+# interrupt of a thread that has left the call is harmless (race K8).
 # vmown.callout itself takes no interrupt: it is one C builtin, and a Python
 # layer to read the keyword would triple its cost; wrap the function with
 # threaded(fn, interrupt=...) instead.

@@ -76,27 +76,27 @@
 #
 # The races, as interleavings, and why the code is right
 # ------------------------------------------------------
-# C1. A primitive hands over, then the waiter's scope is cancelled, in the
+# K1. A primitive hands over, then the waiter's scope is cancelled, in the
 #     same turn of the owner:  Q: lock.release() -> P holds it, RUNNABLE
 #                              timer: P's deadline passes -> _refresh(P)
 #     _interrupt leaves RUNNABLE processes alone, so P resumes from acquire()
 #     holding the lock and raises Cancelled at its next checkpoint, inside
 #     its `async with`, which releases.  Nothing is lost or given twice.
-#     Test: test_cancel.py::test_c1_handed_over_then_cancelled_keeps_the_lock.
-# C2. A waiter is cancelled, then the primitive is released:
+#     Test: test_cancel.py::test_k1_handed_over_then_cancelled_keeps_the_lock.
+# K2. A waiter is cancelled, then the primitive is released:
 #                              timer: P's deadline -> P leaves the lock's queue
 #                              Q: lock.release() -> goes to R, the next waiter
 #     _interrupt calls the primitive's _forget before making P runnable, so
-#     no release can reach P.  Test: test_c2_cancelled_waiter_leaves_the_queue
+#     no release can reach P.  Test: test_k2_cancelled_waiter_leaves_the_queue
 #     (also with the core's race-widening switch on, while the processes
 #     migrate between threads through blocking callouts).
-# C3. A sleep and the deadline around it are due in the same pass of
+# K3. A sleep and the deadline around it are due in the same pass of
 #     _release_timers: entries pop in deadline order (ties: the one pushed
 #     first).  The sleep first: P is RUNNABLE, its sleep completed, and the
 #     deadline makes Cancelled pending for its next checkpoint.  The
 #     deadline first: P's sleep entry is dropped (target None), the pass
-#     skips it.  Test: test_c3_sleep_and_deadline_due_together.
-# C4. A process in a callout on thread B is cancelled by the owner on A:
+#     skips it.  Test: test_k3_sleep_and_deadline_due_together.
+# K4. A process in a callout on thread B is cancelled by the owner on A:
 #       B: begin (disown) ... in C ...            A: owns: _refresh(P)
 #       A: PyThreadState_SetAsyncExc(B, Cancelled)
 #       B: back: own (waits for A to release) ... eval breaker: raise
@@ -106,26 +106,26 @@
 #     with _cancel_pending set, so a second cancel does not raise twice.
 #     Caution: a Python function called through vmown.callout runs bytecode
 #     while disowned: the exception is raised inside it.  Test:
-#     test_c4_callout_raises_cancelled_on_return (with the race-widening
+#     test_k4_callout_raises_cancelled_on_return (with the race-widening
 #     switch: the own after the call is slowed).
-# C5. A process cancels a scope of its own (it is RUNNING on this thread):
+# K5. A process cancels a scope of its own (it is RUNNING on this thread):
 #     no asynchronous exception (it would land in the canceller's own frame,
 #     anywhere); the flag makes its next checkpoint raise.  Test:
-#     test_c5_cancel_own_scope_raises_at_next_checkpoint.
-# C6. A task group's parent waits in __aexit__ while its scope is cancelled:
+#     test_k5_cancel_own_scope_raises_at_next_checkpoint.
+# K6. A task group's parent waits in __aexit__ while its scope is cancelled:
 #     the join is marked _uncancellable, so _cancellable leaves it waiting;
 #     the children are cancelled through the group and the last one to end
 #     wakes the parent.  Test: test_taskgroup.py::
 #     test_outer_cancel_while_the_parent_waits_at_the_end_of_the_block.
-# C7. A scope is left with its deadline still in the heap at its head: the
+# K7. A scope is left with its deadline still in the heap at its head: the
 #     entry is dropped and popped at once, so the heartbeat is not told of a
 #     timer that no longer exists (a stale head would cost it one needless
-#     activation, nothing else).  Test: test_c7_heap_stays_small.
-# C8. An interrupt reaches a thread that has left the call (_callout.py,
+#     activation, nothing else).  Test: test_k7_heap_stays_small.
+# K8. An interrupt reaches a thread that has left the call (_callout.py,
 #     "The per-call state word"): the wait for the VM retries on EINTR.
-#     Test: test_callout.py::test_c8_interrupting_a_thread_that_left_the_call_is_harmless
+#     Test: test_callout.py::test_k8_interrupting_a_thread_that_left_the_call_is_harmless
 #     (with the race-widening switch).
-# C9. The callee of a callout raises (a socket timeout, say) while the cancel
+# K9. The callee of a callout raises (a socket timeout, say) while the cancel
 #     is on its way: the CALL that failed makes no eval-breaker check, so the
 #     asynchronous Cancelled lands at the next one -- in the handler that
 #     runs next, or at the entry of the cancel scope's __exit__, which then
@@ -135,7 +135,7 @@
 #     with a Cancelled it did not catch is a cancelled process (_finish), it
 #     never halts the run.  Interruptible wrappers take the exception back
 #     themselves and raise in place (_callout._interruptible).  Test:
-#     test_c9_a_callee_that_raises_while_cancelled.
+#     test_k9_a_callee_that_raises_while_cancelled.
 #
 # Assumptions: the owner of the VM is the only thread that touches any of
 # this (cancel() refuses other threads); CPython checks asynchronous
@@ -255,19 +255,19 @@ def _interrupt(rt: _Runtime, proc: Process[Any]) -> None:
         waiting_on = proc._waiting_on
         if waiting_on is not None:
             if getattr(waiting_on, "_uncancellable", False):
-                return  # C6: a task group's join
-            waiting_on._forget(proc)  # type: ignore[attr-defined]  # C2
+                return  # K6: a task group's join
+            waiting_on._forget(proc)  # type: ignore[attr-defined]  # K2
             proc._waiting_on = None
         _throw_cancelled(rt, proc)
     elif state is _RUNNING:
         thread = proc._thread
         if thread is None or thread.ident == threading.get_ident():
-            return  # C5: it is the canceller
-        # C4: in a callout on another thread, which cannot run Python until
+            return  # K5: it is the canceller
+        # K4: in a callout on another thread, which cannot run Python until
         # this owner lets the VM go.
         _set_async_exc(thread.ident, Cancelled)
         _callout._interrupt_callout(proc, thread)
-    # RUNNABLE (C1), or RUNNING here (C5): the next checkpoint raises.
+    # RUNNABLE (K1), or RUNNING here (K5): the next checkpoint raises.
 
 
 def _cancel_process(proc: Process[Any]) -> None:
@@ -365,7 +365,7 @@ class CancelScope:
         return False
 
     def _unwind(self, proc: Process[Any], exc: BaseException | None) -> bool:
-        """C9: leave the inner scopes whose __exit__ an asynchronous Cancelled pre-empted.
+        """K9: leave the inner scopes whose __exit__ an asynchronous Cancelled pre-empted.
 
         Returns whether one of them was cancelled (its Cancelled is caught
         here, one scope further out than it should have been).  Anything
@@ -404,7 +404,7 @@ class CancelScope:
             _publish(rt)  # a callout that blocks next must not hide this deadline
 
     def _expire(self) -> None:
-        """The deadline passed (_scheduler._release_timers, race C3)."""
+        """The deadline passed (_scheduler._release_timers, race K3)."""
         self._timer = None
         if self._proc is not None:
             self._cancel(self._proc._rt)

@@ -24,7 +24,7 @@
 # Cancellation.  A process cancelled while in a wrapped call gets Cancelled
 # when the call returns (an asynchronous exception set on the thread by the
 # canceller, raised by CPython right after cffi's call: _cancel.py, race
-# C4); the wrapper itself needs nothing for that.  To interrupt the call,
+# K4); the wrapper itself needs nothing for that.  To interrupt the call,
 # bind_threaded(lib, interrupt={"slow_read": vmown.INTERRUPT_SIGNAL}) names
 # the functions: the canceller reads the tag the callout recorded in its
 # slot (the original function's address, which _vmown_threaded_tag tells by

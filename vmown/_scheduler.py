@@ -87,6 +87,11 @@
 #   P8  the timer watcher and the heartbeat act on one due timer      _park_timeout
 #   P9  deadlock detection and a callout about to come back           _park
 #   P10 the heartbeat queues a server while the owner parks or ends   _serve
+#   N1-N4 the idle owner waits in epoll (descriptor waits, _io.py)    _idle_in_poll
+#
+# Descriptors.  While processes wait on descriptors (vmown/_io.py), the loop
+# also collects readiness every _CLOCK_EVERY steps and before it goes idle,
+# and one idle thread waits in epoll instead of parking (_idle_in_poll).
 #
 # The GIL.  A callout made through the C wrappers of vmown.threaded_wrappers
 # waits for the VM in C, without the GIL, and takes the GIL only once it owns
@@ -374,7 +379,7 @@ class _Runtime:
         "ownership", "cb", "waiters_word", "owner_word", "owner_address", "work_words", "run_queue", "timers", "stale_timers", "timer_seq", "processes", "main",
         "halt", "fatal", "running", "unretrieved", "published_runnable", "published_timer_ns",
         "watched_deadline_ns", "run_slot", "max_threads", "idle_timeout_ns", "handle", "worker_idents",
-        "pool_shortfalls", "cap_warned", "failures_warned", "steps", "spawned", "parks", "releases",
+        "pool_shortfalls", "cap_warned", "failures_warned", "steps", "spawned", "parks", "releases", "io",
         "token", "bound_runnable", "bound_threads",
     )  # fmt: skip
 
@@ -430,6 +435,7 @@ class _Runtime:
         self.spawned = 0
         self.parks = 0  # vmown_park calls (the core counts each as a disown)
         self.releases = 0  # other disowns by the scheduler; callouts = disowns - both
+        self.io: Any = None  # the descriptor waits (_io._IO), made by the first one
         self.token: Any = None  # the run's RunToken (_token.py), made at the start
         # Bound processes queued on their threads (not in run_queue), and
         # the threads that have had any (woken at a halt).
@@ -682,7 +688,7 @@ def _finish(rt: _Runtime, proc: Process[Any], exc: BaseException) -> None:
     elif isinstance(exc, _Cancelled):
         # Cancelled by Process.cancel(), with its task group, or by a scope
         # whose __exit__ an asynchronous Cancelled pre-empted (_cancel.py,
-        # race C9): its awaiters get ProcessCancelled, a plain failure of the
+        # race K9): its awaiters get ProcessCancelled, a plain failure of the
         # awaited process, and the run goes on.
         proc._cancelled = True
         proc._retrieved = True
@@ -727,6 +733,7 @@ def _halt(rt: _Runtime, fatal: BaseException | None) -> None:
     rt.halt = True
     _publish(rt)
     lib.vmown_unpark(rt.cb, rt.run_slot)  # if the run thread is parked; else a no-op
+    _wake_poller(rt)  # if a thread waits in epoll (N4)
     for thread in rt.bound_threads:  # threads waiting for their bound processes
         thread.wake.release()
 
@@ -760,7 +767,7 @@ def _release_timers(rt: _Runtime) -> None:
             target._state = _RUNNABLE
             run_queue.append(target)
         else:
-            target._expire()  # a CancelScope's deadline (_cancel.py, race C3)
+            target._expire()  # a CancelScope's deadline (_cancel.py, race K3)
     while timers and timers[0][2] is None:  # keep the head live (_drop_timer)
         heapq.heappop(timers)
         rt.stale_timers -= 1
@@ -828,7 +835,11 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
         first = False
         countdown -= 1
         if timers or not countdown:  # read the clock: each step if timers wait
-            countdown = _CLOCK_EVERY
+            if not countdown:
+                countdown = _CLOCK_EVERY
+                io = rt.io
+                if io is not None and io.waiting:  # descriptors, every _CLOCK_EVERY steps
+                    _poll_now(rt, io)
             t = now()
             if t >= yield_at:
                 _yield_gil(rt)
@@ -836,7 +847,12 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
             if timers and timers[0][0] <= t:
                 _release_timers(rt)
         if not run_queue:
-            return
+            io = rt.io
+            if io is None or not io.waiting:
+                return
+            _poll_now(rt, io)  # before going idle: what came during the last steps
+            if not run_queue:
+                return
         proc = popleft()
         if proc._bound is not None and proc._bound is not here:
             if _to_bound_thread(rt, proc, here):
@@ -871,7 +887,9 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
 
 def _yield_gil(rt: _Runtime) -> None:
     """If a thread of the run is out of the VM, let it take the GIL (see "The GIL")."""
-    if _pool_stats(rt).live - _idle_workers(rt) > 0:  # a worker neither parked nor this one
+    io = rt.io
+    polling = 1 if io is not None and io.polling else 0  # a worker waiting in epoll needs no GIL
+    if _pool_stats(rt).live - _idle_workers(rt) - polling > 0:  # a worker neither parked nor this one
         time.sleep(0)  # a syscall that blocks briefly (timer slack), the GIL released
 
 
@@ -1002,7 +1020,11 @@ def _step(rt: _Runtime, proc: Process[Any], here: _ThreadState) -> None:
 #     thread may call in at any time, and there is no check (_token.py).
 def _park(rt: _Runtime, me: _ThreadState) -> bool:
     """Park until there is work; True once owning the VM, False for a worker that leaves."""
-    if (
+    io = rt.io
+    if io is not None and io.waiting:
+        if not io.polling:
+            return _idle_in_poll(rt, me, io)
+    elif (
         not rt.run_queue
         and len(rt.timers) == rt.stale_timers
         and rt.running == 0
@@ -1026,6 +1048,61 @@ def _park(rt: _Runtime, me: _ThreadState) -> bool:
         rt.watched_deadline_ns = 0
     _ensure_spare(rt)
     return True
+
+
+# N1. Two threads go idle while processes wait on descriptors.
+#       A: nothing to run: polling = True, release, epoll_wait
+#       B (took the VM meanwhile, a callout back): nothing to run
+#     `polling` is set and cleared by A while it owns the VM, so B reads it
+#     set and parks in the core as before (with its timer, P8); A gets every
+#     edge.  One thread waits in epoll; the idle stack keeps the spares the
+#     heartbeat activates.
+# N2. A callout comes back while the idle owner waits in epoll.
+#       A: release (VM unowned), epoll_wait    T: callout returns: own
+#     A released the VM before it waits, so T's CAS wins at once (the fast
+#     path of every callout): nothing has to wake A, and the core's fast
+#     paths are untouched.  T serves; when it runs out of work it parks (N1).
+# N3. The idle poller collects edges while another thread owns the VM.
+#       A: epoll_wait returns edges        T: owns, runs steps
+#       A: own: queues behind T            T: next scheduling point: waiters,
+#                                             park (hands A the VM, as in P1)
+#     A dispatches the edges only once it owns the VM.  Each edge goes to one
+#     epoll_wait (edge-triggered), so T's own polls never see these twice.
+# N4. The run halts while the poller waits: main ends on another thread
+#     (_halt), a worker fails outside a step (_crash), or Ctrl-C lands in the
+#     wait (_on_sigint).  Each sets `halt` and then writes the poller's
+#     eventfd (_wake_poller); the wait returns, a worker leaves without the
+#     VM, the run thread owns it and shuts down.
+def _idle_in_poll(rt: _Runtime, me: _ThreadState, io: Any) -> bool:
+    """Nothing to run, processes wait on descriptors: release the VM and wait in epoll.
+
+    Returns as _park does: True owning the VM, False for a worker that leaves.
+    """
+    timeout_ns, watched_deadline_ns = _park_timeout(rt, me)
+    if not watched_deadline_ns and rt.timers:
+        timeout_ns = max(0, rt.timers[0][0] - _now())  # another thread watches it too: harmless (P8)
+    elif not watched_deadline_ns:
+        timeout_ns = -1  # the poller does not retire
+    io.polling = True
+    io.idle_waits += 1
+    _release(rt, me)
+    events = io.poller.wait(-1 if timeout_ns < 0 else timeout_ns / 1e9)
+    if rt.halt and not me.run_thread:
+        return False  # N4: halt was set before the eventfd's write
+    _own(rt, me)
+    io.polling = False
+    if watched_deadline_ns and rt.watched_deadline_ns == watched_deadline_ns:
+        rt.watched_deadline_ns = 0
+    if events:
+        _dispatch(rt, io, events)
+    return True
+
+
+def _wake_poller(rt: _Runtime) -> None:
+    """Make a thread waiting in epoll return (N4): from any thread, and from the SIGINT handler."""
+    io = rt.io
+    if io is not None:
+        io.poller.wake()
 
 
 # P8. The timer watcher and the heartbeat both act on a due timer.
@@ -1193,6 +1270,7 @@ def _crash(rt: _Runtime, me: _ThreadState | None, exc: BaseException) -> None:
         rt.releases += 1
         _disown(rt.cb, me.slot, 0)
     lib.vmown_unpark(rt.cb, rt.run_slot)
+    _wake_poller(rt)  # N4
 
 
 def _enter(rt: _Runtime, run_thread: bool) -> _ThreadState:
@@ -1317,10 +1395,13 @@ def _shutdown(rt: _Runtime, me: _ThreadState) -> None:
     check(lib.vmown_heartbeat_stop(rt.cb), "stopping the heartbeat")
     check(lib.vmown_workers_stop(rt.cb), "stopping the worker pool")
     if _pool_stats(rt).live:
+        _wake_poller(rt)
         _release(rt, me)
         _join_workers(rt)
         _own(rt, me)
     _close_processes(rt)
+    if rt.io is not None:
+        rt.io.poller.close()
     _report_unretrieved(rt)
 
 
@@ -1412,7 +1493,9 @@ def _close_ownership(rt: _Runtime) -> None:
 
 # Cancel scopes and task groups update the run's state in their __exit__ and
 # __aexit__: KeyboardInterrupt waits for a scheduling point there too.
-_PROTECTED_MODULES = frozenset({__name__, "vmown._sync", "vmown._cancel", "vmown._taskgroup"})
+_PROTECTED_MODULES = frozenset(
+    {__name__, "vmown._sync", "vmown._cancel", "vmown._taskgroup", "vmown._io", "vmown._io_epoll"}
+)
 
 
 # P6. SIGINT lands anywhere in the main thread.  CPython runs the handler at
@@ -1455,6 +1538,7 @@ def _on_sigint(rt: _Runtime, signum: int, frame: types.FrameType | None) -> None
     if rt.fatal is None:
         rt.fatal = KeyboardInterrupt()
     rt.halt = True
+    _wake_poller(rt)  # the run thread may wait in epoll, which retries after a handler (N4)
 
 
 @contextmanager
@@ -1529,6 +1613,9 @@ def _stats(rt: _Runtime) -> dict[str, int]:
         "lazy_callouts": counters.lazy_disowns,
         "revocations": heartbeat.revocations,
         "called_off": heartbeat.called_off,
+        "io_waits": rt.io.blocked if rt.io is not None else 0,
+        "io_polls": rt.io.polls if rt.io is not None else 0,
+        "io_idle_waits": rt.io.idle_waits if rt.io is not None else 0,
     }
 
 
@@ -1538,6 +1625,8 @@ from ._cancel import (  # noqa: E402
     ProcessCancelled as _ProcessCancelled,
     _cancel_process,
 )
+
+from ._io import dispatch as _dispatch, poll_now as _poll_now  # noqa: E402
 
 # Frames of these functions call user code: KeyboardInterrupt raised below
 # them lands inside a step (P6).

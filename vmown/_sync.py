@@ -15,7 +15,7 @@
 # Calls that do not have to wait return without a scheduling point (like
 # asyncio's), but raise Cancelled if the caller is in a cancelled scope, as a
 # wait would.  A cancelled waiter leaves the primitive's queue before it is
-# made runnable (_cancel.py, race C2), so nothing is handed to it later.  Every method must be called from a process of vmown.run(): a
+# made runnable (_cancel.py, race K2), so nothing is handed to it later.  Every method must be called from a process of vmown.run(): a
 # thread outside the VM that touched them would race with the owner.  A
 # primitive serves the processes of one run at a time.
 

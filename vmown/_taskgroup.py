@@ -5,7 +5,7 @@
 # child never outlives the code that started it, and its failure has a place
 # to go.  The rules:
 #   - the block's end waits for every child, uncancellably (the join is
-#     marked _uncancellable, _cancel.py race C6): cancelling the block
+#     marked _uncancellable, _cancel.py race K6): cancelling the block
 #     cancels the children, and the block ends when they have;
 #   - the group is a CancelScope entered by the parent; each child's chain
 #     of scopes goes on into it (child._parent), so cancelling any scope
@@ -51,7 +51,7 @@ class TaskGroup:
     __slots__ = ("_scope", "_proc", "_children", "_errors", "_joining", "_closed")
 
     # The join at the end of the block waits for the children even when the
-    # parent is cancelled (_cancel.py, race C6).
+    # parent is cancelled (_cancel.py, race K6).
     _uncancellable = True
 
     def __init__(self) -> None:

@@ -49,7 +49,7 @@
 #       RunFinishedError.
 #   T2  fn makes a process runnable while every worker is parked.  _publish
 #       runs before the disown (the heartbeat sees the work), and the unpark
-#       after it: the run thread, if parked, wakes and owns; if it was not
+#       (and the epoll wake-up, for an owner idling in epoll) after it: the run thread, if parked, wakes and owns; if it was not
 #       parked, the unpark does nothing and it sees the run queue at its
 #       next scheduling point.
 #   T3  a thread of the run in a callout calls in.  It owns the VM with its
@@ -354,6 +354,7 @@ def _leave(rt: _Runtime, slot: int) -> None:
     check(lib.vmown_disown(rt.cb, slot, 0), "disown")
     if wake:
         lib.vmown_unpark(rt.cb, rt.run_slot)
+        _scheduler._wake_poller(rt)  # or the thread idling in epoll (_scheduler, N4)
 
 
 def _name(fn: Any) -> str:
