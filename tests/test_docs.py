@@ -85,6 +85,14 @@ def test_architecture_indexes_every_race_of_the_scheduler() -> None:
     assert sorted(numbered - _indexed(ARCHITECTURE.read_text())) == []
 
 
+def test_architecture_indexes_every_race_of_the_threads() -> None:
+    paths = [ROOT / "vmown" / name for name in ("_token.py", "_callback.py", "_scheduler.py")]
+    code = "".join(path.read_text() for path in paths if path.exists())
+    numbered = set(re.findall(r"^#\s+(T\d+)[.\s]", code, re.MULTILINE))
+    assert {"T1", "T2", "T3", "T4", "T5", "T6"} <= numbered, "the threads' notes lost their numbered races"
+    assert sorted(numbered - _indexed(ARCHITECTURE.read_text())) == []
+
+
 def test_architecture_indexes_every_race_of_cancellation() -> None:
     code = (ROOT / "vmown" / "_cancel.py").read_text()
     numbered = set(re.findall(r"^# (K\d+)\.", code, re.MULTILINE))

@@ -28,6 +28,7 @@ from ._errors import (
 )
 from ._cffi_wrappers import bind_threaded, threaded_wrappers
 from ._callout import INTERRUPT_SIGNAL, callout, callout_stats, threaded
+from ._callback import callback
 from ._native import lib as _lib
 from ._ownership import LAYOUT_VERSION as _LAYOUT_VERSION, Ownership
 from ._scheduler import Process, checkpoint, current_process, run, sleep, spawn, stats
@@ -46,6 +47,7 @@ from ._sync import CapacityLimiter, Condition, Event, Lock, Queue, Semaphore, Wo
 from ._stacks import allow_inspection
 from ._taskgroup import TaskGroup
 from ._watchdog import SlowCalloutWarning, SlowStepWarning, WatchdogWarning
+from ._token import RunFinishedError, RunToken, current_token
 from ._io import notify_closing, wait_readable, wait_writable
 from ._socket import open_tcp_listener, open_tcp_stream
 from . import socket
@@ -83,6 +85,8 @@ __all__ = [
     "Process",
     "ProcessCancelled",
     "Queue",
+    "RunFinishedError",
+    "RunToken",
     "Semaphore",
     "SlowCalloutWarning",
     "SlowStepWarning",
@@ -94,10 +98,12 @@ __all__ = [
     "WouldBlock",
     "allow_inspection",
     "bind_threaded",
+    "callback",
     "callout",
     "callout_stats",
     "checkpoint",
     "current_process",
+    "current_token",
     "current_time",
     "fail_after",
     "fail_at",
