@@ -191,6 +191,16 @@ _MESSAGES: dict[int, tuple[type[BaseException], str]] = {
         ArenaError,
         "the arena header holds an impossible value (corrupted by a peer?); make a new arena",
     ),
+    lib.VMOWN_EARENA_OVERLAP: (
+        ArenaError,
+        "the pages were handed out already (to alloc(), a Channel or a control block); place it "
+        "where nothing else is: Ownership.create_in(arena), or at the offset arena.alloc() returns",
+    ),
+    lib.VMOWN_EARENA_CUT: (
+        ArenaError,
+        "the arena's file was truncated under the live mapping (by another process: vmown never "
+        "does); its pages are gone and touching them would raise SIGBUS: close this arena",
+    ),
     lib.VMOWN_ECHAN_BADMAGIC: (
         ChannelError,
         "no channel at this offset (bad magic; or made on a machine of another word size or byte "

@@ -125,7 +125,6 @@ import contextvars
 import heapq
 import inspect
 import itertools
-import math
 import signal
 import sys
 import threading
@@ -142,6 +141,7 @@ from typing import Any, Generic, TypeVar, TypeVarTuple
 from ._errors import VmownError, check, error
 from ._native import ffi, lib
 from ._ownership import Ownership
+from ._timeout import timeout_ns as _timeout_ns
 
 __all__ = ["Process", "checkpoint", "current_process", "run", "sleep", "spawn", "stats"]
 
@@ -398,7 +398,7 @@ class _Runtime:
         self.watched_deadline_ns = 0
         self.run_slot = 0
         self.max_threads = max_threads
-        self.idle_timeout_ns = int(idle_timeout_s * 1e9)
+        self.idle_timeout_ns = _timeout_ns(idle_timeout_s, "idle_timeout")  # < 0: workers never retire
         # What the pool's workers get back in vmown_py_worker; dropped when
         # the pool is freed (it makes a cycle with this object).
         self.handle: Any = ffi.new_handle(self)
@@ -487,13 +487,21 @@ def checkpoint() -> Generator[None, None, None]:
 
 @types.coroutine
 def sleep(seconds: float) -> Generator[object, None, None]:
-    """Suspend the calling process for ``seconds`` (at least); ``sleep(0)`` is a checkpoint."""
-    if seconds <= 0:
+    """Suspend the calling process for ``seconds`` (at least); ``sleep(0)`` is a checkpoint.
+
+    A negative duration is a checkpoint too, as in asyncio; ``sleep(math.inf)``
+    suspends the process for good (until the run closes it); nan and
+    non-numbers raise ValueError, with the message of every ``timeout=``.
+    """
+    if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds < 0:
+        seconds = 0
+    ns = _timeout_ns(seconds, "seconds")
+    if ns == 0:
         yield None
-    elif seconds == math.inf:
+    elif ns < 0:
         yield _SUSPEND  # nothing will wake it
     else:
-        yield _now() + int(seconds * 1e9)
+        yield _now() + ns
 
 
 @types.coroutine
@@ -1160,7 +1168,7 @@ def _check_run_arguments(hz: int, max_threads: int, idle_timeout: float) -> None
         raise ValueError(
             f"max_threads must be an int of at least 2 (the caller and a spare), not {max_threads!r}"
         )
-    if not idle_timeout > 0:
+    if _timeout_ns(idle_timeout, "idle_timeout") == 0:
         raise ValueError(f"idle_timeout must be a positive number of seconds, not {idle_timeout!r}")
 
 
