@@ -276,6 +276,19 @@ int vmown_map_anonymous(size_t len, void **out) {
 
 int vmown_unmap(void *addr, size_t len) { return munmap(addr, len) == 0 ? 0 : -errno; }
 
+int vmown_map_private(void *addr, size_t len) {
+    void *copy = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (copy == MAP_FAILED) return -errno;
+    memcpy(copy, addr, len);
+    /* One step: addr never reads as unmapped, and the shared pages go. */
+    if (mremap(copy, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, addr) == MAP_FAILED) {
+        int err = errno;
+        munmap(copy, len);
+        return -err;
+    }
+    return 0;
+}
+
 size_t vmown_page_size(void) { return (size_t)sysconf(_SC_PAGESIZE); }
 
 /* ---- arena: files and mappings ---- */

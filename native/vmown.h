@@ -415,6 +415,10 @@ VMOWN_EXTERN void vmown_debug_set_widen_ns(int64_t ns);
 /* OS layer (os_linux.c): anonymous shared mappings for the default block. */
 VMOWN_EXTERN int vmown_map_anonymous(size_t len, void **out);
 VMOWN_EXTERN int vmown_unmap(void *addr, size_t len);
+/* Replace the shared mapping at addr (len bytes, page-aligned) by a private
+ * copy of its bytes, at the same address: for a forked child that holds a
+ * copy of its parent's state and must not write the parent's memory. */
+VMOWN_EXTERN int vmown_map_private(void *addr, size_t len);
 VMOWN_EXTERN size_t vmown_page_size(void);
 
 /* ---- Arena (arena.c) ---- */

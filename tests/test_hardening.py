@@ -239,3 +239,127 @@ def test_case9_truncated_file_gives_clear_errors_not_sigbus(tmp_path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "unusable" in done.stdout and done.stdout.count(" ok") == 7 and "closed" in done.stdout
+
+
+# ---- case 2: fork inside vmown.run ----
+
+FORK_SCRIPT = """
+import os, sys, threading, time, vmown
+
+async def blocker():
+    vmown.callout(time.sleep, 0.002)  # keeps workers busy: the forker may be a worker
+
+async def forker(how):
+    await vmown.sleep(0.001)
+    pid = os.fork()
+    if pid == 0:
+        if how == "raise":
+            raise KeyError("raised in the child")
+        return "child"
+    return pid
+
+async def main(how, forkers):
+    for _ in range(8):
+        vmown.spawn(blocker)
+    procs = [vmown.spawn(forker, how) for _ in range(forkers)]
+    pids = [await p for p in procs]
+    statuses = []
+    for pid in pids:
+        deadline = time.monotonic() + 60
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                statuses.append(os.waitstatus_to_exitcode(status))
+                break
+            assert time.monotonic() < deadline, "a forked child hangs"
+            await vmown.sleep(0.005)
+    return statuses
+
+parent = os.getpid()
+for how in ("return", "raise"):
+    try:
+        statuses = vmown.run(main, how, FORKERS)
+    except vmown.ForkedRunError as exc:
+        assert os.getpid() != parent
+        print("child", os.getpid(), "ForkedRunError", flush=True)
+        os._exit(3)  # a distinct status, so that the parent sees how the child ended
+    assert os.getpid() == parent, "a child came back from run() without an error"
+    # a child whose fork happened on a worker thread exits with 1 (printed its error)
+    assert statuses and all(s in (1, 3) for s in statuses), statuses
+    print("parent", how, statuses, flush=True)
+print("parent done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("forkers", [1, 4])
+def test_case2_a_child_forked_inside_run_that_returns_or_raises_exits(forkers: int) -> None:
+    done = run_child(FORK_SCRIPT.replace("FORKERS", str(forkers)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "parent done" in done.stdout, done.stdout + done.stderr
+    assert "AlreadyOwnerError" not in done.stderr and "BrokenError" not in done.stderr, done.stderr
+    assert "vmown.run() cannot go on in a child process forked inside it" in done.stdout + done.stderr or (
+        "ForkedRunError" in done.stdout
+    )
+
+
+# ---- case 8: Ctrl-C twice ----
+
+CTRL_C_SCRIPT = """
+import os, signal, sys, threading, time, warnings, vmown
+
+def vmown_threads():
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as comm:
+                name = comm.read().strip()
+        except FileNotFoundError:
+            continue
+        if name.startswith("vmown-"):
+            names.append(name)
+    return names
+
+async def busy():
+    while True:
+        vmown.callout(time.sleep, 0.0005)
+        await vmown.checkpoint()
+
+async def main():
+    for _ in range(6):
+        vmown.spawn(busy)
+    await vmown.sleep(60)
+
+def ctrl_c_twice(delay_s, gap_s):
+    time.sleep(delay_s)
+    os.kill(os.getpid(), signal.SIGINT)
+    until = time.perf_counter() + gap_s
+    while time.perf_counter() < until:
+        pass
+    os.kill(os.getpid(), signal.SIGINT)
+
+for i, gap_s in enumerate([0, 0.00005, 0.0001, 0.0002, 0.0003] * 2):
+    helper = threading.Thread(target=ctrl_c_twice, args=(0.02 + 0.013 * i, gap_s))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        helper.start()
+        try:
+            vmown.run(main)
+        except KeyboardInterrupt:
+            pass
+        helper.join()
+    named = " ".join(str(w.message) for w in caught)
+    deadline = time.monotonic() + 10
+    while (left := vmown_threads()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not left or "vmown-worker" in named, (gap_s, left, named)
+    assert threading.enumerate() == [threading.main_thread()], threading.enumerate()
+    print("ok", gap_s, len(caught), flush=True)
+print("done", flush=True)
+"""
+
+
+def test_case8_ctrl_c_twice_leaves_no_thread_and_raises_nothing_but_keyboard_interrupt() -> None:
+    done = run_child(CTRL_C_SCRIPT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "done" in done.stdout and done.stdout.count("ok ") == 10, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr

@@ -20,6 +20,7 @@ __all__ = [
     "ChannelClosed",
     "ChannelError",
     "ControlBlockError",
+    "ForkedRunError",
     "NotOwnerError",
     "SlotsExhaustedError",
     "VmownError",
@@ -52,6 +53,17 @@ class ControlBlockError(VmownError):
 
 class BrokenError(VmownError):
     """The control block was found corrupt and is marked broken for good."""
+
+
+class ForkedRunError(VmownError):
+    """Raised by :func:`vmown.run` in a child process forked inside the run.
+
+    The child holds a copy of the run whose other threads (workers, the
+    heartbeat) did not survive fork, so it cannot go on: at the child's next
+    scheduling point the run stops and raises this, in the child only; the
+    parent's run is unaffected.  End such a child with ``os._exit()`` (or
+    ``exec``), as with any threaded program.
+    """
 
 
 class ArenaError(VmownError):

@@ -71,17 +71,22 @@ def _slots(slots: Any) -> int:
 class _Block:
     """The control block's memory and the C handle on it; unmaps when freed."""
 
-    __slots__ = ("cb", "addr", "size", "keep", "__weakref__")
+    __slots__ = ("cb", "addr", "size", "keep", "pid", "__weakref__")
 
     def __init__(self, cb: Any, addr: Any, size: int, keep: Any) -> None:
         self.cb = cb  # vmown_vm *
         self.addr = addr  # void *, ours to unmap, or NULL
         self.size = size
         self.keep = keep  # what keeps caller-provided memory alive
+        self.pid = os.getpid()  # the process whose threads the C handle may name
 
     def free(self) -> None:
         if self.cb != ffi.NULL:
-            lib.vmown_vm_detach(self.cb)
+            # In a forked child the handle may name the parent's heartbeat
+            # and worker pool, threads that do not exist here: detaching
+            # would join them.  The child leaves the handle be.
+            if self.pid == os.getpid():
+                lib.vmown_vm_detach(self.cb)
             self.cb = ffi.NULL
         if self.addr != ffi.NULL:
             lib.vmown_unmap(self.addr, self.size)

@@ -121,10 +121,12 @@
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import heapq
 import inspect
 import itertools
+import os
 import signal
 import sys
 import threading
@@ -132,13 +134,14 @@ import time
 import traceback
 import types
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, Generic, TypeVar, TypeVarTuple
 
-from ._errors import VmownError, check, error
+from ._errors import ForkedRunError, VmownError, check, error
 from ._native import ffi, lib
 from ._ownership import Ownership
 from ._timeout import timeout_ns as _timeout_ns
@@ -360,6 +363,7 @@ class _Runtime:
         "halt", "fatal", "running", "unretrieved", "published_runnable", "published_timer_ns",
         "watched_deadline_ns", "run_slot", "max_threads", "idle_timeout_ns", "handle", "worker_idents",
         "pool_shortfalls", "cap_warned", "failures_warned", "steps", "spawned", "parks", "releases", "io",
+        "pid", "forked", "give_up", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, max_threads: int, idle_timeout_s: float) -> None:
@@ -413,6 +417,12 @@ class _Runtime:
         self.parks = 0  # vmown_park calls (the core counts each as a disown)
         self.releases = 0  # other disowns by the scheduler; callouts = disowns - both
         self.io: Any = None  # the descriptor waits (_io._IO), made by the first one
+        # Fork (see _after_fork_in_child): the process the run belongs to,
+        # and whether this is a child's copy of it.
+        self.pid = os.getpid()
+        self.forked = False
+        # Ctrl-C twice: shutdown stops waiting for workers still in callouts.
+        self.give_up = False
 
 
 # ---- the current process ----
@@ -1060,9 +1070,11 @@ def vmown_py_worker(handle: Any, slot: int) -> None:
     except BaseException as exc:  # noqa: BLE001 - a scheduler bug: fail loudly, never hang
         _crash(rt, me, exc)
     finally:
-        del rt.worker_idents[slot]
+        rt.worker_idents.pop(slot, None)
         _here.state = None
         _forget_dummy_thread()
+    if rt.forked:
+        _end_forked_child(rt)
 
 
 def _forget_dummy_thread() -> None:
@@ -1130,18 +1142,29 @@ def run(
     returned, or main's exception is raised with its traceback.
 
     Ctrl-C (on the main thread) raises KeyboardInterrupt promptly, also while
-    a callout blocks, once the callouts still in flight have come back.
+    a callout blocks, once the callouts still in flight have come back; a
+    second Ctrl-C stops waiting for them (the threads left are named in a
+    RuntimeWarning and joined later).  Shutdown itself never raises.
+
+    A child process forked inside the run cannot go on with it: the run
+    stops at the child's next scheduling point and raises
+    :class:`ForkedRunError` in the child (end the child with ``os._exit``);
+    the parent's run is unaffected.
     """
     _check_run_arguments(hz, max_threads, idle_timeout)
     if _here.state is not None:
         raise RuntimeError("vmown.run() cannot run inside vmown.run(); use vmown.spawn() for a new process")
+    _join_abandoned()
     rt = _Runtime(max_threads, idle_timeout)
     me = _enter(rt, run_thread=True)
+    _runs.add(rt)
     try:
-        _own(rt, me)
-        rt.run_slot = me.slot
+        # The handler stays installed until everything is torn down: Ctrl-C
+        # during shutdown never raises out of it (_on_sigint).
         with _sigint_handler(rt):
             try:
+                _own(rt, me)
+                rt.run_slot = me.slot
                 check(lib.vmown_heartbeat_start(rt.cb, hz), "starting the heartbeat")
                 rt.main = _spawn(rt, main, args, contextvars.copy_context())
                 check(
@@ -1154,9 +1177,10 @@ def run(
                 _work(rt, me)
             finally:
                 _shutdown(rt, me)
+                _leave()
+                _close_ownership(rt)
     finally:
-        _leave()
-        _close_ownership(rt)
+        _runs.discard(rt)
     result: T = _outcome(rt)
     return result
 
@@ -1173,6 +1197,8 @@ def _check_run_arguments(hz: int, max_threads: int, idle_timeout: float) -> None
 
 
 def _outcome(rt: _Runtime) -> Any:
+    if rt.forked:
+        raise _forked_error(rt)
     if rt.fatal is not None:
         raise rt.fatal
     main = rt.main
@@ -1184,22 +1210,53 @@ def _outcome(rt: _Runtime) -> Any:
 
 
 def _shutdown(rt: _Runtime, me: _ThreadState) -> None:
-    """Run thread: stop the heartbeat and the workers, close what is left."""
+    """Run thread: stop the heartbeat and the workers, close what is left.
+
+    Never raises: a failure of one step is reported (RuntimeWarning) and the
+    others still run, so that no thread is left behind by an exception; Ctrl-C
+    does not raise here either (_on_sigint).  In a forked child it touches
+    nothing: the threads it would stop are the parent's.
+    """
     rt.halt = True
+    if rt.forked:
+        return
+    for step in (_stop_threads, _close_processes, _close_io, _report_unretrieved):
+        try:
+            step(rt) if step is not _stop_threads else step(rt, me)
+        except Exception as exc:  # noqa: BLE001 - reported; the next steps must still run
+            _warn_failed_step(step, exc)
+
+
+def _close_io(rt: _Runtime) -> None:
+    if rt.io is not None:
+        rt.io.poller.close()
+
+
+def _warn_failed_step(step: Callable[..., Any], exc: BaseException) -> None:
+    text = "".join(traceback.format_exception(exc))
+    warnings.warn(f"vmown.run(): {step.__name__} failed at shutdown:\n{text}", RuntimeWarning, stacklevel=3)
+
+
+def _stop_threads(rt: _Runtime, me: _ThreadState) -> None:
+    """Stop the heartbeat and the pool (each tried even if the other fails), join the workers."""
     if lib.vmown_owner(rt.cb) != me.slot:
         _own(rt, me)
     _publish(rt)
-    check(lib.vmown_heartbeat_stop(rt.cb), "stopping the heartbeat")
-    check(lib.vmown_workers_stop(rt.cb), "stopping the worker pool")
+    failures = [
+        error(rc, what)
+        for rc, what in (
+            (lib.vmown_heartbeat_stop(rt.cb), "stopping the heartbeat"),
+            (lib.vmown_workers_stop(rt.cb), "stopping the worker pool"),
+        )
+        if rc < 0
+    ]
     if _pool_stats(rt).live:
         _wake_poller(rt)
         _release(rt, me)
         _join_workers(rt)
         _own(rt, me)
-    _close_processes(rt)
-    if rt.io is not None:
-        rt.io.poller.close()
-    _report_unretrieved(rt)
+    if failures:
+        raise failures[0]
 
 
 # P7. The pool starts a worker while the VM is owned, or unowned.
@@ -1219,13 +1276,50 @@ def _join_workers(rt: _Runtime) -> None:
 
     The pool unparks parked workers at every round of its wait (one that was
     still starting parks after a round and is woken by the next); Ctrl-C is
-    seen between rounds of _JOIN_SLICE_NS.
+    seen between rounds of _JOIN_SLICE_NS.  Ctrl-C twice (rt.give_up) stops
+    waiting: the workers still in callouts are named in a warning and joined
+    later (_join_abandoned).
     """
     warn_at = time.monotonic() + _SHUTDOWN_WARN_S
     while lib.vmown_workers_join(rt.cb, _JOIN_SLICE_NS) > 0:
+        if rt.give_up:
+            _abandon(rt)
+            return
         if warn_at and time.monotonic() > warn_at:
             warn_at = 0
             _warn_slow_workers(rt)
+
+
+# Runs whose shutdown gave up on workers still in callouts: their threads are
+# joined (and the control block freed) at the next vmown.run() or at exit.
+_abandoned: list[_Runtime] = []
+
+
+def _abandon(rt: _Runtime) -> None:
+    names = [f"vmown-worker (slot {slot}, thread ident {ident})" for slot, ident in rt.worker_idents.items()]
+    live = _pool_stats(rt).live
+    names += ["vmown-worker (in C, not in Python)"] * max(0, live - len(names))
+    _abandoned.append(rt)
+    warnings.warn(
+        f"vmown.run(): Ctrl-C at shutdown: not waiting for {live} worker thread(s) still in a callout: "
+        f"{', '.join(names)}; they are joined when their callouts return, at the next vmown.run() or "
+        "at exit",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _join_abandoned(timeout_ns: int = 0) -> None:
+    """Join the workers of abandoned runs whose callouts came back; free their control blocks."""
+    for rt in list(_abandoned):
+        if rt.pid != os.getpid():
+            _abandoned.remove(rt)  # the parent's threads
+        elif lib.vmown_workers_join(rt.cb, timeout_ns) == 0:
+            _abandoned.remove(rt)
+            _close_ownership(rt)
+
+
+atexit.register(_join_abandoned, _JOIN_SLICE_NS)
 
 
 def _warn_slow_workers(rt: _Runtime) -> None:
@@ -1237,7 +1331,7 @@ def _warn_slow_workers(rt: _Runtime) -> None:
             stuck.append(f"worker (slot {slot}):\n{''.join(traceback.format_stack(frame, limit=4))}")
     warnings.warn(
         f"vmown.run() is ending but {len(stuck)} worker(s) are still in a callout; waiting for them "
-        "(Ctrl-C twice gives up on them):\n" + "\n".join(stuck),
+        "(Ctrl-C gives up waiting for them):\n" + "\n".join(stuck),
         RuntimeWarning,
         stacklevel=3,
     )
@@ -1272,6 +1366,9 @@ def _report_unretrieved(rt: _Runtime) -> None:
 
 def _close_ownership(rt: _Runtime) -> None:
     """Free the control block, unless a thread abandoned in a callout still uses it."""
+    if rt.forked:
+        rt.handle = None  # the copy of the block is left as it is (see _after_fork_in_child)
+        return
     if _pool_stats(rt).live:
         return  # the block stays mapped, and the pool allocated, for it
     for _ in range(100):
@@ -1284,6 +1381,61 @@ def _close_ownership(rt: _Runtime) -> None:
     warnings.warn(
         f"vmown.run() could not close its control block: {rt.ownership!r}", RuntimeWarning, stacklevel=3
     )
+
+
+# ---- fork ----
+
+# Runs of this process, for the fork hook.
+_runs: "weakref.WeakSet[_Runtime]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A child forked inside vmown.run(): stop its copy of the run, touch nothing of the parent's.
+
+    The child is a copy of one thread of the parent: the run's other threads
+    (workers, heartbeat, spawner) are not in it, and the control block is
+    shared memory that the parent goes on using.  So:
+      1. the block is replaced by a private copy at the same address
+         (vmown_map_private): whatever the child's copy of the scheduler
+         still writes (the step that forked ends, its trap is handled) lands
+         in the child's memory, never in the parent's block;
+      2. the run halts at the child's next scheduling point, and shutdown
+         touches nothing (no join of threads that are not here, no lock of
+         the pool copied in whatever state it was);
+      3. run() raises ForkedRunError in the child (if the fork happened on a
+         worker thread, which has no run() to return to, the child prints
+         it and exits with status 1: _end_forked_child).
+    """
+    for rt in list(_runs):
+        if rt.forked or rt.pid == os.getpid():
+            continue
+        rt.forked = True
+        rt.halt = True
+        block = rt.ownership._block
+        if block.addr != ffi.NULL:
+            lib.vmown_map_private(block.addr, block.size)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _forked_error(rt: _Runtime) -> ForkedRunError:
+    return ForkedRunError(
+        f"vmown.run() cannot go on in a child process forked inside it (pid {os.getpid()}, forked from "
+        f"{rt.pid}): the run's other threads did not survive fork.  End the child with os._exit() (or "
+        "exec) where it is done; the parent's run is unaffected"
+    )
+
+
+def _end_forked_child(rt: _Runtime) -> None:
+    """A forked child's only thread is a pool worker, with no run() to raise from: exit here."""
+    text = "".join(traceback.format_exception(_forked_error(rt)))
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        sys.stdout.flush()
+    finally:
+        os._exit(1)
 
 
 # ---- SIGINT ----
@@ -1304,9 +1456,9 @@ _PROTECTED_MODULES = frozenset(
 #     code of a step comes first (a process, or a function called as a
 #     callout), it raises there, and the process ends with KeyboardInterrupt,
 #     which halts the run.  Callouts themselves are C (_callout.py): no
-#     handler runs between their disown and their own.  A second Ctrl-C
-#     while the first is pending raises at once: the escape from a program
-#     that does not come back (see _shutdown).
+#     handler runs between their disown and their own.  A second Ctrl-C in
+#     scheduler code (the loop, shutdown) never raises: it stops shutdown's
+#     wait for workers still in callouts (_join_workers), which names them.
 def _ki_deferred(frame: types.FrameType | None) -> bool:
     """Whether KeyboardInterrupt must wait for a scheduling point (P6).
 
@@ -1328,10 +1480,18 @@ def _ki_deferred(frame: types.FrameType | None) -> bool:
 
 
 def _on_sigint(rt: _Runtime, signum: int, frame: types.FrameType | None) -> None:
-    """Raise KeyboardInterrupt where it is safe (user code), else halt the run for it."""
-    again = isinstance(rt.fatal, KeyboardInterrupt)  # Ctrl-C twice: give up waiting
-    if again or not _ki_deferred(frame):
+    """Raise KeyboardInterrupt where it is safe (user code), else halt the run for it.
+
+    In scheduler code (the loop, shutdown) it never raises: an exception
+    there, between two steps of stopping the heartbeat and the pool, left
+    their threads running (two Ctrl-C 0.3 ms apart did it).  A second Ctrl-C
+    there means "stop waiting for workers still in callouts" (rt.give_up);
+    run() raises KeyboardInterrupt once everything is torn down.
+    """
+    if not rt.halt and not _ki_deferred(frame):
         raise KeyboardInterrupt
+    if isinstance(rt.fatal, KeyboardInterrupt) or rt.halt:
+        rt.give_up = True
     if rt.fatal is None:
         rt.fatal = KeyboardInterrupt()
     rt.halt = True
