@@ -156,6 +156,9 @@ VMOWN_EXTERN void vmown_vm_detach(vmown_vm *vm);
 
 /* Claim a free slot for the calling thread; returns its index (>= 1). */
 VMOWN_EXTERN int vmown_register(vmown_vm *vm);
+/* The same, waiting at most timeout_ns (< 0: no limit) for the block's lock:
+ * VMOWN_ETIMEDOUT after it. */
+VMOWN_EXTERN int vmown_register_timed(vmown_vm *vm, int64_t timeout_ns);
 /* Give a slot back.  A slot that owns the VM releases it first; a slot that is
  * queued is refused with VMOWN_EBUSY. */
 VMOWN_EXTERN int vmown_unregister(vmown_vm *vm, uint32_t slot);

@@ -39,6 +39,13 @@
 # shrink never does that (it is refused while a peer maps more), but a plain
 # `ftruncate` by someone else is not prevented: give arena files mode 0600 in
 # a directory only trusted processes can write, or use an anonymous arena.
+# Every Arena method checks the file's length first (one fstat) and raises
+# ArenaError instead of touching lost pages.  No SIGBUS handler is installed:
+# most accesses are made by Python code through `buffer` (CPython's memcpy,
+# numpy, struct), and a fault there cannot be turned into an exception --
+# unwinding out of the interpreter's C code in the middle of an operation
+# would leave its state (reference counts, locks) half updated; and a
+# process-wide SIGBUS handler would fight faulthandler and the program's own.
 
 from __future__ import annotations
 
@@ -234,6 +241,17 @@ class Arena:
     area (``arena.size`` bytes, a multiple of the page size); offsets given to
     :meth:`alloc` and the ``atomic_*`` methods are offsets into it.  Use it as
     a context manager to close it; a file is removed only by :meth:`unlink`.
+
+    Truncation: another process that can write the file can also truncate it
+    under the live mapping.  The pages past the new end are gone, and touching
+    them raises SIGBUS, which kills the process.  Every method here checks the
+    file's length first and raises :class:`ArenaError` ("truncated under the
+    live mapping") instead; ``repr()`` says "unusable"; ``close()`` still
+    works.  What no check can cover: your own reads and writes through
+    ``buffer`` (or a channel or control block placed in the arena), and a
+    truncation between the check and the access.  Give arena files mode 0600
+    in a directory only trusted processes can write, or use an anonymous
+    arena, if that matters (README, "Hardening").
     """
 
     __slots__ = ("_mapping", "_path", "_file_id", "_page", "_max", "_views", "_lock", "__weakref__")

@@ -40,7 +40,7 @@ from ._timeout import timeout_ns as _timeout_ns
 __all__ = ["Ownership"]
 
 DEFAULT_SLOTS = 1024
-LAYOUT_VERSION = 4  # of the control block; must match native/vmown_internal.h
+LAYOUT_VERSION = 5  # of the control block; must match native/vmown_internal.h
 
 _own_wait = lib.vmown_own_wait
 _disown = lib.vmown_disown
@@ -71,22 +71,20 @@ def _slots(slots: Any) -> int:
 class _Block:
     """The control block's memory and the C handle on it; unmaps when freed."""
 
-    __slots__ = ("cb", "addr", "size", "keep", "pid", "__weakref__")
+    __slots__ = ("cb", "addr", "size", "keep", "__weakref__")
 
     def __init__(self, cb: Any, addr: Any, size: int, keep: Any) -> None:
         self.cb = cb  # vmown_vm *
         self.addr = addr  # void *, ours to unmap, or NULL
         self.size = size
         self.keep = keep  # what keeps caller-provided memory alive
-        self.pid = os.getpid()  # the process whose threads the C handle may name
 
     def free(self) -> None:
         if self.cb != ffi.NULL:
             # In a forked child the handle may name the parent's heartbeat
-            # and worker pool, threads that do not exist here: detaching
-            # would join them.  The child leaves the handle be.
-            if self.pid == os.getpid():
-                lib.vmown_vm_detach(self.cb)
+            # and worker pool: the core forgets them there (heartbeat.c,
+            # workers.c) instead of joining threads the child does not have.
+            lib.vmown_vm_detach(self.cb)
             self.cb = ffi.NULL
         if self.addr != ffi.NULL:
             lib.vmown_unmap(self.addr, self.size)
@@ -238,12 +236,12 @@ class Ownership:
 
     # ---- the calling thread's slot ----
 
-    def _slot(self) -> int:
+    def _slot(self, timeout_ns: int = -1) -> int:
         try:
             return self._local.slot
         except AttributeError:
             pass
-        slot = check(lib.vmown_register(self._handle()), "registering a thread")
+        slot = check(lib.vmown_register_timed(self._handle(), timeout_ns), "registering a thread")
         registration = _Registration(self._block, slot)
         self._local.registration = registration
         self._local.thread = registration.thread
@@ -280,16 +278,18 @@ class Ownership:
         raises :class:`TimeoutError`, leaving the queue.  Raises
         :class:`AlreadyOwnerError` if this thread owns the VM already.
         """
+        timeout_ns = _timeout_ns(timeout)
+        deadline_ns = -1 if timeout_ns < 0 else _now_ns() + timeout_ns
         try:
             thread = self._local.thread
         except AttributeError:
-            self._slot()
+            self._slot(timeout_ns)  # registering takes the block's lock: within the timeout too
             thread = self._local.thread
+            if deadline_ns >= 0:
+                timeout_ns = max(0, deadline_ns - _now_ns())
         slot = self._local.slot
         if token is not None and token != slot:
             raise ValueError(f"token {token!r} was not issued to this thread (its slot is {slot})")
-        timeout_ns = _timeout_ns(timeout)
-        deadline_ns = -1 if timeout_ns < 0 else _now_ns() + timeout_ns
         # The whole wait, the first call included, is inside the try: CPython
         # runs signal handlers right after a call returns, before its result
         # is stored, so a Ctrl-C can land while this slot is still queued.

@@ -1367,7 +1367,12 @@ def _report_unretrieved(rt: _Runtime) -> None:
 def _close_ownership(rt: _Runtime) -> None:
     """Free the control block, unless a thread abandoned in a callout still uses it."""
     if rt.forked:
-        rt.handle = None  # the copy of the block is left as it is (see _after_fork_in_child)
+        # The child's private copy of the block, and its copy of the handle:
+        # the core forgets the parent's heartbeat and pool there (heartbeat.c,
+        # workers.c) instead of joining threads the child does not have.
+        rt.ownership._cb = None
+        rt.ownership._block.free()
+        rt.handle = None
         return
     if _pool_stats(rt).live:
         return  # the block stays mapped, and the pool allocated, for it
