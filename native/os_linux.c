@@ -444,7 +444,10 @@ void vmown__sem_destroy(vmown__sem *sem) { (void)sem; }
 int vmown__sem_post(vmown__sem *sem) {
     uint32_t c = atomic_load_explicit(&sem->count, memory_order_relaxed);
     do {
-        if (c >= VMOWN__SEM_MAX) return VMOWN_EBROKEN;
+        if (c >= VMOWN__SEM_MAX) {
+            (void)vmown__futex_wake(&sem->count, 0);  /* sleepers find the broken count at once */
+            return VMOWN_EBROKEN;
+        }
     } while (!atomic_compare_exchange_weak_explicit(&sem->count, &c, c + 1, memory_order_seq_cst,
                                                     memory_order_relaxed));
     if (atomic_load_explicit(&sem->waiters, memory_order_seq_cst) != 0) (void)vmown__futex_wake(&sem->count, 1);

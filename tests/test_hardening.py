@@ -505,6 +505,7 @@ def _fuzz(seconds: float, seed: int, peers: int = 3) -> None:
         calls = int.from_bytes(chunk[:8], "little")
         timed = int.from_bytes(chunk[8:16], "little") / 1e6
         untimed = int.from_bytes(chunk[16:24], "little") / 1e6
+        print(f"fuzz seed {seed} peer {i}: {calls} calls, longest with timeout {timed:.3f} s, without {untimed:.3f} s")
         assert calls > 0
         assert timed < OP_TIMEOUT_S + SLACK_S, f"a call with timeout={OP_TIMEOUT_S} took {timed:.2f} s"
         assert untimed < LOCK_BOUND_S + OP_TIMEOUT_S + SLACK_S, f"a call took {untimed:.2f} s"
@@ -593,3 +594,54 @@ def test_case3_own_honours_its_timeout_while_a_stopped_peer_holds_the_lock(timeo
     vm.disown()  # the lock of the dead child is taken over and the queue repaired
     vm.own(timeout=10)
     vm.disown()
+
+
+SEMAPHORE_SCRIPT = """
+import threading, time, vmown
+from vmown._native import ffi, lib
+
+layout = ffi.new("vmown_layout *")
+lib.vmown_layout_read(layout)
+for value in (b"\\xff\\xff\\xff\\xff", b"\\xff" * layout.sem_size, b"\\x01" * layout.sem_size):
+    vm = vmown.Ownership(slots=4)
+    view = ffi.buffer(vm._block.addr, vmown.Ownership.size_for(4))
+    vm.own()
+    outcome = []
+
+    def waiter():
+        try:
+            vm.own(timeout=10)
+            outcome.append("owned")
+        except vmown.BrokenError as exc:
+            outcome.append("broken")
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    while vm.waiters == 0:
+        time.sleep(0.001)
+    slot = vm.queue()[0]
+    at = layout.slots + slot * layout.slot_size + layout.slot_sem
+    view[at : at + len(value)] = value  # what the hostile peer wrote
+    start = time.monotonic()
+    try:
+        vm.disown()  # posts the waiter's semaphore
+    except vmown.BrokenError:
+        pass
+    thread.join(15)
+    assert not thread.is_alive()
+    try:
+        vm.own(timeout=1)
+        after = "usable"
+    except vmown.BrokenError:
+        after = "marked broken"
+    print(len(value), outcome, after, round(time.monotonic() - start, 3), flush=True)
+print("done", flush=True)
+"""
+
+
+def test_case1_a_peer_writing_over_a_waiters_semaphore_gives_broken_error_not_abort() -> None:
+    done = run_child(SEMAPHORE_SCRIPT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "done" in done.stdout and "abort" not in done.stderr, done.stdout + done.stderr
+    lines = done.stdout.splitlines()[:-1]
+    assert len(lines) == 3 and all("['broken'] marked broken" in line for line in lines), lines
