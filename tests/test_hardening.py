@@ -156,7 +156,11 @@ def test_case4_create_in_plain_memory_still_works() -> None:
 
 def test_case5_a_path_with_a_nul_byte_is_refused(tmp_path) -> None:
     path = str(tmp_path / "safe.arena") + "\0ignored"
-    for make in (lambda: Arena.create(path, 4096), lambda: Arena.open(path), lambda: Arena.create(path.encode(), 4096)):
+    for make in (
+        lambda: Arena.create(path, 4096),
+        lambda: Arena.open(path),
+        lambda: Arena.create(path.encode(), 4096),
+    ):
         with pytest.raises(ValueError, match="path must not contain a NUL byte"):
             make()
     with pytest.raises(ValueError, match="directory must not contain a NUL byte"):
@@ -439,7 +443,6 @@ def _fuzz(seconds: float, seed: int, peers: int = 3) -> None:
     control = mmap.mmap(-1, mmap.PAGESIZE)  # [0]: stop flag; reports from 8 on
     import ctypes
     stop = (ctypes.c_uint8 * 1).from_buffer(control)
-    report = {}
     pids = []
     for i in range(peers):
         pid = os.fork()
@@ -505,7 +508,8 @@ def _fuzz(seconds: float, seed: int, peers: int = 3) -> None:
         calls = int.from_bytes(chunk[:8], "little")
         timed = int.from_bytes(chunk[8:16], "little") / 1e6
         untimed = int.from_bytes(chunk[16:24], "little") / 1e6
-        print(f"fuzz seed {seed} peer {i}: {calls} calls, longest with timeout {timed:.3f} s, without {untimed:.3f} s")
+        print(f"fuzz seed {seed} peer {i}: {calls} calls, "
+              f"longest with timeout {timed:.3f} s, without {untimed:.3f} s")
         assert calls > 0
         assert timed < OP_TIMEOUT_S + SLACK_S, f"a call with timeout={OP_TIMEOUT_S} took {timed:.2f} s"
         assert untimed < LOCK_BOUND_S + OP_TIMEOUT_S + SLACK_S, f"a call took {untimed:.2f} s"
@@ -538,7 +542,6 @@ def test_case1_fuzzing_long() -> None:
 
 def _stopped_in_the_lock(vm: Ownership) -> int:
     """Fork a child that queues for the VM and stops itself holding the block's lock."""
-    import signal as _signal
     import time as _time
 
     from vmown._native import lib
