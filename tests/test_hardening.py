@@ -380,6 +380,8 @@ OP_TIMEOUT_S = 0.05
 LOCK_BOUND_S = 2.0
 SLACK_S = 3.0  # generous: CI machines are loaded; the core's slice is 50 ms
 FUZZ_ALLOWED = (vmown.VmownError, TimeoutError, ValueError)
+BLOCK_STATE = 32  # struct vmown_header: state (READY = 2, BROKEN = 3)
+CHANNEL_FLAGS = 20  # struct vmown__channel: flags (CLOSED | BROKEN)
 
 
 def _fuzz_peer(vm: Ownership, channel: Channel, stop, report, index: int, seed: int) -> None:
@@ -477,6 +479,11 @@ def _fuzz(seconds: float, seed: int, peers: int = 3) -> None:
             elif choice < 0.4:  # a whole semaphore of 0xff or 0x01
                 at = rng.choice(semaphores)
                 view[at : at + layout.sem_size] = bytes([rng.choice((0xFF, 0x01))]) * layout.sem_size
+            elif choice < 0.5:
+                # Mend the broken flags: the peers go on through the corrupt
+                # state deeper than the first check that found it.
+                view[vm.offset + BLOCK_STATE : vm.offset + BLOCK_STATE + 4] = (2).to_bytes(4, "little")
+                view[channel.offset + CHANNEL_FLAGS : channel.offset + CHANNEL_FLAGS + 4] = bytes(4)
             else:
                 at = base + rng.randrange(size)
                 n = min(rng.randrange(1, 9), base + size - at)
