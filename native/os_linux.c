@@ -403,34 +403,42 @@ int vmown__futex_wake(_Atomic uint32_t *word, int count) {
  * load that follows the waiter's increment, and FUTEX_WAIT sleeps only while
  * count still reads 0.  A post is never lost; a stray wake costs a loop.
  *
- * Lock: `word` 0 free, 1 held, 2 held and somebody may sleep (the classic
- * three-state futex mutex); `holder` is the holder's who-word (pid | low 32
- * bits of its start time << 32), stored right after the acquiring CAS and
- * cleared before the release.  A waiter sleeps in rounds of LOCK_POLL_NS; at
- * each it checks the holder's process: dead (or recycled) -> it takes the
- * lock over (CAS holder dead -> me) and returns 1, for the caller to repair
- * what the lock protects, as EOWNERDEAD of a robust mutex did.  A holder that
- * died between its CAS and its holder store left holder == 0: nobody can
- * tell it from a live holder, and waiters time out (VMOWN_ESTUCK).  Waits end
- * at the caller's deadline (VMOWN_ETIMEDOUT), never later than a round. */
+ * Lock: `word` is 0 when free, else the holder's pid, with LOCK_SLEEPERS set
+ * once somebody may sleep on it.  The pid is in the word itself, stored by
+ * the acquiring CAS, so there is no instruction at which a holder can die
+ * and leave a lock that names nobody (a separate holder field, stored after
+ * the CAS, left one: a peer SIGKILLed there wedged the block).  A waiter
+ * looks at the holder's process before its first sleep (kill(pid, 0)) and
+ * every LOCK_POLL_NS after (zombies count as dead); dead -> it takes the
+ * lock over (CAS dead pid -> its own) and returns 1, for the caller to
+ * repair what the lock protects, as EOWNERDEAD of a robust mutex did.  A
+ * word whose pid part is 0 or above any pid (2^22 on Linux), or with the
+ * spare bit set, is no lock: VMOWN_EBROKEN.  Threads of one process exclude
+ * each other all the same (the CAS needs 0); a holder's pid recycled by a
+ * new process passes for alive: waiters end with VMOWN_ESTUCK.  Waits end at
+ * the caller's deadline (VMOWN_ETIMEDOUT), never later than a round. */
 
 #define LOCK_SPINS 100
 #define LOCK_POLL_NS 10000000   /* 10 ms between looks at the holder's process */
 
-static _Atomic uint64_t who_cache;  /* pid | start << 32 of this process; refreshed after fork */
+#define LOCK_SLEEPERS 0x80000000u
+#define LOCK_SPARE 0x40000000u
+#define LOCK_MAX_PID (1u << 22)  /* PID_MAX_LIMIT */
 
-uint64_t vmown__who(void) {
-    int32_t pid = (int32_t)getpid();
-    uint64_t w = atomic_load_explicit(&who_cache, memory_order_relaxed);
-    if (w == 0 || (int32_t)(uint32_t)w != pid) {
-        w = ((uint64_t)(uint32_t)vmown__process_start_time(pid) << 32) | (uint32_t)pid;
-        atomic_store_explicit(&who_cache, w, memory_order_relaxed);
+/* This process's pid, cached; forgotten in a forked child. */
+static _Atomic uint32_t self_pid;
+static pthread_once_t self_pid_once = PTHREAD_ONCE_INIT;
+static void forget_self_pid(void) { atomic_store_explicit(&self_pid, 0, memory_order_relaxed); }
+static void install_forget_self_pid(void) { (void)pthread_atfork(NULL, NULL, forget_self_pid); }
+
+static uint32_t lock_self(void) {
+    uint32_t pid = atomic_load_explicit(&self_pid, memory_order_relaxed);
+    if (pid == 0) {
+        (void)pthread_once(&self_pid_once, install_forget_self_pid);  /* before caching: a fork then resets it */
+        pid = (uint32_t)getpid();
+        atomic_store_explicit(&self_pid, pid, memory_order_relaxed);
     }
-    return w;
-}
-
-static bool who_alive(uint64_t who) {
-    return who == vmown__who() || vmown__process_alive((int32_t)(uint32_t)who, who >> 32);
+    return pid;
 }
 
 int vmown__sem_init(vmown__sem *sem) {
@@ -490,53 +498,67 @@ int vmown__sem_wait(vmown__sem *sem, int64_t deadline_ns) {
 
 int vmown__lock_init(vmown__lock_word *lock) {
     atomic_store_explicit(&lock->word, 0, memory_order_relaxed);
-    atomic_store_explicit(&lock->holder, 0, memory_order_relaxed);
-    return 0;
-}
-
-static int lock_taken(vmown__lock_word *lock) {
-    atomic_store_explicit(&lock->holder, vmown__who(), memory_order_relaxed);
+    atomic_store_explicit(&lock->reserved, 0, memory_order_relaxed);
     return 0;
 }
 
 int vmown__lock(vmown__lock_word *lock, int64_t deadline_ns, int64_t stuck_ns) {
+    const uint32_t me = lock_self();
     uint32_t c = 0;
-    if (atomic_compare_exchange_strong_explicit(&lock->word, &c, 1, memory_order_acquire, memory_order_relaxed))
-        return lock_taken(lock);
+    if (atomic_compare_exchange_strong_explicit(&lock->word, &c, me, memory_order_acquire, memory_order_relaxed))
+        return 0;
     for (int i = 0; i < LOCK_SPINS; i++) {
         vmown__cpu_relax();
         c = 0;
         if (atomic_load_explicit(&lock->word, memory_order_relaxed) == 0 &&
-            atomic_compare_exchange_weak_explicit(&lock->word, &c, 1, memory_order_acquire, memory_order_relaxed))
-            return lock_taken(lock);
+            atomic_compare_exchange_weak_explicit(&lock->word, &c, me, memory_order_acquire, memory_order_relaxed))
+            return 0;
     }
-    int saved = errno;
-    int64_t now = vmown__now_ns(), stuck_at = now + stuck_ns;
-    int rc;
+    int saved = errno, rc;
+    int64_t now = vmown__now_ns(), stuck_at = now + stuck_ns, look_at = now;
+    bool first_look = true;
     for (;;) {
-        c = atomic_exchange_explicit(&lock->word, 2, memory_order_acquire);
-        if (c == 0) { rc = lock_taken(lock); break; }
-        if (c > 2) {  /* not a lock word: leave it as we found it, for the repair to see */
-            rc = VMOWN_EBROKEN;
-            break;
-        }
-        uint64_t holder = atomic_load_explicit(&lock->holder, memory_order_relaxed);
-        if (holder != 0 && !who_alive(holder)) {
-            /* Died holding it: take it over as it is (word stays 2). */
-            if (atomic_compare_exchange_strong_explicit(&lock->holder, &holder, vmown__who(), memory_order_acquire,
-                                                        memory_order_relaxed)) {
-                rc = 1;
+        c = atomic_load_explicit(&lock->word, memory_order_relaxed);
+        if (c == 0) {
+            /* Sleepers may remain: keep the bit, so that our unlock wakes one. */
+            if (atomic_compare_exchange_weak_explicit(&lock->word, &c, me | LOCK_SLEEPERS, memory_order_acquire,
+                                                      memory_order_relaxed)) {
+                rc = 0;
                 break;
             }
             continue;
         }
+        uint32_t holder = c & ~LOCK_SLEEPERS;
+        if ((c & LOCK_SPARE) || holder == 0 || holder >= LOCK_MAX_PID) {
+            rc = VMOWN_EBROKEN;  /* not a lock word: left as found, for the caller to mark the block */
+            break;
+        }
         now = vmown__now_ns();
+        if (holder != me && now >= look_at) {
+            /* kill(pid, 0) first (cheap); /proc, which also sees zombies, at the later looks. */
+            bool dead = first_look ? kill((pid_t)holder, 0) != 0 && errno == ESRCH
+                                   : !vmown__process_alive((int32_t)holder, 0);
+            first_look = false;
+            look_at = now + LOCK_POLL_NS;
+            if (dead) {
+                if (atomic_compare_exchange_strong_explicit(&lock->word, &c, me | LOCK_SLEEPERS,
+                                                            memory_order_acquire, memory_order_relaxed)) {
+                    rc = 1;  /* died holding it: taken over as it is */
+                    break;
+                }
+                continue;
+            }
+        }
         if (deadline_ns >= 0 && now >= deadline_ns) { rc = VMOWN_ETIMEDOUT; break; }
         if (now >= stuck_at) { rc = VMOWN_ESTUCK; break; }
-        int64_t until = now + LOCK_POLL_NS;
+        if (!(c & LOCK_SLEEPERS) &&
+            !atomic_compare_exchange_weak_explicit(&lock->word, &c, c | LOCK_SLEEPERS, memory_order_relaxed,
+                                                   memory_order_relaxed))
+            continue;
+        int64_t until = look_at;
         if (deadline_ns >= 0 && deadline_ns < until) until = deadline_ns;
         if (stuck_at < until) until = stuck_at;
-        rc = vmown__futex_wait(&lock->word, 2, until);
+        rc = vmown__futex_wait(&lock->word, c | LOCK_SLEEPERS, until);
         if (rc < 0 && rc != VMOWN_EINTR && rc != VMOWN_ETIMEDOUT) { rc = VMOWN_EBROKEN; break; }
     }
     errno = saved;
@@ -544,6 +566,6 @@ int vmown__lock(vmown__lock_word *lock, int64_t deadline_ns, int64_t stuck_ns) {
 }
 
 void vmown__unlock(vmown__lock_word *lock) {
-    atomic_store_explicit(&lock->holder, 0, memory_order_relaxed);
-    if (atomic_exchange_explicit(&lock->word, 0, memory_order_release) != 1) (void)vmown__futex_wake(&lock->word, 1);
+    if (atomic_exchange_explicit(&lock->word, 0, memory_order_release) & LOCK_SLEEPERS)
+        (void)vmown__futex_wake(&lock->word, 1);
 }

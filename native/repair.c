@@ -1,7 +1,8 @@
 /* repair.c -- dead peers: the block's lock and the slots they leave behind.
  *
  * A process can die at any instruction.  What that leaves, and who mends it:
- *   inside the lock: the robust mutex hands the next locker EOWNERDEAD;
+ *   inside the lock: the lock word names the dead holder's pid, and the
+ *     next locker takes it over (os_linux.c: vmown__lock returns 1);
  *     repair_locked rebuilds the queue and the idle stack from the slots;
  *   owning, or granted and not yet running, or activated while parked: the
  *     owner word names a slot of a dead process.  Waiters sleep in slices of

@@ -33,13 +33,11 @@ typedef struct {
     _Atomic uint32_t waiters;
 } vmown__sem;
 
-/* The block's lock (os_linux.c): word 0 free, 1 held, 2 held with sleepers
- * (any other value: broken); holder: who-word of the holder (pid | low 32
- * bits of its start time << 32), 0 between the CAS and its store. */
+/* The block's lock (os_linux.c): word 0 free, else the holder's pid with
+ * bit 31 set once somebody may sleep on it (any other value: broken). */
 typedef struct {
     _Atomic uint32_t word;
     _Atomic uint32_t reserved;
-    _Atomic uint64_t holder;
 } vmown__lock_word;
 
 #define VMOWN__OWNER(word) ((int32_t)(uint32_t)(word))
@@ -249,8 +247,6 @@ int vmown__lock_init(vmown__lock_word *lock);
  * stopped holder), VMOWN_EBROKEN (not a lock word). */
 int vmown__lock(vmown__lock_word *lock, int64_t deadline_ns, int64_t stuck_ns);
 void vmown__unlock(vmown__lock_word *lock);
-/* This process: pid | low 32 bits of its start time << 32 (fork-safe). */
-uint64_t vmown__who(void);
 int64_t vmown__now_ns(void);
 int32_t vmown__gettid(void);
 uint64_t vmown__process_start_time(int32_t pid);
