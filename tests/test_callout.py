@@ -509,3 +509,64 @@ def test_k8_interrupting_a_thread_that_left_the_call_is_harmless(widen: Any) -> 
             vmown.callout(thread.join)
 
     assert vmown.run(main) == 400
+
+
+# ---- per-function figures ----
+
+
+def _row(name: str, kind: str) -> dict[str, Any]:
+    rows = [row for row in vmown.callout_stats() if row["name"] == name and row["kind"] == kind]
+    assert len(rows) == 1, vmown.callout_stats()
+    return rows[0]
+
+
+def test_callout_stats_count_calls_hand_overs_and_time_out_per_function() -> None:
+    """A wrapped call that comes back to a VM another process holds counts as
+    handed over; times are at least the calls' own lengths."""
+    b_runs = threading.Event()
+
+    def wait_for_b() -> None:
+        assert b_runs.wait(10), "process b never ran while the callout was out"
+
+    wait_for_b.__qualname__ = "wait_for_b_per_function_test"
+    waits = vmown.threaded(wait_for_b)
+    sleeps = vmown.threaded(libc.usleep)
+
+    async def b() -> None:
+        b_runs.set()
+        time.sleep(0.05)  # holds the VM: the callout's own must wait
+
+    def target_of_callout() -> None:
+        time.sleep(0.01)
+
+    async def main() -> None:
+        vmown.spawn(b)
+        waits()
+        for _ in range(3):
+            sleeps(2000)
+        vmown.callout(target_of_callout)
+
+    sleeps(1)  # outside a run: a plain call, not counted
+    run(main, callout_times=True)
+    waited = _row(f"{__name__}.wait_for_b_per_function_test", "threaded")
+    assert waited["calls"] == 1 and waited["handed_over"] == 1 and waited["revocations"] == 0
+    assert waited["longest_out_s"] >= 0.04  # b's sleep, waited for (lower bound only)
+    slept = [row for row in vmown.callout_stats() if row["name"] == "usleep" and row["kind"] == "threaded"]
+    assert slept and slept[0]["calls"] >= 3 and slept[0]["longest_out_s"] >= 0.002
+    target = _row(f"{__name__}.{target_of_callout.__qualname__}", "callout")
+    assert target["calls"] == 1 and target["total_out_s"] >= 0.01
+
+
+def test_callout_stats_take_no_time_unless_asked() -> None:
+    def untimed() -> None:
+        time.sleep(0.005)
+
+    untimed.__qualname__ = "untimed_per_function_test"
+    wrapper = vmown.threaded(untimed)
+
+    async def main() -> None:
+        wrapper()
+
+    run(main)
+    row = _row(f"{__name__}.untimed_per_function_test", "threaded")
+    assert row["calls"] == 1 and row["total_out_s"] == 0 and row["longest_out_s"] == 0

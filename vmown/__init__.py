@@ -28,7 +28,7 @@ from ._errors import (
     VmownError,
 )
 from ._cffi_wrappers import bind_threaded, threaded_wrappers
-from ._callout import INTERRUPT_SIGNAL, callout, threaded
+from ._callout import INTERRUPT_SIGNAL, callout, callout_stats, threaded
 from ._native import lib as _lib
 from ._ownership import LAYOUT_VERSION as _LAYOUT_VERSION, Ownership
 from ._scheduler import Process, checkpoint, current_process, run, sleep, spawn, stats
@@ -44,7 +44,9 @@ from ._cancel import (
     move_on_at,
 )
 from ._sync import CapacityLimiter, Condition, Event, Lock, Queue, Semaphore, WouldBlock
+from ._stacks import allow_inspection
 from ._taskgroup import TaskGroup
+from ._watchdog import SlowCalloutWarning, SlowStepWarning, WatchdogWarning
 from ._io import notify_closing, wait_readable, wait_writable
 from ._socket import open_tcp_listener, open_tcp_stream
 from . import socket
@@ -84,13 +86,18 @@ __all__ = [
     "ProcessCancelled",
     "Queue",
     "Semaphore",
+    "SlowCalloutWarning",
+    "SlowStepWarning",
     "SlotsExhaustedError",
     "TaskGroup",
     "TooSlowError",
     "VmownError",
+    "WatchdogWarning",
     "WouldBlock",
+    "allow_inspection",
     "bind_threaded",
     "callout",
+    "callout_stats",
     "checkpoint",
     "current_process",
     "current_time",

@@ -115,6 +115,7 @@ import sys
 import threading
 import types
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any, Final, ParamSpec, TypeVar
 
@@ -124,7 +125,7 @@ from . import _callout_ext
 from ._native import ffi, lib
 from ._scheduler import Process, _process_var, _ThreadState
 
-__all__ = ["INTERRUPT_SIGNAL", "callout", "threaded"]
+__all__ = ["INTERRUPT_SIGNAL", "callout", "callout_stats", "threaded"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -134,6 +135,11 @@ _CData = _cffi_backend._CDataBase
 # Tags recorded in the slot while in a callout: small integers, one per
 # threaded wrapper (1 is callout()'s, in callout_ext.c).
 _tags = itertools.count(2)
+# Tag -> the function's name, for observers (python -m vmown top, stacks):
+# every threaded wrapper's, the functions of modules given to bind_threaded.
+_tag_names: dict[int, str] = {1: "callout"}
+# Every live threaded wrapper, for callout_stats().
+_wrappers: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 
 
 # ---- messages (the C code calls these to refuse an argument) ----
@@ -145,6 +151,32 @@ def _name(fn: Any) -> str:
         return f"C function {ffi.typeof(fn).cname}"
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     return f"{name}()" if isinstance(name, str) else repr(fn)
+
+
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p),
+                ("sname", ctypes.c_char_p), ("saddr", ctypes.c_void_p)]  # fmt: skip
+
+
+def _symbol_name(fn: Any) -> str:
+    """The name of a C function as the dynamic linker knows it (dladdr), else how messages name it.
+
+    cffi's ABI-mode functions (ffi.dlopen) do not know their names; a wrapper
+    records this once, when it is made, for observers to show.
+    """
+    if isinstance(fn, _CData) and ffi.typeof(fn).kind == "function":
+        info = _DlInfo()
+        try:
+            dladdr = ctypes.CDLL(None).dladdr
+            dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+            if dladdr(int(ffi.cast("uintptr_t", fn)), ctypes.byref(info)) and info.sname:
+                return info.sname.decode(errors="replace")
+        except (OSError, AttributeError):
+            pass
+    qualname, module = getattr(fn, "__qualname__", None), getattr(fn, "__module__", None)
+    if isinstance(qualname, str):
+        return f"{module}.{qualname}" if isinstance(module, str) and module != "builtins" else qualname
+    return _name(fn)
 
 
 def _refuse(fn: Any, where: str, arg: Any, what: str) -> TypeError:
@@ -347,10 +379,63 @@ def threaded(
         ctypes = None  # the rules of callout()
     else:
         ctypes = tuple(arg if arg.kind in ("pointer", "array") else None for arg in ctype.args)
-    wrapper = _callout_ext.Threaded(fn, next(_tags), ctypes)
+    tag = next(_tags)
+    wrapper = _callout_ext.Threaded(fn, tag, ctypes)
     name = getattr(fn, "__name__", None)
+    _tag_names[tag] = _symbol_name(fn)
+    _wrappers[wrapper] = _tag_names[tag]
     if isinstance(name, str) and name.isidentifier():
         wrapper.__name__ = wrapper.__qualname__ = name
     wrapper.__doc__ = f"{_name(fn)} as a callout: the VM is disowned while it runs (vmown.threaded)."
     wrapper.__wrapped__ = fn
     return wrapper  # type: ignore[no-any-return]
+
+
+# ---- per-function figures ----
+
+
+def callout_stats() -> list[dict[str, Any]]:
+    """Figures per function called out of the VM: which C call blocks the program.
+
+    One row per function (``name``) made a callout through a
+    :func:`threaded` wrapper (``kind`` "threaded") or :func:`callout`
+    ("callout"), counted since this process started, over every run:
+    ``calls`` (callouts made from a VM; a call from outside a run is a plain
+    call and not counted), ``handed_over`` (calls that came back to find the
+    VM taken by another thread, and waited for it), ``revocations`` (always
+    0 here: these callouts go out eagerly, only generated C wrappers are
+    revoked, and they are not counted yet), ``total_out_s`` and
+    ``longest_out_s`` (time out of the VM, the wait to own it again
+    included).  Times are taken only while a run asks for them
+    (``vmown.run(..., callout_times=True)``, or ``monitor=``): two clock
+    reads per callout.  Rows are sorted by time out, then calls.
+    """
+    rows: dict[tuple[str, str], list[int]] = {}
+
+    def add(name: str, kind: str, figures: tuple[int, int, int, int]) -> None:
+        row = rows.setdefault((name, kind), [0, 0, 0, 0])
+        row[0] += figures[0]
+        row[1] += figures[1]
+        row[2] += figures[2]
+        row[3] = max(row[3], figures[3])
+
+    for wrapper, name in list(_wrappers.items()):
+        figures = wrapper._figures()
+        if figures[0]:
+            add(name, "threaded", figures)
+    for fn, figures in _callout_ext.target_figures():
+        add("(others)" if fn is None else _symbol_name(fn), "callout", figures)
+    table = [
+        {
+            "name": name,
+            "kind": kind,
+            "calls": calls,
+            "handed_over": handed_over,
+            "revocations": 0,
+            "total_out_s": out_ns / 1e9,
+            "longest_out_s": longest_ns / 1e9,
+        }
+        for (name, kind), (calls, handed_over, out_ns, longest_ns) in rows.items()
+    ]
+    table.sort(key=lambda row: (-row["total_out_s"], -row["calls"], row["name"]))
+    return table

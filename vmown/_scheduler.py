@@ -126,6 +126,7 @@ import contextvars
 import heapq
 import inspect
 import itertools
+import math
 import os
 import signal
 import sys
@@ -143,6 +144,7 @@ from typing import Any, Generic, TypeVar, TypeVarTuple
 
 from ._errors import ForkedRunError, VmownError, check, error
 from ._native import ffi, lib
+from . import _callout_ext, _monitor, _watchdog
 from ._ownership import Ownership
 from ._timeout import timeout_ns as _timeout_ns
 
@@ -363,11 +365,18 @@ class _Runtime:
         "halt", "fatal", "running", "unretrieved", "published_runnable", "published_timer_ns",
         "watched_deadline_ns", "run_slot", "max_threads", "idle_timeout_ns", "handle", "worker_idents",
         "pool_shortfalls", "cap_warned", "failures_warned", "steps", "spawned", "parks", "releases", "io",
-        "pid", "forked", "give_up", "__weakref__",
+        "monitor", "run_ident", "pid", "forked", "give_up", "__weakref__",
     )  # fmt: skip
 
-    def __init__(self, max_threads: int, idle_timeout_s: float) -> None:
-        self.ownership = Ownership(slots=max_threads + _SLOT_MARGIN)
+    def __init__(self, max_threads: int, idle_timeout_s: float, monitor: str | None = None) -> None:
+        slots = max_threads + _SLOT_MARGIN
+        # With a monitor path the block lives in an arena file that
+        # `python -m vmown top PATH` attaches (vmown/_monitor.py).
+        self.monitor = _monitor.Publisher(monitor, slots) if monitor else None
+        if self.monitor is not None:
+            self.ownership = Ownership.create_in(self.monitor.block, slots=slots)
+        else:
+            self.ownership = Ownership(slots=slots)
         self.cb = self.ownership._cb  # vmown_vm *, valid until ownership.close()
         self.waiters_word = lib.vmown_waiters_word(self.cb)  # read in place by _serve
         # [0] written in place by _serve at every step, [1] by spawn (and by
@@ -401,6 +410,7 @@ class _Runtime:
         # worker parks with a timer only if it is earlier than this one (P8).
         self.watched_deadline_ns = 0
         self.run_slot = 0
+        self.run_ident = 0  # threading ident of the run thread (the watchdog reads its stack)
         self.max_threads = max_threads
         self.idle_timeout_ns = _timeout_ns(idle_timeout_s, "idle_timeout")  # < 0: workers never retire
         # What the pool's workers get back in vmown_py_worker; dropped when
@@ -1129,6 +1139,10 @@ def run(
     hz: int = 1000,
     max_threads: int = DEFAULT_MAX_THREADS,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
+    monitor: str | os.PathLike[str] | None = None,
+    callout_times: bool = False,
+    slow_step: float | None = None,
+    slow_callout: float | None = None,
 ) -> T:
     """Run ``main(*args)`` as the first process of a new VM; return its result.
 
@@ -1150,22 +1164,49 @@ def run(
     stops at the child's next scheduling point and raises
     :class:`ForkedRunError` in the child (end the child with ``os._exit``);
     the parent's run is unaffected.
+
+    ``monitor`` (or the environment variable ``VMOWN_MONITOR``) is a path
+    for a new arena file holding the run's control block and figures, for
+    ``python -m vmown top PATH`` to watch from another process; the file is
+    removed when the run ends.  ``callout_times`` times every callout for
+    :func:`vmown.callout_stats` (on with ``monitor`` too): two clock reads
+    per callout.
+
+    The watchdog (off by default): ``slow_step`` seconds without a
+    scheduling point while other work waits gives one
+    :class:`vmown.SlowStepWarning` naming the process, function and line it
+    is at; a callout out for ``slow_callout`` seconds gives one
+    :class:`vmown.SlowCalloutWarning` naming the function, with the Python
+    stack that called it.
     """
     _check_run_arguments(hz, max_threads, idle_timeout)
+    for name, value in (("slow_step", slow_step), ("slow_callout", slow_callout)):
+        if value is not None and not (isinstance(value, (int, float)) and value > 0):
+            raise ValueError(f"{name} must be a positive number of seconds or None (off), not {value!r}")
     if _here.state is not None:
         raise RuntimeError("vmown.run() cannot run inside vmown.run(); use vmown.spawn() for a new process")
     _join_abandoned()
-    rt = _Runtime(max_threads, idle_timeout)
+    if monitor is None:
+        monitor = os.environ.get(_monitor.ENV_VAR) or None
+    rt = _Runtime(max_threads, idle_timeout, os.fspath(monitor) if monitor is not None else None)
+    timing_was = _callout_ext.set_timing(True) if callout_times or rt.monitor is not None else None
     me = _enter(rt, run_thread=True)
     _runs.add(rt)
     try:
         # The handler stays installed until everything is torn down: Ctrl-C
         # during shutdown never raises out of it (_on_sigint).
+        watchdog = None
         with _sigint_handler(rt):
             try:
                 _own(rt, me)
                 rt.run_slot = me.slot
+                rt.run_ident = me.ident
                 check(lib.vmown_heartbeat_start(rt.cb, hz), "starting the heartbeat")
+                if slow_step is not None or slow_callout is not None:
+                    watchdog = _watchdog.Watchdog(rt, slow_step, slow_callout)
+                    watchdog.start()
+                if rt.monitor is not None:
+                    rt.monitor.start(partial(_monitor_figures, rt, hz))
                 rt.main = _spawn(rt, main, args, contextvars.copy_context())
                 check(
                     lib.vmown_workers_start(
@@ -1176,9 +1217,17 @@ def run(
                 _ensure_spare(rt)
                 _work(rt, me)
             finally:
+                if watchdog is not None:
+                    watchdog.stop()
                 _shutdown(rt, me)
                 _leave()
+                if timing_was is not None:
+                    _callout_ext.set_timing(timing_was)
+                if rt.monitor is not None:
+                    rt.monitor.stop()
                 _close_ownership(rt)
+                if rt.monitor is not None:
+                    rt.monitor.close(block_freed=rt.ownership._cb is None)
     finally:
         _runs.discard(rt)
     result: T = _outcome(rt)
@@ -1540,6 +1589,7 @@ def stats() -> dict[str, int]:
     ``lazy_callouts`` (callouts that kept the owner word), ``revocations``
     (lazy callouts the heartbeat took the VM from) and ``called_off``
     (revocations dropped because the callout was back; "Lazy callouts").
+    Figures per C function are :func:`vmown.callout_stats`.
     """
     return _stats(_current("vmown.stats()")._rt)
 
@@ -1578,6 +1628,25 @@ def _stats(rt: _Runtime) -> dict[str, int]:
         "io_waits": rt.io.blocked if rt.io is not None else 0,
         "io_polls": rt.io.polls if rt.io is not None else 0,
         "io_idle_waits": rt.io.idle_waits if rt.io is not None else 0,
+    }
+
+
+def _monitor_figures(rt: _Runtime, hz: int) -> dict[str, Any]:
+    """What the monitor publishes besides the block (vmown/_monitor.py); any thread may call it."""
+    from ._callout import _tag_names, callout_stats
+
+    return {
+        "pid": os.getpid(),
+        "hz": hz,
+        "stats": _stats(rt),
+        "callout_names": {str(tag): name for tag, name in list(_tag_names.items())},
+        "functions": callout_stats(),
+        # slot -> the process whose step runs on that thread (python -m vmown stacks)
+        "running": {
+            str(proc._thread.slot): proc.name
+            for proc in list(rt.processes)
+            if proc._state is _RUNNING and proc._thread is not None
+        },
     }
 
 

@@ -44,6 +44,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "vmown.h"  /* the table's type only: nothing of the core is linked */
 
@@ -57,16 +58,72 @@ static PyObject *pin_pointer_fn;  /* _callout._pin_pointer(fn, arg, ctype, n) ->
 
 enum { SMALL = 8 };
 
+/* ---- per-function figures (vmown.callout_stats) ----
+ *
+ * Each Threaded wrapper counts its own callouts; callout()'s targets are
+ * counted in a small table keyed by the function object (probing a few
+ * entries; a target that finds no room counts in the shared entry `other`).
+ * Only calls made from a VM count (begin gave a token).  Every field is
+ * written with the GIL held (after the call, cffi has taken it back; after
+ * end, Py_END_ALLOW_THREADS has), so plain fields suffice.  Counting is
+ * free: `calls` is one increment, `handed_over` is counted on the slow path
+ * only (the call came back to a VM that another thread had taken, and waited
+ * for it).  Timing is not: two CLOCK_MONOTONIC reads per callout (~30-150
+ * ns, against a callout's ~90), so it is on only while `timing` is set
+ * (set_timing: vmown.run(..., callout_times=True) or monitor=). */
+typedef struct {
+    unsigned long long calls, handed_over, out_ns, longest_ns;
+} figures;
+
+static int timing;
+
+enum { TARGETS = 256, PROBES = 8 };
+static struct {
+    PyObject *fn;  /* a strong reference: at most TARGETS functions kept alive */
+    figures f;
+} targets[TARGETS];
+static figures other;
+
+static figures *target_figures(PyObject *fn) {
+    unsigned i = (unsigned)(((uint64_t)(uintptr_t)fn * 0x9E3779B97F4A7C15ull) >> 56);
+    for (unsigned k = 0; k < PROBES; k++, i = (i + 1) % TARGETS) {
+        if (targets[i].fn == fn) return &targets[i].f;
+        if (!targets[i].fn) {
+            targets[i].fn = Py_NewRef(fn);
+            return &targets[i].f;
+        }
+    }
+    return &other;
+}
+
+static inline uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
 /* ---- the call itself (steps 2-4) ---- */
 
-static PyObject *call_disowned(PyObject *fn, uint64_t tag, PyObject *const *args, size_t nargs,
+/* f: the wrapper's figures; NULL for callout(): fn's entry of `targets`. */
+static PyObject *call_disowned(PyObject *fn, uint64_t tag, figures *f, PyObject *const *args, size_t nargs,
                                PyObject *kwnames) {
     uint32_t token = core_begin(tag);
+    if (!token) return PyObject_Vectorcall(fn, args, nargs, kwnames);
+    if (!f) f = target_figures(fn);  /* before the call: a watchdog names a target still out */
+    uint64_t start_ns = timing ? now_ns() : 0;
     PyObject *result = PyObject_Vectorcall(fn, args, nargs, kwnames);
-    if (token && !core_try_end(token)) {
+    int waited = !core_try_end(token);
+    if (waited) {
         Py_BEGIN_ALLOW_THREADS
         core_end(token);
         Py_END_ALLOW_THREADS
+    }
+    f->calls++;
+    f->handed_over += (unsigned)waited;
+    if (start_ns) {
+        uint64_t out_ns = now_ns() - start_ns;
+        f->out_ns += out_ns;
+        if (out_ns > f->longest_ns) f->longest_ns = out_ns;
     }
     return result;
 }
@@ -138,12 +195,12 @@ static int pin(pins *p, PyObject *fn, PyObject *arg, Py_ssize_t index, PyObject 
     return 0;
 }
 
-static PyObject *generic_call(PyObject *fn, uint64_t tag, PyObject *const *args, size_t nargs,
+static PyObject *generic_call(PyObject *fn, uint64_t tag, figures *f, PyObject *const *args, size_t nargs,
                               PyObject *kwnames) {
     Py_ssize_t n = (Py_ssize_t)nargs, nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     Py_ssize_t i = 0;
     while (i < n + nkw && as_is(args[i])) i++;
-    if (i == n + nkw) return call_disowned(fn, tag, args, nargs, kwnames);  /* nothing to pin */
+    if (i == n + nkw) return call_disowned(fn, tag, f, args, nargs, kwnames);  /* nothing to pin */
     pins p = {.views = p.small, .cap = SMALL};
     for (; i < n + nkw; i++) {
         PyObject *key = i < n ? NULL : PyTuple_GET_ITEM(kwnames, i - n);
@@ -152,7 +209,7 @@ static PyObject *generic_call(PyObject *fn, uint64_t tag, PyObject *const *args,
             return NULL;
         }
     }
-    PyObject *result = call_disowned(fn, tag, args, nargs, kwnames);
+    PyObject *result = call_disowned(fn, tag, f, args, nargs, kwnames);
     pins_release(&p);
     return result;
 }
@@ -165,7 +222,7 @@ static PyObject *callout(PyObject *module, PyObject *const *args, Py_ssize_t nar
     }
     if (not_ready() < 0) return NULL;
     /* Tagged by the function: the core keeps per-tag hints (callout.c). */
-    return generic_call(args[0], (uint64_t)(uintptr_t)args[0], args + 1, (size_t)(nargs - 1), kwnames);
+    return generic_call(args[0], (uint64_t)(uintptr_t)args[0], NULL, args + 1, (size_t)(nargs - 1), kwnames);
 }
 
 /* ---- threaded(): a callable wrapping one function ---- */
@@ -175,6 +232,8 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyObject *fn;
     PyObject *dict;        /* __name__, __doc__, __wrapped__ ... */
+    PyObject *weakrefs;    /* observers list wrappers in a WeakSet */
+    figures f;
     PyObject *ctypes;      /* tuple: the ctype of each pointer parameter, else None */
     Py_ssize_t nparams;    /* -1: any arguments, the rules of callout() */
     uint64_t tag;
@@ -182,7 +241,7 @@ typedef struct {
 } threaded_object;
 
 static PyObject *threaded_cfunction_call(threaded_object *self, PyObject *const *args, size_t nargs) {
-    if (!self->pointers) return call_disowned(self->fn, self->tag, args, nargs, NULL);
+    if (!self->pointers) return call_disowned(self->fn, self->tag, &self->f, args, nargs, NULL);
     PyObject *small[SMALL], **stack = small;
     if (nargs > SMALL && !(stack = PyMem_Malloc(sizeof *stack * nargs))) return PyErr_NoMemory();
     size_t i;
@@ -196,7 +255,7 @@ static PyObject *threaded_cfunction_call(threaded_object *self, PyObject *const 
         stack[i] = PyObject_CallFunction(pin_pointer_fn, "OOOn", self->fn, arg, ctype, (Py_ssize_t)i + 1);
         if (!stack[i]) goto done;
     }
-    result = call_disowned(self->fn, self->tag, stack, nargs, NULL);
+    result = call_disowned(self->fn, self->tag, &self->f, stack, nargs, NULL);
 done:
     while (i > 0) Py_DECREF(stack[--i]);  /* a pinning cdata releases its export here */
     if (stack != small) PyMem_Free(stack);
@@ -207,7 +266,7 @@ static PyObject *threaded_vectorcall(PyObject *callable, PyObject *const *args, 
     threaded_object *self = (threaded_object *)callable;
     size_t nargs = PyVectorcall_NARGS(nargsf);
     if (not_ready() < 0) return NULL;
-    if (self->nparams < 0) return generic_call(self->fn, self->tag, args, nargs, kwnames);
+    if (self->nparams < 0) return generic_call(self->fn, self->tag, &self->f, args, nargs, kwnames);
     if (kwnames && PyTuple_GET_SIZE(kwnames)) {
         PyErr_Format(PyExc_TypeError, "%R takes no keyword arguments", self->fn);
         return NULL;
@@ -257,6 +316,7 @@ static int threaded_clear(threaded_object *self) {
 
 static void threaded_dealloc(threaded_object *self) {
     PyObject_GC_UnTrack(self);
+    if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
     threaded_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -264,6 +324,20 @@ static void threaded_dealloc(threaded_object *self) {
 static PyObject *threaded_repr(threaded_object *self) {
     return PyUnicode_FromFormat("<vmown.threaded %R>", self->fn);
 }
+
+static PyObject *figures_tuple(const figures *f) {
+    return Py_BuildValue("KKKK", f->calls, f->handed_over, f->out_ns, f->longest_ns);
+}
+
+static PyObject *threaded_figures(threaded_object *self, PyObject *unused) {
+    return figures_tuple(&self->f);
+}
+
+static PyMethodDef threaded_methods[] = {
+    {"_figures", (PyCFunction)threaded_figures, METH_NOARGS,
+     PyDoc_STR("(calls, handed_over, out_ns, longest_ns) of this wrapper's callouts")},
+    {NULL, NULL, 0, NULL},
+};
 
 static PyTypeObject threaded_type = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -279,6 +353,8 @@ static PyTypeObject threaded_type = {
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(threaded_object, vectorcall),
     .tp_dictoffset = offsetof(threaded_object, dict),
+    .tp_weaklistoffset = offsetof(threaded_object, weakrefs),
+    .tp_methods = threaded_methods,
 };
 
 /* ---- module ---- */
@@ -320,7 +396,31 @@ PyDoc_STRVAR(callout_doc,
 "argument, before ``fn`` runs.  For cffi functions, :func:`threaded` also\n"
 "turns buffers into pointers.");
 
+static PyObject *target_figures_list(PyObject *module, PyObject *unused) {
+    PyObject *list = PyList_New(0);
+    for (unsigned i = 0; list && i <= TARGETS; i++) {
+        PyObject *fn = i < TARGETS ? targets[i].fn : Py_None;
+        const figures *f = i < TARGETS ? &targets[i].f : &other;
+        if (!fn || !f->calls) continue;
+        PyObject *row = Py_BuildValue("(ON)", fn, figures_tuple(f));
+        if (!row || PyList_Append(list, row) < 0) Py_CLEAR(list);
+        Py_XDECREF(row);
+    }
+    return list;
+}
+
+static PyObject *set_timing(PyObject *module, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    int was = timing;
+    timing = on;
+    return PyBool_FromLong(was);
+}
+
 static PyMethodDef methods[] = {
+    {"target_figures", target_figures_list, METH_NOARGS,
+     PyDoc_STR("[(fn, (calls, handed_over, out_ns, longest_ns))] of callout()'s targets; fn None: the rest")},
+    {"set_timing", set_timing, METH_O, PyDoc_STR("set_timing(on) -> was: time each callout from now on")},
     {"init", init, METH_VARARGS, PyDoc_STR("init(table_address, cdata_type, refuse, pin_pointer)")},
     {"callout", (PyCFunction)(void (*)(void))callout, METH_FASTCALL | METH_KEYWORDS, callout_doc},
     {NULL, NULL, 0, NULL},
