@@ -52,7 +52,9 @@
  * checked against this build, the file's length and this handle's own
  * reservation before it sizes a mapping or bounds an access; loops are
  * bounded.  A hostile peer with write access can still: truncate the file
- * under our mapping (SIGBUS on access: not guarded), hold the lock or fake
+ * under our mapping (every operation here checks the length first and
+ * reports VMOWN_EARENA_CUT; an access through the caller's own pointers, or
+ * a truncation between check and access, raises SIGBUS), hold the lock or fake
  * live entries (operations time out or are refused, never hang), corrupt
  * `allocated`/`size` (clear errors), and of course write any data bytes.
  */
@@ -384,7 +386,8 @@ int vmown_arena_open(const char *path, uint64_t max_size, uint32_t allowed_mode,
     rc = vmown__file_stat(fd, &st);
     if (rc == 0 && !st.regular) rc = VMOWN_EARENA_NOTREGULAR;
     if (rc == 0 && st.uid != vmown__euid()) rc = VMOWN_EARENA_OWNER;
-    if (rc == 0 && (st.mode & 0777 & ~allowed_mode)) rc = VMOWN_EARENA_MODE;
+    /* 07777: setuid, setgid and sticky bits are never allowed (allowed_mode <= 0777). */
+    if (rc == 0 && (st.mode & 07777 & ~allowed_mode)) rc = VMOWN_EARENA_MODE;
     if (rc == 0) rc = wait_ready(fd, page, timeout_ns, &f);
     if (rc == 0) rc = round_sizes(page, f.size, max_size, DEFAULT_FILE_RESERVE, &max);
     if (rc == 0) rc = reserve(fd, page, max, address, flags, timeout_ns, &a);
@@ -407,11 +410,30 @@ int vmown_arena_open(const char *path, uint64_t max_size, uint32_t allowed_mode,
     return 0;
 }
 
+/* A peer may ftruncate the file under our mapping; touching a page past the
+ * new end raises SIGBUS.  Checked (one fstat) before every access this file
+ * makes, so the operations report VMOWN_EARENA_CUT instead.  A truncation
+ * between the check and the access still faults: only the peer can prevent
+ * that (arena.c notes, and the README's Hardening section say why no SIGBUS
+ * handler is installed). */
+static int intact(vmown_arena *a, uint64_t bytes) {
+    if (a->fd < 0) return 0;  /* anonymous memory cannot be truncated */
+    uint64_t length = 0;
+    int rc = file_length(a->fd, &length);
+    if (rc < 0) return rc;
+    return length < a->page + bytes ? VMOWN_EARENA_CUT : 0;
+}
+
+int vmown_arena_check(vmown_arena *a) {
+    return a ? intact(a, atomic_load_explicit(&a->mapped, ACQUIRE)) : VMOWN_EINVAL;
+}
+
 int vmown_arena_close(vmown_arena *a) {
     if (!a) return 0;
-    /* Callers stop touching the memory before this: the entry goes first. */
+    /* Callers stop touching the memory before this: the entry goes first
+     * (unless the header page is gone with a truncated file). */
     uint64_t self = me();
-    if (a->pid == WHO_PID(self) && a->peer >= 0)
+    if (a->pid == WHO_PID(self) && a->peer >= 0 && intact(a, 0) == 0)
         atomic_compare_exchange_strong_explicit(&hdr(a)->peers[a->peer].who, &self, 0, RELEASE, RELAXED);
     int rc = vmown_unmap(a->base, a->reserved_len);
     if (a->fd >= 0) vmown__file_close(a->fd);
@@ -419,7 +441,10 @@ int vmown_arena_close(vmown_arena *a) {
     return rc;
 }
 
-int vmown_arena_adopt(vmown_arena *a) { return a ? adopted(a) : VMOWN_EINVAL; }
+int vmown_arena_adopt(vmown_arena *a) {
+    int rc = a ? intact(a, 0) : VMOWN_EINVAL;
+    return rc < 0 ? rc : adopted(a);
+}
 
 void *vmown_arena_data(const vmown_arena *a) { return data(a); }
 
@@ -427,13 +452,17 @@ int vmown_arena_fd(const vmown_arena *a) { return a->fd; }
 
 uint64_t vmown_arena_mapped(const vmown_arena *a) { return atomic_load_explicit(&a->mapped, ACQUIRE); }
 
-uint64_t vmown_arena_size(const vmown_arena *a) { return atomic_load_explicit(&hdr(a)->size, ACQUIRE); }
+uint64_t vmown_arena_size(const vmown_arena *a) {
+    if (intact((vmown_arena *)a, 0) < 0) return 0;
+    return atomic_load_explicit(&hdr(a)->size, ACQUIRE);
+}
 
 /* ---- resizing and allocation ---- */
 
 /* Lock, after making sure a forked child has its own peer entry. */
 static int begin(vmown_arena *a) {
-    int rc = adopted(a);
+    int rc = vmown_arena_check(a);
+    if (rc == 0) rc = adopted(a);
     return rc < 0 ? rc : lock_header(a);
 }
 
@@ -515,6 +544,23 @@ int vmown_arena_alloc(vmown_arena *a, uint64_t nbytes, uint64_t *offset) {
     return rc;
 }
 
+int vmown_arena_reserve(vmown_arena *a, uint64_t offset, uint64_t nbytes) {
+    if (!a || nbytes == 0 || nbytes > MAX_DATA || offset > MAX_DATA || offset % a->page) return VMOWN_EINVAL;
+    uint64_t need = round_up(nbytes, a->page), size;
+    struct vmown__arena_header *h = hdr(a);
+    int rc = begin(a);
+    if (rc < 0) return rc;
+    if ((rc = read_size(a, &size)) == 0) {
+        uint64_t top = atomic_load_explicit(&h->allocated, RELAXED);
+        if (top > size || top % a->page) rc = VMOWN_EARENA_CORRUPT;
+        else if (offset < top) rc = VMOWN_EARENA_OVERLAP;
+        else if (offset > size || need > size - offset) rc = VMOWN_EARENA_FULL;
+        else atomic_store_explicit(&h->allocated, offset + need, RELEASE);
+    }
+    unlock_header(a);
+    return rc;
+}
+
 /* ---- atomics on data words ---- */
 
 #define ATOMIC_OP(T)                                                                                 \
@@ -540,6 +586,8 @@ int vmown_arena_atomic(vmown_arena *a, uint32_t op, uint64_t offset, uint32_t wi
     if (offset % width) return VMOWN_EARENA_ALIGN;
     uint64_t mapped = atomic_load_explicit(&a->mapped, ACQUIRE);
     if (offset >= mapped || mapped - offset < width) return VMOWN_EARENA_RANGE;
+    int rc = intact(a, offset + width);
+    if (rc < 0) return rc;
     bool swapped = false;
     if (width == 8) ATOMIC_OP(uint64_t);
     else ATOMIC_OP(uint32_t);
@@ -562,6 +610,8 @@ static void fill_info(const struct fields *f, const struct vmown__arena_header *
 }
 
 int vmown_arena_info_read(vmown_arena *a, vmown_arena_info *out) {
+    int rc = intact(a, 0);
+    if (rc < 0) return rc;
     struct fields f;
     read_fields(hdr(a), &f);
     fill_info(&f, hdr(a), out);

@@ -22,7 +22,7 @@ void vmown_layout_read(vmown_layout *out) {
         .owner_word = offsetof(struct vmown__block, owner_word),
         .waiters_and_hb_asleep = offsetof(struct vmown__block, waiters_and_hb_asleep),
         .lock = offsetof(struct vmown__block, lock),
-        .lock_size = sizeof(pthread_mutex_t),
+        .lock_size = sizeof(vmown__lock_word),
         .queue_head = offsetof(struct vmown__block, head),
         .queue_tail = offsetof(struct vmown__block, tail),
         .idle_head = offsetof(struct vmown__block, idle_head),
@@ -32,7 +32,7 @@ void vmown_layout_read(vmown_layout *out) {
         .slot_next = offsetof(struct vmown_slot, next),
         .slot_pid = offsetof(struct vmown_slot, pid),
         .slot_sem = offsetof(struct vmown_slot, sem),
-        .sem_size = sizeof(sem_t),
+        .sem_size = sizeof(vmown__sem),
     };
 }
 
@@ -80,8 +80,8 @@ int vmown_vm_init(void *mem, size_t len, uint32_t nslots, vmown_vm **out) {
     atomic_store_explicit(&b->hdr.slot_size, (uint32_t)sizeof(struct vmown_slot), RELAXED);
     atomic_store_explicit(&b->hdr.nslots, nslots, RELAXED);
     atomic_store_explicit(&b->hdr.total_size, vmown_block_size(nslots), RELAXED);
-    atomic_store_explicit(&b->hdr.sem_size, (uint32_t)sizeof(sem_t), RELAXED);
-    atomic_store_explicit(&b->hdr.lock_size, (uint32_t)sizeof(pthread_mutex_t), RELAXED);
+    atomic_store_explicit(&b->hdr.sem_size, (uint32_t)sizeof(vmown__sem), RELAXED);
+    atomic_store_explicit(&b->hdr.lock_size, (uint32_t)sizeof(vmown__lock_word), RELAXED);
     atomic_store_explicit(&b->hdr.creator_pid, (int32_t)getpid(), RELAXED);
     /* Phase 2: publish. */
     atomic_store_explicit(&b->hdr.state, VMOWN__READY, RELEASE);
@@ -105,8 +105,8 @@ int vmown_vm_attach(void *mem, size_t len, vmown_vm **out) {
     uint64_t total = atomic_load_explicit(&b->hdr.total_size, RELAXED);
     if (len < header_size() || atomic_load_explicit(&b->hdr.header_size, RELAXED) != header_size() ||
         atomic_load_explicit(&b->hdr.slot_size, RELAXED) != sizeof(struct vmown_slot) ||
-        atomic_load_explicit(&b->hdr.sem_size, RELAXED) != sizeof(sem_t) ||
-        atomic_load_explicit(&b->hdr.lock_size, RELAXED) != sizeof(pthread_mutex_t) || nslots == 0 ||
+        atomic_load_explicit(&b->hdr.sem_size, RELAXED) != sizeof(vmown__sem) ||
+        atomic_load_explicit(&b->hdr.lock_size, RELAXED) != sizeof(vmown__lock_word) || nslots == 0 ||
         nslots > VMOWN__MAX_SLOTS || total != vmown_block_size(nslots) || total > len)
         return VMOWN_ESIZES;
     vmown_vm *vm = malloc(sizeof *vm);
@@ -116,12 +116,14 @@ int vmown_vm_attach(void *mem, size_t len, vmown_vm **out) {
     return 0;
 }
 
-int vmown_register(vmown_vm *vm) {
+int vmown_register(vmown_vm *vm) { return vmown_register_timed(vm, -1); }
+
+int vmown_register_timed(vmown_vm *vm, int64_t timeout_ns) {
     struct vmown__block *b = vm->block;
     int32_t pid;
     uint64_t start_time;
     identity(&pid, &start_time);
-    int rc = vmown__lock_block(vm);
+    int rc = vmown__lock_block_until(vm, timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns);
     if (rc < 0) return rc;
     uint32_t hint = atomic_load_explicit(&b->alloc_hint, RELAXED) % vm->nslots, found = 0;
     for (uint32_t k = 0; k < vm->nslots && !found; k++) {

@@ -146,7 +146,8 @@ static void sleep_until_needed(vmown_vm *vm, uint64_t *seen, uint64_t *seen_seq)
     atomic_fetch_add_explicit(&b->hb_sleeps, 1, memory_order_relaxed);
     int64_t timer = atomic_load_explicit(&b->next_timer_ns, memory_order_relaxed);
     int64_t deadline = (VMOWN__OWNER(w) == 0 || seq) && timer > 0 ? timer : -1;
-    (void)vmown__sem_wait(&b->hb_sem, deadline);
+    if (vmown__sem_wait(&b->hb_sem, deadline) == VMOWN_EBROKEN)  /* a peer wrote over it */
+        atomic_store_explicit(&b->hdr.state, VMOWN__BROKEN, memory_order_release);
     atomic_fetch_and_explicit(&b->waiters_and_hb_asleep, ~VMOWN__HB_ASLEEP, memory_order_seq_cst);
     *seen = atomic_load_explicit(&b->owner_word, memory_order_acquire);
     *seen_seq = vmown__lazy_out(vm, *seen);
@@ -318,6 +319,15 @@ int vmown_heartbeat_set_lazy(vmown_vm *vm, int on) {
 
 int vmown_heartbeat_stop(vmown_vm *vm) {
     if (!vm->hb_running) return 0;
+    if (vm->hb_pid != (int32_t)getpid()) {
+        /* A forked child's copy of the parent's handle: the heartbeat thread
+         * is the parent's (joining it here waited for ever).  Only forget it;
+         * without it no callout of this process may go out lazily. */
+        vm->hb_running = false;
+        atomic_store(&vm->lazy, 0);
+        atomic_store(&vm->lazy_ok, 0);
+        return 0;
+    }
     atomic_store(&vm->hb_stop, 1);
     /* Posts only if it sleeps (or is about to: it sets the bit before it
      * checks hb_stop again), so no stray count is left in shared memory. */

@@ -59,6 +59,7 @@ static int wait_parked(vmown_vm *vm, uint32_t me, int64_t deadline) {
     unsigned strays = 0;
     for (;;) {
         rc = vmown__sem_wait(&s->sem, deadline);
+        if (rc == VMOWN_EBROKEN) { mark_broken(vm); return rc; }  /* a peer wrote over the semaphore */
         uint32_t st = atomic_load_explicit(&s->state, ACQUIRE);
         if (rc == 0) {
             if (st == VMOWN_SLOT_GRANTED) break;

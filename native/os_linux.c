@@ -2,12 +2,12 @@
  *
  * A port to another OS rewrites this file and nothing else.  What the rest of
  * the core assumes from here:
- *   - semaphores that live in shared memory and work across processes
- *     (POSIX unnamed semaphores with pshared = 1; futex-based in glibc, so a
- *     post before the wait is remembered and never lost);
- *   - a lock that lives in shared memory and that the kernel releases when its
- *     holder dies (a robust, process-shared pthread mutex: the next locker gets
- *     EOWNERDEAD and repairs the state it protects);
+ *   - semaphores that live in shared memory and work across processes (a
+ *     post before the wait is remembered and never lost), and a lock there
+ *     whose holder's death is found by the next locker (which repairs the
+ *     state it protects): both built here on futex words whose every value
+ *     is checked (see "semaphores and the block's lock" below), since a
+ *     peer may write anything into them;
  *   - anonymous MAP_SHARED memory, shared with children across fork.
  * Waits return on signals (EINTR) so that the caller can run its handlers.
  */
@@ -48,78 +48,6 @@ void vmown__thread_name(const char *name) {
 _Noreturn void vmown__fatal(const char *what, int err) {
     fprintf(stderr, "vmown: fatal: %s failed: %s\n", what, strerror(err));
     abort();
-}
-
-int vmown__sem_init(sem_t *sem) {
-    if (sem_init(sem, /*pshared=*/1, 0) != 0) return -errno;
-    return 0;
-}
-
-void vmown__sem_destroy(sem_t *sem) { (void)sem_destroy(sem); }
-
-int vmown__sem_post(sem_t *sem) {
-    int saved = errno;
-    int rc = sem_post(sem) == 0 ? 0 : -errno;  /* only on corrupt memory: EINVAL, EOVERFLOW */
-    errno = saved;
-    return rc;
-}
-
-int vmown__sem_wait(sem_t *sem, int64_t deadline_ns) {
-    int saved = errno, rc;
-    if (deadline_ns < 0) {
-        rc = sem_wait(sem);
-    } else {
-        struct timespec ts = {.tv_sec = deadline_ns / 1000000000,
-                              .tv_nsec = deadline_ns % 1000000000};
-        rc = sem_clockwait(sem, CLOCK_MONOTONIC, &ts);
-    }
-    int err = rc == 0 ? 0 : errno;
-    errno = saved;
-    if (rc == 0) return 0;
-    if (err == EINTR) return VMOWN_EINTR;
-    if (err == ETIMEDOUT) return VMOWN_ETIMEDOUT;
-    vmown__fatal("sem_wait", err);
-}
-
-int vmown__lock_init(pthread_mutex_t *lock) {
-    pthread_mutexattr_t attr;
-    int rc = pthread_mutexattr_init(&attr);
-    if (rc == 0) rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-    if (rc == 0) rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-    if (rc == 0) rc = pthread_mutex_init(lock, &attr);
-    pthread_mutexattr_destroy(&attr);
-    return -rc;
-}
-
-int vmown__lock(pthread_mutex_t *lock, int64_t timeout_ns) {
-    int saved = errno, rc = pthread_mutex_trylock(lock);
-    if (rc == EBUSY) {
-        /* Held only for a few microseconds by a live holder; a dead holder
-         * is released by the kernel (EOWNERDEAD).  So a long wait means a
-         * stopped peer or a corrupt lock word: give up, never hang.  (The
-         * realtime clock: what timedlock takes and sanitizers know.) */
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        int64_t at = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + timeout_ns;
-        ts = (struct timespec){.tv_sec = at / 1000000000, .tv_nsec = at % 1000000000};
-        rc = pthread_mutex_timedlock(lock, &ts);
-    }
-    errno = saved;
-    if (rc == 0) return 0;
-    if (rc == EOWNERDEAD) return 1;
-    if (rc == ENOTRECOVERABLE) return VMOWN_EBROKEN;
-    if (rc == ETIMEDOUT) return VMOWN_ESTUCK;
-    return -rc;
-}
-
-void vmown__lock_consistent(pthread_mutex_t *lock) {
-    int rc = pthread_mutex_consistent(lock);
-    if (rc != 0) vmown__fatal("pthread_mutex_consistent", rc);
-}
-
-void vmown__unlock(pthread_mutex_t *lock) {
-    int rc = pthread_mutex_unlock(lock);
-    if (rc != 0) vmown__fatal("pthread_mutex_unlock", rc);
 }
 
 int64_t vmown__now_ns(void) {
@@ -275,6 +203,19 @@ int vmown_map_anonymous(size_t len, void **out) {
 }
 
 int vmown_unmap(void *addr, size_t len) { return munmap(addr, len) == 0 ? 0 : -errno; }
+
+int vmown_map_private(void *addr, size_t len) {
+    void *copy = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (copy == MAP_FAILED) return -errno;
+    memcpy(copy, addr, len);
+    /* One step: addr never reads as unmapped, and the shared pages go. */
+    if (mremap(copy, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, addr) == MAP_FAILED) {
+        int err = errno;
+        munmap(copy, len);
+        return -err;
+    }
+    return 0;
+}
 
 size_t vmown_page_size(void) { return (size_t)sysconf(_SC_PAGESIZE); }
 
@@ -440,4 +381,191 @@ int vmown__futex_wake(_Atomic uint32_t *word, int count) {
     if (rc < 0) vmown__fatal("futex wake", errno);
     errno = saved;
     return (int)rc;
+}
+
+/* ---- semaphores and the block's lock: futex words ----
+ * What the core assumes from here, for the control block: every word of it
+ * can be written by a peer (a bug, a hostile process), so nothing here may
+ * abort, hang past the caller's deadline, or write outside the word on any
+ * value.  glibc's sem_t and pthread_mutex_t do not promise that (a sem_t
+ * holding 0xffffffff made sem_wait abort: "The futex facility returned an
+ * unexpected error code"), so both are built here on bare futex words whose
+ * values are checked before use; an impossible value is VMOWN_EBROKEN and the
+ * caller marks the block broken.
+ *
+ * Semaphore: `count` is the number of posts not yet taken (<= VMOWN__SEM_MAX);
+ * `waiters` counts the threads about to sleep or asleep on `count`.
+ *   post: count += 1 (seq_cst RMW); if waiters != 0: FUTEX_WAKE(count, 1)
+ *   wait: waiters += 1 (seq_cst RMW); loop { take one if count > 0, else
+ *         FUTEX_WAIT(count, 0, deadline) }; waiters -= 1
+ * The RMW of each side comes before its load of the other's word (a Dekker
+ * pair): a poster that reads waiters == 0 has its count seen by the waiter's
+ * load that follows the waiter's increment, and FUTEX_WAIT sleeps only while
+ * count still reads 0.  A post is never lost; a stray wake costs a loop.
+ *
+ * Lock: `word` is 0 when free, else the holder's pid, with LOCK_SLEEPERS set
+ * once somebody may sleep on it.  The pid is in the word itself, stored by
+ * the acquiring CAS, so there is no instruction at which a holder can die
+ * and leave a lock that names nobody (a separate holder field, stored after
+ * the CAS, left one: a peer SIGKILLed there wedged the block).  A waiter
+ * looks at the holder's process before its first sleep (kill(pid, 0)) and
+ * every LOCK_POLL_NS after (zombies count as dead); dead -> it takes the
+ * lock over (CAS dead pid -> its own) and returns 1, for the caller to
+ * repair what the lock protects, as EOWNERDEAD of a robust mutex did.  A
+ * word whose pid part is 0 or above any pid (2^22 on Linux), or with the
+ * spare bit set, is no lock: VMOWN_EBROKEN.  Threads of one process exclude
+ * each other all the same (the CAS needs 0); a holder's pid recycled by a
+ * new process passes for alive: waiters end with VMOWN_ESTUCK.  Waits end at
+ * the caller's deadline (VMOWN_ETIMEDOUT), never later than a round. */
+
+#define LOCK_SPINS 100
+#define LOCK_POLL_NS 10000000   /* 10 ms between looks at the holder's process */
+
+#define LOCK_SLEEPERS 0x80000000u
+#define LOCK_SPARE 0x40000000u
+#define LOCK_MAX_PID (1u << 22)  /* PID_MAX_LIMIT */
+
+/* This process's pid, cached; forgotten in a forked child. */
+static _Atomic uint32_t self_pid;
+static pthread_once_t self_pid_once = PTHREAD_ONCE_INIT;
+static void forget_self_pid(void) { atomic_store_explicit(&self_pid, 0, memory_order_relaxed); }
+static void install_forget_self_pid(void) { (void)pthread_atfork(NULL, NULL, forget_self_pid); }
+
+static uint32_t lock_self(void) {
+    uint32_t pid = atomic_load_explicit(&self_pid, memory_order_relaxed);
+    if (pid == 0) {
+        (void)pthread_once(&self_pid_once, install_forget_self_pid);  /* before caching: a fork then resets it */
+        pid = (uint32_t)getpid();
+        atomic_store_explicit(&self_pid, pid, memory_order_relaxed);
+    }
+    return pid;
+}
+
+int vmown__sem_init(vmown__sem *sem) {
+    atomic_store_explicit(&sem->count, 0, memory_order_relaxed);
+    atomic_store_explicit(&sem->waiters, 0, memory_order_relaxed);
+    return 0;
+}
+
+void vmown__sem_destroy(vmown__sem *sem) { (void)sem; }
+
+int vmown__sem_post(vmown__sem *sem) {
+    uint32_t c = atomic_load_explicit(&sem->count, memory_order_relaxed);
+    do {
+        if (c >= VMOWN__SEM_MAX) {
+            (void)vmown__futex_wake(&sem->count, 0);  /* sleepers find the broken count at once */
+            return VMOWN_EBROKEN;
+        }
+    } while (!atomic_compare_exchange_weak_explicit(&sem->count, &c, c + 1, memory_order_seq_cst,
+                                                    memory_order_relaxed));
+    if (atomic_load_explicit(&sem->waiters, memory_order_seq_cst) != 0) (void)vmown__futex_wake(&sem->count, 1);
+    return 0;
+}
+
+/* Take one post if there is one: 1 taken, 0 none, VMOWN_EBROKEN. */
+static int sem_take(vmown__sem *sem) {
+    uint32_t c = atomic_load_explicit(&sem->count, memory_order_seq_cst);
+    for (;;) {
+        if (c > VMOWN__SEM_MAX) return VMOWN_EBROKEN;
+        if (c == 0) return 0;
+        if (atomic_compare_exchange_weak_explicit(&sem->count, &c, c - 1, memory_order_seq_cst,
+                                                  memory_order_seq_cst))
+            return 1;
+    }
+}
+
+static void sem_leave(vmown__sem *sem) {
+    uint32_t n = atomic_load_explicit(&sem->waiters, memory_order_relaxed);
+    /* A corrupt count of waiters only costs wakes: never below 0. */
+    while (n != 0 && !atomic_compare_exchange_weak_explicit(&sem->waiters, &n, n - 1, memory_order_relaxed,
+                                                            memory_order_relaxed)) {
+    }
+}
+
+int vmown__sem_wait(vmown__sem *sem, int64_t deadline_ns) {
+    int rc = sem_take(sem);
+    if (rc != 0) return rc < 0 ? rc : 0;
+    atomic_fetch_add_explicit(&sem->waiters, 1, memory_order_seq_cst);
+    for (;;) {
+        if ((rc = sem_take(sem)) != 0) break;
+        rc = vmown__futex_wait(&sem->count, 0, deadline_ns);
+        if (rc == VMOWN_EINTR || rc == VMOWN_ETIMEDOUT) break;
+        if (rc < 0) { rc = VMOWN_EBROKEN; break; }  /* EFAULT/EINVAL: not a usable word */
+    }
+    sem_leave(sem);
+    return rc == 1 ? 0 : rc;
+}
+
+int vmown__lock_init(vmown__lock_word *lock) {
+    atomic_store_explicit(&lock->word, 0, memory_order_relaxed);
+    atomic_store_explicit(&lock->reserved, 0, memory_order_relaxed);
+    return 0;
+}
+
+int vmown__lock(vmown__lock_word *lock, int64_t deadline_ns, int64_t stuck_ns) {
+    const uint32_t me = lock_self();
+    uint32_t c = 0;
+    if (atomic_compare_exchange_strong_explicit(&lock->word, &c, me, memory_order_acquire, memory_order_relaxed))
+        return 0;
+    for (int i = 0; i < LOCK_SPINS; i++) {
+        vmown__cpu_relax();
+        c = 0;
+        if (atomic_load_explicit(&lock->word, memory_order_relaxed) == 0 &&
+            atomic_compare_exchange_weak_explicit(&lock->word, &c, me, memory_order_acquire, memory_order_relaxed))
+            return 0;
+    }
+    int saved = errno, rc;
+    int64_t now = vmown__now_ns(), stuck_at = now + stuck_ns, look_at = now;
+    bool first_look = true;
+    for (;;) {
+        c = atomic_load_explicit(&lock->word, memory_order_relaxed);
+        if (c == 0) {
+            /* Sleepers may remain: keep the bit, so that our unlock wakes one. */
+            if (atomic_compare_exchange_weak_explicit(&lock->word, &c, me | LOCK_SLEEPERS, memory_order_acquire,
+                                                      memory_order_relaxed)) {
+                rc = 0;
+                break;
+            }
+            continue;
+        }
+        uint32_t holder = c & ~LOCK_SLEEPERS;
+        if ((c & LOCK_SPARE) || holder == 0 || holder >= LOCK_MAX_PID) {
+            rc = VMOWN_EBROKEN;  /* not a lock word: left as found, for the caller to mark the block */
+            break;
+        }
+        now = vmown__now_ns();
+        if (holder != me && now >= look_at) {
+            /* kill(pid, 0) first (cheap); /proc, which also sees zombies, at the later looks. */
+            bool dead = first_look ? kill((pid_t)holder, 0) != 0 && errno == ESRCH
+                                   : !vmown__process_alive((int32_t)holder, 0);
+            first_look = false;
+            look_at = now + LOCK_POLL_NS;
+            if (dead) {
+                if (atomic_compare_exchange_strong_explicit(&lock->word, &c, me | LOCK_SLEEPERS,
+                                                            memory_order_acquire, memory_order_relaxed)) {
+                    rc = 1;  /* died holding it: taken over as it is */
+                    break;
+                }
+                continue;
+            }
+        }
+        if (deadline_ns >= 0 && now >= deadline_ns) { rc = VMOWN_ETIMEDOUT; break; }
+        if (now >= stuck_at) { rc = VMOWN_ESTUCK; break; }
+        if (!(c & LOCK_SLEEPERS) &&
+            !atomic_compare_exchange_weak_explicit(&lock->word, &c, c | LOCK_SLEEPERS, memory_order_relaxed,
+                                                   memory_order_relaxed))
+            continue;
+        int64_t until = look_at;
+        if (deadline_ns >= 0 && deadline_ns < until) until = deadline_ns;
+        if (stuck_at < until) until = stuck_at;
+        rc = vmown__futex_wait(&lock->word, c | LOCK_SLEEPERS, until);
+        if (rc < 0 && rc != VMOWN_EINTR && rc != VMOWN_ETIMEDOUT) { rc = VMOWN_EBROKEN; break; }
+    }
+    errno = saved;
+    return rc;
+}
+
+void vmown__unlock(vmown__lock_word *lock) {
+    if (atomic_exchange_explicit(&lock->word, 0, memory_order_release) & LOCK_SLEEPERS)
+        (void)vmown__futex_wake(&lock->word, 1);
 }

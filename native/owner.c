@@ -286,6 +286,7 @@ int vmown__await_grant(vmown_vm *vm, uint32_t me, int64_t deadline_ns, int flags
         int64_t slice_end = vmown__now_ns() + SLICE_NS;
         bool sliced = deadline_ns < 0 || slice_end < deadline_ns;
         int rc = vmown__sem_wait(&s->sem, sliced ? slice_end : deadline_ns);
+        if (rc == VMOWN_EBROKEN) { mark_broken(vm); return rc; }  /* a peer wrote over the semaphore */
         if (rc == 0) {
             if (atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_GRANTED) goto granted;
             if (++strays > MAX_STRAY_POSTS) { mark_broken(vm); return VMOWN_EBROKEN; }
@@ -435,7 +436,7 @@ int vmown_own_wait(vmown_vm *vm, uint32_t me, int64_t timeout_ns, int flags) {
     if (VMOWN__OWNER(vmown__settle_revoking(vm, me, w)) == (int32_t)me) return VMOWN_EALREADY;
     if (atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_RUNNING) return VMOWN_EBADSLOT;
     int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
-    int rc = vmown__lock_block(vm);
+    int rc = vmown__lock_block_until(vm, deadline);
     if (rc < 0) return rc;
     w = atomic_load_explicit(&b->owner_word, RELAXED);
     if (VMOWN__OWNER(w) == 0 &&

@@ -1,7 +1,8 @@
 /* repair.c -- dead peers: the block's lock and the slots they leave behind.
  *
  * A process can die at any instruction.  What that leaves, and who mends it:
- *   inside the lock: the robust mutex hands the next locker EOWNERDEAD;
+ *   inside the lock: the lock word names the dead holder's pid, and the
+ *     next locker takes it over (os_linux.c: vmown__lock returns 1);
  *     repair_locked rebuilds the queue and the idle stack from the slots;
  *   owning, or granted and not yet running, or activated while parked: the
  *     owner word names a slot of a dead process.  Waiters sleep in slices of
@@ -70,9 +71,11 @@ static int repair_locked(vmown_vm *vm) {
     return 0;
 }
 
-int vmown__lock_block(vmown_vm *vm) {
+int vmown__lock_block(vmown_vm *vm) { return vmown__lock_block_until(vm, -1); }
+
+int vmown__lock_block_until(vmown_vm *vm, int64_t deadline_ns) {
     if (unlikely(atomic_load_explicit(&vm->block->hdr.state, ACQUIRE) != VMOWN__READY)) return VMOWN_EBROKEN;
-    int rc = vmown__lock(&vm->block->lock, LOCK_TIMEOUT_NS);
+    int rc = vmown__lock(&vm->block->lock, deadline_ns, LOCK_TIMEOUT_NS);
     if (rc == 1) {
         /* Somebody died holding the lock: make the queue whole, then free
          * the slots of every dead process (it may have been half-way into
@@ -86,10 +89,9 @@ int vmown__lock_block(vmown_vm *vm) {
             vmown__unlock(&vm->block->lock);
             return rc;
         }
-        vmown__lock_consistent(&vm->block->lock);
         if (granted) post(vm, granted);
         rc = 0;
-    } else if (rc < 0 && rc != VMOWN_ESTUCK) {
+    } else if (rc < 0 && rc != VMOWN_ESTUCK && rc != VMOWN_ETIMEDOUT) {
         mark_broken(vm);
     }
     return rc;

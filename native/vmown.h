@@ -156,6 +156,9 @@ VMOWN_EXTERN void vmown_vm_detach(vmown_vm *vm);
 
 /* Claim a free slot for the calling thread; returns its index (>= 1). */
 VMOWN_EXTERN int vmown_register(vmown_vm *vm);
+/* The same, waiting at most timeout_ns (< 0: no limit) for the block's lock:
+ * VMOWN_ETIMEDOUT after it. */
+VMOWN_EXTERN int vmown_register_timed(vmown_vm *vm, int64_t timeout_ns);
 /* Give a slot back.  A slot that owns the VM releases it first; a slot that is
  * queued is refused with VMOWN_EBUSY. */
 VMOWN_EXTERN int vmown_unregister(vmown_vm *vm, uint32_t slot);
@@ -415,6 +418,10 @@ VMOWN_EXTERN void vmown_debug_set_widen_ns(int64_t ns);
 /* OS layer (os_linux.c): anonymous shared mappings for the default block. */
 VMOWN_EXTERN int vmown_map_anonymous(size_t len, void **out);
 VMOWN_EXTERN int vmown_unmap(void *addr, size_t len);
+/* Replace the shared mapping at addr (len bytes, page-aligned) by a private
+ * copy of its bytes, at the same address: for a forked child that holds a
+ * copy of its parent's state and must not write the parent's memory. */
+VMOWN_EXTERN int vmown_map_private(void *addr, size_t len);
 VMOWN_EXTERN size_t vmown_page_size(void);
 
 /* ---- Arena (arena.c) ---- */
@@ -444,7 +451,9 @@ enum {
     VMOWN_EARENA_ALIGN = -1117,       /* offset not a multiple of the width */
     VMOWN_EARENA_LOCKED = -1118,      /* a live peer held the header lock past the timeout */
     VMOWN_EARENA_PEERS = -1119,       /* the table of processes mapping the arena is full */
-    VMOWN_EARENA_CORRUPT = -1120      /* a header value is impossible */
+    VMOWN_EARENA_CORRUPT = -1120,     /* a header value is impossible */
+    VMOWN_EARENA_OVERLAP = -1121,     /* reserve: the pages were handed out already */
+    VMOWN_EARENA_CUT = -1122          /* the file was truncated under the live mapping */
 };
 
 /* Flags for vmown_arena_create / vmown_arena_open. */
@@ -499,7 +508,8 @@ VMOWN_EXTERN int vmown_arena_adopt(vmown_arena *a);
 VMOWN_EXTERN void *vmown_arena_data(const vmown_arena *a);
 VMOWN_EXTERN int vmown_arena_fd(const vmown_arena *a);
 /* Cheap reads for hot paths: data bytes mapped here; data bytes the header
- * says (untrusted: compare, never use as a bound). */
+ * says (untrusted: compare, never use as a bound; 0 if the file was cut
+ * under the mapping, see vmown_arena_check). */
 VMOWN_EXTERN uint64_t vmown_arena_mapped(const vmown_arena *a);
 VMOWN_EXTERN uint64_t vmown_arena_size(const vmown_arena *a);
 VMOWN_EXTERN int vmown_arena_info_read(vmown_arena *a, vmown_arena_info *out);
@@ -510,6 +520,15 @@ VMOWN_EXTERN int vmown_arena_grow(vmown_arena *a, uint64_t new_size);
 VMOWN_EXTERN int vmown_arena_shrink(vmown_arena *a, uint64_t new_size);
 /* Hand out whole pages of the data area; *offset is where they start. */
 VMOWN_EXTERN int vmown_arena_alloc(vmown_arena *a, uint64_t nbytes, uint64_t *offset);
+/* Hand out the pages at [offset, offset + nbytes) (offset page-aligned):
+ * VMOWN_EARENA_OVERLAP if any of them was handed out already (alloc hands
+ * out pages in order: those below `allocated`), VMOWN_EARENA_FULL beyond the
+ * size.  Pages skipped between `allocated` and offset are never handed out. */
+VMOWN_EXTERN int vmown_arena_reserve(vmown_arena *a, uint64_t offset, uint64_t nbytes);
+/* 0, or VMOWN_EARENA_CUT if the arena's file is now shorter than what this
+ * handle maps (a peer truncated it: touching the lost pages raises SIGBUS).
+ * Every arena operation checks this first; one fstat. */
+VMOWN_EXTERN int vmown_arena_check(vmown_arena *a);
 /* An atomic op on the 4- or 8-byte word at `offset`; *old gets the previous
  * value (0 for a store).  Returns 1 when a CAS swapped, else 0. */
 VMOWN_EXTERN int vmown_arena_atomic(vmown_arena *a, uint32_t op, uint64_t offset, uint32_t width, uint64_t value,

@@ -62,8 +62,16 @@ int vmown__await_grant(vmown_vm *vm, uint32_t me, int64_t deadline_ns, int flags
 /* soft: a callout's disown, which may give a soft grant (grants.c). */
 int vmown__disown(vmown_vm *vm, uint32_t me, uint64_t callout, bool soft);
 
-/* repair.c: take the block's lock, mending what a dead holder left. */
+/* repair.c: take the block's lock, mending what a dead holder left.  _until
+ * waits until deadline_ns at most (VMOWN_ETIMEDOUT; < 0: none); without a
+ * deadline a stopped holder ends the wait after LOCK_TIMEOUT_NS
+ * (VMOWN_ESTUCK).  Callers that can still give up cleanly (own before it
+ * queues, register) pass their caller's deadline, so that a peer stopped
+ * inside the lock cannot keep them past it.  The others (a queued waiter
+ * leaving the queue, a release) pass none: they must get through whatever
+ * the time, or the queue would name a thread that left it. */
 int vmown__lock_block(vmown_vm *vm);
+int vmown__lock_block_until(vmown_vm *vm, int64_t deadline_ns);
 static inline void unlock_block(vmown_vm *vm) { vmown__unlock(&vm->block->lock); }
 void vmown__fold_counters_locked(vmown_vm *vm, struct vmown_slot *s);
 int vmown__reap_dead_locked(vmown_vm *vm, uint32_t *granted);

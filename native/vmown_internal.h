@@ -10,7 +10,6 @@
 #include "vmown.h"
 
 #include <pthread.h>
-#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 
@@ -20,9 +19,26 @@
  * order: a block written by a machine of another word size or endianness
  * fails the magic check. */
 #define VMOWN__MAGIC (0x000000004E574F4D56ull | ((uint64_t)sizeof(void *) << 40) | (1ull << 48))
-#define VMOWN__LAYOUT_VERSION 4u
+#define VMOWN__LAYOUT_VERSION 5u
 
 enum { VMOWN__INITIALIZING = 1, VMOWN__READY = 2, VMOWN__BROKEN = 3 };
+
+/* A semaphore in shared memory, the core's own (os_linux.c): posts not yet
+ * taken, and the threads asleep (or about to sleep) on `count`.  A count
+ * above VMOWN__SEM_MAX is no count (a peer wrote over it): the block is
+ * broken.  Never a sem_t: glibc aborts on some values of one. */
+#define VMOWN__SEM_MAX (1u << 24)
+typedef struct {
+    _Atomic uint32_t count;
+    _Atomic uint32_t waiters;
+} vmown__sem;
+
+/* The block's lock (os_linux.c): word 0 free, else the holder's pid with
+ * bit 31 set once somebody may sleep on it (any other value: broken). */
+typedef struct {
+    _Atomic uint32_t word;
+    _Atomic uint32_t reserved;
+} vmown__lock_word;
 
 #define VMOWN__OWNER(word) ((int32_t)(uint32_t)(word))
 #define VMOWN__EPOCH(word) ((uint32_t)((word) >> 32))
@@ -69,8 +85,8 @@ struct vmown_header {
     _Atomic uint32_t nslots;
     _Atomic uint64_t total_size;    /* vmown_block_size(nslots) */
     _Atomic uint32_t state;         /* VMOWN__INITIALIZING -> READY (-> BROKEN) */
-    _Atomic uint32_t sem_size;      /* sizeof(sem_t): the OS layer's, checked */
-    _Atomic uint32_t lock_size;     /* sizeof(pthread_mutex_t), checked */
+    _Atomic uint32_t sem_size;      /* sizeof(vmown__sem), checked */
+    _Atomic uint32_t lock_size;     /* sizeof(vmown__lock_word), checked */
     _Atomic int32_t creator_pid;
 };
 
@@ -78,7 +94,7 @@ struct vmown_header {
  * callout_tick and the counters; state, next and ticket change under the
  * control block's lock (or by the slot's thread while it is RUNNING). */
 struct vmown_slot {
-    sem_t sem;                      /* process-shared; one post per grant */
+    vmown__sem sem;                 /* one post per grant */
     _Atomic uint32_t state;         /* VMOWN_SLOT_* */
     _Atomic uint32_t next;          /* queue link, 0 = end; under lock */
     _Atomic int32_t priority;
@@ -134,9 +150,9 @@ struct vmown__block {
      * the heartbeat tops them up to SERVERS.  Changed under the lock, or by
      * the server itself as its park returns. */
     _Atomic uint32_t servers_out;
-    sem_t hb_sem;                   /* a sleeping heartbeat waits here */
+    vmown__sem hb_sem;              /* a sleeping heartbeat waits here */
     /* Everything below is protected by `lock` unless it says otherwise. */
-    pthread_mutex_t lock __attribute__((aligned(VMOWN__CACHE_LINE)));
+    vmown__lock_word lock __attribute__((aligned(VMOWN__CACHE_LINE)));
     _Atomic uint32_t head, tail;    /* wait queue, slot indices, 0 = empty */
     /* The slot woken by a soft grant that has not settled yet (claimed, or
      * back in the queue or owning after a robbery), 0 = none.  Set under the
@@ -213,20 +229,24 @@ int vmown__unregister(vmown_vm *vm, uint32_t slot);
 void vmown__unbind_if(vmown_vm *vm, uint32_t slot);
 
 /* OS layer (os_linux.c): everything that a port to another OS rewrites. */
-int vmown__sem_init(sem_t *sem);
-void vmown__sem_destroy(sem_t *sem);
-/* 0, or -errno on corrupt memory (the caller marks the block broken). */
-int vmown__sem_post(sem_t *sem);
+/* Semaphores and the block's lock are futex words of the core's own, checked
+ * at every use: no value a peer writes can make them abort or hang past the
+ * caller's deadline (os_linux.c says how). */
+int vmown__sem_init(vmown__sem *sem);
+void vmown__sem_destroy(vmown__sem *sem);
+/* 0, or VMOWN_EBROKEN for a count no semaphore holds (the caller marks the
+ * block broken). */
+int vmown__sem_post(vmown__sem *sem);
 /* 0 when posted, VMOWN_EINTR, VMOWN_ETIMEDOUT (deadline_ns is CLOCK_MONOTONIC,
- * < 0 for none). */
-int vmown__sem_wait(sem_t *sem, int64_t deadline_ns);
-int vmown__lock_init(pthread_mutex_t *lock);
-/* 0, or 1 when the previous holder died holding it (the caller repairs, then
- * calls vmown__lock_consistent), VMOWN_ESTUCK after timeout_ns, or a negative
- * code. */
-int vmown__lock(pthread_mutex_t *lock, int64_t timeout_ns);
-void vmown__lock_consistent(pthread_mutex_t *lock);
-void vmown__unlock(pthread_mutex_t *lock);
+ * < 0 for none), VMOWN_EBROKEN. */
+int vmown__sem_wait(vmown__sem *sem, int64_t deadline_ns);
+int vmown__lock_init(vmown__lock_word *lock);
+/* 0, or 1 when the previous holder died holding it (the caller repairs what
+ * it protects: the lock is held either way), VMOWN_ETIMEDOUT at deadline_ns
+ * (CLOCK_MONOTONIC, < 0 none), VMOWN_ESTUCK after stuck_ns of waiting (a
+ * stopped holder), VMOWN_EBROKEN (not a lock word). */
+int vmown__lock(vmown__lock_word *lock, int64_t deadline_ns, int64_t stuck_ns);
+void vmown__unlock(vmown__lock_word *lock);
 int64_t vmown__now_ns(void);
 int32_t vmown__gettid(void);
 uint64_t vmown__process_start_time(int32_t pid);

@@ -44,6 +44,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #define JOIN_ROUND_NS 10000000  /* 10 ms between unpark rounds while joining */
 
@@ -56,7 +57,7 @@ struct worker {
 struct vmown__pool {
     pthread_mutex_t mu;
     pthread_cond_t exited;  /* broadcast as each worker exits */
-    sem_t wake;             /* posted to wake the spawner */
+    vmown__sem wake;        /* posted to wake the spawner */
     pthread_t spawner;
     vmown_worker_entry entry;
     void *arg;
@@ -64,6 +65,7 @@ struct vmown__pool {
     int64_t idle_timeout_ns;
     _Atomic int stop;
     _Atomic bool running;  /* written by the thread that starts and stops the pool */
+    int32_t pid;           /* the process whose threads these are (fork) */
     /* under mu */
     uint32_t live, high, starting, wanted;
     uint64_t started, entered, cap_hits, failures;
@@ -176,6 +178,17 @@ static void *spawner_main(void *arg) {
     }
 }
 
+/* vm's pool if it is this process's.  A child forked while the pool ran
+ * holds a copy of it: threads the child does not have, and a mutex copied in
+ * whatever state one of them left it (held: a child that locked it waited
+ * for ever).  The child never touches that copy: to it there is no pool, and
+ * freeing forgets the copy (the child cannot free what its threads did not
+ * allocate, and they never exit here). */
+static struct vmown__pool *pool_here(const vmown_vm *vm) {
+    struct vmown__pool *p = vm->pool;
+    return p && p->pid == (int32_t)getpid() ? p : NULL;
+}
+
 /* Free a pool that holds no thread. */
 static void destroy(struct vmown__pool *p) {
     vmown__sem_destroy(&p->wake);
@@ -187,7 +200,7 @@ static void destroy(struct vmown__pool *p) {
 int vmown_workers_start(vmown_vm *vm, vmown_worker_entry entry, void *arg, uint32_t max_workers,
                         int64_t idle_timeout_ns) {
     if (!entry || max_workers == 0) return VMOWN_EINVAL;
-    if (vm->pool && vm->pool->running) return VMOWN_EBUSY;
+    if (pool_here(vm) && vm->pool->running) return VMOWN_EBUSY;
     if (!vmown__workers_free(vm)) return VMOWN_EBUSY;  /* a stopped pool whose workers live */
     struct vmown__pool *p = calloc(1, sizeof *p);
     if (!p) return -ENOMEM;
@@ -202,6 +215,7 @@ int vmown_workers_start(vmown_vm *vm, vmown_worker_entry entry, void *arg, uint3
     p->arg = arg;
     p->max_workers = max_workers;
     p->idle_timeout_ns = idle_timeout_ns;
+    p->pid = (int32_t)getpid();
     vm->pool = p;
     rc = vmown__thread_start(&p->spawner, spawner_main, vm);
     if (rc != 0) {
@@ -214,7 +228,7 @@ int vmown_workers_start(vmown_vm *vm, vmown_worker_entry entry, void *arg, uint3
 }
 
 int64_t vmown_workers_want(vmown_vm *vm, uint32_t want) {
-    struct vmown__pool *p = vm->pool;
+    struct vmown__pool *p = pool_here(vm);
     if (!p || !p->running) return VMOWN_EINVAL;
     uint32_t idle = atomic_load_explicit(&vm->block->idle_count, memory_order_relaxed);
     vmown__mutex_lock(&p->mu);
@@ -234,7 +248,7 @@ int64_t vmown_workers_want(vmown_vm *vm, uint32_t want) {
 }
 
 int vmown_workers_stop(vmown_vm *vm) {
-    struct vmown__pool *p = vm->pool;
+    struct vmown__pool *p = pool_here(vm);
     if (!p || !p->running) return 0;
     atomic_store_explicit(&p->stop, 1, memory_order_release);
     (void)vmown__sem_post(&p->wake);
@@ -244,7 +258,7 @@ int vmown_workers_stop(vmown_vm *vm) {
 }
 
 int vmown_workers_join(vmown_vm *vm, int64_t timeout_ns) {
-    struct vmown__pool *p = vm->pool;
+    struct vmown__pool *p = pool_here(vm);
     if (!p) return 0;
     int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
     uint32_t live;
@@ -265,7 +279,7 @@ int vmown_workers_join(vmown_vm *vm, int64_t timeout_ns) {
 }
 
 int vmown_workers_read(const vmown_vm *vm, vmown_workers_stats *out) {
-    struct vmown__pool *p = vm->pool;
+    struct vmown__pool *p = pool_here(vm);
     *out = (vmown_workers_stats){0};
     if (!p) return 0;
     vmown__mutex_lock(&p->mu);
@@ -286,8 +300,11 @@ int vmown_workers_read(const vmown_vm *vm, vmown_workers_stats *out) {
 }
 
 bool vmown__workers_free(vmown_vm *vm) {
-    struct vmown__pool *p = vm->pool;
-    if (!p) return true;
+    struct vmown__pool *p = pool_here(vm);
+    if (!p) {
+        vm->pool = NULL;  /* none, or a forked parent's copy (pool_here) */
+        return true;
+    }
     (void)vmown_workers_stop(vm);
     vmown__mutex_lock(&p->mu);
     uint32_t live = p->live;

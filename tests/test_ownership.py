@@ -331,10 +331,19 @@ def test_a_lock_word_held_for_ever_gives_an_error_not_a_hang() -> None:
     vm = vmown.Ownership(slots=4)
     memory = _block_copy(vm)
     lock = LAYOUT["lock"]
-    memory[lock : lock + 4] = (os.getpid() + 1_000_000).to_bytes(4, "little")  # "held" by a thread id nobody has
+    memory[lock : lock + 4] = (1).to_bytes(4, "little")  # "held" by pid 1, which lives as long as the machine
     stuck = vmown.Ownership.attach(memory)
     with pytest.raises(vmown.VmownError, match="held for seconds"):
         stuck.own()  # registering the thread needs the lock: 2 s, then this
+
+
+def test_a_lock_word_no_lock_holds_marks_the_block_broken_at_once() -> None:
+    vm = vmown.Ownership(slots=4)
+    memory = _block_copy(vm)
+    lock = LAYOUT["lock"]
+    memory[lock : lock + 4] = (0x7FFFFFFF).to_bytes(4, "little")  # no pid is that large
+    with pytest.raises(vmown.BrokenError):
+        vmown.Ownership.attach(memory).own()
 
 
 def test_attached_block_is_shared_with_its_creator() -> None:

@@ -39,6 +39,13 @@
 # shrink never does that (it is refused while a peer maps more), but a plain
 # `ftruncate` by someone else is not prevented: give arena files mode 0600 in
 # a directory only trusted processes can write, or use an anonymous arena.
+# Every Arena method checks the file's length first (one fstat) and raises
+# ArenaError instead of touching lost pages.  No SIGBUS handler is installed:
+# most accesses are made by Python code through `buffer` (CPython's memcpy,
+# numpy, struct), and a fault there cannot be turned into an exception --
+# unwinding out of the interpreter's C code in the middle of an operation
+# would leave its state (reference counts, locks) half updated; and a
+# process-wide SIGBUS handler would fight faulthandler and the program's own.
 
 from __future__ import annotations
 
@@ -52,6 +59,7 @@ from typing import Any
 
 from ._errors import ArenaError, check, error
 from ._native import ffi, lib
+from ._timeout import timeout_ns as _timeout_ns
 
 __all__ = ["Arena"]
 
@@ -83,17 +91,10 @@ _HEADER_OFFSETS = {
 _STATES = {1: "initializing", 2: "ready"}
 
 _MASK = {4: (1 << 32) - 1, 8: (1 << 64) - 1}
+_ADDRESS_SPACE = 1 << (8 * ffi.sizeof("void *"))
 _atomic = lib.vmown_arena_atomic
 _RANGE = lib.VMOWN_EARENA_RANGE
 _EEXIST = -errno.EEXIST
-
-
-def _timeout_ns(timeout: float | None) -> int:
-    if timeout is None:
-        return -1
-    if not isinstance(timeout, (int, float)) or timeout < 0:
-        raise ValueError(f"timeout must be seconds >= 0 or None, not {timeout!r}")
-    return int(timeout * 1e9)
 
 
 def _byte_count(value: Any, name: str, *, optional: bool = False) -> int:
@@ -104,10 +105,30 @@ def _byte_count(value: Any, name: str, *, optional: bool = False) -> int:
     return value
 
 
+def _path(path: Any, name: str = "path") -> str:
+    """``path`` as a str, refused (ValueError) if the OS would read it as another name."""
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"{name} must be a str, bytes or os.PathLike, not {type(path).__name__}") from None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if "\0" in path:
+        # C would stop at the NUL: a file of another name than arena.path.
+        raise ValueError(f"{name} must not contain a NUL byte, not {path!r}")
+    if not path:
+        raise ValueError(f"{name} must not be empty")
+    return path
+
+
 def _address(address: int | None, flags: int = 0) -> Any:
     if address is None:
         return ffi.NULL
     page = lib.vmown_arena_page_size(flags) or 1
+    if isinstance(address, int) and not isinstance(address, bool) and not 0 <= address < _ADDRESS_SPACE:
+        raise ValueError(
+            f"address must be inside the address space (0 to 2**{8 * ffi.sizeof('void *')}), not {address!r}"
+        )
     if isinstance(address, bool) or not isinstance(address, int) or address <= page or address % page:
         raise ValueError(
             f"address must be a multiple of the page size ({page}) above it, where the data area "
@@ -118,7 +139,10 @@ def _address(address: int | None, flags: int = 0) -> Any:
 
 def _mode(mode: int) -> int:
     if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
-        raise ValueError(f"mode must be permission bits from 0o000 to 0o777, not {mode!r}")
+        raise ValueError(
+            f"mode must be permission bits from 0o000 to 0o777 (no setuid, setgid or sticky bit), not "
+            f"{mode!r}" + (f" ({mode:#o})" if isinstance(mode, int) and not isinstance(mode, bool) else "")
+        )
     return mode
 
 
@@ -133,10 +157,45 @@ def _default_directory() -> str:
 class _Mapping:
     """The C handle; unmapped when neither an Arena, a view, nor a call holds it."""
 
-    __slots__ = ("handle", "__weakref__")
+    __slots__ = ("handle", "allocs", "placed", "__weakref__")
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle  # vmown_arena *
+        # What this process did with the data area, for Ownership.create_in
+        # and Channel.create: {offset: bytes} handed out to it by alloc(),
+        # and [(offset, end)] of the control blocks and channels placed.
+        self.allocs: dict[int, int] = {}
+        self.placed: list[tuple[int, int]] = []
+
+    def contains(self, address: int, nbytes: int) -> bool:
+        if self.handle == ffi.NULL:
+            return False
+        start = int(ffi.cast("uintptr_t", lib.vmown_arena_data(self.handle)))
+        return start <= address and address + nbytes <= start + lib.vmown_arena_mapped(self.handle)
+
+    def place(self, address: int, nbytes: int, what: str) -> None:
+        """Make the pages of [address, address + nbytes) ``what``'s alone.
+
+        Pages nobody was given are reserved in the arena's allocator (every
+        process sees them taken); pages this process got from alloc() are the
+        caller's to use once; anything else is refused (ArenaError).
+        """
+        offset = address - int(ffi.cast("uintptr_t", lib.vmown_arena_data(self.handle)))
+        end = offset + nbytes
+        for lo, hi in self.placed:
+            if lo < end and offset < hi:
+                raise error(
+                    lib.VMOWN_EARENA_OVERLAP,
+                    f"{what} at offset {offset} overlaps a control block or channel at offset {lo}",
+                )
+        rc = lib.vmown_arena_reserve(self.handle, offset, nbytes)
+        if rc == lib.VMOWN_EARENA_OVERLAP:
+            given = self.allocs.get(offset)
+            if given is None or given < nbytes:
+                raise error(rc, f"{what} at offset {offset} ({nbytes} bytes)")
+        elif rc < 0:
+            raise error(rc, f"{what} at offset {offset} ({nbytes} bytes)")
+        self.placed.append((offset, end))
 
     def view_gone(self, pointer: Any) -> None:
         """Destructor of a view's pointer: holding this bound method is what
@@ -151,6 +210,16 @@ class _Mapping:
 
 
 _live: "weakref.WeakSet[_Mapping]" = weakref.WeakSet()
+
+
+def _place(address: int, nbytes: int, what: str) -> bool:
+    """If [address, address + nbytes) lies in an arena of this process, place it there (see
+    _Mapping.place) and return True; False for memory of no arena."""
+    for mapping in list(_live):
+        if mapping.contains(address, nbytes):
+            mapping.place(address, nbytes, what)
+            return True
+    return False
 
 
 def _after_fork_in_child() -> None:
@@ -172,6 +241,17 @@ class Arena:
     area (``arena.size`` bytes, a multiple of the page size); offsets given to
     :meth:`alloc` and the ``atomic_*`` methods are offsets into it.  Use it as
     a context manager to close it; a file is removed only by :meth:`unlink`.
+
+    Truncation: another process that can write the file can also truncate it
+    under the live mapping.  The pages past the new end are gone, and touching
+    them raises SIGBUS, which kills the process.  Every method here checks the
+    file's length first and raises :class:`ArenaError` ("truncated under the
+    live mapping") instead; ``repr()`` says "unusable"; ``close()`` still
+    works.  What no check can cover: your own reads and writes through
+    ``buffer`` (or a channel or control block placed in the arena), and a
+    truncation between the check and the access.  Give arena files mode 0600
+    in a directory only trusted processes can write, or use an anonymous
+    arena, if that matters (README, "Hardening").
     """
 
     __slots__ = ("_mapping", "_path", "_file_id", "_page", "_max", "_views", "_lock", "__weakref__")
@@ -223,7 +303,7 @@ class Arena:
         ``populate`` prefaults the pages; ``timeout`` bounds waits for the
         header lock.
         """
-        path = os.fspath(path)
+        path = _path(path)
         out = ffi.new("vmown_arena **")
         rc = lib.vmown_arena_create(
             os.fsencode(path),
@@ -264,7 +344,7 @@ class Arena:
         else the temporary directory.  The name is ``arena.path``; remove the
         file with :meth:`unlink` when done.  Other options are :meth:`create`'s.
         """
-        directory = os.fspath(directory) if directory is not None else _default_directory()
+        directory = _path(directory, "directory") if directory is not None else _default_directory()
         for _ in range(100):
             path = os.path.join(directory, f"{prefix}{secrets.token_hex(8)}{suffix}")
             try:
@@ -302,7 +382,7 @@ class Arena:
         ``timeout`` seconds.  ``max_size``, ``address``, ``populate``: as
         :meth:`create`.
         """
-        path = os.fspath(path)
+        path = _path(path)
         out = ffi.new("vmown_arena **")
         rc = lib.vmown_arena_open(
             os.fsencode(path),
@@ -370,6 +450,7 @@ class Arena:
     def _sync(self) -> None:
         """Map what the header says if another process grew the arena (cheap if not)."""
         mapping = self._open()
+        check(lib.vmown_arena_check(mapping.handle), "using the arena")
         mapped = lib.vmown_arena_mapped(mapping.handle)
         if lib.vmown_arena_size(mapping.handle) > mapped and mapped < self._max:
             rc = lib.vmown_arena_refresh(mapping.handle)
@@ -500,7 +581,15 @@ class Arena:
         offset = ffi.new("uint64_t *")
         mapping = self._open()
         check(lib.vmown_arena_alloc(mapping.handle, nbytes, offset), f"alloc({nbytes})")
+        mapping.allocs[offset[0]] = -(-nbytes // self._page) * self._page
         return offset[0]
+
+    def _place(self, nbytes: int, what: str) -> int:
+        """alloc(nbytes) for a control block or channel: the pages are ``what``'s alone."""
+        offset = self.alloc(nbytes)
+        mapping = self._open()
+        mapping.placed.append((offset, offset + nbytes))
+        return offset
 
     # ---- atomics on data words ----
 
@@ -643,7 +732,10 @@ class Arena:
         if self._mapping is None:
             return f"<vmown.Arena closed path={self._path!r}>"
         where = repr(self._path) if self._path is not None else "anonymous"
-        info = self._info()
+        try:
+            info = self._info()
+        except ArenaError as exc:  # a file truncated under the mapping
+            return f"<vmown.Arena {where} unusable: {exc}>"
         return (
             f"<vmown.Arena {where} size={info.mapped} max_size={info.max_size} allocated={info.allocated} "
             f"peers={info.live_peers} state={_STATES.get(info.state, info.state)}>"

@@ -73,8 +73,10 @@ from typing import Any, Iterator
 from . import _channel_ext
 from ._callout import threaded
 from ._channel_ext import ChannelBase
+from ._arena import Arena
 from ._errors import ChannelClosed, error
 from ._native import ffi, lib
+from ._timeout import timeout_ns as _timeout_ns, timeout_s
 
 __all__ = ["Channel"]
 
@@ -154,14 +156,19 @@ _STATS = (
 )
 
 
-def _timeout_ns(timeout: float) -> int:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
-        raise ValueError(f"timeout must be seconds >= 0 or None, not {timeout!r}")
-    return int(timeout * 1e9)
+def _deadline(timeout: Any) -> float | None:
+    """time.monotonic() at which a wait of ``timeout`` seconds ends; None: no limit."""
+    seconds = timeout_s(timeout)
+    return None if seconds is None else time.monotonic() + seconds
 
 
 def _remaining_ns(deadline: float | None) -> int:
     return -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1e9))
+
+
+def _check_arena(arena: Any) -> None:
+    if not isinstance(arena, Arena) and not (hasattr(arena, "alloc") and hasattr(arena, "buffer")):
+        raise TypeError(f"arena must be a vmown.Arena, not {type(arena).__name__}")
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -224,6 +231,7 @@ class Channel(ChannelBase):
         ring) bounds a message's length; longer ones raise ValueError.  Other
         processes open it with ``Channel.open(arena, channel.offset)``.
         """
+        _check_arena(arena)
         capacity = _round_capacity(capacity)
         if max_message is None:
             max_message = min(capacity - 8, (1 << 32) - 1)
@@ -234,7 +242,7 @@ class Channel(ChannelBase):
                 f"more); make capacity at least max_message + 8, and max_message below 2**32"
             )
         size = lib.vmown_channel_size(capacity)
-        offset = arena.alloc(size)
+        offset = arena._place(size, "the channel") if isinstance(arena, Arena) else arena.alloc(size)
         pinned = ffi.from_buffer(arena.buffer[offset : offset + size], require_writable=True)
         out = ffi.new("vmown_channel **")
         rc = lib.vmown_channel_init(pinned, size, capacity, max_message, out)
@@ -249,6 +257,7 @@ class Channel(ChannelBase):
         The header is checked: a wrong offset or a damaged header raises
         :class:`ChannelError`.
         """
+        _check_arena(arena)
         if isinstance(offset, bool) or not isinstance(offset, int):
             raise TypeError(f"offset must be an int, not {type(offset).__name__}")
         size = arena.size
@@ -297,7 +306,7 @@ class Channel(ChannelBase):
             except TypeError:
                 raise TypeError(f"send() takes bytes-like data, not {type(data).__name__}") from None
         length = len(data)
-        deadline = None if timeout is None else time.monotonic() + _timeout_ns(timeout) / 1e9
+        deadline = _deadline(timeout)
         while True:
             h = self._h
             if deadline is None:
@@ -348,7 +357,7 @@ class Channel(ChannelBase):
             rx = self._local.rx
         except AttributeError:
             rx = self._port()
-        deadline = None if timeout is None else time.monotonic() + _timeout_ns(timeout) / 1e9
+        deadline = _deadline(timeout)
         while True:
             port = rx[0]
             n = _recv(port) if deadline is None else _recv_timed(port, _remaining_ns(deadline))
@@ -376,7 +385,7 @@ class Channel(ChannelBase):
                 f"recv_into() needs a writable bytes-like buffer, not {type(buffer).__name__}"
             ) from None
         port = ffi.new("vmown_channel_port *", {"ch": h, "buf": target, "cap": len(target)})
-        deadline = None if timeout is None else time.monotonic() + _timeout_ns(timeout) / 1e9
+        deadline = _deadline(timeout)
         while True:
             n = _recv(port) if deadline is None else _recv_timed(port, _remaining_ns(deadline))
             if n >= 0:
@@ -432,7 +441,7 @@ class Channel(ChannelBase):
         h = self._h
         if h is _NULL:
             raise ValueError("this Channel is detached")
-        timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
+        timeout_ns = _timeout_ns(timeout)
         while True:
             rc = lib.vmown_channel_close(h, timeout_ns)
             if rc != _EINTR:

@@ -20,6 +20,7 @@ __all__ = [
     "ChannelClosed",
     "ChannelError",
     "ControlBlockError",
+    "ForkedRunError",
     "NotOwnerError",
     "SlotsExhaustedError",
     "VmownError",
@@ -52,6 +53,17 @@ class ControlBlockError(VmownError):
 
 class BrokenError(VmownError):
     """The control block was found corrupt and is marked broken for good."""
+
+
+class ForkedRunError(VmownError):
+    """Raised by :func:`vmown.run` in a child process forked inside the run.
+
+    The child holds a copy of the run whose other threads (workers, the
+    heartbeat) did not survive fork, so it cannot go on: at the child's next
+    scheduling point the run stops and raises this, in the child only; the
+    parent's run is unaffected.  End such a child with ``os._exit()`` (or
+    ``exec``), as with any threaded program.
+    """
 
 
 class ArenaError(VmownError):
@@ -190,6 +202,16 @@ _MESSAGES: dict[int, tuple[type[BaseException], str]] = {
     lib.VMOWN_EARENA_CORRUPT: (
         ArenaError,
         "the arena header holds an impossible value (corrupted by a peer?); make a new arena",
+    ),
+    lib.VMOWN_EARENA_OVERLAP: (
+        ArenaError,
+        "the pages were handed out already (to alloc(), a Channel or a control block); place it "
+        "where nothing else is: Ownership.create_in(arena), or at the offset arena.alloc() returns",
+    ),
+    lib.VMOWN_EARENA_CUT: (
+        ArenaError,
+        "the arena's file was truncated under the live mapping (by another process: vmown never "
+        "does); its pages are gone and touching them would raise SIGBUS: close this arena",
     ),
     lib.VMOWN_ECHAN_BADMAGIC: (
         ChannelError,

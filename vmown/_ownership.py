@@ -32,13 +32,15 @@ from typing import Any, Iterator
 
 from contextlib import contextmanager
 
+from ._arena import Arena, _place
 from ._errors import NotOwnerError, VmownError, check, error
 from ._native import ffi, lib
+from ._timeout import timeout_ns as _timeout_ns
 
 __all__ = ["Ownership"]
 
 DEFAULT_SLOTS = 1024
-LAYOUT_VERSION = 4  # of the control block; must match native/vmown_internal.h
+LAYOUT_VERSION = 5  # of the control block; must match native/vmown_internal.h
 
 _own_wait = lib.vmown_own_wait
 _disown = lib.vmown_disown
@@ -60,12 +62,10 @@ _COUNTERS = tuple(ffi.string(lib.vmown_counter_name(i)).decode() for i in range(
 _SLOT_STATES = {i: ffi.string(lib.vmown_slot_state_name(i)).decode() for i in range(lib.vmown_slot_state_count())}
 
 
-def _timeout_ns(timeout: float | None) -> int:
-    if timeout is None:
-        return -1
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
-    return int(timeout * 1e9)
+def _slots(slots: Any) -> int:
+    if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= 1 << 20:
+        raise ValueError(f"slots must be an int from 1 to {1 << 20}, not {slots!r}")
+    return slots
 
 
 class _Block:
@@ -81,6 +81,9 @@ class _Block:
 
     def free(self) -> None:
         if self.cb != ffi.NULL:
+            # In a forked child the handle may name the parent's heartbeat
+            # and worker pool: the core forgets them there (heartbeat.c,
+            # workers.c) instead of joining threads the child does not have.
             lib.vmown_vm_detach(self.cb)
             self.cb = ffi.NULL
         if self.addr != ffi.NULL:
@@ -135,11 +138,10 @@ class Ownership:
     ``Ownership.attach(buffer)`` uses a block that already lives in ``buffer``.
     """
 
-    __slots__ = ("_block", "_cb", "_local", "__weakref__")
+    __slots__ = ("_block", "_cb", "_local", "_offset", "__weakref__")
 
     def __init__(self, slots: int = DEFAULT_SLOTS) -> None:
-        if not isinstance(slots, int) or not 1 <= slots <= 1 << 20:
-            raise ValueError(f"slots must be an int from 1 to {1 << 20}, not {slots!r}")
+        slots = _slots(slots)
         size = lib.vmown_block_size(slots)
         addr = ffi.new("void **")
         check(lib.vmown_map_anonymous(size, addr), "mapping the control block")
@@ -152,36 +154,63 @@ class Ownership:
 
     @classmethod
     def create_in(cls, buffer: Any, *, slots: int = DEFAULT_SLOTS) -> "Ownership":
-        """Make a new control block at the start of ``buffer`` (e.g. an arena's).
+        """Make a new control block in an arena, or at the start of ``buffer``.
 
-        ``buffer`` must be writable, page-aligned and at least
-        :meth:`size_for` ``(slots)`` bytes.  Whatever it held is overwritten.
-        Other processes that map the same memory use it with :meth:`attach`.
+        Given a :class:`vmown.Arena`, the block takes pages of it from its
+        allocator (``ownership.offset`` says where, for :meth:`attach` in
+        other processes).  Given a buffer, it must be writable, page-aligned
+        and at least :meth:`size_for` ``(slots)`` bytes; whatever it held is
+        overwritten.  A buffer inside an arena (``arena.buffer``, or a slice
+        of it) has its pages reserved in the arena's allocator, so a later
+        ``alloc()`` or ``Channel.create`` never lands on the block; pages
+        handed out already are refused (:class:`ArenaError`), unless this
+        process got them from ``arena.alloc()`` for the block.  Other
+        processes that map the same memory use it with :meth:`attach`.
         """
-        pinned = cls._pin(buffer)
-        if not isinstance(slots, int) or not 1 <= slots <= 1 << 20:
-            raise ValueError(f"slots must be an int from 1 to {1 << 20}, not {slots!r}")
-        if len(pinned) < lib.vmown_block_size(slots):
-            raise ValueError(
-                f"a block of {slots} slots needs {lib.vmown_block_size(slots)} bytes, the buffer has {len(pinned)}"
-            )
+        slots = _slots(slots)
+        size = lib.vmown_block_size(slots)
+        offset = None
+        if isinstance(buffer, Arena):
+            offset = buffer._place(size, "the control block")
+            buffer = buffer.buffer[offset : offset + size]
+            pinned = cls._pin(buffer)
+        else:
+            pinned = cls._pin(buffer)
+            if len(pinned) < size:
+                raise ValueError(f"a block of {slots} slots needs {size} bytes, the buffer has {len(pinned)}")
+            _place(cls._address(pinned), size, "the control block")
         out = ffi.new("vmown_vm **")
         check(lib.vmown_vm_init(pinned, len(pinned), slots, out), "initialising the control block")
         self = cls.__new__(cls)
         self._setup(_Block(out[0], ffi.NULL, len(pinned), pinned))
+        self._offset = offset
         return self
 
     @staticmethod
     def size_for(slots: int) -> int:
         """Bytes (whole pages) that a control block of ``slots`` slots takes."""
-        return lib.vmown_block_size(slots)
+        return lib.vmown_block_size(_slots(slots))
 
     @staticmethod
-    def _pin(buffer: Any) -> Any:
+    def _address(pinned: Any) -> int:
+        return int(ffi.cast("uintptr_t", pinned))
+
+    @classmethod
+    def _pin(cls, buffer: Any) -> Any:
         try:
-            return ffi.from_buffer(buffer, require_writable=True)
+            pinned = ffi.from_buffer(buffer, require_writable=True)
         except (TypeError, BufferError) as exc:
-            raise TypeError(f"needs a writable buffer, not {type(buffer).__name__}") from exc
+            raise TypeError(
+                f"buffer must be a writable buffer (an arena's buffer, an mmap), not {type(buffer).__name__}"
+            ) from exc
+        page = lib.vmown_page_size()
+        if cls._address(pinned) % page:
+            raise ValueError(
+                f"buffer must start at a page boundary (page size {page} bytes; it starts at "
+                f"{cls._address(pinned):#x}): use an arena's buffer, an mmap, or a slice of them at a "
+                "multiple of the page size"
+            )
+        return pinned
 
     @classmethod
     def attach(cls, buffer: Any) -> "Ownership":
@@ -202,16 +231,17 @@ class Ownership:
         self._block = block
         self._cb = block.cb
         self._local = threading.local()
+        self._offset: int | None = None
         _live.add(self)
 
     # ---- the calling thread's slot ----
 
-    def _slot(self) -> int:
+    def _slot(self, timeout_ns: int = -1) -> int:
         try:
             return self._local.slot
         except AttributeError:
             pass
-        slot = check(lib.vmown_register(self._handle()), "registering a thread")
+        slot = check(lib.vmown_register_timed(self._handle(), timeout_ns), "registering a thread")
         registration = _Registration(self._block, slot)
         self._local.registration = registration
         self._local.thread = registration.thread
@@ -224,6 +254,14 @@ class Ownership:
         if self._cb is None:
             raise ValueError("this Ownership is closed")
         return self._cb
+
+    @property
+    def offset(self) -> int | None:
+        """Where ``Ownership.create_in(arena)`` placed the block in the arena's data area, else None.
+
+        Other processes use it with ``Ownership.attach(arena.buffer[offset:])``.
+        """
+        return self._offset
 
     @property
     def slot(self) -> int:
@@ -240,16 +278,18 @@ class Ownership:
         raises :class:`TimeoutError`, leaving the queue.  Raises
         :class:`AlreadyOwnerError` if this thread owns the VM already.
         """
+        timeout_ns = _timeout_ns(timeout)
+        deadline_ns = -1 if timeout_ns < 0 else _now_ns() + timeout_ns
         try:
             thread = self._local.thread
         except AttributeError:
-            self._slot()
+            self._slot(timeout_ns)  # registering takes the block's lock: within the timeout too
             thread = self._local.thread
+            if deadline_ns >= 0:
+                timeout_ns = max(0, deadline_ns - _now_ns())
         slot = self._local.slot
         if token is not None and token != slot:
             raise ValueError(f"token {token!r} was not issued to this thread (its slot is {slot})")
-        timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
-        deadline_ns = -1 if timeout_ns < 0 else _now_ns() + timeout_ns
         # The whole wait, the first call included, is inside the try: CPython
         # runs signal handlers right after a call returns, before its result
         # is stored, so a Ctrl-C can land while this slot is still queued.

@@ -121,6 +121,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import heapq
 import inspect
@@ -134,17 +135,19 @@ import time
 import traceback
 import types
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, Generic, TypeVar, TypeVarTuple
 
-from ._errors import NotOwnerError, VmownError, check, error
+from ._errors import ForkedRunError, NotOwnerError, VmownError, check, error
 from ._native import ffi, lib
 from . import _callout_ext, _monitor, _watchdog
 from ._ownership import Ownership
 from ._callout_ext import bind as _guard_bind, owns as _owns
+from ._timeout import timeout_ns as _timeout_ns
 
 __all__ = ["Process", "checkpoint", "current_process", "run", "sleep", "spawn", "stats"]
 
@@ -383,6 +386,7 @@ class _Runtime:
         "pool_shortfalls", "cap_warned", "failures_warned", "steps", "spawned", "parks", "releases", "io",
         "monitor", "run_ident",
         "token", "bound_runnable", "bound_threads",
+        "pid", "forked", "give_up", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, max_threads: int, idle_timeout_s: float, monitor: str | None = None) -> None:
@@ -431,7 +435,7 @@ class _Runtime:
         self.run_slot = 0
         self.run_ident = 0  # threading ident of the run thread (the watchdog reads its stack)
         self.max_threads = max_threads
-        self.idle_timeout_ns = int(idle_timeout_s * 1e9)
+        self.idle_timeout_ns = _timeout_ns(idle_timeout_s, "idle_timeout")  # < 0: workers never retire
         # What the pool's workers get back in vmown_py_worker; dropped when
         # the pool is freed (it makes a cycle with this object).
         self.handle: Any = ffi.new_handle(self)
@@ -451,6 +455,12 @@ class _Runtime:
         # the threads that have had any (woken at a halt).
         self.bound_runnable = 0
         self.bound_threads: dict[_ThreadState, None] = {}
+        # Fork (see _after_fork_in_child): the process the run belongs to,
+        # and whether this is a child's copy of it.
+        self.pid = os.getpid()
+        self.forked = False
+        # Ctrl-C twice: shutdown stops waiting for workers still in callouts.
+        self.give_up = False
 
 
 def _owner_word(waiters_word: Any) -> memoryview:
@@ -573,13 +583,21 @@ def checkpoint() -> Generator[None, None, None]:
 
 @types.coroutine
 def sleep(seconds: float) -> Generator[object, None, None]:
-    """Suspend the calling process for ``seconds`` (at least); ``sleep(0)`` is a checkpoint."""
-    if seconds <= 0:
+    """Suspend the calling process for ``seconds`` (at least); ``sleep(0)`` is a checkpoint.
+
+    A negative duration is a checkpoint too, as in asyncio; ``sleep(math.inf)``
+    suspends the process for good (until the run closes it); nan and
+    non-numbers raise ValueError, with the message of every ``timeout=``.
+    """
+    if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds < 0:
+        seconds = 0
+    ns = _timeout_ns(seconds, "seconds")
+    if ns == 0:
         yield None
-    elif seconds == math.inf:
+    elif ns < 0:
         yield _SUSPEND  # nothing will wake it
     else:
-        yield _now() + int(seconds * 1e9)
+        yield _now() + ns
 
 
 @types.coroutine
@@ -1239,7 +1257,6 @@ def vmown_py_worker(handle: Any, slot: int) -> None:
     """
     rt: _Runtime = ffi.from_handle(handle)
     me = _ThreadState(rt.cb, slot, run_thread=False)
-    _here.state = me
     rt.worker_idents[slot] = threading.get_ident()
     _bind_here(rt, me)
     try:
@@ -1248,9 +1265,11 @@ def vmown_py_worker(handle: Any, slot: int) -> None:
     except BaseException as exc:  # noqa: BLE001 - a scheduler bug: fail loudly, never hang
         _crash(rt, me, exc)
     finally:
-        del rt.worker_idents[slot]
+        rt.worker_idents.pop(slot, None)
         _bind_here(rt, None)
         _forget_dummy_thread()
+    if rt.forked:
+        _end_forked_child(rt)
 
 
 def _forget_dummy_thread() -> None:
@@ -1332,7 +1351,14 @@ def run(
     returned, or main's exception is raised with its traceback.
 
     Ctrl-C (on the main thread) raises KeyboardInterrupt promptly, also while
-    a callout blocks, once the callouts still in flight have come back.
+    a callout blocks, once the callouts still in flight have come back; a
+    second Ctrl-C stops waiting for them (the threads left are named in a
+    RuntimeWarning and joined later).  Shutdown itself never raises.
+
+    A child process forked inside the run cannot go on with it: the run
+    stops at the child's next scheduling point and raises
+    :class:`ForkedRunError` in the child (end the child with ``os._exit``);
+    the parent's run is unaffected.
 
     ``monitor`` (or the environment variable ``VMOWN_MONITOR``) is a path
     for a new arena file holding the run's control block and figures, for
@@ -1358,18 +1384,22 @@ def run(
             raise ValueError(f"{name} must be a positive number of seconds or None (off), not {value!r}")
     if _here.state is not None:
         raise RuntimeError("vmown.run() cannot run inside vmown.run(); use vmown.spawn() for a new process")
+    _join_abandoned()
     if monitor is None:
         monitor = os.environ.get(_monitor.ENV_VAR) or None
     rt = _Runtime(max_threads, idle_timeout, os.fspath(monitor) if monitor is not None else None)
     timing_was = _callout_ext.set_timing(True) if callout_times or rt.monitor is not None else None
     me = _enter(rt, run_thread=True)
+    _runs.add(rt)
     try:
-        _own(rt, me)
-        rt.run_slot = me.slot
-        rt.run_ident = me.ident
+        # The handler stays installed until everything is torn down: Ctrl-C
+        # during shutdown never raises out of it (_on_sigint).
         watchdog = None
         with _sigint_handler(rt):
             try:
+                _own(rt, me)
+                rt.run_slot = me.slot
+                rt.run_ident = me.ident
                 check(lib.vmown_heartbeat_start(rt.cb, hz), "starting the heartbeat")
                 if slow_step is not None or slow_callout is not None:
                     watchdog = _watchdog.Watchdog(rt, slow_step, slow_callout)
@@ -1398,15 +1428,16 @@ def run(
                 if watchdog is not None:
                     watchdog.stop()
                 _shutdown(rt, me)
+                _leave()
+                if timing_was is not None:
+                    _callout_ext.set_timing(timing_was)
+                if rt.monitor is not None:
+                    rt.monitor.stop()
+                _close_ownership(rt)
+                if rt.monitor is not None:
+                    rt.monitor.close(block_freed=rt.ownership._cb is None)
     finally:
-        _leave()
-        if timing_was is not None:
-            _callout_ext.set_timing(timing_was)
-        if rt.monitor is not None:
-            rt.monitor.stop()
-        _close_ownership(rt)
-        if rt.monitor is not None:
-            rt.monitor.close(block_freed=rt.ownership._cb is None)
+        _runs.discard(rt)
     result: T = _outcome(rt)
     return result
 
@@ -1418,11 +1449,13 @@ def _check_run_arguments(hz: int, max_threads: int, idle_timeout: float) -> None
         raise ValueError(
             f"max_threads must be an int of at least 2 (the caller and a spare), not {max_threads!r}"
         )
-    if not idle_timeout > 0:
+    if _timeout_ns(idle_timeout, "idle_timeout") == 0:
         raise ValueError(f"idle_timeout must be a positive number of seconds, not {idle_timeout!r}")
 
 
 def _outcome(rt: _Runtime) -> Any:
+    if rt.forked:
+        raise _forked_error(rt)
     if rt.fatal is not None:
         raise rt.fatal
     main = rt.main
@@ -1434,24 +1467,55 @@ def _outcome(rt: _Runtime) -> Any:
 
 
 def _shutdown(rt: _Runtime, me: _ThreadState) -> None:
-    """Run thread: stop the heartbeat and the workers, close what is left."""
+    """Run thread: stop the heartbeat and the workers, close what is left.
+
+    Never raises: a failure of one step is reported (RuntimeWarning) and the
+    others still run, so that no thread is left behind by an exception; Ctrl-C
+    does not raise here either (_on_sigint).  In a forked child it touches
+    nothing: the threads it would stop are the parent's.
+    """
     rt.halt = True
+    if rt.forked:
+        return
+    for step in (_stop_threads, _close_processes, _close_io, _report_unretrieved):
+        try:
+            step(rt) if step is not _stop_threads else step(rt, me)
+        except Exception as exc:  # noqa: BLE001 - reported; the next steps must still run
+            _warn_failed_step(step, exc)
+
+
+def _close_io(rt: _Runtime) -> None:
+    if rt.io is not None:
+        rt.io.poller.close()
+
+
+def _warn_failed_step(step: Callable[..., Any], exc: BaseException) -> None:
+    text = "".join(traceback.format_exception(exc))
+    warnings.warn(f"vmown.run(): {step.__name__} failed at shutdown:\n{text}", RuntimeWarning, stacklevel=3)
+
+
+def _stop_threads(rt: _Runtime, me: _ThreadState) -> None:
+    """Stop the heartbeat and the pool (each tried even if the other fails), join the workers."""
     if lib.vmown_owner(rt.cb) != me.slot:
         _own(rt, me)
     _publish(rt)
     if rt.token is not None:
         rt.token._finish(me)  # calls from other threads: refused from now on, those in flight let out
-    check(lib.vmown_heartbeat_stop(rt.cb), "stopping the heartbeat")
-    check(lib.vmown_workers_stop(rt.cb), "stopping the worker pool")
+    failures = [
+        error(rc, what)
+        for rc, what in (
+            (lib.vmown_heartbeat_stop(rt.cb), "stopping the heartbeat"),
+            (lib.vmown_workers_stop(rt.cb), "stopping the worker pool"),
+        )
+        if rc < 0
+    ]
     if _pool_stats(rt).live:
         _wake_poller(rt)
         _release(rt, me)
         _join_workers(rt)
         _own(rt, me)
-    _close_processes(rt)
-    if rt.io is not None:
-        rt.io.poller.close()
-    _report_unretrieved(rt)
+    if failures:
+        raise failures[0]
 
 
 # P7. The pool starts a worker while the VM is owned, or unowned.
@@ -1471,13 +1535,50 @@ def _join_workers(rt: _Runtime) -> None:
 
     The pool unparks parked workers at every round of its wait (one that was
     still starting parks after a round and is woken by the next); Ctrl-C is
-    seen between rounds of _JOIN_SLICE_NS.
+    seen between rounds of _JOIN_SLICE_NS.  Ctrl-C twice (rt.give_up) stops
+    waiting: the workers still in callouts are named in a warning and joined
+    later (_join_abandoned).
     """
     warn_at = time.monotonic() + _SHUTDOWN_WARN_S
     while lib.vmown_workers_join(rt.cb, _JOIN_SLICE_NS) > 0:
+        if rt.give_up:
+            _abandon(rt)
+            return
         if warn_at and time.monotonic() > warn_at:
             warn_at = 0
             _warn_slow_workers(rt)
+
+
+# Runs whose shutdown gave up on workers still in callouts: their threads are
+# joined (and the control block freed) at the next vmown.run() or at exit.
+_abandoned: list[_Runtime] = []
+
+
+def _abandon(rt: _Runtime) -> None:
+    names = [f"vmown-worker (slot {slot}, thread ident {ident})" for slot, ident in rt.worker_idents.items()]
+    live = _pool_stats(rt).live
+    names += ["vmown-worker (in C, not in Python)"] * max(0, live - len(names))
+    _abandoned.append(rt)
+    warnings.warn(
+        f"vmown.run(): Ctrl-C at shutdown: not waiting for {live} worker thread(s) still in a callout: "
+        f"{', '.join(names)}; they are joined when their callouts return, at the next vmown.run() or "
+        "at exit",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _join_abandoned(timeout_ns: int = 0) -> None:
+    """Join the workers of abandoned runs whose callouts came back; free their control blocks."""
+    for rt in list(_abandoned):
+        if rt.pid != os.getpid():
+            _abandoned.remove(rt)  # the parent's threads
+        elif lib.vmown_workers_join(rt.cb, timeout_ns) == 0:
+            _abandoned.remove(rt)
+            _close_ownership(rt)
+
+
+atexit.register(_join_abandoned, _JOIN_SLICE_NS)
 
 
 def _warn_slow_workers(rt: _Runtime) -> None:
@@ -1489,7 +1590,7 @@ def _warn_slow_workers(rt: _Runtime) -> None:
             stuck.append(f"worker (slot {slot}):\n{''.join(traceback.format_stack(frame, limit=4))}")
     warnings.warn(
         f"vmown.run() is ending but {len(stuck)} worker(s) are still in a callout; waiting for them "
-        "(Ctrl-C twice gives up on them):\n" + "\n".join(stuck),
+        "(Ctrl-C gives up waiting for them):\n" + "\n".join(stuck),
         RuntimeWarning,
         stacklevel=3,
     )
@@ -1524,6 +1625,14 @@ def _report_unretrieved(rt: _Runtime) -> None:
 
 def _close_ownership(rt: _Runtime) -> None:
     """Free the control block, unless a thread abandoned in a callout still uses it."""
+    if rt.forked:
+        # The child's private copy of the block, and its copy of the handle:
+        # the core forgets the parent's heartbeat and pool there (heartbeat.c,
+        # workers.c) instead of joining threads the child does not have.
+        rt.ownership._cb = None
+        rt.ownership._block.free()
+        rt.handle = None
+        return
     if _pool_stats(rt).live:
         return  # the block stays mapped, and the pool allocated, for it
     for _ in range(100):
@@ -1536,6 +1645,61 @@ def _close_ownership(rt: _Runtime) -> None:
     warnings.warn(
         f"vmown.run() could not close its control block: {rt.ownership!r}", RuntimeWarning, stacklevel=3
     )
+
+
+# ---- fork ----
+
+# Runs of this process, for the fork hook.
+_runs: "weakref.WeakSet[_Runtime]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A child forked inside vmown.run(): stop its copy of the run, touch nothing of the parent's.
+
+    The child is a copy of one thread of the parent: the run's other threads
+    (workers, heartbeat, spawner) are not in it, and the control block is
+    shared memory that the parent goes on using.  So:
+      1. the block is replaced by a private copy at the same address
+         (vmown_map_private): whatever the child's copy of the scheduler
+         still writes (the step that forked ends, its trap is handled) lands
+         in the child's memory, never in the parent's block;
+      2. the run halts at the child's next scheduling point, and shutdown
+         touches nothing (no join of threads that are not here, no lock of
+         the pool copied in whatever state it was);
+      3. run() raises ForkedRunError in the child (if the fork happened on a
+         worker thread, which has no run() to return to, the child prints
+         it and exits with status 1: _end_forked_child).
+    """
+    for rt in list(_runs):
+        if rt.forked or rt.pid == os.getpid():
+            continue
+        rt.forked = True
+        rt.halt = True
+        block = rt.ownership._block
+        if block.addr != ffi.NULL:
+            lib.vmown_map_private(block.addr, block.size)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _forked_error(rt: _Runtime) -> ForkedRunError:
+    return ForkedRunError(
+        f"vmown.run() cannot go on in a child process forked inside it (pid {os.getpid()}, forked from "
+        f"{rt.pid}): the run's other threads did not survive fork.  End the child with os._exit() (or "
+        "exec) where it is done; the parent's run is unaffected"
+    )
+
+
+def _end_forked_child(rt: _Runtime) -> None:
+    """A forked child's only thread is a pool worker, with no run() to raise from: exit here."""
+    text = "".join(traceback.format_exception(_forked_error(rt)))
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        sys.stdout.flush()
+    finally:
+        os._exit(1)
 
 
 # ---- SIGINT ----
@@ -1556,9 +1720,9 @@ _PROTECTED_MODULES = frozenset(
 #     code of a step comes first (a process, or a function called as a
 #     callout), it raises there, and the process ends with KeyboardInterrupt,
 #     which halts the run.  Callouts themselves are C (_callout.py): no
-#     handler runs between their disown and their own.  A second Ctrl-C
-#     while the first is pending raises at once: the escape from a program
-#     that does not come back (see _shutdown).
+#     handler runs between their disown and their own.  A second Ctrl-C in
+#     scheduler code (the loop, shutdown) never raises: it stops shutdown's
+#     wait for workers still in callouts (_join_workers), which names them.
 def _ki_deferred(frame: types.FrameType | None) -> bool:
     """Whether KeyboardInterrupt must wait for a scheduling point (P6).
 
@@ -1580,10 +1744,18 @@ def _ki_deferred(frame: types.FrameType | None) -> bool:
 
 
 def _on_sigint(rt: _Runtime, signum: int, frame: types.FrameType | None) -> None:
-    """Raise KeyboardInterrupt where it is safe (user code), else halt the run for it."""
-    again = isinstance(rt.fatal, KeyboardInterrupt)  # Ctrl-C twice: give up waiting
-    if again or not _ki_deferred(frame):
+    """Raise KeyboardInterrupt where it is safe (user code), else halt the run for it.
+
+    In scheduler code (the loop, shutdown) it never raises: an exception
+    there, between two steps of stopping the heartbeat and the pool, left
+    their threads running (two Ctrl-C 0.3 ms apart did it).  A second Ctrl-C
+    there means "stop waiting for workers still in callouts" (rt.give_up);
+    run() raises KeyboardInterrupt once everything is torn down.
+    """
+    if not rt.halt and not _ki_deferred(frame):
         raise KeyboardInterrupt
+    if isinstance(rt.fatal, KeyboardInterrupt) or rt.halt:
+        rt.give_up = True
     if rt.fatal is None:
         rt.fatal = KeyboardInterrupt()
     rt.halt = True
