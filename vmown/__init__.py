@@ -46,7 +46,7 @@ from ._sync import CapacityLimiter, Condition, Event, Lock, Queue, Semaphore, Wo
 from ._taskgroup import TaskGroup
 from ._io import notify_closing, wait_readable, wait_writable
 from ._socket import open_tcp_listener, open_tcp_stream
-from . import socket
+from . import aio, socket
 
 __version__ = "0.1.0"
 
@@ -87,6 +87,7 @@ __all__ = [
     "TooSlowError",
     "VmownError",
     "WouldBlock",
+    "aio",
     "bind_threaded",
     "callout",
     "checkpoint",
