@@ -70,7 +70,6 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
     def __init__(self, selector: Any = None) -> None:
         super().__init__(selector)
         self._vmown = Ownership(slots=_SLOTS)
-        self._vmown_depth = 0  # nested run_forever calls are refused by asyncio; kept for safety
 
     def run_forever(self) -> None:
         if self._vmown._cb is None:
