@@ -51,7 +51,7 @@ from ._watchdog import SlowCalloutWarning, SlowStepWarning, WatchdogWarning
 from ._token import RunFinishedError, RunToken, current_token
 from ._io import notify_closing, wait_readable, wait_writable
 from ._socket import open_tcp_listener, open_tcp_stream
-from . import socket
+from . import aio, socket
 
 __version__ = "0.1.0"
 
@@ -98,6 +98,7 @@ __all__ = [
     "VmownError",
     "WatchdogWarning",
     "WouldBlock",
+    "aio",
     "allow_inspection",
     "bind_threaded",
     "callback",
