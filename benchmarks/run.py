@@ -51,6 +51,7 @@ SUITES = {
     "sched": "suite_sched",
     "heartbeat": "suite_heartbeat",
     "ipc": "suite_ipc",
+    "burst": "suite_burst",
 }
 
 

@@ -1,0 +1,123 @@
+"""Burst latency: many processes enter a blocking call at once; a 1 ms ticker stays on time.
+
+The bound is relative: the ticker's worst lateness under vmown (N processes,
+each one threaded libc usleep(20 ms)) against the same ticker under trio with
+trio.to_thread.run_sync, measured side by side in this test, so that load on
+the machine falls on both.  A loaded machine makes single measurements noisy:
+the test takes the best ratio of a few attempts rather than a tight bound
+(benchmarks/suite_burst.py has the figures and the goals).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Awaitable, Callable
+
+import cffi
+import pytest
+
+import vmown
+
+_ffi = cffi.FFI()
+_ffi.cdef("int usleep(unsigned int usec);")
+_usleep = _ffi.dlopen(None).usleep
+usleep = vmown.threaded(_usleep)
+
+N = 100
+BLOCK_US = 20_000
+TICK_NS = 1_000_000
+WARMUP_S = 0.02
+TAIL_NS = 5_000_000
+ATTEMPTS = 5
+RATIO, MARGIN_MS = 3.0, 3.0
+
+
+
+class Ticker:
+    """A 1 ms ticker's worst lateness over the ticks due during a burst."""
+
+    def __init__(self) -> None:
+        self.start = self.end = self.worst = 0
+        self.stop = False
+
+    async def run(self, sleep: Callable[[float], Awaitable[Any]]) -> None:
+        now = time.monotonic_ns
+        deadline = now() + TICK_NS
+        while not self.stop:
+            await sleep(max(0, deadline - now()) / 1e9)
+            woke = now()
+            if self.start and deadline >= self.start:
+                if self.end and deadline > self.end + TAIL_NS:
+                    self.stop = True
+                else:
+                    self.worst = max(self.worst, woke - deadline)
+            deadline += TICK_NS
+            if deadline <= woke:  # late: start the grid again, one stall counted once
+                deadline = woke + TICK_NS
+
+
+def vmown_late_ms(n: int = N) -> tuple[float, dict[str, int]]:
+    t = Ticker()
+    stats: dict[str, int] = {}
+
+    async def blocker() -> None:
+        usleep(BLOCK_US)
+
+    async def main() -> None:
+        tick = vmown.spawn(t.run, vmown.sleep)
+        await vmown.sleep(WARMUP_S)
+        t.start = time.monotonic_ns()
+        for p in [vmown.spawn(blocker) for _ in range(n)]:
+            await p
+        t.end = time.monotonic_ns()
+        await tick
+        stats.update(vmown.stats())
+
+    vmown.run(main)
+    return t.worst / 1e6, stats
+
+
+def trio_late_ms(n: int = N) -> float:
+    trio = pytest.importorskip("trio")
+    t = Ticker()
+
+    async def blocker() -> None:
+        await trio.to_thread.run_sync(_usleep, BLOCK_US)
+
+    async def main() -> None:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(t.run, trio.sleep)
+            await trio.sleep(WARMUP_S)
+            t.start = time.monotonic_ns()
+            async with trio.open_nursery() as nursery:
+                for _ in range(n):
+                    nursery.start_soon(blocker)
+            t.end = time.monotonic_ns()
+
+    trio.run(main)
+    return t.worst / 1e6
+
+
+@pytest.mark.xfail(reason="issue 15: each blocking call costs the VM ~0.25 ms", strict=False)
+def test_ticker_lateness_in_a_burst_of_100_is_bounded_relative_to_trio() -> None:
+    trio_late_ms()  # trio keeps its threads for 10 s: compare with its warm cache, its best case
+    attempts = []
+    for _ in range(ATTEMPTS):
+        mine, stats = vmown_late_ms()
+        theirs = trio_late_ms()
+        attempts.append((mine, theirs, stats))
+        if mine <= RATIO * theirs + MARGIN_MS:
+            return
+    best = min(attempts, key=lambda a: a[0] / max(a[1], 0.1))
+    pytest.fail(
+        f"ticker lateness with {N} processes blocking at once: vmown {best[0]:.2f} ms against trio "
+        f"{best[1]:.2f} ms (best of {ATTEMPTS}; bound {RATIO} x trio + {MARGIN_MS} ms); "
+        f"all attempts (vmown, trio) ms: {[(round(a[0], 2), round(a[1], 2)) for a in attempts]}; "
+        f"stats of the best: {best[2]}"
+    )
+
+
+def test_one_blocking_call_costs_the_ticker_at_most_a_few_ticks() -> None:
+    """N = 1: one call that blocks is handed off within about a tick."""
+    best = min(vmown_late_ms(1)[0] for _ in range(3))
+    assert best <= 5.0, f"ticker {best:.2f} ms late with one blocking call"
