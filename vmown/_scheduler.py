@@ -663,13 +663,22 @@ def _publish(rt: _Runtime) -> None:
 
 
 def _release_timers(rt: _Runtime) -> None:
-    timers, run_queue, now = rt.timers, rt.run_queue, _now()
+    """Due sleepers go to the FRONT of the run queue, in deadline order.
+
+    A sleeper has waited already; behind a wave of new processes (a burst of
+    spawns that each block in a callout) it would wait for all of them
+    (docs/design-log.md, "Burst latency").
+    """
+    timers, now = rt.timers, _now()
+    due = []
     while timers and timers[0][0] <= now:
         proc = heapq.heappop(timers)[2]
         if proc._state is not _SLEEPING:
             _broken(f"{proc!r} was in the timer heap")
         proc._state = _RUNNABLE
-        run_queue.append(proc)
+        due.append(proc)
+    due.reverse()
+    rt.run_queue.extendleft(due)
 
 
 def _serve(rt: _Runtime, first: bool = False) -> None:
