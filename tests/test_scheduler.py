@@ -474,9 +474,11 @@ def test_a_thousand_processes_making_blocking_callouts() -> None:
     assert stats["callouts"] == 2000
     assert stats["spawned"] == 1001 and stats["processes"] == 1
     assert stats["steps"] >= 3000 + 1  # three steps per worker, main's first
-    # Every acquisition of the VM is an own or an activation; every one but
+    # Every acquisition of the VM is an own, an activation or a hand-over (a
+    # callout of a function known to block, native/callout.c); every one but
     # main's current one was given back by a disown (a park included).
-    assert stats["fast_owns"] + stats["slow_owns"] + stats["activations"] == stats["disowns"] + 1
+    acquisitions = stats["fast_owns"] + stats["slow_owns"] + stats["activations"] + stats["hand_overs"]
+    assert acquisitions == stats["disowns"] + 1
     assert stats["activations"] <= stats["ticks"]
 
 

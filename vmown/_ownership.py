@@ -38,7 +38,7 @@ from ._native import ffi, lib
 __all__ = ["Ownership"]
 
 DEFAULT_SLOTS = 1024
-LAYOUT_VERSION = 4  # of the control block; must match native/vmown_internal.h
+LAYOUT_VERSION = 5  # of the control block; must match native/vmown_internal.h
 
 _own_wait = lib.vmown_own_wait
 _disown = lib.vmown_disown

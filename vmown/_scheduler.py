@@ -191,6 +191,14 @@
 #    A server granted while a callout is out runs steps on its thread; the
 #    callout, back, queues ahead of other servers (priority) and is handed
 #    the VM at the server's next scheduling point, as in race 1.
+# 11. A sleeper falls due while threads wait for the VM (a burst: every
+#     thread back from its callout finds others queued).  The owner at its
+#     scheduling point runs the due sleeper first (due timers go to the front
+#     of the run queue), then hands over; a waiter waits one step longer, a
+#     sleeper does not wait for the whole queue.  A worker given the VM
+#     because a callout blocked queues servers ahead (native/idle.c,
+#     "Relays", B1-B2); a callout of a function known to block hands the VM
+#     to a parked worker at its disown (native/grants.c, H1-H2).
 #
 # The GIL.  A callout made through the C wrappers of vmown.threaded_wrappers
 # waits for the VM in C, without the GIL, and takes the GIL only once it owns
@@ -705,7 +713,10 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
     now = _now
     countdown = _CLOCK_EVERY
     yield_at = now() + _GIL_YIELD_NS
-    while not rt.halt and (first or not waiters_word[0]):
+    # A due sleeper runs before a waiting thread is handed the VM: in a burst
+    # every thread back from its callout finds others queued and hands on at
+    # once, and nobody would look at the timers until the queue drained.
+    while not rt.halt and (first or not waiters_word[0] or (timers and timers[0][0] <= now())):
         first = False
         countdown -= 1
         if timers or not countdown:  # read the clock: each step if timers wait
@@ -1185,7 +1196,11 @@ def stats() -> dict[str, int]:
     that woke to find theirs taken; native/grants.c, "Soft grants");
     ``lazy_callouts`` (callouts that kept the owner word), ``revocations``
     (lazy callouts the heartbeat took the VM from) and ``called_off``
-    (revocations dropped because the callout was back; "Lazy callouts").
+    (revocations dropped because the callout was back; "Lazy callouts");
+    ``relays`` (servers queued ahead by a worker given the VM because a
+    callout blocked; native/idle.c, "Relays") and ``hand_overs`` (callouts of
+    functions known to block that gave the VM to a parked worker at once;
+    native/callout.c, hints).
     """
     return _stats(_current("vmown.stats()")._rt)
 
@@ -1221,6 +1236,8 @@ def _stats(rt: _Runtime) -> dict[str, int]:
         "lazy_callouts": counters.lazy_disowns,
         "revocations": heartbeat.revocations,
         "called_off": heartbeat.called_off,
+        "relays": heartbeat.relays,
+        "hand_overs": heartbeat.hand_overs,
     }
 
 
