@@ -72,7 +72,8 @@ static void push_idle_locked(vmown_vm *vm, uint32_t me) {
  *   B2. Relay vs the owner's park: the relay runs while this thread owns the
  *       VM, so vmown__queue_idle cannot grant the server now; the server is
  *       in the wait queue when this thread's step blocks (its callout's
- *       disown soft-grants it) or when this thread parks (hand-off). */
+ *       disown soft-grants it) or when this thread parks (hand-off).
+ *   B3. A new worker (park_new) takes an unowned VM with work waiting. */
 #ifndef RELAY_DEPTH
 #define RELAY_DEPTH 2
 #endif
@@ -180,6 +181,22 @@ static int park_new(vmown_vm *vm, uint32_t me, int64_t timeout_ns) {
     if (VMOWN__HOLDER(w) == (int32_t)me) return VMOWN_ENOTOWNER;
     if (atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_RUNNING) return VMOWN_EBADSLOT;
     int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
+    /* B3. A new worker that finds the VM unowned while processes are
+     * runnable takes it: its owner is out in a callout and nobody was queued
+     * (a burst outran the idle stack; without this the worker would wait on
+     * the stack for the heartbeat's next activation).  Its CAS from the
+     * unowned word races with an activation's, a kick's and a returning
+     * callout's own, as any own does: one wins, the others queue or give up.
+     * Like an activated worker it then relays. */
+    uint64_t w0 = atomic_load_explicit(&vm->block->owner_word, ACQUIRE);
+    if (VMOWN__OWNER(w0) == 0 && atomic_load_explicit(&vm->block->work[VMOWN_WORK_RUNNABLE], RELAXED) != 0 &&
+        atomic_compare_exchange_strong_explicit(&vm->block->owner_word, &w0,
+                                                VMOWN__WORD(VMOWN__EPOCH(w0), me), ACQUIRE, RELAXED)) {
+        bump(&s->slow_owns);
+        atomic_fetch_add_explicit(&vm->block->relays, 1, RELAXED);
+        serve_ahead(vm, me);
+        return 1;
+    }
     int rc = vmown__lock_block(vm);
     if (rc < 0) return rc;
     push_idle_locked(vm, me);
