@@ -233,10 +233,10 @@ int vmown__callout_disown(vmown_vm *vm, uint32_t me, uint64_t callout, bool eage
  * wake-up, for a call that blocks anyway).  With somebody queued, or nobody
  * parked, or no work, an ordinary eager disown (a soft grant to the head
  * waiter).
- *   H1. Hand-over vs the heartbeat's activation: both pick the idle head
+ *   D1. Hand-over vs the heartbeat's activation: both pick the idle head
  *       under the lock and store the word; the activation's CAS from the
  *       unowned word it saw fails once the word names the worker.
- *   H2. Hand-over vs a thread that queues meanwhile: the head is read under
+ *   D2. Hand-over vs a thread that queues meanwhile: the head is read under
  *       the lock; a waiter that queues after the unlock finds the VM owned by
  *       the worker, which sees it at its next scheduling point. */
 int vmown__callout_hand_over(vmown_vm *vm, uint32_t me, uint64_t callout) {

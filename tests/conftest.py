@@ -39,7 +39,7 @@ def _vmown_os_threads() -> list[str]:
         try:
             with open(f"/proc/self/task/{tid}/comm") as comm:
                 name = comm.read().strip()
-        except FileNotFoundError:  # gone meanwhile
+        except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between it and the read
             continue
         if name.startswith("vmown-"):
             names.append(f"{name} ({tid})")

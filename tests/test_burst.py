@@ -169,7 +169,7 @@ def test_a_short_function_never_hands_the_vm_over() -> None:
 
 
 def test_bursts_with_widened_windows_lose_no_process(widen: Callable[[int], None]) -> None:
-    """Relays (idle.c B1, B2) and hand-overs (grants.c H1, H2), run through stretched windows."""
+    """Relays (idle.c B1, B2) and hand-overs (grants.c D1, D2), run through stretched windows."""
     widen(100_000)
     for _ in range(2):  # the second burst finds usleep hinted: hand-overs at the disown
         late, stats = vmown_late_ms(40)

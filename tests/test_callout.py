@@ -384,3 +384,128 @@ def test_callout_without_a_function_is_a_type_error() -> None:
         vmown.callout()  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="not callable"):
         vmown.callout(42)  # type: ignore[arg-type]
+
+
+# ---- cancellation and interrupts ----
+
+
+def _pipe_reader_fallback(write_fd: int, after_s: float) -> threading.Timer:
+    """If the interrupt fails, data arrives after ``after_s`` and the test fails instead of hanging."""
+    timer = threading.Timer(after_s, os.write, (write_fd, b"x"))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def test_interrupt_signal_stops_a_read_on_an_empty_pipe() -> None:
+    read = vmown.threaded(libc.read, interrupt=vmown.INTERRUPT_SIGNAL)
+    r, w = os.pipe()
+    fallback = _pipe_reader_fallback(w, 5.0)
+    after: list[str] = []
+
+    async def main() -> tuple[bool, float, int]:
+        buf = bytearray(16)
+        start = time.monotonic()
+        with vmown.move_on_after(0.05) as scope:
+            read(r, buf, 16)
+            after.append("the line after the read ran")
+        return scope.cancelled_caught, time.monotonic() - start, _ffi.errno
+
+    try:
+        caught, elapsed_s, err = vmown.run(main)
+    finally:
+        fallback.cancel()
+        fallback.join()
+        os.close(r)
+        os.close(w)
+    assert caught and after == []
+    assert err == errno.EINTR
+    assert 0.05 <= elapsed_s < 2.0  # at the deadline, not when data arrives (5 s)
+
+
+def test_interrupt_callable_stops_a_long_sqlite_query() -> None:
+    sqlite3 = pytest.importorskip("sqlite3")
+    conn = sqlite3.connect(":memory:", check_same_thread=False)
+    fallback = threading.Timer(20.0, conn.interrupt)
+    fallback.daemon = True
+    query = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 2000000000) "
+        "SELECT count(*) FROM c"
+    )
+    execute = vmown.threaded(conn.execute, interrupt=conn.interrupt)
+    seen: list[BaseException | None] = []
+
+    async def main() -> tuple[bool, float]:
+        start = time.monotonic()
+        with vmown.move_on_after(0.05) as scope:
+            try:
+                execute(query)
+            except BaseException as exc:
+                seen.append(exc.__context__)
+                raise
+        return scope.cancelled_caught, time.monotonic() - start
+
+    fallback.start()
+    try:
+        caught, elapsed_s = vmown.run(main)
+    finally:
+        fallback.cancel()
+        fallback.join()
+        conn.close()
+    assert caught
+    assert isinstance(seen[0], sqlite3.OperationalError)  # "interrupted"
+    assert elapsed_s < 10.0
+
+
+def test_an_interruptible_call_in_a_cancelled_scope_is_not_made() -> None:
+    calls: list[int] = []
+    probe = vmown.threaded(lambda: calls.append(1), interrupt=lambda: None)
+
+    async def main() -> bool:
+        with vmown.CancelScope() as scope:
+            scope.cancel()
+            probe()
+        return scope.cancelled_caught
+
+    assert vmown.run(main) and calls == []
+    probe()  # outside a run: a plain call
+    assert calls == [1]
+    with pytest.raises(TypeError, match="INTERRUPT_SIGNAL or a callable"):
+        vmown.threaded(libc.read, interrupt=42)
+
+
+def test_k8_interrupting_a_thread_that_left_the_call_is_harmless(widen: Any) -> None:
+    """SIGURG at threads while they come back from short interruptible calls
+    (the own path widened): every call completes, nothing raises."""
+    widen(20_000)
+    sleep_us = vmown.threaded(libc.usleep, interrupt=vmown.INTERRUPT_SIGNAL)
+    idents: set[int] = set()
+    done = threading.Event()
+
+    def pester() -> None:
+        while not done.is_set():
+            for ident in list(idents):
+                try:
+                    _callout._send(vmown.INTERRUPT_SIGNAL, ident)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.0002)
+
+    async def worker(n: int) -> int:
+        for _ in range(n):
+            idents.add(threading.get_ident())
+            sleep_us(300)
+            await vmown.checkpoint()
+        return n
+
+    async def main() -> int:
+        thread = threading.Thread(target=pester)
+        thread.start()
+        try:
+            procs = [vmown.spawn(worker, 100) for _ in range(4)]
+            return sum([await proc for proc in procs])
+        finally:
+            done.set()  # while every thread it may signal is still alive
+            vmown.callout(thread.join)
+
+    assert vmown.run(main) == 400

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import os
 import pathlib
 import sys
 import threading
@@ -259,3 +260,103 @@ def test_bad_declarations_are_refused() -> None:
         vmown.threaded_wrappers("int f(int);", suffix="-x")
     with pytest.raises(TypeError, match="no wrappers"):
         vmown.bind_threaded(object())
+
+
+def test_missing_setuptools_is_named_on_pythons_that_compile_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: object) -> object:
+        return None if name == "setuptools" else real_find_spec(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    if sys.version_info >= (3, 12):
+        with pytest.raises(ModuleNotFoundError, match="pip install setuptools"):
+            vmown.threaded_wrappers("int f(int);")
+    else:  # distutils compiles
+        assert "f_threaded" in vmown.threaded_wrappers("int f(int);")[0]
+
+
+# ---- cancellation and interrupts ----
+
+INTERRUPTIBLE = """
+long read_fd(int fd, char *buf, long n);
+int block_ms(int ms);
+"""
+
+INTERRUPTIBLE_SOURCE = """
+#include <time.h>
+#include <unistd.h>
+long read_fd(int fd, char *buf, long n) { return (long)read(fd, buf, (size_t)n); }
+int block_ms(int ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    return ms;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def interruptible(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
+    out = tmp_path_factory.mktemp("interruptible")
+    builder = FFI()
+    builder.cdef(INTERRUPTIBLE)
+    cdef, source = vmown.threaded_wrappers(INTERRUPTIBLE)
+    builder.cdef(cdef)
+    builder.set_source("_vmown_interruptible_test", INTERRUPTIBLE_SOURCE + source)
+    library = builder.compile(tmpdir=str(out))
+    spec = importlib.util.spec_from_file_location("_vmown_interruptible_test", library)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    vmown.bind_threaded(mod.lib, interrupt={"read_fd": vmown.INTERRUPT_SIGNAL})
+    return mod
+
+
+def test_a_wrapped_call_raises_cancelled_on_return(interruptible: ModuleType) -> None:
+    lib = interruptible.lib
+    after: list[str] = []
+
+    async def main() -> tuple[bool, float]:
+        start = time.monotonic()
+        with vmown.move_on_after(0.05) as scope:
+            lib.block_ms_threaded(300)  # not interruptible: runs to its end
+            after.append("the line after the call ran")
+        return scope.cancelled_caught, time.monotonic() - start
+
+    caught, elapsed_s = vmown.run(main)
+    assert caught and after == []
+    assert 0.3 <= elapsed_s < 2.3
+
+
+def test_a_wrapped_read_named_at_bind_time_is_interrupted(interruptible: ModuleType) -> None:
+    lib, ffi = interruptible.lib, interruptible.ffi
+    r, w = os.pipe()
+    fallback = threading.Timer(5.0, os.write, (w, b"x"))
+    fallback.daemon = True
+    fallback.start()
+    results: list[int] = []
+
+    async def main() -> tuple[bool, float, int]:
+        buf = ffi.new("char[16]")
+        start = time.monotonic()
+        with vmown.move_on_after(0.05) as scope:
+            results.append(lib.read_fd_threaded(r, buf, 16))
+        return scope.cancelled_caught, time.monotonic() - start, ffi.errno
+
+    try:
+        caught, elapsed_s, err = vmown.run(main)
+    finally:
+        fallback.cancel()
+        fallback.join()
+        os.close(r)
+        os.close(w)
+    assert caught and results == []
+    assert err == errno.EINTR
+    assert 0.05 <= elapsed_s < 2.0  # at the deadline, not when data arrives (5 s)
+
+
+def test_bind_threaded_refuses_unknown_interrupt_names(interruptible: ModuleType) -> None:
+    with pytest.raises(ValueError, match="has no wrapper"):
+        vmown.bind_threaded(interruptible.lib, interrupt={"read_fd_threaded": vmown.INTERRUPT_SIGNAL})
+    with pytest.raises(TypeError, match="INTERRUPT_SIGNAL or a callable"):
+        vmown.bind_threaded(interruptible.lib, interrupt={"read_fd": "signal"})

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import pathlib
 import subprocess
+import argparse
 import sys
 
 import vmown
-from vmown.__main__ import main
+from vmown.__main__ import main, parser
 
 
 def test_top_shows_owner_queue_and_slots_of_a_shared_vm(tmp_path: pathlib.Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -50,3 +51,26 @@ def test_demo_runs_and_shows_the_point() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "vmown, every call threaded" in done.stdout and "ticker worst late" in done.stdout
+
+
+def _parsers(command: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parser and every subcommand's parser under it."""
+    found = [command]
+    for action in command._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _parsers(sub)
+    return found
+
+
+def test_every_option_and_argument_of_every_subcommand_has_help() -> None:
+    commands = _parsers(parser())
+    names = {command.prog for command in commands}
+    assert names >= {f"python -m vmown {name}" for name in ("demo", "top", "stale")}
+    missing = [
+        f"{command.prog} {'/'.join(action.option_strings) or action.dest}"
+        for command in commands
+        for action in command._actions
+        if not action.help or action.help == argparse.SUPPRESS
+    ]
+    assert not missing, f"no help text: {missing}"

@@ -85,6 +85,39 @@ def test_timeout_leaves_the_queue() -> None:
     vm.disown()
 
 
+def test_a_grant_that_lands_as_the_timeout_passes_is_taken(widen) -> None:  # type: ignore[no-untyped-def]
+    """O3 (native/owner.c, "Leaving the queue early"), forced: the owner
+    stores the grant while the waiter is still before its sleep, and posts
+    only after the waiter's timeout has passed (the widen switch holds both
+    100 ms).  Under the lock the waiter finds itself GRANTED, so it takes the
+    post that is on its way instead of leaving the queue."""
+    vm = vmown.Ownership(slots=8)
+    vm.own()
+    outcome: list[tuple[str, float]] = []
+
+    def waiter() -> None:
+        start = time.monotonic()
+        try:
+            vm.own(timeout=0.005)
+        except TimeoutError:
+            outcome.append(("timed out", time.monotonic() - start))
+        else:
+            outcome.append(("owned", time.monotonic() - start))
+            vm.disown()
+
+    widen(100_000_000)
+    t = threading.Thread(target=waiter)
+    t.start()
+    wait_until(lambda: vm.waiters == 1, what="the waiter to queue")
+    time.sleep(0.03)  # well inside the waiter's widened window before its sleep
+    vm.disown()  # grants at once, posts 100 ms later
+    t.join(10)
+    widen(0)
+    (how, elapsed), = outcome
+    assert how == "owned" and elapsed > 0.1, (how, elapsed)
+    assert vm.owner == 0 and vm.waiters == 0
+
+
 def test_stats_add_up() -> None:
     vm = vmown.Ownership(slots=32)
 

@@ -454,6 +454,181 @@ def test_the_c_wrappers_of_threaded_wrappers_work_on_every_worker(tmp_path: path
     assert ticks >= 30  # it ticked through 300 ms of blocking
 
 
+# ---- races of the scheduler, forced (vmown/_scheduler.py, P1-P10) ----
+
+
+def test_a_process_woken_before_a_blocking_callout_runs_during_it() -> None:
+    """P5: a step wakes a process while the published words say "nothing
+    runnable", then blocks in a callout.  _wake publishes before the callout
+    releases the VM, so the heartbeat activates a worker for the woken
+    process; unpublished, it would wait for the callout to come back."""
+
+    async def waiter(event: vmown.Event, ran_at: list[float]) -> None:
+        await event.wait()
+        ran_at.append(time.monotonic())
+
+    async def main() -> tuple[float, float, float]:
+        event, ran_at = vmown.Event(), []
+        proc = vmown.spawn(waiter, event, ran_at)
+        await vmown.checkpoint()  # the waiter waits; this step starts with nothing else runnable
+        event.set()
+        out = time.monotonic()
+        usleep(200_000)
+        back = time.monotonic()
+        await proc
+        return out, ran_at[0], back
+
+    out, ran, back = vmown.run(main)
+    assert out < ran < back, "the woken process did not run while the callout was out"
+
+
+def test_a_step_blocked_in_a_callout_is_not_a_deadlock() -> None:
+    """P9: a worker runs out of work while every process waits, with no timer,
+    but a step is blocked in a callout that will wake them: it parks instead
+    of declaring a deadlock."""
+
+    async def setter(event: vmown.Event, back: list[float]) -> None:
+        usleep(100_000)
+        back.append(time.monotonic())
+        event.set()
+
+    async def quick(done: list[float]) -> None:
+        await vmown.checkpoint()
+        done.append(time.monotonic())
+
+    async def main() -> tuple[float, float]:
+        event, back, done = vmown.Event(), [], []
+        procs = [vmown.spawn(setter, event, back), vmown.spawn(quick, done)]
+        await event.wait()  # the setter blocks on this thread; a worker runs quick, then has nothing
+        for proc in procs:
+            await proc
+        return done[0], back[0]
+
+    done, back = vmown.run(main)
+    assert done < back, "quick did not finish on a worker while the setter's callout was out"
+
+
+def test_main_ends_on_a_worker_while_the_run_thread_is_in_a_callout() -> None:
+    """P4 (b): main finishes on a worker; the run thread, blocked in a callout
+    meanwhile, comes back, finishes its step and sees the run halted."""
+    run_thread = threading.get_ident()
+
+    async def blocker(back: list[float]) -> None:
+        usleep(100_000)
+        back.append(time.monotonic())
+
+    async def main() -> tuple[int, float, list[float]]:
+        back: list[float] = []
+        vmown.spawn(blocker, back)
+        await vmown.checkpoint()  # the blocker's step blocks the run thread; main goes on on a worker
+        return threading.get_ident(), time.monotonic(), back
+
+    ident, ended, back = vmown.run(main)
+    assert ident != run_thread
+    assert back and ended < back[0], "main did not end while the run thread was in its callout"
+
+
+def test_main_ends_on_a_worker_while_the_run_thread_is_queued() -> None:
+    """P4 (c): main finishes on a worker while the run thread, back from its
+    callout, is queued for the VM; the worker leaves the loop and disowns to
+    it.  Main holds the VM (no await) until the run thread's slow own is
+    counted."""
+    run_thread = threading.get_ident()
+
+    async def blocker() -> None:
+        usleep(20_000)  # on the run thread: main moves to a worker
+
+    async def main() -> tuple[int, bool]:
+        vmown.spawn(blocker)
+        await vmown.checkpoint()
+        slow_owns = vmown.stats()["slow_owns"]
+        deadline = time.monotonic() + 10
+        while vmown.stats()["slow_owns"] == slow_owns and time.monotonic() < deadline:
+            pass  # owning the VM: the run thread, back, must queue
+        return threading.get_ident(), vmown.stats()["slow_owns"] > slow_owns
+
+    ident, queued = vmown.run(main)
+    assert ident != run_thread and queued
+
+
+def test_main_ends_on_a_worker_while_the_run_thread_is_parked() -> None:
+    """P4 (a): main finishes on a worker while the run thread is parked with
+    nothing to do; the worker unparks it.  Which parked thread wakes for
+    main's timer is the timer's watcher unless the heartbeat is quicker (P8),
+    so the interleaving is tried until it happens."""
+    run_thread = threading.get_ident()
+
+    async def blocker(back: list[float]) -> None:
+        usleep(20_000)  # on the run thread: main moves to a worker
+        back.append(time.monotonic())
+
+    async def main() -> tuple[int, float, float]:
+        back: list[float] = []
+        vmown.spawn(blocker, back)
+        await vmown.checkpoint()
+        await vmown.sleep(0.08)  # the run thread comes back and parks meanwhile
+        return threading.get_ident(), time.monotonic(), back[0]
+
+    for _ in range(5):
+        ident, ended, back = vmown.run(main)
+        assert back < ended
+        if ident != run_thread:
+            return
+    raise AssertionError("main never ended on a worker while the run thread was parked")
+
+
+def test_a_park_that_times_out_as_it_is_activated_owns_the_vm(widen: Callable[[int], None]) -> None:
+    """P3, forced: the heartbeat activates a parked worker and, held by the
+    widen switch, posts it 200 ms later; the worker's 50 ms park timeout
+    passes in between.  The core settles it under the lock: vmown_park_new
+    returns 1 with the VM, never a timeout with the VM given to the worker,
+    so a worker retires only when it really was not given the VM."""
+    vm = vmown.Ownership(slots=8)
+    cb = vm._cb
+    vm.own()
+    assert lib.vmown_heartbeat_start(cb, 1000) == 0
+    stats = ffi.new("vmown_heartbeat_stats *")
+
+    def idle_workers() -> int:
+        lib.vmown_heartbeat_read(cb, stats)
+        return int(stats.idle_workers)
+
+    try:
+        for _ in range(3):  # a heartbeat late by the whole 50 ms misses the window: again
+            outcome: list[tuple[int, bool, float]] = []
+
+            def worker() -> None:
+                slot = vm.slot
+                start = time.monotonic()
+                rc = lib.vmown_park_new(cb, slot, 50_000_000)
+                outcome.append((rc, lib.vmown_owner(cb) == slot, time.monotonic() - start))
+                if rc == 1:
+                    vm.disown()
+
+            t = threading.Thread(target=worker)
+            t.start()
+            deadline = time.monotonic() + 10
+            while idle_workers() != 1 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            widen(200_000_000)
+            vm.disown()
+            lib.vmown_set_work(cb, 1, 0)  # after the release: an owned VM with work would queue a server
+            t.join(10)
+            widen(0)
+            lib.vmown_set_work(cb, 0, 0)
+            (rc, owning, elapsed), = outcome
+            assert rc in (1, lib.VMOWN_ETIMEDOUT) and owning == (rc == 1), outcome
+            vm.own()
+            if rc == 1:
+                assert elapsed > 0.05, outcome  # the timeout passed before the post
+                return
+        raise AssertionError("the heartbeat never activated the worker within its 50 ms park")
+    finally:
+        widen(0)
+        lib.vmown_heartbeat_stop(cb)
+        vm.disown()
+
+
 def test_a_thousand_processes_making_blocking_callouts() -> None:
     async def worker(i: int) -> int:
         for _ in range(2):

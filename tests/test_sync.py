@@ -275,7 +275,7 @@ def test_queue_put_waits_while_full_and_get_while_empty() -> None:
         "c",
     ]
     with pytest.raises(ValueError, match="maxsize"):
-        vmown.Queue(0)
+        vmown.Queue(-1)
     assert vmown.Queue(3).maxsize == 3
 
 
@@ -351,3 +351,98 @@ def test_queue_and_lock_under_load() -> None:
 
     assert vmown.run(main) == 20 * 500
     assert total[0] == sum(base + i for base in range(0, 20_000, 1000) for i in range(500))
+
+
+# ---- unbounded Queue, put_nowait/get_nowait, Condition, CapacityLimiter ----
+
+
+def test_unbounded_queue_and_the_nowait_calls() -> None:
+    async def getter(queue: vmown.Queue[int]) -> int:
+        return await queue.get()
+
+    async def main() -> list[Any]:
+        out: list[Any] = []
+        queue: vmown.Queue[int] = vmown.Queue()
+        for i in range(1000):
+            queue.put_nowait(i)
+        out.append((queue.maxsize, queue.qsize(), queue.full()))
+        out.append([queue.get_nowait() for _ in range(1000)] == list(range(1000)))
+        with pytest.raises(vmown.WouldBlock):
+            queue.get_nowait()
+        proc = vmown.spawn(getter, queue)
+        await vmown.checkpoint()  # it waits in get()
+        queue.put_nowait(7)  # handed straight to it
+        out.append(await proc)
+        small: vmown.Queue[int] = vmown.Queue(1)
+        small.put_nowait(1)
+        with pytest.raises(vmown.WouldBlock):
+            small.put_nowait(2)
+        out.append(repr(queue))
+        return out
+
+    assert vmown.run(main) == [(0, 1000, False), True, 7, "<vmown.Queue 0/inf getters=0 putters=0>"]
+
+
+def test_condition_wait_notify_and_cancelled_wait_takes_the_lock_back() -> None:
+    async def consumer(cond: vmown.Condition, items: list[int], got: list[int]) -> None:
+        async with cond:
+            while not items:
+                await cond.wait()
+            got.append(items.pop(0))
+
+    async def main() -> list[Any]:
+        cond = vmown.Condition()
+        items: list[int] = []
+        got: list[int] = []
+        procs = [vmown.spawn(consumer, cond, items, got) for _ in range(3)]
+        await vmown.sleep(0.001)
+        async with cond:
+            items.extend([1, 2])
+            cond.notify(2)
+        await vmown.sleep(0.001)
+        async with cond:
+            items.append(3)
+            cond.notify_all()
+        for proc in procs:
+            await proc
+        with pytest.raises(RuntimeError, match="needs the condition's lock"):
+            cond.notify()
+        async with cond:
+            with vmown.move_on_after(0.01) as scope:
+                await cond.wait()
+            held_after_cancel = cond.locked() and cond.lock._holder is vmown.current_process()
+        return [sorted(got), scope.cancelled_caught, held_after_cancel, cond.locked()]
+
+    assert vmown.run(main) == [[1, 2, 3], True, True, False]
+
+
+def test_capacity_limiter_bounds_the_holders_and_serves_in_order() -> None:
+    async def user(i: int, limiter: vmown.CapacityLimiter, inside: list[int], peak: list[int], order: list[int]) -> None:
+        async with limiter:
+            order.append(i)
+            inside.append(i)
+            peak[0] = max(peak[0], len(inside))
+            blocking_callout(i)
+            await vmown.sleep(0.001)
+            inside.remove(i)
+
+    async def main() -> list[Any]:
+        limiter = vmown.CapacityLimiter(2)
+        inside: list[int] = []
+        peak, order = [0], []
+        procs = [vmown.spawn(user, i, limiter, inside, peak, order) for i in range(10)]
+        for proc in procs:
+            await proc
+        out: list[Any] = [peak[0], order == list(range(10)), limiter.borrowed_tokens, limiter.available_tokens]
+        async with limiter:
+            with pytest.raises(RuntimeError, match="already holds"):
+                await limiter.acquire()
+        with pytest.raises(RuntimeError, match="does not hold"):
+            limiter.release()
+        limiter.total_tokens = 3
+        out.append(repr(limiter))
+        return out
+
+    assert vmown.run(main) == [2, True, 0, 2, "<vmown.CapacityLimiter 0/3 borrowed waiters=0>"]
+    with pytest.raises(ValueError):
+        vmown.CapacityLimiter(0)

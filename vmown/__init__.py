@@ -27,11 +27,23 @@ from ._errors import (
     VmownError,
 )
 from ._cffi_wrappers import bind_threaded, threaded_wrappers
-from ._callout import callout, threaded
+from ._callout import INTERRUPT_SIGNAL, callout, threaded
 from ._native import lib as _lib
 from ._ownership import LAYOUT_VERSION as _LAYOUT_VERSION, Ownership
-from ._scheduler import Process, checkpoint, run, sleep, spawn, stats
-from ._sync import Event, Lock, Queue, Semaphore
+from ._scheduler import Process, checkpoint, current_process, run, sleep, spawn, stats
+from ._cancel import (
+    CancelScope,
+    Cancelled,
+    ProcessCancelled,
+    TooSlowError,
+    current_time,
+    fail_after,
+    fail_at,
+    move_on_after,
+    move_on_at,
+)
+from ._sync import CapacityLimiter, Condition, Event, Lock, Queue, Semaphore, WouldBlock
+from ._taskgroup import TaskGroup
 
 __version__ = "0.1.0"
 
@@ -44,28 +56,43 @@ if _lib.vmown_layout_version() != _LAYOUT_VERSION:
     )
 
 __all__ = [
+    "INTERRUPT_SIGNAL",
     "AlreadyOwnerError",
     "Arena",
     "ArenaError",
     "ArenaFullError",
     "BrokenError",
+    "CancelScope",
+    "Cancelled",
+    "CapacityLimiter",
     "Channel",
     "ChannelBrokenError",
     "ChannelClosed",
     "ChannelError",
+    "Condition",
     "ControlBlockError",
     "Event",
     "Lock",
     "NotOwnerError",
     "Ownership",
     "Process",
+    "ProcessCancelled",
     "Queue",
     "Semaphore",
     "SlotsExhaustedError",
+    "TaskGroup",
+    "TooSlowError",
     "VmownError",
+    "WouldBlock",
     "bind_threaded",
     "callout",
     "checkpoint",
+    "current_process",
+    "current_time",
+    "fail_after",
+    "fail_at",
+    "move_on_after",
+    "move_on_at",
     "run",
     "sleep",
     "spawn",

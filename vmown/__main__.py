@@ -208,22 +208,34 @@ def stale(directory: str, remove: bool) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line: every subcommand, and help for every option."""
     parser = argparse.ArgumentParser(prog="python -m vmown", description=(__doc__ or "").splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
     run_demo = commands.add_parser("demo", help="a short run that shows the point")
-    run_demo.add_argument("--processes", type=int, default=100)
-    run_demo.add_argument("--calls", type=int, default=40)
-    run_demo.add_argument("--block-fraction", type=float, default=0.02)
-    run_demo.add_argument("--seed", type=int, default=1)
+    run_demo.add_argument("--processes", type=int, default=100,
+                          help="green processes making C calls (default: %(default)s)")
+    run_demo.add_argument("--calls", type=int, default=40,
+                          help="C calls each process makes (default: %(default)s)")
+    run_demo.add_argument("--block-fraction", type=float, default=0.02,
+                          help=f"fraction of the calls that block for {BLOCK_US // 1000} ms "
+                          "(default: %(default)s)")
+    run_demo.add_argument("--seed", type=int, default=1,
+                          help="seed choosing which calls block, the same for every contender "
+                          "(default: %(default)s)")
     watch = commands.add_parser("top", help="watch a VM shared through an arena file")
     watch.add_argument("path", help="arena file whose data starts with an Ownership control block")
-    watch.add_argument("--interval", type=float, default=1.0, help="seconds between screens")
+    watch.add_argument("--interval", type=float, default=1.0,
+                       help="seconds between screens (default: %(default)s)")
     watch.add_argument("--once", action="store_true", help="print one screen and exit")
     clean = commands.add_parser("stale", help="find arena files left by dead processes")
-    clean.add_argument("directory")
-    clean.add_argument("--remove", action="store_true", help="delete them")
-    args = parser.parse_args(argv)
+    clean.add_argument("directory", help="directory to search for arena files, e.g. /dev/shm")
+    clean.add_argument("--remove", action="store_true", help="delete the stale arena files found")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.command == "demo":
         return demo(args.processes, args.calls, args.block_fraction, args.seed)
     if args.command == "top":

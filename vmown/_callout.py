@@ -13,36 +13,37 @@
 # tick while work waits, the heartbeat gives the VM to a parked worker, which
 # runs the other processes (see _scheduler.py).  The returning thread then
 # queues for the VM, the worker hands it over at its next scheduling point,
-# and the callout's process finishes its step on its own thread.
+# and the callout's process finishes its step on its own thread.  The whole
+# path, with the files and functions, is in docs/ARCHITECTURE.md ("One call,
+# three paths").
 #
 # Where it runs.  Both callout() and the wrappers of threaded() are C code
 # (native/pyext/callout_ext.c, the module vmown._callout_ext): the check of
-# the arguments, begin, the call and end happen in one builtin call, so a
-# callout costs about 1.4 plain calls where the same sequence in Python (two
-# cffi calls and a frame around the call) cost 5.  begin and end are the
-# core's vmown_callout_begin_eager/end (native/callout.c), the functions the C
-# wrappers of vmown.threaded_wrappers call (those begin lazily, this path
-# never: it takes the GIL back before end), reached through the core's table
-# of function pointers: one copy of the core per process.  The scheduler
-# binds each thread that serves a vmown.run() to the run's block and the
-# thread's slot (vmown_bind_thread).  begin disowns only if the thread is
-# bound and owns the VM; otherwise it returns 0 and end(0) does nothing, so a
-# callout from a thread outside any VM, or from inside another callout (a
-# Python function called as a callout calls a threaded C function), is a
-# plain call.  The slot records the tag: one per threaded wrapper (a count
+# the arguments, begin, the call and end happen in one builtin call, about
+# 1.5 plain cffi calls in all; no Python frame wraps the call.  begin and end
+# are the core's vmown_callout_begin_eager/try_end/end (native/callout.c),
+# reached through the core's table of function pointers (one copy of the core
+# per process).  They are the functions the C wrappers of
+# vmown.threaded_wrappers call, except that those begin lazily and this path
+# never does: it takes the GIL back before end, and a lazy callout would hold
+# the VM while it waits for the GIL (docs/design-log.md, "Lazy callouts").
+# The scheduler binds each thread that serves a vmown.run() to the run's
+# block and the thread's slot (vmown_bind_thread).  begin disowns only if the
+# thread is bound and owns the VM; otherwise it returns 0 and end(0) does
+# nothing, so a callout from a thread outside any VM, or from inside another
+# callout (a Python function called as a callout calls a threaded C
+# function), is a plain call.  The slot records the tag: one per threaded wrapper (a count
 # from 2), the address of the function object for callout().  The core also
 # keys its hints by tag (native/callout.c): a function whose callout was
 # revoked makes its next callouts eagerly.
 #
 # Exceptions at any point.  CPython runs signal handlers (the SIGINT handler
 # of vmown.run() raises KeyboardInterrupt in user code) only between
-# bytecodes.  Between begin and end no bytecode of ours runs: an exception
-# can come only from fn itself, and end runs after it with the exception kept
-# in the thread state.  (A callout written in Python had a window right after
-# its begin call, where an exception would lose the token with the VM
-# disowned; in C there is none.)  end never fails in a way it could report
-# (it aborts, naming the failure, as the core does for "cannot fail" OS
-# primitives).
+# bytecodes.  Between begin and end no bytecode runs: an exception can come
+# only from fn itself, and end runs after it with the exception kept in the
+# thread state, so the token is never lost with the VM disowned.  end never
+# fails in a way it could report (it aborts, naming the failure, as the core
+# does for "cannot fail" OS primitives).
 #
 # The GIL.  cffi releases the GIL around fn and takes it back when fn
 # returns, before end can run: a callout that comes back while another thread
@@ -63,7 +64,8 @@
 # or free memory that C is using.  CPython never moves objects, and the call
 # holds a reference to each argument, so what remains is mutable buffers: a
 # bytearray can be resized (realloc) and a buffer can be released.  Holding a
-# buffer export for the whole call makes any resize raise BufferError.  The rules, checked before anything runs:
+# buffer export for the whole call makes any resize raise BufferError.  The
+# rules, checked before anything runs:
 #   callout(fn, ...): None, bool, int, float, complex, str and bytes pass as
 #     they are (immutable); cffi cdata passes (the caller owns what it points
 #     to, and the reference keeps it alive); any other object with the buffer
@@ -79,23 +81,53 @@
 #     code writes into and the caller never sees; a str needs encoding).
 # The common case (numbers and cdata) costs a type test per argument in
 # callout(), and nothing at all in threaded() for non-pointer parameters.
+#
+# Cancellation.  A process in a callout cannot be abandoned (its frame is on
+# the thread's stack): a cancel reaching it sets an asynchronous exception
+# on the thread, raised when the call returns (_cancel.py, race K4).  To make
+# the call itself return early, a function opts in: threaded(fn,
+# interrupt=INTERRUPT_SIGNAL) sends SIGURG to the callout's thread; the
+# signal has a no-op handler installed without SA_RESTART, so a blocked
+# system call fails with EINTR (Ruby's unblocking functions, "ubf").
+# interrupt=callable runs the callable on the canceller's thread instead
+# (sqlite3's Connection.interrupt, closing a descriptor).  The generated C
+# wrappers opt in at bind time (bind_threaded(lib, interrupt={...})), keyed
+# by the tag their callouts record in the slot (the C function's address).
+#
+# The per-call state word.  The interrupt is sent only while the callout is
+# in progress: proc._interrupt is set just before the call and cleared just
+# after (a Python wrapper) or the slot's tag names the function (C wrappers),
+# and both are read by the owner of the VM, while the callout's thread cannot
+# get back to Python without the VM.  It may still have left the system
+# call and be waiting to own the VM: the signal then lands in that wait,
+# which retries on EINTR (vmown_own without VMOWN_WAIT_INTERRUPTIBLE), so an
+# interrupt of a thread that has left the call is harmless (race K8).
+# vmown.callout itself takes no interrupt: it is one C builtin, and a Python
+# layer to read the keyword would triple its cost; wrap the function with
+# threaded(fn, interrupt=...) instead.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
+import signal
 import sys
+import threading
 import types
+import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 import _cffi_backend
 
 from . import _callout_ext
 from ._native import ffi, lib
+from ._scheduler import Process, _process_var, _ThreadState
 
-__all__ = ["callout", "threaded"]
+__all__ = ["INTERRUPT_SIGNAL", "callout", "threaded"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 _CData = _cffi_backend._CDataBase
 
@@ -164,7 +196,123 @@ def _function_ctype(fn: Any) -> Any:
         return None
 
 
-def threaded(fn: Callable[..., T]) -> Callable[..., T]:
+# ---- interrupts ----
+
+
+class _InterruptSignal:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "vmown.INTERRUPT_SIGNAL"
+
+
+INTERRUPT_SIGNAL: Final = _InterruptSignal()
+INTERRUPT_SIGNAL.__class__.__doc__ = """Interrupt a cancelled callout with a signal.
+
+Pass as ``interrupt=`` to :func:`vmown.threaded` or :func:`vmown.bind_threaded`:
+when the calling process is cancelled during the call, SIGURG is sent to
+the callout's thread (a no-op handler, no SA_RESTART), so the blocked system
+call fails with EINTR and the call returns; the callout then raises
+Cancelled.  The handler is installed on the main thread when the first such
+wrapper is made.
+"""
+
+# The signal INTERRUPT_SIGNAL sends: ignored by default, used by nothing else
+# here (Go uses it for goroutine preemption for the same reason).
+_SIGNAL = signal.SIGURG
+_signal_installed = False
+# Tag (the C function's address) -> interrupt, for the generated C wrappers.
+_c_interrupts: dict[int, Any] = {}
+
+# PyThreadState_SetAsyncExc(ident, NULL): take back a pending asynchronous exception.
+_clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
+    ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
+)
+
+
+def _no_op(signum: int, frame: object) -> None:
+    """The handler of INTERRUPT_SIGNAL: its only job is to make the system call fail with EINTR."""
+
+
+def _check_interrupt(interrupt: Any) -> None:
+    if interrupt is INTERRUPT_SIGNAL:
+        _install_signal()
+    elif not callable(interrupt):
+        raise TypeError(f"interrupt must be vmown.INTERRUPT_SIGNAL or a callable, not {interrupt!r}")
+
+
+def _install_signal() -> None:
+    """Give SIGURG a no-op handler without SA_RESTART (once, on the main thread)."""
+    global _signal_installed
+    if _signal_installed:
+        return
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(
+            "interrupt=vmown.INTERRUPT_SIGNAL installs a signal handler, which only the main thread "
+            "can do: make the first interruptible wrapper on the main thread (at import, say)"
+        )
+    if signal.getsignal(_SIGNAL) in (signal.SIG_DFL, signal.SIG_IGN, None):
+        signal.signal(_SIGNAL, _no_op)
+    signal.siginterrupt(_SIGNAL, True)  # no SA_RESTART: the call fails with EINTR
+    _signal_installed = True
+
+
+def _send(interrupt: Any, ident: int) -> None:
+    if interrupt is INTERRUPT_SIGNAL:
+        signal.pthread_kill(ident, _SIGNAL)
+    else:
+        interrupt()
+
+
+def _interrupt_callout(proc: Process[Any], thread: _ThreadState) -> None:
+    """Owner: ``proc`` is in a callout on ``thread`` and was cancelled: interrupt the call if it opted in."""
+    interrupt = proc._interrupt
+    if interrupt is None and _c_interrupts:
+        info = ffi.new("vmown_slot_info *")
+        if lib.vmown_slot_read(thread.cb, thread.slot, info) == 0:
+            interrupt = _c_interrupts.get(int(info.callout))
+    if interrupt is None:
+        return
+    try:
+        _send(interrupt, thread.ident)
+    except Exception as exc:  # noqa: BLE001 - the canceller may be the loop: report, go on
+        warnings.warn(f"interrupting the callout of {proc!r} failed: {exc!r}", RuntimeWarning, stacklevel=2)
+
+
+def _interruptible(call: Callable[P, T], interrupt: Any) -> Callable[P, T]:
+    """``call`` (a threaded wrapper) with ``interrupt`` armed for the duration of each call."""
+
+    def interruptible(*args: P.args, **kwargs: P.kwargs) -> T:
+        proc = _process_var.get(None)
+        if proc is None:
+            return call(*args, **kwargs)
+        if proc._cancel_pending:  # cancelled already: do not start the call
+            raise _cancelled()(f"{proc!r} is in a cancelled scope")
+        proc._interrupt = interrupt  # the per-call state word
+        try:
+            return call(*args, **kwargs)
+        finally:
+            proc._interrupt = None
+            if proc._cancel_pending:
+                # The asynchronous Cancelled, if not yet raised (the call
+                # failed, with EINTR say), would land at this thread's next
+                # eval-breaker check, wherever that is: take it back and
+                # raise here, with what the call raised as the context.
+                _clear_async_exc(threading.get_ident(), None)
+                raise _cancelled()(f"{proc!r} was cancelled during a callout")
+
+    return interruptible
+
+
+def _cancelled() -> type[BaseException]:
+    from ._cancel import Cancelled
+
+    return Cancelled
+
+
+def threaded(
+    fn: Callable[P, T], *, interrupt: Callable[[], object] | _InterruptSignal | None = None
+) -> Callable[P, T]:
     """Wrap ``fn`` so that every call to it is a :func:`callout`.
 
     Made for cffi functions (``lib.f`` of an out-of-line module, or a function
@@ -175,7 +323,25 @@ def threaded(fn: Callable[..., T]) -> Callable[..., T]:
     tuple or other unpinnable object for a pointer parameter is refused with
     a TypeError before the call.  Any other callable (and a variadic C
     function) gets the rules of :func:`callout`.
+
+    A process cancelled during the call gets :class:`vmown.Cancelled` when
+    it returns.  ``interrupt`` makes the call return early instead:
+    :data:`vmown.INTERRUPT_SIGNAL` interrupts the thread's blocked system
+    call (it fails with EINTR), a callable is run from the canceller's
+    thread (``conn.interrupt`` of sqlite3, closing a descriptor).  An
+    interruptible wrapper is a Python function around the C one (~0.3 us
+    more per call), and a call that starts in a cancelled scope raises
+    Cancelled without being made.
     """
+    if interrupt is not None:
+        _check_interrupt(interrupt)
+        inner = threaded(fn)
+        wrapper = _interruptible(inner, interrupt)
+        for attr in ("__name__", "__qualname__", "__doc__"):
+            if hasattr(inner, attr):
+                setattr(wrapper, attr, getattr(inner, attr))
+        wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+        return wrapper
     ctype = _function_ctype(fn)
     if ctype is None or ctype.ellipsis:
         ctypes = None  # the rules of callout()

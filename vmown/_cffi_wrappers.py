@@ -21,20 +21,39 @@
 # and at run time, once: vmown.bind_threaded(_mymod.lib); then
 # lib.slow_read_threaded(fd, buf, n) is slow_read as a threaded callout.
 #
+# Cancellation.  A process cancelled while in a wrapped call gets Cancelled
+# when the call returns (an asynchronous exception set on the thread by the
+# canceller, raised by CPython right after cffi's call: _cancel.py, race
+# K4); the wrapper itself needs nothing for that.  To interrupt the call,
+# bind_threaded(lib, interrupt={"slow_read": vmown.INTERRUPT_SIGNAL}) names
+# the functions: the canceller reads the tag the callout recorded in its
+# slot (the original function's address, which _vmown_threaded_tag tells by
+# name) and interrupts the thread if the tag is registered (_callout.py,
+# "The per-call state word").
+#
 # The generated code does not include vmown.h: the user's build need not know
 # where it is.  It reaches the core through the table of function pointers
 # from vmown_callout_api (one copy of the core per process), checked by
 # version at bind time.  Until it is bound, a wrapper makes a plain call.
+#
+# Compiling the user's module is cffi's job, and on Python >= 3.12 (no
+# distutils) cffi compiles through setuptools.  vmown declares setuptools as a
+# dependency there; threaded_wrappers checks for it up front so a missing one
+# is named before the user's build gets as far as cffi's own error.
 
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 import pycparser
 from pycparser import c_ast, c_parser
 from pycparser.c_generator import CGenerator
 
+from . import _callout
 from ._native import ffi, lib
 
 __all__ = ["bind_threaded", "threaded_wrappers"]
@@ -59,6 +78,16 @@ int _vmown_threaded_init(uintptr_t table_address) {
     return 0;
 }
 """
+
+
+def _require_setuptools() -> None:
+    """Fail with what to install if cffi will not be able to compile the wrappers."""
+    if sys.version_info >= (3, 12) and importlib.util.find_spec("setuptools") is None:
+        raise ModuleNotFoundError(
+            "vmown.threaded_wrappers: cffi compiles the wrappers with setuptools on Python >= 3.12, "
+            "and it is not installed: pip install setuptools (vmown's own install declares it)",
+            name="setuptools",
+        )
 
 
 def _parse(declarations: str, typedefs: tuple[str, ...]) -> list[c_ast.Decl]:
@@ -145,25 +174,48 @@ def threaded_wrappers(declarations: str, *, suffix: str = "_threaded", typedefs:
     """
     if not suffix.isidentifier():
         raise ValueError(f"suffix must be usable in a C name, not {suffix!r}")
+    _require_setuptools()
     generator = CGenerator()
-    cdefs, sources = ["int _vmown_threaded_init(uintptr_t table_address);"], ["#include <stdint.h>\n", _PRELUDE]
+    cdefs = ["int _vmown_threaded_init(uintptr_t table_address);", "uintptr_t _vmown_threaded_tag(const char *name);"]
+    sources = ["#include <stdint.h>\n#include <string.h>\n", _PRELUDE]
+    tags = []
     for decl in _parse(declarations, tuple(typedefs)):
         cdef, source = _wrapper(decl, suffix, generator)
         cdefs.append(cdef)
         sources.append(source)
+        tags.append(f'    if (!strcmp(name, "{decl.name}")) return (uintptr_t)&{decl.name};\n')
+    sources.append(
+        "/* The tag a wrapper's callouts record: the original's address (bind_threaded's interrupts). */\n"
+        "uintptr_t _vmown_threaded_tag(const char *name) {\n" + "".join(tags) + "    return 0;\n}\n"
+    )
     return "\n".join(cdefs) + "\n", "\n".join(sources)
 
 
-def bind_threaded(module_lib: Any) -> None:
+def bind_threaded(module_lib: Any, *, interrupt: Mapping[str, Any] | None = None) -> None:
     """Connect a module's generated wrappers to this process's vmown core.
 
     ``module_lib`` is the ``lib`` of a cffi module built with the output of
     :func:`threaded_wrappers`.  Until this is called its wrappers make plain
-    calls.
+    calls.  A process cancelled during a wrapped call gets
+    :class:`vmown.Cancelled` when the call returns; ``interrupt`` maps
+    function names (the originals, without the suffix) to
+    :data:`vmown.INTERRUPT_SIGNAL` or a callable, to make the call return
+    early instead (see :func:`vmown.threaded`).
     """
     try:
         init = module_lib._vmown_threaded_init
     except AttributeError:
         raise TypeError(f"{module_lib!r} has no wrappers made by vmown.threaded_wrappers") from None
+    tags = {}
+    for name, how in (interrupt or {}).items():
+        _callout._check_interrupt(how)
+        tag_of = getattr(module_lib, "_vmown_threaded_tag", None)
+        if tag_of is None:
+            raise TypeError("the module's wrappers predate interrupts: regenerate and rebuild it")
+        tag = int(ffi.cast("uintptr_t", tag_of(name.encode())))
+        if tag == 0:
+            raise ValueError(f"{name!r} has no wrapper in {module_lib!r} (name the original function)")
+        tags[tag] = how
     if init(int(ffi.cast("uintptr_t", lib.vmown_callout_api()))) != 0:
         raise RuntimeError("the module's wrappers were generated for another callout API version; rebuild it")
+    _callout._c_interrupts.update(tags)

@@ -2,7 +2,7 @@
 #
 # What it is for
 # --------------
-# vmown.run(main) runs `async def` processes; a process calls C through
+# vmown.run(main) runs `async def` processes.  A process calls C through
 # callouts (vmown.callout and vmown.threaded in _callout.py, or the C
 # wrappers of vmown.threaded_wrappers) that cost little more than a plain
 # call, and a callout that blocks does not stop the other processes: within
@@ -16,41 +16,26 @@
 #   - _Runtime: the VM's state (run queue, timer heap, processes, counters),
 #     touched only by the thread that owns the VM.
 #
-# Rejected approaches
-# -------------------
-#   - A thread per blocking call (asyncio.to_thread, trio.to_thread): 50-200
-#     us and two thread switches per call, so only calls known in advance to
-#     block get threaded.  Here every call can be: the thread that makes it is
-#     the one that blocks, and nothing happens unless it stays out a whole tick.
-#   - One scheduler thread plus a pool that returns results through a queue:
-#     the same hop on every call, and the caller's stack is not where the
-#     result arrives.
-#   - The owner polling for "has my callout come back": a busy loop, and the
-#     owner is the one thread that is blocked.
-#   - Deciding to hand off at disown time (a guess about how long the call
-#     will take): Go and Cog both wait for evidence instead, the heartbeat's
-#     "unowned for a whole tick while work waits".
-# Chosen (Cog's CoInterpreterMT, Go's entersyscall/sysmon): the loop runs on
-# whichever thread owns the VM; a callout disowns, keeps its stack and owns
-# again; the C heartbeat activates a parked worker when the VM has been
-# unowned for a whole tick with work waiting (native/heartbeat.c).  A callout
-# made with nobody queued keeps the owner word instead (a lazy callout,
-# native/ownership.c): the heartbeat then revokes the VM after the same tick
-# and hands it to a queued thread or a parked worker, which for the loop here
-# is an activation like any other.  A step of
-# a process is the code between two awaits; it runs on one thread from start
-# to end (a blocked callout keeps it on its thread's stack); the next step
-# may run on any thread.
+# The design is Cog's CoInterpreterMT and Go's entersyscall/sysmon: the loop
+# runs on whichever thread owns the VM; a callout disowns, keeps its stack and
+# owns again; the C heartbeat (native/heartbeat.c) activates a parked worker
+# when the VM has been unowned for a whole tick with work waiting, or revokes
+# the VM from a lazy callout out that long (native/grants.c, "Lazy
+# callouts"), which for the loop is an activation like any other.  Nothing
+# guesses at disown time how long a call will take: the heartbeat waits for
+# evidence (docs/design-log.md, "Rejected approaches").  A step of a process
+# is the code between two awaits; it runs on one thread from start to end (a
+# blocked callout keeps it on its thread's stack); the next step may run on
+# any thread.
 #
 # The loop (_serve) and the worker's life (_work)
 # -----------------------------------------------
 #   1. at every scheduling point: if the run halts, stop; if threads wait for
 #      the VM (a callout came back), leave the loop and park, which hands the
 #      VM to the head waiter in the same step (vmown_park);
-#   2. once per millisecond, let a thread that waits for the GIL in (see "The
-#      GIL"); move due timers to the run queue; if nothing is runnable, park
-#      until the next timer (Cog's "relinquish processor"): no polling, no
-#      spinning;
+#   2. about once per millisecond, let a thread that waits for the GIL in (see
+#      "The GIL"); move due timers to the run queue; if nothing is runnable,
+#      park until the next timer: no polling, no spinning;
 #   3. pop a process, run one step: ctx.run(coro.send, value); handle what it
 #      yielded: None = checkpoint, int = sleep until that monotonic ns,
 #      _SUSPEND = it registered with a primitive that will wake it, a Process
@@ -60,201 +45,70 @@
 # due: own and serve; or idle_timeout passed: a surplus worker exits if
 # another one is parked, so one spare always stays).
 #
-# Servers.  An activation needs the VM unowned for a whole tick, which it
-# rarely is while threads come back from callouts; so processes that wait in
-# the run queue would start only as others end.  The heartbeat therefore
-# watches the run queue too (native/heartbeat.c): at each tick where fewer
-# than SERVERS (8) processes were taken off it while some wait and the VM is
-# owned -- its steps are long, or it is out in a callout -- and right after
-# an activation, it tops up the parked workers it keeps in the wait queue
-# (servers) to min(run queue, SERVERS), behind every thread that waits on
-# its own.  A server gets the VM from the next disown: a callout that blocks
-# gives it a soft grant that it claims within its wake-up, a stream of short
-# callouts hands it over within ~1 ms (native/ownership.c, "Soft grants").
-# Topping up each tick, not once per stall, matters when every process is
-# one long step: each step that blocks uses up a server to start the next
-# process (suite `mixed`, 200 x 200 calls, measured in one sitting: half the
-# processes started by 0.09 s with once-per-stall queueing of 4, by 0.06 s
-# with top-ups of 8).  Given the VM from the idle stack, a worker runs at
-# least one step before it looks at the queue (_serve's `first`): it was
-# brought in for the run queue, and handing the VM straight on to the next
-# waiter would waste the trip.  The owner writes the words the heartbeat
-# reads in place, without a call: work[0] = steps at every step, work[1] =
-# the run queue's length at each spawn (and in _publish).
+# Servers.  While threads keep coming back from callouts the VM is rarely
+# unowned for a whole tick, so the heartbeat also queues parked workers for
+# the VM when the run queue stalls (native/heartbeat.c, "Servers").  A
+# server given the VM runs at least one step before it looks at the wait
+# queue (_serve's `first`): it was brought in for the run queue.
 #
-# Spares.  The heartbeat can only activate (or queue) parked workers, so a
-# worker that comes back from the idle stack (it used one up) makes sure that
-# others are parked or on their way (_ensure_spare): one, or min(run queue,
-# _SPARES) while processes wait, since a long run queue wants servers, not
-# one at a time (measured, suite `mixed` probed at 200 x 200 calls: with 1
-# spare, starts p50 0.15 s and 0.45 s in all; with 8, 0.07-0.09 s and
-# 0.37-0.40 s; 16 or 32 no better).  The heartbeat asks too, for as many as
-# it queues as servers.  The owner only asks: the worker pool
-# (native/workers.c) counts, its spawner thread starts the threads in C,
-# and each new worker parks at once (vmown_park_new) without running any
-# Python.  It enters Python (vmown_py_worker) only when first given the VM:
-# then it is the one thread that may run VM code, and its start-up competes
-# with nobody for the GIL.  Workers started as threading.Threads ran their
-# start-up under the GIL, which the owner holds between its callouts: in
-# suite `mixed` (200 processes blocking within their first steps, ~150
-# threads started) the last process first ran at 0.08-0.13 s; with the pool,
-# at 0.05-0.09 s, and the whole run took ~0.33 s instead of ~0.355 s
-# (probed in one sitting, medians of 3-6 runs).  The number of threads thus
-# follows the number of callouts blocked at once, up to max_threads; a run
-# that meets the cap gets a RuntimeWarning (from the owner that asked) with
-# the heartbeat's `starved` count.
+# Spares.  The heartbeat can only activate or queue parked workers, so a
+# worker that comes back from the idle stack asks for others to be parked or
+# on their way (_ensure_spare): one, or min(run queue, _SPARES) while
+# processes wait, since a long run queue wants servers, not one at a time.
+# The owner only asks; the worker pool (native/workers.c) starts threads in C
+# and parks them without any Python, and a worker enters Python
+# (vmown_py_worker) only when first given the VM, so its start-up competes
+# with nobody for the GIL (docs/design-log.md, "Spares" and "Worker
+# pool").  A run that meets max_threads gets a RuntimeWarning, once.
 #
-# Publishing the work.  The heartbeat reads two words while the VM is
-# unowned: runnable (non-zero: a process waits) and next_timer_ns.  The owner
-# writes them with plain stores (vmown_set_work) before any release: at the
-# start of each step if they changed, when a step wakes a process while the
-# words say "nothing runnable", and before parking or disowning for itself.
-# The release store of the owner word (seq_cst) orders them before the
-# release; the heartbeat's acquire load of the owner word orders its reads of
-# them after.
+# Publishing the work.  The heartbeat reads, while the VM is unowned, how
+# many processes are runnable and the next timer's deadline; while it is
+# owned, how many steps the owner has taken (to see the run queue stall).
+# The owner writes them with plain stores before any release: the step count
+# in place at every step, the run queue's length at each spawn, and both
+# runnable and next timer through vmown_set_work (_publish) whenever
+# "anything runnable" or the next deadline changes, and before parking or
+# disowning for itself.  The release store of the owner word (seq_cst) orders
+# them before the release; the heartbeat's acquire load of the owner word
+# orders its reads after.
 #
-# The races, as interleavings, and why the code is right
-# -------------------------------------------------------
-# 1. A callout comes back while the heartbeat activates a worker.
-#      T: disown (callout)      HB: tick k sees W unowned, tick k+1 sees W
-#      T: own: CAS W -> T       HB: activate: CAS W -> worker
-#    Both CAS the same word from the same value: exactly one wins.  If T wins
-#    the heartbeat's CAS fails and nothing happens; if the worker wins, T
-#    queues (the own slow path) and the worker, at its next scheduling point,
-#    sees waiters > 0 and parks, handing T the VM.  T finishes its step and
-#    carries on as a worker; the other one is now the parked spare.
-# 2. A worker parks while a thread queues for the VM.
-#      W: park: under the lock, join the idle stack, hand the VM to the head
-#      T: own: under the lock, CAS, else enqueue
-#    Both take the block's lock, so T is either in the queue when W parks
-#    (W hands it the VM) or finds the VM unowned afterwards (T's CAS wins).
-#    A worker is never both unfindable and unowning.
-# 3. A surplus worker's idle timeout and an activation.
-#      W: park times out            HB: activate W (under the lock)
-#    The core settles it under the lock: if the grant came first, vmown_park
-#    returns 1 and W owns the VM; so a worker only retires when it really
-#    was not given the VM.  Two workers retiring at once: each decides after
-#    it left the idle stack, so at most one of them reads the other as
-#    parked; at least one stays.
-# 4. The main process finishes on a worker while the run thread is
-#      (a) parked: the worker unparks it (vmown_unpark by slot); it owns the VM
-#          once the worker has left the loop and disowned;
-#      (b) in a callout: it comes back, finishes its step, sees `halt`;
-#      (c) queued for the VM: the worker leaves the loop and disowns to it.
-#    The worker sets `halt` while owning and every thread reads it while
-#    owning, or after vmown_park/vmown_own returned: both orderings go
-#    through the owner word or the slot's semaphore.
-# 5. A step wakes a process, then makes a blocking callout.
-#      P: Event.set() wakes Q    P: callout: disown ... blocks
-#    _wake publishes "runnable" when the words said zero, before the callout
-#    can release the VM, so the heartbeat sees Q waiting and activates.
-# 6. SIGINT lands anywhere in the main thread.  CPython runs the handler at
-#    eval-breaker checks: function entry, backward jumps, after each CALL.
-#    The handler walks the interrupted frames outwards: if scheduler code
-#    (this module, _sync) comes first, it only records KeyboardInterrupt and
-#    sets `halt`, which the loop sees at the next scheduling point and a
-#    parked main thread sees when vmown_park returns VMOWN_EINTR; if user
-#    code of a step comes first (a process, or a function called as a
-#    callout), it raises there, and the process ends with KeyboardInterrupt,
-#    which halts the run.  Callouts themselves are C (_callout.py): no
-#    handler runs between their disown and their own.  A second Ctrl-C while
-#    the first is pending raises at once: the escape from a program that
-#    does not come back (see shutdown).
-# 7. The pool starts a worker while the VM is owned, or unowned.
-#      S (spawner, C): pthread_create   N (new, C): park_new: under the lock,
-#                                         join the idle stack, sleep
-#      O (owner): ...                   HB: activate N (under the lock)
-#    N never competes for the VM: it is on the idle stack, or not yet
-#    findable, like a thread that has not started.  The heartbeat and the
-#    owner see it only through the idle stack, under the lock, so an
-#    activation finds it parked or not at all.  At shutdown the run thread
-#    stops the pool first (no new starts), then the pool unparks every parked
-#    worker again at each round of joining: a worker that was still starting
-#    parks after a round and is woken by the next (it sees the pool's `stop`,
-#    or, in Python, `halt`).
-# 8. The timer watcher and the heartbeat both act on a due timer.  The one
-#    worker parked with the earliest deadline as its timeout wakes and owns;
-#    if the heartbeat activated another worker first, the watcher queues, is
-#    handed the VM at a scheduling point, finds nothing and parks again.
-# 9. Deadlock detection and a callout about to come back.  A thread about to
-#    park with nothing runnable and no timer declares a deadlock only if no
-#    step is in flight (`running` == 0): a step blocked in a callout counts
-#    until it ends, on its own thread, with the VM owned, so whatever it will
-#    wake is never declared stuck.  Nothing outside the VM can wake a process
-#    (primitives refuse other threads), so the check is exact.
-# 10. The heartbeat queues a server while the owner parks or ends.
-#      HB: queue W (idle stack -> wait queue)   O: park: idle stack, release
-#    Both under the block's lock: if O parks first, its release finds W
-#    queued or the heartbeat finds the VM unowned and grants W at once; W,
-#    owning, runs one step (or none, if the run queue emptied meanwhile) and
-#    parks.  A server whose run queue emptied costs one wake-up, nothing else.
-#    A server granted while a callout is out runs steps on its thread; the
-#    callout, back, queues ahead of other servers (priority) and is handed
-#    the VM at the server's next scheduling point, as in race 1.
-# 11. A sleeper falls due while threads wait for the VM (a burst: every
-#     thread back from its callout finds others queued).  The owner at its
-#     scheduling point runs the due sleeper first (due timers go to the front
-#     of the run queue), then hands over; a waiter waits one step longer, a
-#     sleeper does not wait for the whole queue.  A worker given the VM
-#     because a callout blocked queues servers ahead (native/idle.c,
-#     "Relays", B1-B2); a callout of a function known to block hands the VM
-#     to a parked worker at its disown (native/grants.c, H1-H2).
+# The races
+# ---------
+# Each race of the scheduler is written as a numbered interleaving beside
+# the code that handles it, with why the code is right; docs/ARCHITECTURE.md
+# indexes them with the core's and the tests that force them:
+#   P1  a callout comes back while the heartbeat activates a worker   _serve
+#   P2  a worker parks while a thread queues for the VM               _park
+#   P3  a surplus worker's idle timeout and an activation             _surplus
+#   P4  main finishes on a worker while the run thread is elsewhere   _halt
+#   P5  a step wakes a process, then makes a blocking callout         _wake
+#   P6  SIGINT lands anywhere in the main thread                      _ki_deferred
+#   P7  the pool starts a worker while the VM is owned, or unowned    _join_workers
+#   P8  the timer watcher and the heartbeat act on one due timer      _park_timeout
+#   P9  deadlock detection and a callout about to come back           _park
+#   P10 the heartbeat queues a server while the owner parks or ends   _serve
+#   P11 a sleeper falls due while threads wait for the VM             _serve
 #
 # The GIL.  A callout made through the C wrappers of vmown.threaded_wrappers
 # waits for the VM in C, without the GIL, and takes the GIL only once it owns
 # the VM, from an owner that has parked (in C, GIL released).  A Python-level
 # callout (vmown.callout, vmown.threaded) must take the GIL back before it can
-# ask for the VM, and the GIL is held by the thread running steps.  CPython
-# asks a holder to drop the GIL only when a waiter's 5 ms timed wait passes
-# with no switch at all; but the loop drops and retakes the GIL at every cffi
-# call (the waiters() check of each step), which counts as a switch, while
-# the woken waiter comes too late to win: measured, a returning callout
-# waited up to 0.3-3 s behind CPU-bound processes, in some runs.  So about
-# once per millisecond of serving (the clock is read every step while timers
-# wait, else every _CLOCK_EVERY steps), if a thread of the run is out of the
-# VM, the loop blocks in a syscall with the GIL released (time.sleep(0):
-# ~80 us of timer slack), long enough for the waiter to take the GIL and
-# queue for the VM, which the next scheduling point hands over.  Measured
-# (benchmarks suite `return`, a noisy machine): p99 0.2-2 ms instead of up
-# to seconds; the price, paid only while callouts are out, is up to ~8% of
-# the loop's time.
+# ask for the VM, and the thread running steps holds it; CPython would let it
+# wait for seconds (docs/design-log.md, "The GIL and a returning callout").
+# So the loop never drops the GIL to look for waiters (it reads their count
+# in place), and about once per millisecond of serving (_GIL_YIELD_NS; the
+# clock is read every step while timers wait, else every _CLOCK_EVERY steps),
+# if a thread of the run is out of the VM, it blocks briefly with the GIL
+# released (_yield_gil), long enough for that thread to take the GIL and
+# queue for the VM, which the next scheduling point hands over.
 #
 # Shutdown (the run thread, owning the VM, once `halt` is set): publish "no
-# work", stop the heartbeat, unpark every parked worker, disown and join the
-# workers (those still in a callout come back, finish their step, see `halt`
-# and exit; a warning names them if they take long), own again, close every
-# process left (coro.close() in its context: its finally blocks run), close
-# the Ownership.  run() then returns main's result or raises.
-#
-# What comes next, and where it fits
-# ----------------------------------
-#   - Processes bound to one OS thread: a Process field naming a slot; the
-#     loop, when it pops a bound process on another thread, gives the VM to
-#     that slot (a directed hand-off: one more core call, like vmown_unpark
-#     but granting the VM) and parks; the bound thread never retires.
-#   - C calling back into the VM from a foreign thread: the thread registers
-#     a slot and own()s; it queues like a returning callout, so step 1 of the
-#     loop already hands it the VM promptly; it runs the callback as a step
-#     of a temporary process and disowns.
-#   - Priorities: one deque per priority in place of run_queue (the loop pops
-#     the highest non-empty); threads already queue by priority in the core
-#     (vmown_set_priority).
-#   - Cancellation and timeouts: every suspension records where the process
-#     waits (_waiting_on: a primitive or a joined process, each with a
-#     _forget(process) that unlinks it, already used when the run closes its
-#     processes); a canceller unlinks it and makes it runnable with an
-#     exception to throw, the path that _throw_into already takes for bad
-#     awaits.  Sleepers get a generation number in their timer entry for lazy
-#     deletion from the heap.
-#   - Per-function hints: threaded(fn, hint=...) where "never hand off" skips
-#     disown/own (a plain call for functions known to be short) and "hand off
-#     at once" asks the core to activate a parked worker at disown instead of
-#     waiting a tick.
-#   - Warnings with a stack sample when a callout or an owner holds on too
-#     long: each slot records its callout's tag and tick (vmown_slot_read); a
-#     watchdog compares them with the heartbeat's tick count and samples the
-#     thread's stack with sys._current_frames(), as _warn_slow_workers does
-#     at shutdown.
+# work", stop the heartbeat and the pool, disown and join the workers (the
+# pool unparks the parked ones at every round; those still in a callout come
+# back, finish their step, see `halt` and exit; a warning names them if they
+# take long), own again, close every process left (coro.close() in its context: its
+# finally blocks run), close the Ownership.  run() then returns main's result
+# or raises.
 #
 # Assumptions about the platform: CPython's GIL makes single attribute reads
 # and writes atomic (used for `halt` and `fatal`, the only fields written by
@@ -279,15 +133,16 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, TypeVarTuple
 
 from ._errors import VmownError, check, error
 from ._native import ffi, lib
 from ._ownership import Ownership
 
-__all__ = ["Process", "checkpoint", "run", "sleep", "spawn", "stats"]
+__all__ = ["Process", "checkpoint", "current_process", "run", "sleep", "spawn", "stats"]
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 DEFAULT_MAX_THREADS = 1000
 DEFAULT_IDLE_TIMEOUT_S = 10.0
@@ -331,18 +186,19 @@ _DONE = "done"
 # cancellation).
 _SUSPEND = object()
 
-_process_var: contextvars.ContextVar[Process] = contextvars.ContextVar("vmown.process")
+_process_var: contextvars.ContextVar[Process[Any]] = contextvars.ContextVar("vmown.process")
 
 
 class _ThreadState:
     """A thread that serves a vmown.run(): its slot in the run's control block."""
 
-    __slots__ = ("cb", "slot", "run_thread")
+    __slots__ = ("cb", "slot", "run_thread", "ident")
 
     def __init__(self, cb: Any, slot: int, run_thread: bool) -> None:
         self.cb = cb  # vmown_vm * of the run's control block
         self.slot = slot  # this thread's slot in it
         self.run_thread = run_thread  # the thread that called vmown.run()
+        self.ident = threading.get_ident()  # made on the thread it describes
 
 
 class _Here(threading.local):
@@ -352,12 +208,12 @@ class _Here(threading.local):
 _here = _Here()
 
 
-class Process:
+class Process(Generic[T]):
     """A green process of :func:`vmown.run`: one coroutine, scheduled on any worker thread.
 
     Made by :func:`spawn` (and by :func:`run` for ``main``).  ``await process``
-    waits for it to finish and returns its result, or raises its exception
-    with the traceback of where it was raised.  Each process runs in its own
+    waits for it to finish and returns its result (``Process[T]``: a ``T``),
+    or raises its exception with the traceback of where it was raised.  Each process runs in its own
     copy of its spawner's :mod:`contextvars` context, which follows it from
     thread to thread.
     """
@@ -374,9 +230,24 @@ class Process:
         "_joiners",
         "_waiting_on",
         "_retrieved",
+        "_scope",
+        "_parent",
+        "_cancel_called",
+        "_cancel_pending",
+        "_groups",
+        "_group",
+        "_thread",
+        "_timer",
+        "_interrupt",
+        "_cancelled",
+        "__weakref__",
     )
 
-    def __init__(self, rt: _Runtime, coro: Coroutine[Any, Any, Any], ctx: contextvars.Context) -> None:
+    # A process is the outermost node of its own chain of cancel scopes
+    # (_cancel.py): Process.cancel() cancels it like a scope; it never shields.
+    _shield = False
+
+    def __init__(self, rt: _Runtime, coro: Coroutine[Any, Any, T], ctx: contextvars.Context) -> None:
         self._rt = rt
         self._coro = coro
         self._resume: Callable[[Any], Any] | None = coro.send  # what the next step calls
@@ -385,9 +256,22 @@ class Process:
         self._state = _RUNNABLE
         self._result: Any = None
         self._exception: BaseException | None = None
-        self._joiners: list[Process] | None = None  # made by the first join
+        self._joiners: list[Process[Any]] | None = None  # made by the first join
         self._waiting_on: object = None  # what it waits on, while WAITING
         self._retrieved = False  # someone awaited it (or will: it had joiners)
+        # Cancellation (_cancel.py).  Invariant: _cancel_pending is
+        # _cancelled(self) whenever this process is not RUNNING, kept so by
+        # every change to a scope of its chain.
+        self._scope: Any = self  # innermost cancel scope it is in (itself: none)
+        self._parent: Any = None  # the task group's scope it was spawned in
+        self._cancel_called = False  # Process.cancel() was called
+        self._cancel_pending = False  # a checkpoint or wait must raise Cancelled
+        self._groups: list[Any] | None = None  # task groups open in it
+        self._group: Any = None  # the task group it is a child of
+        self._thread: _ThreadState | None = None  # the thread that ran its last step
+        self._timer: list[Any] | None = None  # its sleep's heap entry, while SLEEPING
+        self._interrupt: Callable[[], object] | None = None  # while in an interruptible callout
+        self._cancelled = False  # it ended with Cancelled (Process.cancel)
 
     @property
     def name(self) -> str:
@@ -398,15 +282,57 @@ class Process:
         """Whether the process has finished (returned or raised)."""
         return self._state is _DONE
 
-    def __await__(self) -> Generator[Any, Any, Any]:
+    def __await__(self) -> Generator[Any, Any, T]:
         if self._state is not _DONE:
             yield self
         self._retrieved = True
         if self._exception is not None:
             raise self._exception
-        return self._result
+        result: T = self._result
+        return result
 
-    def _forget(self, joiner: Process) -> None:
+    def cancel(self) -> None:
+        """Cancel the process, as if its whole body were in a cancelled :class:`vmown.CancelScope`.
+
+        Call it from another process of the run.  The process gets
+        :class:`vmown.Cancelled` at its next checkpoint or wait (or when the
+        callout it is in returns) and again at each one after; if it lets it
+        propagate, awaiting it raises :class:`vmown.ProcessCancelled`.
+        Cancelling a finished process does nothing.
+        """
+        _cancel_process(self)
+
+    def cancelled(self) -> bool:
+        """Whether the process ended because it was cancelled."""
+        return self._cancelled
+
+    def result(self) -> T:
+        """The finished process's return value; raises its exception if it raised.
+
+        Raises RuntimeError if the process has not finished (``await`` it
+        instead), ProcessCancelled if it was cancelled.
+        """
+        self._check_done("result")
+        self._retrieved = True
+        if self._exception is not None:
+            raise self._exception
+        result: T = self._result
+        return result
+
+    def exception(self) -> BaseException | None:
+        """The exception the finished process raised, or None if it returned.
+
+        Raises RuntimeError if the process has not finished.
+        """
+        self._check_done("exception")
+        self._retrieved = True
+        return self._exception
+
+    def _check_done(self, what: str) -> None:
+        if self._state is not _DONE:
+            raise RuntimeError(f"{self!r} has not finished: await it before calling {what}()")
+
+    def _forget(self, joiner: Process[Any]) -> None:
         """Stop waking ``joiner`` (it is being closed)."""
         if self._joiners is not None:
             self._joiners.remove(joiner)
@@ -426,10 +352,10 @@ class _Runtime:
     """
 
     __slots__ = (
-        "ownership", "cb", "waiters_word", "work_words", "run_queue", "timers", "timer_seq", "processes", "main",
-        "halt", "fatal", "running", "unretrieved", "pub_run", "pub_timer_ns", "watch_ns", "run_slot", "max_threads",
-        "idle_timeout_ns", "handle", "worker_idents", "pool_shortfalls", "cap_warned", "failures_warned",
-        "steps", "spawned", "parks", "releases",
+        "ownership", "cb", "waiters_word", "work_words", "run_queue", "timers", "stale_timers", "timer_seq", "processes", "main",
+        "halt", "fatal", "running", "unretrieved", "published_runnable", "published_timer_ns",
+        "watched_deadline_ns", "run_slot", "max_threads", "idle_timeout_ns", "handle", "worker_idents",
+        "pool_shortfalls", "cap_warned", "failures_warned", "steps", "spawned", "parks", "releases",
     )  # fmt: skip
 
     def __init__(self, max_threads: int, idle_timeout_s: float) -> None:
@@ -441,20 +367,31 @@ class _Runtime:
         # store costs ~65 (one aligned 8-byte store either way; the heartbeat
         # only reads the words).
         self.work_words = memoryview(ffi.buffer(lib.vmown_work_words(self.cb), 16)).cast("Q")
-        self.run_queue: deque[Process] = deque()
-        self.timers: list[tuple[int, int, Process]] = []  # (deadline_ns, seq, process) heap
+        self.run_queue: deque[Process[Any]] = deque()
+        # [deadline_ns, seq, target] heap; target: a sleeping Process, a
+        # CancelScope's deadline, or None once dropped (lazy deletion).
+        self.timers: list[list[Any]] = []
+        self.stale_timers = 0  # entries whose target is None
         self.timer_seq = itertools.count()
-        self.processes: dict[Process, None] = {}  # alive, in spawn order
-        self.main: Process | None = None
+        self.processes: dict[Process[Any], None] = {}  # alive, in spawn order
+        self.main: Process[Any] | None = None
+        # Invariant: only ever goes from False to True; read by every thread
+        # while it owns the VM or right after vmown_park/vmown_own return (P4).
         self.halt = False  # stop serving; the run thread shuts down
         self.fatal: BaseException | None = None  # raised by run() in place of main's outcome
-        self.running = 0  # steps started and not finished, on any thread
-        self.unretrieved: list[Process] = []  # failed with nobody awaiting them (yet)
-        # What vmown_set_work last published.
-        self.pub_run = False
-        self.pub_timer_ns = 0
-        # The deadline a parked worker will wake up for (0: none).
-        self.watch_ns = 0
+        # Invariant: counts the steps between ctx.run's call and its return,
+        # on every thread; non-zero while a step is blocked in a callout (P9).
+        self.running = 0
+        self.unretrieved: list[Process[Any]] = []  # failed with nobody awaiting them (yet)
+        # What vmown_set_work last published.  Invariant: while a step runs
+        # (a callout may release the VM), published_runnable is True if the
+        # run queue is not empty and published_timer_ns is the earliest
+        # deadline; _park and _release publish before they release (P5).
+        self.published_runnable = False
+        self.published_timer_ns = 0
+        # The deadline a parked worker has as its park timeout (0: none); a
+        # worker parks with a timer only if it is earlier than this one (P8).
+        self.watched_deadline_ns = 0
         self.run_slot = 0
         self.max_threads = max_threads
         self.idle_timeout_ns = int(idle_timeout_s * 1e9)
@@ -476,14 +413,19 @@ class _Runtime:
 # ---- the current process ----
 
 
-def _current(what: str) -> Process:
+def _current(what: str) -> Process[Any]:
     proc = _process_var.get(None)
     if proc is None:
         raise RuntimeError(f"{what} must be called from a process started by vmown.run()")
     return proc
 
 
-def spawn(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> Process:
+def current_process() -> Process[Any]:
+    """The :class:`Process` that calls it (must be called from a process of vmown.run())."""
+    return _current("vmown.current_process()")
+
+
+def spawn(fn: Callable[[*Ts], Coroutine[Any, Any, T]], *args: *Ts) -> Process[T]:
     """Start ``fn(*args)`` (an ``async def`` function) as a new process; return its handle.
 
     Must be called from a process.  The new process runs in a copy of the
@@ -494,7 +436,7 @@ def spawn(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> Process:
     return _spawn(parent._rt, fn, args, contextvars.copy_context())
 
 
-def _spawn(rt: _Runtime, fn: Callable[..., Any], args: tuple[Any, ...], ctx: contextvars.Context) -> Process:
+def _spawn(rt: _Runtime, fn: Callable[..., Any], args: tuple[Any, ...], ctx: contextvars.Context) -> Process[Any]:
     if not callable(fn):
         hint = ""
         if _coroutine_like(fn):
@@ -511,7 +453,7 @@ def _spawn(rt: _Runtime, fn: Callable[..., Any], args: tuple[Any, ...], ctx: con
     rt.processes[proc] = None
     rt.spawned += 1
     rt.run_queue.append(proc)
-    if not rt.pub_run:
+    if not rt.published_runnable:
         _publish(rt)
     else:
         rt.work_words[_WORK_RUNNABLE] = len(rt.run_queue)  # how many servers the heartbeat may queue
@@ -555,7 +497,13 @@ def _suspend() -> Generator[object, Any, Any]:
     return (yield _SUSPEND)
 
 
-def _wake(proc: Process, value: Any = None) -> None:
+# P5. A step wakes a process, then makes a blocking callout.
+#       P: Event.set() wakes Q     P: callout: disown ... blocks
+#     The published words may say "nothing runnable" (P's step started with
+#     an empty run queue).  _wake publishes "runnable" before the callout can
+#     release the VM, so the heartbeat sees Q waiting and activates a worker;
+#     unpublished, Q would wait for P's callout to come back.
+def _wake(proc: Process[Any], value: Any = None) -> None:
     """Make a WAITING process runnable; the next step receives ``value``.  Owner only."""
     if proc._state is not _WAITING:
         _broken(f"woke {proc!r}, which is not waiting")
@@ -564,7 +512,7 @@ def _wake(proc: Process, value: Any = None) -> None:
     proc._waiting_on = None
     rt = proc._rt
     rt.run_queue.append(proc)
-    if not rt.pub_run:
+    if not rt.published_runnable:
         _publish(rt)
 
 
@@ -572,14 +520,20 @@ def _broken(what: str) -> None:
     raise RuntimeError(f"vmown: broken scheduler invariant: {what}")
 
 
-def _trap(rt: _Runtime, proc: Process, trap: Any) -> None:
+def _trap(rt: _Runtime, proc: Process[Any], trap: Any) -> None:
     """Handle what a step yielded, other than None (a checkpoint)."""
     proc._value = None
-    if trap is _SUSPEND:
+    if proc._cancel_pending and (trap is _SUSPEND or type(trap) is int or type(trap) is Process):
+        if _cancellable(proc, trap):
+            _throw_cancelled(rt, proc)
+        else:
+            proc._state = _WAITING
+    elif trap is _SUSPEND:
         proc._state = _WAITING
     elif type(trap) is int:
         proc._state = _SLEEPING
-        heapq.heappush(rt.timers, (trap, next(rt.timer_seq), proc))
+        proc._timer = entry = [trap, next(rt.timer_seq), proc]
+        heapq.heappush(rt.timers, entry)
     elif type(trap) is Process:
         _join(rt, proc, trap)
     else:
@@ -593,7 +547,7 @@ def _trap(rt: _Runtime, proc: Process, trap: Any) -> None:
         )
 
 
-def _join(rt: _Runtime, proc: Process, target: Process) -> None:
+def _join(rt: _Runtime, proc: Process[Any], target: Process[Any]) -> None:
     if target is proc:
         _throw_later(rt, proc, RuntimeError(f"{proc!r} awaits itself"))
     elif target._rt is not rt:
@@ -611,22 +565,55 @@ def _join(rt: _Runtime, proc: Process, target: Process) -> None:
             target._joiners.append(proc)
 
 
-def _throw_later(rt: _Runtime, proc: Process, exc: BaseException) -> None:
+def _throw_later(rt: _Runtime, proc: Process[Any], exc: BaseException) -> None:
     proc._resume = partial(_throw_into, proc)
     proc._value = exc
     proc._state = _RUNNABLE
     rt.run_queue.append(proc)
 
 
-def _throw_into(proc: Process, exc: BaseException) -> Any:
+def _cancellable(proc: Process[Any], trap: Any) -> bool:
+    """Whether a step that yielded ``trap`` with a cancellation pending must get Cancelled now.
+
+    A suspension registered with a primitive is taken out of it first; the
+    join of a task group (``_uncancellable``) waits on regardless.
+    """
+    if trap is _SUSPEND:
+        waiting_on = proc._waiting_on
+        if waiting_on is not None:
+            if getattr(waiting_on, "_uncancellable", False):
+                return False
+            waiting_on._forget(proc)  # type: ignore[attr-defined]
+            proc._waiting_on = None
+    return True
+
+
+def _throw_cancelled(rt: _Runtime, proc: Process[Any]) -> None:
+    """Make ``proc`` runnable with Cancelled to raise at the await it stopped at."""
+    _throw_later(rt, proc, _Cancelled(f"{proc!r} is in a cancelled scope"))
+    if not rt.published_runnable:
+        _publish(rt)
+
+
+def _throw_into(proc: Process[Any], exc: BaseException) -> Any:
     proc._resume = proc._coro.send
     return proc._coro.throw(exc)
 
 
-def _finish(rt: _Runtime, proc: Process, exc: BaseException) -> None:
+def _finish(rt: _Runtime, proc: Process[Any], exc: BaseException) -> None:
     """The step ended the process: ``exc`` is StopIteration (returned) or what it raised."""
     if isinstance(exc, StopIteration):
         proc._result = exc.value
+    elif isinstance(exc, _Cancelled):
+        # Cancelled by Process.cancel(), with its task group, or by a scope
+        # whose __exit__ an asynchronous Cancelled pre-empted (_cancel.py,
+        # race K9): its awaiters get ProcessCancelled, a plain failure of the
+        # awaited process, and the run goes on.
+        proc._cancelled = True
+        proc._retrieved = True
+        failure = _ProcessCancelled(f"<vmown.Process {proc.name}> was cancelled")
+        failure.__cause__ = exc
+        proc._exception = failure
     else:
         proc._exception = exc
     proc._state = _DONE
@@ -635,6 +622,8 @@ def _finish(rt: _Runtime, proc: Process, exc: BaseException) -> None:
     joiners, proc._joiners = proc._joiners, None
     for joiner in joiners or ():
         _wake(joiner)
+    if proc._group is not None:
+        proc._group._child_done(proc)
     if proc._exception is not None:
         if not isinstance(proc._exception, Exception):  # KeyboardInterrupt, SystemExit...
             _halt(rt, proc._exception)
@@ -644,6 +633,14 @@ def _finish(rt: _Runtime, proc: Process, exc: BaseException) -> None:
         _halt(rt, None)
 
 
+# P4. The main process finishes on a worker while the run thread is
+#       (a) parked: the worker unparks it (vmown_unpark by slot); it owns the
+#           VM once the worker has left the loop and disowned;
+#       (b) in a callout: it comes back, finishes its step, sees `halt`;
+#       (c) queued for the VM: the worker leaves the loop and disowns to it.
+#     The worker sets `halt` while owning and every thread reads it while
+#     owning, or after vmown_park/vmown_own returned: both orderings go
+#     through the owner word or the slot's semaphore.
 def _halt(rt: _Runtime, fatal: BaseException | None) -> None:
     """Owner: stop the run (``fatal``, if given, is what run() raises)."""
     if fatal is not None and rt.fatal is None:
@@ -666,29 +663,84 @@ def _publish(rt: _Runtime) -> None:
         runnable = len(rt.run_queue)
         timer_ns = rt.timers[0][0] if rt.timers else 0
     lib.vmown_set_work(rt.cb, runnable, timer_ns)
-    rt.pub_run = runnable > 0
-    rt.pub_timer_ns = timer_ns
+    rt.published_runnable = runnable > 0
+    rt.published_timer_ns = timer_ns
 
 
 def _release_timers(rt: _Runtime) -> None:
-    """Due sleepers go to the FRONT of the run queue, in deadline order.
+    """Wake the sleepers that are due and expire the cancel scopes' deadlines that passed.
 
-    A sleeper has waited already; behind a wave of new processes (a burst of
-    spawns that each block in a callout) it would wait for all of them
+    Due sleepers go to the FRONT of the run queue, in deadline order: a
+    sleeper has waited already, and behind a wave of new processes (a burst
+    of spawns that each block in a callout) it would wait for all of them
     (docs/design-log.md, "Burst latency").
     """
     timers, now = rt.timers, _now()
     due = []
     while timers and timers[0][0] <= now:
-        proc = heapq.heappop(timers)[2]
-        if proc._state is not _SLEEPING:
-            _broken(f"{proc!r} was in the timer heap")
-        proc._state = _RUNNABLE
-        due.append(proc)
-    due.reverse()
-    rt.run_queue.extendleft(due)
+        target = heapq.heappop(timers)[2]
+        if target is None:  # dropped: a cancelled sleep, a scope left early
+            rt.stale_timers -= 1
+        elif type(target) is Process:
+            if target._state is not _SLEEPING:
+                _broken(f"{target!r} was in the timer heap")
+            target._timer = None
+            target._state = _RUNNABLE
+            due.append(target)
+        else:
+            target._expire()  # a CancelScope's deadline (_cancel.py, race K3)
+    while timers and timers[0][2] is None:  # keep the head live (_drop_timer)
+        heapq.heappop(timers)
+        rt.stale_timers -= 1
+    if due:
+        due.reverse()
+        rt.run_queue.extendleft(due)
 
 
+def _drop_timer(rt: _Runtime, entry: list[Any]) -> None:
+    """Drop a timer entry (lazy deletion); keep the heap's head live and the heap mostly live."""
+    entry[2] = None
+    rt.stale_timers += 1
+    timers = rt.timers
+    while timers and timers[0][2] is None:
+        heapq.heappop(timers)
+        rt.stale_timers -= 1
+    if rt.stale_timers > 1024 and rt.stale_timers * 2 > len(timers):
+        timers[:] = [entry for entry in timers if entry[2] is not None]
+        heapq.heapify(timers)
+        rt.stale_timers = 0
+
+
+# P1. A callout comes back while the heartbeat activates a worker.
+#       T: disown (callout)      HB: tick k sees W unowned, tick k+1 sees W
+#       T: own: CAS W -> T       HB: activate: CAS W -> worker
+#     Both CAS the same word from the same value: exactly one wins.  If T
+#     wins, the heartbeat's CAS fails and nothing happens.  If the worker
+#     wins, T queues (the own slow path) and the worker, at its next
+#     scheduling point here, sees the waiter count non-zero and parks, handing
+#     T the VM.  T finishes its step and carries on as a worker; the other
+#     one is now the parked spare.
+# P10. The heartbeat queues a server while the owner parks or ends.
+#       HB: queue S (idle stack -> wait queue)   O: park: idle stack, release
+#     Both under the block's lock: if O parks first, its release finds S
+#     queued, or the heartbeat finds the VM unowned and grants S at once.  S,
+#     owning, runs one step here (`first`), or none if the run queue emptied
+#     meanwhile, and parks: a server whose run queue emptied costs one
+#     wake-up.  A server granted while a callout is out runs steps on its
+#     thread; the callout, back, queues ahead of servers (they queue at the
+#     lowest priority) and is handed the VM at the next scheduling point, as
+#     in P1.
+# P11. A sleeper falls due while threads wait for the VM.
+#       T1..Tn: back from callouts, queued     O: finishes a step here
+#       timer of S due                         O: waiters > 0: park, hand on
+#     In a burst every thread back from its callout finds others queued and
+#     hands on at once; nobody would look at the timers until the queue
+#     drained.  So the loop goes on while a timer is due (the condition
+#     below), and due sleepers go to the front of the run queue
+#     (_release_timers): S runs one step, then O hands over; a waiter waits
+#     one step longer, S does not wait for the whole queue.  Starts in a
+#     burst are kept moving by the core (native/idle.c, "Relays", B1-B3;
+#     native/grants.c, vmown__callout_hand_over, D1-D2).
 def _serve(rt: _Runtime, first: bool = False) -> None:
     """Run steps until the run halts, a thread waits for the VM, or nothing is runnable.
 
@@ -698,7 +750,7 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
     The caller owns the VM and still owns it on return.  This is the hot
     path: everything it touches is bound to a local first.  It calls only C
     functions and this module's functions (the SIGINT handler relies on that,
-    race 6), and it is the boundary between scheduler code and user code.
+    P6), and it is the boundary between scheduler code and user code.
     """
     cb = rt.cb
     run_queue = rt.run_queue
@@ -711,11 +763,10 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
     waiters_word = rt.waiters_word
     work_words = rt.work_words
     now = _now
+    here = _here.state
     countdown = _CLOCK_EVERY
     yield_at = now() + _GIL_YIELD_NS
-    # A due sleeper runs before a waiting thread is handed the VM: in a burst
-    # every thread back from its callout finds others queued and hands on at
-    # once, and nobody would look at the timers until the queue drained.
+    # A due sleeper runs before a waiting thread is handed the VM (P11).
     while not rt.halt and (first or not waiters_word[0] or (timers and timers[0][0] <= now())):
         first = False
         countdown -= 1
@@ -730,11 +781,13 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
         if not run_queue:
             return
         proc = popleft()
-        if bool(run_queue) is not rt.pub_run or (timers[0][0] if timers else 0) != rt.pub_timer_ns:
+        next_timer_ns = timers[0][0] if timers else 0
+        if bool(run_queue) is not rt.published_runnable or next_timer_ns != rt.published_timer_ns:
             _publish(rt)
         if proc._state is not _RUNNABLE:
             _broken(f"{proc!r} was in the run queue")
         proc._state = _RUNNING
+        proc._thread = here  # where a canceller finds it while it is in a callout
         rt.running += 1
         work_words[_WORK_TAKEN] = rt.steps = rt.steps + 1  # the heartbeat sees the run queue move
         try:
@@ -745,6 +798,9 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
             continue
         rt.running -= 1
         if trap is None:  # checkpoint
+            if proc._cancel_pending:
+                _throw_cancelled(rt, proc)
+                continue
             proc._state = _RUNNABLE
             proc._value = None
             append(proc)
@@ -775,40 +831,67 @@ def _work(rt: _Runtime, me: _ThreadState, given: bool = False) -> None:
         _release(rt, me)
 
 
+# P2. A worker parks while a thread queues for the VM.
+#       W: park: under the lock, join the idle stack, hand the VM to the head
+#       T: own: under the lock, CAS, else enqueue
+#     Both take the block's lock, so T is either in the queue when W parks (W
+#     hands it the VM) or finds the VM unowned afterwards (T's CAS wins).  A
+#     worker is never both unfindable and unowning.
+# P9. Deadlock detection and a callout about to come back.
+#       W: nothing runnable, no timer: park    P: in a callout, will wake Q
+#     W declares a deadlock only if no step is in flight (`running` == 0): a
+#     step blocked in a callout counts until it ends, on its own thread with
+#     the VM owned, so whatever it will wake is never declared stuck.
+#     Nothing outside the VM can wake a process (primitives refuse other
+#     threads), so the check is exact.
 def _park(rt: _Runtime, me: _ThreadState) -> bool:
     """Park until there is work; True once owning the VM, False for a worker that leaves."""
-    if not rt.run_queue and not rt.timers and rt.running == 0:
+    if not rt.run_queue and len(rt.timers) == rt.stale_timers and rt.running == 0:
         _halt(rt, _deadlock(rt))
         return True
-    timeout_ns, watch_ns = _park_timeout(rt, me)
+    timeout_ns, watched_deadline_ns = _park_timeout(rt, me)
     _publish(rt)
     rt.parks += 1
     rc = _park_c(rt.cb, me.slot, timeout_ns)
     if rc != 1:  # not activated: unparked, timed out or interrupted; not owning
         if rc not in (0, _ETIMEDOUT, _EINTR):
             raise error(rc, "park")
-        retire = rc == _ETIMEDOUT and not watch_ns and _surplus(rt)
+        retire = rc == _ETIMEDOUT and not watched_deadline_ns and _surplus(rt)
         if not me.run_thread and (rt.halt or retire):
             return False
         _own(rt, me)
-    if watch_ns and rt.watch_ns == watch_ns:
-        rt.watch_ns = 0
+    if watched_deadline_ns and rt.watched_deadline_ns == watched_deadline_ns:
+        rt.watched_deadline_ns = 0
     _ensure_spare(rt)
     return True
 
 
+# P8. The timer watcher and the heartbeat both act on a due timer.
+#       W (watcher): parked with the earliest deadline as its timeout
+#       HB: the timer is due and the VM unowned a whole tick: activate
+#     Only one worker watches a deadline (rt.watched_deadline_ns).  It wakes
+#     and owns; if the heartbeat activated another worker first, the watcher
+#     queues, is handed the VM at a scheduling point, finds nothing and parks
+#     again.
 def _park_timeout(rt: _Runtime, me: _ThreadState) -> tuple[int, int]:
     """(timeout_ns for vmown_park, the timer deadline this thread watches or 0)."""
     if rt.timers:
         deadline = rt.timers[0][0]
-        if rt.watch_ns == 0 or deadline < rt.watch_ns:
-            rt.watch_ns = deadline
+        if rt.watched_deadline_ns == 0 or deadline < rt.watched_deadline_ns:
+            rt.watched_deadline_ns = deadline
             return max(0, deadline - _now()), deadline
     return (-1 if me.run_thread else rt.idle_timeout_ns), 0
 
 
+# P3. A surplus worker's idle timeout and an activation.
+#       W: park times out            HB: activate W (under the lock)
+#     The core settles it under the lock: if the grant came first, vmown_park
+#     returns 1 and W owns the VM; so a worker retires only when it really was
+#     not given the VM.  Two workers retiring at once: each decides after it
+#     left the idle stack, so at most one of them reads the other as parked;
+#     at least one stays.
 def _surplus(rt: _Runtime) -> bool:
-    """Whether another worker is parked, so that this one may retire (race 3)."""
+    """Whether another worker is parked, so that this one may retire (P3)."""
     return _idle_workers(rt) > 0
 
 
@@ -966,8 +1049,8 @@ def _leave() -> None:
 
 
 def run(
-    main: Callable[..., Coroutine[Any, Any, T]],
-    *args: Any,
+    main: Callable[[*Ts], Coroutine[Any, Any, T]],
+    *args: *Ts,
     hz: int = 1000,
     max_threads: int = DEFAULT_MAX_THREADS,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
@@ -1053,6 +1136,18 @@ def _shutdown(rt: _Runtime, me: _ThreadState) -> None:
     _report_unretrieved(rt)
 
 
+# P7. The pool starts a worker while the VM is owned, or unowned.
+#       S (spawner, C): pthread_create   N (new, C): park_new: under the lock,
+#                                          join the idle stack, sleep
+#       O (owner): ...                   HB: activate N (under the lock)
+#     N never competes for the VM: it is on the idle stack, or not yet
+#     findable, like a thread that has not started.  The heartbeat and the
+#     owner see it only through the idle stack, under the lock, so an
+#     activation finds it parked or not at all.  At shutdown the run thread
+#     stops the pool first (no new starts); then the pool unparks every
+#     parked worker at each round of joining: a worker that was still
+#     starting parks after a round and is woken by the next (it sees the
+#     pool's `stop`, or, in Python, `halt`).
 def _join_workers(rt: _Runtime) -> None:
     """Wait for every worker to exit; warn about the ones that keep us waiting.
 
@@ -1127,11 +1222,25 @@ def _close_ownership(rt: _Runtime) -> None:
 
 # ---- SIGINT ----
 
-_PROTECTED_MODULES = frozenset({__name__, "vmown._sync"})
+# Cancel scopes and task groups update the run's state in their __exit__ and
+# __aexit__: KeyboardInterrupt waits for a scheduling point there too.
+_PROTECTED_MODULES = frozenset({__name__, "vmown._sync", "vmown._cancel", "vmown._taskgroup"})
 
 
+# P6. SIGINT lands anywhere in the main thread.  CPython runs the handler at
+#     eval-breaker checks: function entry, backward jumps, after each CALL.
+#     The handler walks the interrupted frames outwards: if scheduler code
+#     (this module, _sync) comes first, it only records KeyboardInterrupt and
+#     sets `halt`, which the loop sees at the next scheduling point and a
+#     parked main thread sees when vmown_park returns VMOWN_EINTR; if user
+#     code of a step comes first (a process, or a function called as a
+#     callout), it raises there, and the process ends with KeyboardInterrupt,
+#     which halts the run.  Callouts themselves are C (_callout.py): no
+#     handler runs between their disown and their own.  A second Ctrl-C
+#     while the first is pending raises at once: the escape from a program
+#     that does not come back (see _shutdown).
 def _ki_deferred(frame: types.FrameType | None) -> bool:
-    """Whether KeyboardInterrupt must wait for a scheduling point (race 6).
+    """Whether KeyboardInterrupt must wait for a scheduling point (P6).
 
     The first frame, walking outwards, that is scheduler code decides: the
     loop itself (innermost) or any other function of this module or _sync
@@ -1241,6 +1350,12 @@ def _stats(rt: _Runtime) -> dict[str, int]:
     }
 
 
+from ._cancel import (  # noqa: E402
+    Cancelled as _Cancelled,
+    ProcessCancelled as _ProcessCancelled,
+    _cancel_process,
+)
+
 # Frames of these functions call user code: KeyboardInterrupt raised below
-# them lands inside a step (race 6).
+# them lands inside a step (P6).
 _BOUNDARY = frozenset({_serve.__code__, _throw_into.__code__})

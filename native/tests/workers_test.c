@@ -46,8 +46,8 @@ static void entry(void *arg, uint32_t slot) {
     if (arg != &token) bad_arg = 1;
     if (vmown_owner(vm) == (int32_t)slot) entered_owning++;
     vmown_set_work(vm, 0, 0);
+    entered++;  /* before the disown, so the owner sees it once it owns again */
     CHECK(vmown_disown(vm, slot, 0) == 0, "entry disown");
-    entered++;
 }
 
 static int six_idle(void) { return idle() == 6 && pool().starting == 0; }
@@ -100,17 +100,23 @@ int main(int argc, char **argv) {
         CHECK(vmown_disown(vm, me, 0) == 0, "disown");
         usleep(20000);  /* the callout */
         CHECK(vmown_own(vm, me) == 0, "own back");
-        CHECK(entered == before + 1, "round %d: %d entered, expected %d", r, entered, before + 1);
+        /* At least one worker entered.  A second one may too: the heartbeat
+         * can read the work word just before the first worker clears it and
+         * activate again once that worker disowns; the extra worker finds no
+         * work and leaves, which is harmless and counted. */
+        CHECK(entered >= before + 1, "round %d: %d entered, expected at least %d", r, entered, before + 1);
         CHECK(vmown_workers_want(vm, 6) == 0, "top up");
     }
-    CHECK(entered_owning == rounds && !bad_arg, "entered owning with the arg");
+    CHECK(entered_owning == entered && !bad_arg, "entered owning with the arg");
+    CHECK(entered <= 2 * rounds, "%d entered in %d rounds", entered, rounds);
     CHECK(vmown_heartbeat_stop(vm) == 0, "heartbeat stop");
-    CHECK(pool().entered == (uint64_t)rounds, "entered count");
+    CHECK(pool().entered == (uint64_t)entered, "entered count");
     printf("entry: %d workers entered owning the VM and left: ok\n", rounds);
     CHECK(vmown_disown(vm, me, 0) == 0, "disown");
     CHECK(vmown_unregister(vm, me) == 0, "unregister");
+    int entered_before_stop = entered;
     end_block();
-    CHECK(entered == rounds, "no entry at stop");
+    CHECK(entered == entered_before_stop, "no entry at stop");
     printf("stop and join: ok\n");
 
     /* asks racing exits */
