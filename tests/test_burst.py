@@ -103,7 +103,8 @@ def test_ticker_lateness_in_a_burst_of_100_is_bounded_relative_to_trio() -> None
     attempts = []
     for _ in range(ATTEMPTS):
         mine, stats = vmown_late_ms()
-        theirs = trio_late_ms()
+        # trio's best of two: a spike of its own must not excuse ours
+        theirs = min(trio_late_ms(), trio_late_ms())
         attempts.append((mine, theirs, stats))
         if mine <= RATIO * theirs + MARGIN_MS:
             return
