@@ -16,8 +16,13 @@
  * on failure: either -errno for a failed OS call or one of VMOWN_E* below.
  * Nothing here prints.
  *
- * The block between the two cdef markers is fed to cffi verbatim, so it keeps
- * to what cffi's C parser accepts: no #include, no macros with expressions.
+ * The block between the two cdef markers is fed to cffi (vmown/_build.py,
+ * with VMOWN_EXTERN taken out), so it keeps to what cffi's C parser accepts:
+ * no #include, no macros with expressions.
+ *
+ * As a C library (libvmown, the Makefile; docs/C-API.md says how an
+ * interpreter embeds it) only the functions marked VMOWN_EXTERN are
+ * exported: the core is compiled with -fvisibility=hidden.
  */
 #ifndef VMOWN_H
 #define VMOWN_H
@@ -25,11 +30,38 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The version of this header; vmown_version() says that of the library
+ * linked.  The shared library's SONAME carries the major version
+ * (libvmown.so.MAJOR).  MAJOR changes with an incompatible C API;
+ * vmown_layout_version() is the separate number of the shared memory's
+ * layout, checked by vmown_vm_attach. */
+#define VMOWN_VERSION_MAJOR 0
+#define VMOWN_VERSION_MINOR 1
+#define VMOWN_VERSION_PATCH 0
+#define VMOWN_VERSION_HEX ((VMOWN_VERSION_MAJOR << 16) | (VMOWN_VERSION_MINOR << 8) | VMOWN_VERSION_PATCH)
+
+/* Marks the public functions: exported from libvmown.so.  A build that
+ * wants them hidden (the Python extension, which exports none) defines it
+ * empty. */
+#ifndef VMOWN_EXTERN
+#if defined(__GNUC__) && __GNUC__ >= 4
+#define VMOWN_EXTERN __attribute__((visibility("default")))
+#else
+#define VMOWN_EXTERN
+#endif
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 /* cdef-begin */
+
+/* The library's version: VMOWN_VERSION_HEX of the header it was built with
+ * (compare with the header's to catch a program run against another
+ * libvmown), and as "MAJOR.MINOR.PATCH". */
+VMOWN_EXTERN unsigned int vmown_version(void);
+VMOWN_EXTERN const char *vmown_version_string(void);
 
 /* Error codes (negative returns). OS failures are returned as -errno. */
 enum {
@@ -110,49 +142,49 @@ typedef struct {
 } vmown_slot_info;
 
 /* Size in bytes (a multiple of the page size) of a block with nslots slots. */
-size_t vmown_block_size(uint32_t nslots);
+VMOWN_EXTERN size_t vmown_block_size(uint32_t nslots);
 
 /* Initialise a block in len bytes of zeroed or reused page-aligned memory.
  * Two-phase: the state word reads INITIALIZING until everything else is
  * written, then READY with release ordering. */
-int vmown_vm_init(void *mem, size_t len, uint32_t nslots, vmown_vm **out);
+VMOWN_EXTERN int vmown_vm_init(void *mem, size_t len, uint32_t nslots, vmown_vm **out);
 
 /* Check a block made elsewhere (another process, a file) and return it.
  * Every header field is read once and checked against len and this build. */
-int vmown_vm_attach(void *mem, size_t len, vmown_vm **out);
-void vmown_vm_detach(vmown_vm *vm);
+VMOWN_EXTERN int vmown_vm_attach(void *mem, size_t len, vmown_vm **out);
+VMOWN_EXTERN void vmown_vm_detach(vmown_vm *vm);
 
 /* Claim a free slot for the calling thread; returns its index (>= 1). */
-int vmown_register(vmown_vm *vm);
+VMOWN_EXTERN int vmown_register(vmown_vm *vm);
 /* Give a slot back.  A slot that owns the VM releases it first; a slot that is
  * queued is refused with VMOWN_EBUSY. */
-int vmown_unregister(vmown_vm *vm, uint32_t slot);
+VMOWN_EXTERN int vmown_unregister(vmown_vm *vm, uint32_t slot);
 
 /* Release the VM: hand it to the head waiter if there is one, else store 0.
  * Always a hard, FIFO hand-off; only vmown_callout_begin makes soft grants.
  * `callout` tags what the caller is about to do (0 = nothing in particular). */
-int vmown_disown(vmown_vm *vm, uint32_t slot, uint64_t callout);
+VMOWN_EXTERN int vmown_disown(vmown_vm *vm, uint32_t slot, uint64_t callout);
 /* Take the VM, waiting as long as it takes (signals are not reported). */
-int vmown_own(vmown_vm *vm, uint32_t slot);
+VMOWN_EXTERN int vmown_own(vmown_vm *vm, uint32_t slot);
 /* Take the VM; timeout_ns < 0 waits forever.  With VMOWN_WAIT_INTERRUPTIBLE a
  * signal makes it return VMOWN_EINTR; a timeout returns VMOWN_ETIMEDOUT.  In
  * both cases the slot has left the queue and does not own the VM. */
-int vmown_own_wait(vmown_vm *vm, uint32_t slot, int64_t timeout_ns, int flags);
+VMOWN_EXTERN int vmown_own_wait(vmown_vm *vm, uint32_t slot, int64_t timeout_ns, int flags);
 /* Go on waiting after VMOWN_EAGAIN, the slot still queued; deadline_ns is
  * CLOCK_MONOTONIC (vmown_now_ns), < 0 for none.  Why slices: a signal whose
  * handler runs between two sleeps interrupts neither; returning to the
  * caller at every slice lets it run its pending handlers (Python does at the
  * next bytecode boundary) so that no Ctrl-C waits for the VM. */
-int vmown_own_resume(vmown_vm *vm, uint32_t slot, int64_t deadline_ns, int flags);
+VMOWN_EXTERN int vmown_own_resume(vmown_vm *vm, uint32_t slot, int64_t deadline_ns, int flags);
 /* Leave the queue after VMOWN_EAGAIN.  Returns 0 (not owning), or 1 if the
  * VM was handed over meanwhile: the caller owns it and must release it. */
-int vmown_own_cancel(vmown_vm *vm, uint32_t slot);
+VMOWN_EXTERN int vmown_own_cancel(vmown_vm *vm, uint32_t slot);
 /* Take the VM only if nobody owns it: 1 taken, 0 not, negative on error. */
-int vmown_try_own(vmown_vm *vm, uint32_t slot);
+VMOWN_EXTERN int vmown_try_own(vmown_vm *vm, uint32_t slot);
 /* The owner gives the VM to the head waiter and queues for it again: returns
  * 1 after getting it back, 0 if nobody waited (nothing happened), or an error
  * (VMOWN_EINTR / VMOWN_ETIMEDOUT: the caller no longer owns the VM). */
-int vmown_yield(vmown_vm *vm, uint32_t slot, int64_t timeout_ns, int flags);
+VMOWN_EXTERN int vmown_yield(vmown_vm *vm, uint32_t slot, int64_t timeout_ns, int flags);
 
 /* One-argument forms for callers that pay per argument (cffi dispatches a
  * one-argument call without building an argument tuple: half the cost).
@@ -163,25 +195,25 @@ typedef struct {
     vmown_vm *vm;
     uint32_t slot;
 } vmown_thread;
-int vmown_thread_own(const vmown_thread *t);
-int vmown_thread_disown(const vmown_thread *t);
+VMOWN_EXTERN int vmown_thread_own(const vmown_thread *t);
+VMOWN_EXTERN int vmown_thread_disown(const vmown_thread *t);
 
 /* Set the queue priority of a slot (higher goes first, FIFO among equals). */
-int vmown_set_priority(vmown_vm *vm, uint32_t slot, int32_t priority);
+VMOWN_EXTERN int vmown_set_priority(vmown_vm *vm, uint32_t slot, int32_t priority);
 
 /* The names of vmown_counters' fields, in order (i < vmown_counter_count();
  * NULL past the end), and of the slot states (indexed by VMOWN_SLOT_*):
  * the one list Python's statistics and `python -m vmown top` use. */
-uint32_t vmown_counter_count(void);
-const char *vmown_counter_name(uint32_t i);
-uint32_t vmown_slot_state_count(void);
-const char *vmown_slot_state_name(uint32_t i);
+VMOWN_EXTERN uint32_t vmown_counter_count(void);
+VMOWN_EXTERN const char *vmown_counter_name(uint32_t i);
+VMOWN_EXTERN uint32_t vmown_slot_state_count(void);
+VMOWN_EXTERN const char *vmown_slot_state_name(uint32_t i);
 
 /* Observers: safe from any thread or process, no lock taken. */
-uint64_t vmown_owner_word(const vmown_vm *vm);
-int32_t vmown_owner(const vmown_vm *vm);
-uint32_t vmown_epoch(const vmown_vm *vm);
-uint32_t vmown_waiters(const vmown_vm *vm);
+VMOWN_EXTERN uint64_t vmown_owner_word(const vmown_vm *vm);
+VMOWN_EXTERN int32_t vmown_owner(const vmown_vm *vm);
+VMOWN_EXTERN uint32_t vmown_epoch(const vmown_vm *vm);
+VMOWN_EXTERN uint32_t vmown_waiters(const vmown_vm *vm);
 /* Where the count of queued threads lives, for reading it without a call:
  * from Python, a cffi call releases and retakes the GIL, and an owner that
  * does that at every scheduling point makes CPython's GIL hand-over (which
@@ -189,20 +221,20 @@ uint32_t vmown_waiters(const vmown_vm *vm);
  * any hand-over) starve a thread that waits for the GIL.  A plain load
  * through this pointer releases nothing.  Aligned 32-bit word: loads are
  * atomic; the value is a snapshot, as from vmown_waiters. */
-const uint32_t *vmown_waiters_word(const vmown_vm *vm);
+VMOWN_EXTERN const uint32_t *vmown_waiters_word(const vmown_vm *vm);
 /* Two words for the owner to write in place (plain stores through this
  * pointer, no call, nothing released), read by the heartbeat (heartbeat.c):
  * [VMOWN_WORK_TAKEN] processes taken off the run queue so far, bumped at
  * each; [VMOWN_WORK_RUNNABLE] processes runnable now, the word vmown_set_work
  * writes. */
 enum { VMOWN_WORK_TAKEN = 0, VMOWN_WORK_RUNNABLE = 1 };
-uint64_t *vmown_work_words(vmown_vm *vm);
-uint32_t vmown_nslots(const vmown_vm *vm);
-uint32_t vmown_slots_in_use(const vmown_vm *vm);
-int vmown_counters_read(const vmown_vm *vm, vmown_counters *out);
-int vmown_slot_read(const vmown_vm *vm, uint32_t slot, vmown_slot_info *out);
+VMOWN_EXTERN uint64_t *vmown_work_words(vmown_vm *vm);
+VMOWN_EXTERN uint32_t vmown_nslots(const vmown_vm *vm);
+VMOWN_EXTERN uint32_t vmown_slots_in_use(const vmown_vm *vm);
+VMOWN_EXTERN int vmown_counters_read(const vmown_vm *vm, vmown_counters *out);
+VMOWN_EXTERN int vmown_slot_read(const vmown_vm *vm, uint32_t slot, vmown_slot_info *out);
 /* Waiting slots in queue order; returns how many were written (<= cap). */
-int vmown_queue_read(vmown_vm *vm, uint32_t *out, uint32_t cap);
+VMOWN_EXTERN int vmown_queue_read(vmown_vm *vm, uint32_t *out, uint32_t cap);
 
 /* ---- Workers and the heartbeat (heartbeat.c) ----
  *
@@ -235,16 +267,16 @@ typedef struct {
  * release the VM (to the head waiter, if any), in one step under the lock.
  * Returns 1 once given the VM (activated), 0 when woken by vmown_unpark
  * (not owning), VMOWN_ETIMEDOUT (not owning) after timeout_ns (< 0: none). */
-int vmown_park(vmown_vm *vm, uint32_t slot, int64_t timeout_ns);
+VMOWN_EXTERN int vmown_park(vmown_vm *vm, uint32_t slot, int64_t timeout_ns);
 /* Park a worker that does not own the VM (a new one): join the idle stack and
  * wait, as vmown_park does after its release; same results.  A thread pool
  * can thus start workers without handing the VM to each.  VMOWN_ENOTOWNER if
  * the caller owns the VM (or holds a grant of it), VMOWN_EBADSLOT if its slot
  * is queued or parked already. */
-int vmown_park_new(vmown_vm *vm, uint32_t slot, int64_t timeout_ns);
+VMOWN_EXTERN int vmown_park_new(vmown_vm *vm, uint32_t slot, int64_t timeout_ns);
 /* Wake one parked worker (slot 0: the most recently parked) without giving
  * it the VM: its vmown_park returns 0.  Returns the slot woken, 0 if none. */
-int vmown_unpark(vmown_vm *vm, uint32_t slot);
+VMOWN_EXTERN int vmown_unpark(vmown_vm *vm, uint32_t slot);
 
 /* ---- The worker pool (workers.c) ----
  *
@@ -273,44 +305,44 @@ typedef struct {
 
 /* Start the pool's spawner thread.  VMOWN_EBUSY if a pool runs already,
  * VMOWN_EINVAL for max_workers 0. */
-int vmown_workers_start(vmown_vm *vm, vmown_worker_entry entry, void *arg, uint32_t max_workers,
-                        int64_t idle_timeout_ns);
+VMOWN_EXTERN int vmown_workers_start(vmown_vm *vm, vmown_worker_entry entry, void *arg, uint32_t max_workers,
+                                     int64_t idle_timeout_ns);
 /* Ask for `want` workers parked or on their way, counting those parked now
  * (the spawner starts the rest, never past max_workers).  Cheap: a lock and
  * a post.  Returns cap_hits + failures so far (a caller that sees it grow
  * reads the stats and reports), or VMOWN_EINVAL without a running pool. */
-int64_t vmown_workers_want(vmown_vm *vm, uint32_t want);
+VMOWN_EXTERN int64_t vmown_workers_want(vmown_vm *vm, uint32_t want);
 /* No more starts: stop the spawner and make parked pooled workers leave
  * (each parked one is unparked: its vmown_park_new returns and it exits).
  * A worker in entry is not stopped: entry returns when the caller's own
  * protocol says so.  Idempotent. */
-int vmown_workers_stop(vmown_vm *vm);
+VMOWN_EXTERN int vmown_workers_stop(vmown_vm *vm);
 /* Wait up to timeout_ns (< 0: no limit) for every pooled worker to exit,
  * joining them; returns how many still live (0: all joined).  After a
  * return of 0 the pool holds no thread and vmown_vm_detach may free it. */
-int vmown_workers_join(vmown_vm *vm, int64_t timeout_ns);
-int vmown_workers_read(const vmown_vm *vm, vmown_workers_stats *out);
+VMOWN_EXTERN int vmown_workers_join(vmown_vm *vm, int64_t timeout_ns);
+VMOWN_EXTERN int vmown_workers_read(const vmown_vm *vm, vmown_workers_stats *out);
 
 /* Owner only, cheap (plain stores): what work waits if the VM is left
  * unowned.  runnable: processes ready to run; next_timer_ns: earliest timer
  * (CLOCK_MONOTONIC ns, 0 = none). */
-void vmown_set_work(vmown_vm *vm, uint64_t runnable, int64_t next_timer_ns);
+VMOWN_EXTERN void vmown_set_work(vmown_vm *vm, uint64_t runnable, int64_t next_timer_ns);
 /* CLOCK_MONOTONIC in ns, the heartbeat's clock. */
-int64_t vmown_now_ns(void);
+VMOWN_EXTERN int64_t vmown_now_ns(void);
 
-int vmown_heartbeat_start(vmown_vm *vm, uint32_t hz);
-int vmown_heartbeat_stop(vmown_vm *vm);
-int vmown_heartbeat_read(const vmown_vm *vm, vmown_heartbeat_stats *out);
+VMOWN_EXTERN int vmown_heartbeat_start(vmown_vm *vm, uint32_t hz);
+VMOWN_EXTERN int vmown_heartbeat_stop(vmown_vm *vm);
+VMOWN_EXTERN int vmown_heartbeat_read(const vmown_vm *vm, vmown_heartbeat_stats *out);
 /* Whether callouts of this process may go out lazily while its heartbeat
  * runs (on by default: grants.c, "Lazy callouts"); off makes every
  * callout release the owner word, as without a heartbeat.  Returns 1 if they
  * go lazily now (on, a heartbeat running, and the kernel able to revoke). */
-int vmown_heartbeat_set_lazy(vmown_vm *vm, int on);
+VMOWN_EXTERN int vmown_heartbeat_set_lazy(vmown_vm *vm, int on);
 
 /* ---- Callouts from C (callout.c) ---- */
 
 /* Bind the calling thread to a block and its slot (vm NULL unbinds). */
-int vmown_bind_thread(vmown_vm *vm, uint32_t slot);
+VMOWN_EXTERN int vmown_bind_thread(vmown_vm *vm, uint32_t slot);
 /* Disown if this thread is bound and owns the VM; returns a token for
  * vmown_callout_end (0: nothing was disowned, the call is a plain call).
  * With this process's heartbeat running and nobody queued, the callout goes
@@ -321,19 +353,19 @@ int vmown_bind_thread(vmown_vm *vm, uint32_t slot);
  * lazy again after 64 that nobody needed (callout.c, hints).  Otherwise a queued thread gets
  * a soft grant: end (or try_end) takes the VM back with one CAS if that
  * thread has not claimed it yet (grants.c). */
-uint32_t vmown_callout_begin(uint64_t tag);
+VMOWN_EXTERN uint32_t vmown_callout_begin(uint64_t tag);
 /* Own again (waiting without the GIL if need be); errno is preserved.  A
  * failure here cannot be reported to the caller and aborts, naming it. */
-void vmown_callout_end(uint32_t token);
+VMOWN_EXTERN void vmown_callout_end(uint32_t token);
 /* Own again only if that takes one CAS (nobody took the VM meanwhile):
  * returns 1 if this thread owns the VM again (or token is 0), 0 if it must
  * wait, with vmown_callout_end, best with the GIL released. */
-int vmown_callout_try_end(uint32_t token);
+VMOWN_EXTERN int vmown_callout_try_end(uint32_t token);
 /* vmown_callout_begin, never lazy: for a caller that takes the GIL back
  * between the call and its end (vmown.callout).  A lazy callout would hold
  * the VM while it waits for the GIL, and whoever holds the GIL could not
  * get the VM. */
-uint32_t vmown_callout_begin_eager(uint64_t tag);
+VMOWN_EXTERN uint32_t vmown_callout_begin_eager(uint64_t tag);
 
 /* Fields are only ever appended (a reader of version 1 that knows fewer
  * fields still reads the ones it knows); the version changes only if a
@@ -347,7 +379,7 @@ typedef struct {
     uint32_t (*begin_eager)(uint64_t tag);
 } vmown_callout_table;
 /* The table that generated wrappers in other modules are initialised with. */
-const vmown_callout_table *vmown_callout_api(void);
+VMOWN_EXTERN const vmown_callout_table *vmown_callout_api(void);
 
 /* Where things are in a control block (byte offsets from its start), for
  * tools that read a block from outside and for tests that corrupt one. */
@@ -355,16 +387,16 @@ typedef struct {
     uint32_t owner_word, waiters_and_hb_asleep, lock, lock_size, queue_head, queue_tail, idle_head;
     uint32_t slots, slot_size, slot_state, slot_next, slot_pid, slot_sem, sem_size;
 } vmown_layout;
-void vmown_layout_read(vmown_layout *out);
+VMOWN_EXTERN void vmown_layout_read(vmown_layout *out);
 
 /* Layout version of the control block this build reads and writes; the
  * Python package checks it against its own at import. */
-uint32_t vmown_layout_version(void);
+VMOWN_EXTERN uint32_t vmown_layout_version(void);
 
 /* Free the slots of processes that died (pid gone, zombie, or recycled),
  * releasing the VM if one of them owned it.  Waiters do this by themselves
  * within 50 ms of a dead owner; returns how many slots were freed. */
-int vmown_reap(vmown_vm *vm);
+VMOWN_EXTERN int vmown_reap(vmown_vm *vm);
 
 /* Debug: stop the calling process (SIGSTOP) at a point of the protocol, so a
  * test can kill it exactly there.  Process-wide; VMOWN_DEBUG_STOP_NONE off. */
@@ -375,17 +407,17 @@ enum {
     VMOWN_DEBUG_STOP_CLAIM = 3,    /* woken by a soft grant, before claiming it */
     VMOWN_DEBUG_STOP_BEFORE_POST = 4  /* a disown that handed the VM on, before its post */
 };
-void vmown_debug_set_stop(int point);
+VMOWN_EXTERN void vmown_debug_set_stop(int point);
 
 /* Debug: widen the race windows (between enqueueing and sleeping, between
  * storing a new owner and posting its semaphore) by spinning this many
  * nanoseconds with a yield.  Process-wide, 0 turns it off. */
-void vmown_debug_set_widen_ns(int64_t ns);
+VMOWN_EXTERN void vmown_debug_set_widen_ns(int64_t ns);
 
 /* OS layer (os_linux.c): anonymous shared mappings for the default block. */
-int vmown_map_anonymous(size_t len, void **out);
-int vmown_unmap(void *addr, size_t len);
-size_t vmown_page_size(void);
+VMOWN_EXTERN int vmown_map_anonymous(size_t len, void **out);
+VMOWN_EXTERN int vmown_unmap(void *addr, size_t len);
+VMOWN_EXTERN size_t vmown_page_size(void);
 
 /* ---- Arena (arena.c) ---- */
 
@@ -454,41 +486,41 @@ typedef struct {
  * never moves the mapping (0: size for anonymous, 1 GiB for files).  address:
  * where the data area must start (MAP_FIXED_NOREPLACE), or NULL.  timeout_ns
  * bounds waits for the header lock (< 0: none). */
-int vmown_arena_create(const char *path, uint64_t size, uint64_t max_size, uint32_t mode, void *address,
-                       uint32_t flags, int64_t timeout_ns, vmown_arena **out);
+VMOWN_EXTERN int vmown_arena_create(const char *path, uint64_t size, uint64_t max_size, uint32_t mode,
+                                    void *address, uint32_t flags, int64_t timeout_ns, vmown_arena **out);
 /* Open an arena file: refuses a symlink, a non-regular file, another user's
  * file, permission bits outside allowed_mode; waits up to timeout_ns for a
  * header still being written; checks magic, version, sizes, file length. */
-int vmown_arena_open(const char *path, uint64_t max_size, uint32_t allowed_mode, void *address, uint32_t flags,
-                     int64_t timeout_ns, vmown_arena **out);
+VMOWN_EXTERN int vmown_arena_open(const char *path, uint64_t max_size, uint32_t allowed_mode, void *address,
+                                  uint32_t flags, int64_t timeout_ns, vmown_arena **out);
 /* Unmap, give back the peer entry, close the file.  Nothing may touch the
  * memory any more. */
-int vmown_arena_close(vmown_arena *a);
+VMOWN_EXTERN int vmown_arena_close(vmown_arena *a);
 /* In a forked child: take a peer entry of its own (done lazily otherwise). */
-int vmown_arena_adopt(vmown_arena *a);
-void *vmown_arena_data(const vmown_arena *a);
-int vmown_arena_fd(const vmown_arena *a);
+VMOWN_EXTERN int vmown_arena_adopt(vmown_arena *a);
+VMOWN_EXTERN void *vmown_arena_data(const vmown_arena *a);
+VMOWN_EXTERN int vmown_arena_fd(const vmown_arena *a);
 /* Cheap reads for hot paths: data bytes mapped here; data bytes the header
  * says (untrusted: compare, never use as a bound). */
-uint64_t vmown_arena_mapped(const vmown_arena *a);
-uint64_t vmown_arena_size(const vmown_arena *a);
-int vmown_arena_info_read(vmown_arena *a, vmown_arena_info *out);
+VMOWN_EXTERN uint64_t vmown_arena_mapped(const vmown_arena *a);
+VMOWN_EXTERN uint64_t vmown_arena_size(const vmown_arena *a);
+VMOWN_EXTERN int vmown_arena_info_read(vmown_arena *a, vmown_arena_info *out);
 /* Map what the header says now (another process may have grown it). */
-int vmown_arena_refresh(vmown_arena *a);
-int vmown_arena_grow(vmown_arena *a, uint64_t new_size);
+VMOWN_EXTERN int vmown_arena_refresh(vmown_arena *a);
+VMOWN_EXTERN int vmown_arena_grow(vmown_arena *a, uint64_t new_size);
 /* Refused with VMOWN_EARENA_BUSY while a live peer maps more than new_size. */
-int vmown_arena_shrink(vmown_arena *a, uint64_t new_size);
+VMOWN_EXTERN int vmown_arena_shrink(vmown_arena *a, uint64_t new_size);
 /* Hand out whole pages of the data area; *offset is where they start. */
-int vmown_arena_alloc(vmown_arena *a, uint64_t nbytes, uint64_t *offset);
+VMOWN_EXTERN int vmown_arena_alloc(vmown_arena *a, uint64_t nbytes, uint64_t *offset);
 /* An atomic op on the 4- or 8-byte word at `offset`; *old gets the previous
  * value (0 for a store).  Returns 1 when a CAS swapped, else 0. */
-int vmown_arena_atomic(vmown_arena *a, uint32_t op, uint64_t offset, uint32_t width, uint64_t value,
-                       uint64_t desired, uint64_t *old);
+VMOWN_EXTERN int vmown_arena_atomic(vmown_arena *a, uint32_t op, uint64_t offset, uint32_t width, uint64_t value,
+                                    uint64_t desired, uint64_t *old);
 /* Read an arena file's header without mapping it (find stale arenas). */
-int vmown_arena_probe(const char *path, vmown_arena_info *out);
+VMOWN_EXTERN int vmown_arena_probe(const char *path, vmown_arena_info *out);
 /* The granularity of an arena made with these flags; 0: no huge pages. */
-uint64_t vmown_arena_page_size(uint32_t flags);
-uint32_t vmown_arena_layout_version(void);
+VMOWN_EXTERN uint64_t vmown_arena_page_size(uint32_t flags);
+VMOWN_EXTERN uint32_t vmown_arena_layout_version(void);
 
 /* ---- Channel (channel.c) ----
  *
@@ -551,15 +583,15 @@ typedef struct {
 
 /* Bytes of memory a channel with a ring of `capacity` bytes takes; capacity
  * must be a power of two from 64 to 2**40 (else 0). */
-uint64_t vmown_channel_size(uint64_t capacity);
+VMOWN_EXTERN uint64_t vmown_channel_size(uint64_t capacity);
 /* Make a channel in `len` bytes at `mem` (64-byte aligned; whatever it held
  * is overwritten).  max_message: 1 .. capacity - 8, and below 2**32.
  * Two-phase: READY is stored with release after everything else. */
-int vmown_channel_init(void *mem, uint64_t len, uint64_t capacity, uint64_t max_message,
-                       vmown_channel **out);
+VMOWN_EXTERN int vmown_channel_init(void *mem, uint64_t len, uint64_t capacity, uint64_t max_message,
+                                    vmown_channel **out);
 /* Check a channel made elsewhere (another process) and return a handle. */
-int vmown_channel_attach(void *mem, uint64_t len, vmown_channel **out);
-void vmown_channel_detach(vmown_channel *ch);
+VMOWN_EXTERN int vmown_channel_attach(void *mem, uint64_t len, vmown_channel **out);
+VMOWN_EXTERN void vmown_channel_detach(vmown_channel *ch);
 
 /* Append one message.  send waits for room (spinning first, then asleep);
  * send_timed waits at most timeout_ns (0: not at all, < 0: for ever).  0,
@@ -567,19 +599,19 @@ void vmown_channel_detach(vmown_channel *ch);
  * On every error nothing was sent.  VMOWN_EINTR comes when a signal
  * interrupts the sleep and also after each 50 ms asleep (a signal may have
  * arrived between two sleeps): run handlers, then call again. */
-int vmown_channel_send(vmown_channel *ch, const char *data, uint64_t len);
-int vmown_channel_send_timed(vmown_channel *ch, const char *data, uint64_t len, int64_t timeout_ns);
+VMOWN_EXTERN int vmown_channel_send(vmown_channel *ch, const char *data, uint64_t len);
+VMOWN_EXTERN int vmown_channel_send_timed(vmown_channel *ch, const char *data, uint64_t len, int64_t timeout_ns);
 /* Take the oldest message into port->buf; returns its length, or
  * VMOWN_ECHAN_CLOSED (closed and drained), _SMALLBUF, _CORRUPT,
  * VMOWN_ETIMEDOUT, VMOWN_EINTR (as for send).  On every error nothing was
  * taken. */
-int64_t vmown_channel_recv(vmown_channel_port *port);
-int64_t vmown_channel_recv_timed(vmown_channel_port *port, int64_t timeout_ns);
+VMOWN_EXTERN int64_t vmown_channel_recv(vmown_channel_port *port);
+VMOWN_EXTERN int64_t vmown_channel_recv_timed(vmown_channel_port *port, int64_t timeout_ns);
 /* Close for every process: later sends fail, receivers drain what is left
  * and then get VMOWN_ECHAN_CLOSED; every sleeper is woken.  Every send that
  * returned 0 before is received.  timeout_ns bounds the wait for the send
  * lock (VMOWN_EINTR as for send).  Closing twice is harmless. */
-int vmown_channel_close(vmown_channel *ch, int64_t timeout_ns);
+VMOWN_EXTERN int vmown_channel_close(vmown_channel *ch, int64_t timeout_ns);
 /* One attempt that never waits: no spin, no sleep, no system call unless a
  * peer sleeps and must be woken; a busy side lock counts as "not now".
  * try_send returns 0 (sent), VMOWN_EAGAIN (nothing sent: the ring is full or
@@ -588,15 +620,15 @@ int vmown_channel_close(vmown_channel *ch, int64_t timeout_ns);
  * lock is held), or an error as for recv (VMOWN_ECHAN_CLOSED when closed and
  * drained).  For callers that hold a lock of their own, such as Python's GIL:
  * on VMOWN_EAGAIN they let it go and make the blocking call. */
-int vmown_channel_try_send(vmown_channel *ch, const char *data, uint64_t len);
-int64_t vmown_channel_try_recv(vmown_channel_port *port);
-int vmown_channel_stats_read(vmown_channel *ch, vmown_channel_stats *out);
-uint64_t vmown_channel_capacity(const vmown_channel *ch);
-uint64_t vmown_channel_max_message(const vmown_channel *ch);
+VMOWN_EXTERN int vmown_channel_try_send(vmown_channel *ch, const char *data, uint64_t len);
+VMOWN_EXTERN int64_t vmown_channel_try_recv(vmown_channel_port *port);
+VMOWN_EXTERN int vmown_channel_stats_read(vmown_channel *ch, vmown_channel_stats *out);
+VMOWN_EXTERN uint64_t vmown_channel_capacity(const vmown_channel *ch);
+VMOWN_EXTERN uint64_t vmown_channel_max_message(const vmown_channel *ch);
 /* This handle's spin before sleeping, in ns (default 20000; 0: sleep at once). */
-void vmown_channel_set_spin_ns(vmown_channel *ch, int64_t ns);
-int64_t vmown_channel_spin_ns(const vmown_channel *ch);
-uint32_t vmown_channel_layout_version(void);
+VMOWN_EXTERN void vmown_channel_set_spin_ns(vmown_channel *ch, int64_t ns);
+VMOWN_EXTERN int64_t vmown_channel_spin_ns(const vmown_channel *ch);
+VMOWN_EXTERN uint32_t vmown_channel_layout_version(void);
 /* The table that other extension modules (vmown._channel_ext) call the
  * channel through, so that the process holds one copy of the core; checked
  * by version when they are bound. */
@@ -606,9 +638,9 @@ typedef struct {
     int (*try_send)(vmown_channel *ch, const char *data, uint64_t len);
     int64_t (*try_recv)(vmown_channel_port *port);
 } vmown_channel_table;
-const vmown_channel_table *vmown_channel_api(void);
+VMOWN_EXTERN const vmown_channel_table *vmown_channel_api(void);
 /* Process-wide; VMOWN_CHANNEL_STOP_NONE turns it off. */
-void vmown_channel_debug_set_stop(int point);
+VMOWN_EXTERN void vmown_channel_debug_set_stop(int point);
 
 /* cdef-end */
 

@@ -88,3 +88,27 @@ def run_c(program: pathlib.Path, *args: int, timeout: float = 300, expect: str =
     assert "ThreadSanitizer" not in output, output
     assert expect in output, output
     return output
+
+
+def make(*args: str, directory: pathlib.Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Run make quietly in the project root (or ``directory``); fail with its output."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    done = subprocess.run(["make", "-s", "-C", str(directory or root), *args], capture_output=True, text=True,
+                          env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def install_libvmown(out: pathlib.Path, *variables: str) -> pathlib.Path:
+    """Build libvmown with the Makefile in out/build and install it to out/prefix."""
+    prefix = out / "prefix"
+    make("-j2", f"BUILDDIR={out / 'build'}", f"PREFIX={prefix}", *variables, "install")
+    return prefix
+
+
+def pkg_config(prefix: pathlib.Path, *args: str, package: str = "vmown") -> list[str]:
+    """pkg-config's answer for a libvmown installed under ``prefix``."""
+    env = {**os.environ, "PKG_CONFIG_PATH": str(prefix / "lib" / "pkgconfig")}
+    done = subprocess.run(["pkg-config", *args, package], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()

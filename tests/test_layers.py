@@ -19,7 +19,7 @@ from vmown._build import NATIVE, SOURCES
 # Lowest first.  lifecycle.c is the one file of the core allowed to call up:
 # it stops what the layers above set up.
 LAYERS: list[tuple[str, ...]] = [
-    ("os_linux.c",),
+    ("os_linux.c", "version.c"),
     ("arena.c", "channel.c"),
     ("block.c", "owner.c", "grants.c", "idle.c", "repair.c"),
     ("callout.c",),

@@ -17,7 +17,7 @@
  * when every invariant held.
  */
 #define _GNU_SOURCE
-#include "../vmown.h"
+#include <vmown.h>
 
 #include <pthread.h>
 #include <stdio.h>
