@@ -273,6 +273,9 @@ int vmown__callout_hand_over(vmown_vm *vm, uint32_t me, uint64_t callout) {
     unlock_block(vm);
     vmown__widen();
     post(vm, worker);
+    /* A callout is out: wake a sleeping heartbeat, as the eager disown does
+     * (the worker may park and leave the VM unowned with a timer waiting). */
+    if (atomic_load_explicit(&b->waiters_and_hb_asleep, SEQ_CST) & VMOWN__HB_ASLEEP) vmown__wake_heartbeat(vm);
     return 0;
 plain:
     return vmown__disown(vm, me, callout, true);

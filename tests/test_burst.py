@@ -124,7 +124,7 @@ def test_one_blocking_call_costs_the_ticker_at_most_a_few_ticks() -> None:
 
 
 def test_a_due_sleeper_runs_before_processes_spawned_ahead_of_it() -> None:
-    """Timers first: a sleeper whose deadline passed goes to the front of the run queue."""
+    """A due sleeper waits behind at most 8 runnable processes, not behind the whole run queue."""
     order: list[str] = []
 
     async def sleeper() -> None:
@@ -140,13 +140,39 @@ def test_a_due_sleeper_runs_before_processes_spawned_ahead_of_it() -> None:
         end = time.monotonic() + 0.003
         while time.monotonic() < end:  # its deadline passes while this step runs
             pass
-        new = [vmown.spawn(newcomer, i) for i in range(5)]
+        new = [vmown.spawn(newcomer, i) for i in range(30)]
         await s
         for p in new:
             await p
 
     vmown.run(main)
-    assert order[0] == "sleeper", order
+    assert order.index("sleeper") <= 8, order
+
+
+def test_a_due_sleeper_keeps_its_place_behind_a_short_run_queue() -> None:
+    """Processes runnable before a short sleep has passed still run first (FIFO)."""
+    order: list[str] = []
+
+    async def sleeper() -> None:
+        await vmown.sleep(0.001)
+        order.append("sleeper")
+
+    async def newcomer(i: int) -> None:
+        order.append(f"new{i}")
+
+    async def main() -> None:
+        s = vmown.spawn(sleeper)
+        await vmown.checkpoint()
+        end = time.monotonic() + 0.003
+        while time.monotonic() < end:
+            pass
+        new = [vmown.spawn(newcomer, i) for i in range(3)]
+        await s
+        for p in new:
+            await p
+
+    vmown.run(main)
+    assert order == ["new0", "new1", "new2", "sleeper"], order
 
 
 def test_a_short_function_never_hands_the_vm_over() -> None:
@@ -175,5 +201,7 @@ def test_bursts_with_widened_windows_lose_no_process(widen: Callable[[int], None
     for _ in range(2):  # the second burst finds usleep hinted: hand-overs at the disown
         late, stats = vmown_late_ms(40)
         acquisitions = stats["fast_owns"] + stats["slow_owns"] + stats["activations"] + stats["hand_overs"]
-        assert acquisitions == stats["disowns"] + 1, stats
+        # The heartbeat counts an activation just after its post: under load
+        # the worker may have run, and main read the counters, before that.
+        assert 0 <= stats["disowns"] + 1 - acquisitions <= 1, stats
     assert stats["callouts"] >= 40

@@ -158,6 +158,8 @@ _JOIN_SLICE_NS = 50_000_000
 # The loop lets a thread waiting for the GIL in at least this often (see "The
 # GIL"); without timers it reads the clock only every _CLOCK_EVERY steps.
 _GIL_YIELD_NS = 1_000_000
+# A due sleeper waits behind at most this many runnable processes (P11).
+_TIMER_AHEAD = 8
 _CLOCK_EVERY = 8
 
 _now = time.monotonic_ns
@@ -670,9 +672,10 @@ def _publish(rt: _Runtime) -> None:
 def _release_timers(rt: _Runtime) -> None:
     """Wake the sleepers that are due and expire the cancel scopes' deadlines that passed.
 
-    Due sleepers go to the FRONT of the run queue, in deadline order: a
-    sleeper has waited already, and behind a wave of new processes (a burst
-    of spawns that each block in a callout) it would wait for all of them
+    A due sleeper waits behind at most _TIMER_AHEAD processes of the run
+    queue (in deadline order among sleepers): behind a short queue it keeps
+    its FIFO place, but behind a wave of new processes (a burst of spawns
+    that each block in a callout) it would wait for all of them
     (docs/design-log.md, "Burst latency").
     """
     timers, now = rt.timers, _now()
@@ -693,8 +696,12 @@ def _release_timers(rt: _Runtime) -> None:
         heapq.heappop(timers)
         rt.stale_timers -= 1
     if due:
-        due.reverse()
-        rt.run_queue.extendleft(due)
+        run_queue = rt.run_queue
+        if len(run_queue) <= _TIMER_AHEAD:
+            run_queue.extend(due)
+        else:
+            for i, proc in enumerate(due):
+                run_queue.insert(_TIMER_AHEAD + i, proc)
 
 
 def _drop_timer(rt: _Runtime, entry: list[Any]) -> None:
@@ -736,9 +743,9 @@ def _drop_timer(rt: _Runtime, entry: list[Any]) -> None:
 #     In a burst every thread back from its callout finds others queued and
 #     hands on at once; nobody would look at the timers until the queue
 #     drained.  So the loop goes on while a timer is due (the condition
-#     below), and due sleepers go to the front of the run queue
-#     (_release_timers): S runs one step, then O hands over; a waiter waits
-#     one step longer, S does not wait for the whole queue.  Starts in a
+#     below), and a due sleeper waits behind at most _TIMER_AHEAD runnable
+#     processes (_release_timers): O runs one more step, then hands over; a
+#     waiter waits one step longer, S does not wait for the whole queue.  Starts in a
 #     burst are kept moving by the core (native/idle.c, "Relays", B1-B3;
 #     native/grants.c, vmown__callout_hand_over, D1-D2).
 def _serve(rt: _Runtime, first: bool = False) -> None:
