@@ -159,7 +159,7 @@ _JOIN_SLICE_NS = 50_000_000
 # GIL"); without timers it reads the clock only every _CLOCK_EVERY steps.
 _GIL_YIELD_NS = 1_000_000
 # A due sleeper waits behind at most this many runnable processes (P11).
-_TIMER_AHEAD = 8
+_TIMER_AHEAD = 4
 _CLOCK_EVERY = 8
 
 _now = time.monotonic_ns
