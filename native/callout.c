@@ -167,9 +167,13 @@ uint32_t vmown_callout_begin(uint64_t tag) {
     vmown_vm *vm = bound.vm;
     if (!vm) return 0;
     bound.tag = tag;
+    /* The epoch our eager disown releases at: read before it, as the owner
+     * (after it, a worker handed the VM may already have parked and moved
+     * the epoch again, and the callout would look untaken). */
+    uint32_t released = vmown_epoch(vm) + 1;
     int rc = unlikely(blocks_hint(tag)) ? vmown__callout_hand_over(vm, bound.slot, tag)
                                         : vmown__callout_disown(vm, bound.slot, tag, eager_hint(tag));
-    if (rc == 0) bound.epoch = vmown_epoch(vm);
+    if (rc == 0) bound.epoch = released;
     return rc < 0 ? 0 : rc ? bound.slot | LAZY : bound.slot;
 }
 
@@ -177,10 +181,11 @@ uint32_t vmown_callout_begin_eager(uint64_t tag) {
     vmown_vm *vm = bound.vm;
     if (!vm) return 0;
     bound.tag = tag;
+    uint32_t released = vmown_epoch(vm) + 1;  /* as in vmown_callout_begin */
     int rc = unlikely(blocks_hint(tag)) ? vmown__callout_hand_over(vm, bound.slot, tag)
                                         : vmown__callout_disown(vm, bound.slot, tag, true);
     if (rc < 0) return 0;
-    bound.epoch = vmown_epoch(vm);
+    bound.epoch = released;
     return bound.slot;
 }
 
