@@ -6,8 +6,10 @@
 # JSON object,
 #     {"machine": {...}, "SUITE": {"METRIC": number, ...}, ...}
 # printed on stdout and, with --json FILE, written to FILE and as a Markdown
-# table to FILE's stem + .md (to paste into the README).  Progress (a line per
-# suite) and a compact table go to stderr.  "machine" says where and how the
+# table to FILE's stem + .md (to paste into the README); with --report DIR,
+# written to DIR with the Markdown tables and PNG plots (benchmarks/report.py,
+# the `plot` extra).  Progress (a line per suite, and every PROGRESS_S while
+# a suite runs) and a compact table go to stderr.  "machine" says where and how the
 # figures were taken, because they mean nothing without it.
 #
 # A suite is a module benchmarks/suite_NAME.py with `run(quick: bool) ->
@@ -35,6 +37,7 @@ import pathlib
 import platform
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -52,7 +55,11 @@ SUITES = {
     "heartbeat": "suite_heartbeat",
     "ipc": "suite_ipc",
     "burst": "suite_burst",
+    "threads": "suite_threads",
+    "net": "suite_net",
 }
+
+PROGRESS_S = 15.0  # a long suite says it is still running this often
 
 
 def machine(quick: bool) -> dict[str, Any]:
@@ -148,11 +155,40 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+class _Progress:
+    """Prints "still running" lines to stderr every PROGRESS_S while a suite runs."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.start = time.monotonic()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._tell, name="bench-progress", daemon=True)
+
+    def _tell(self) -> None:
+        while not self.done.wait(PROGRESS_S):
+            elapsed_s = time.monotonic() - self.start
+            print(f"{self.label} still running, {elapsed_s:.0f} s", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "_Progress":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run vmown's benchmark suites.")
     parser.add_argument("suites", nargs="*", metavar="SUITE", help=f"default: all of {', '.join(SUITES)}")
     parser.add_argument("--quick", action="store_true", help="keep each suite under ~20 s")
     parser.add_argument("--json", type=pathlib.Path, metavar="FILE", help="also write to FILE and FILE.md")
+    parser.add_argument(
+        "--report",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="also write DIR/results.json, DIR/README.md (tables and plots) and DIR/*.png (needs matplotlib)",
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.suites if name not in SUITES]
     if unknown:
@@ -160,12 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.json and args.json.suffix == ".md":
         parser.error("--json FILE must not end in .md: the Markdown table goes there")
     names = list(dict.fromkeys(args.suites)) or list(SUITES)
+    if args.report:
+        import report  # fail now, not after the suites ran, if matplotlib is missing
+
+        report._pyplot()
 
     results: dict[str, Any] = {"machine": machine(args.quick)}
     for i, name in enumerate(names, 1):
         print(f"[{i}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
         start = time.monotonic()
-        results[name] = run_suite(name, args.quick)
+        with _Progress(f"[{i}/{len(names)}] {name}"):
+            results[name] = run_suite(name, args.quick)
         outcome = "FAILED" if "error" in results[name] else "done"
         elapsed_s = time.monotonic() - start
         print(f"[{i}/{len(names)}] {name} {outcome} in {elapsed_s:.1f} s", file=sys.stderr, flush=True)
@@ -176,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(text + "\n")
         args.json.with_suffix(".md").write_text(markdown(results))
+    if args.report:
+        pngs = report.write(results, args.report, markdown)
+        print(f"report: {args.report / 'README.md'}, {len(pngs)} plots", file=sys.stderr)
     return 1 if any("error" in results[name] for name in names) else 0
 
 

@@ -15,7 +15,7 @@ import pytest
 from cffi import FFI
 
 import vmown
-from vmown import _native, _scheduler
+from vmown import _callout, _native, _scheduler
 
 from .support import run_threads, wait_until
 
@@ -360,3 +360,23 @@ def test_bind_threaded_refuses_unknown_interrupt_names(interruptible: ModuleType
         vmown.bind_threaded(interruptible.lib, interrupt={"read_fd_threaded": vmown.INTERRUPT_SIGNAL})
     with pytest.raises(TypeError, match="INTERRUPT_SIGNAL or a callable"):
         vmown.bind_threaded(interruptible.lib, interrupt={"read_fd": "signal"})
+
+
+def test_a_long_wrapped_call_is_named_by_the_watchdog(interruptible: ModuleType) -> None:
+    """bind_threaded names each wrapper's tag (its original's address) for
+    observers: the watchdog's warning names the C function."""
+    import warnings
+
+    lib = interruptible.lib
+    tag = int(_native.ffi.cast("uintptr_t", lib._vmown_threaded_tag(b"block_ms")))
+    assert _callout._tag_names[tag] == "block_ms"
+
+    async def main() -> None:
+        lib.block_ms_threaded(1200)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vmown.run(main, slow_callout=0.4)
+    slow = [w for w in caught if w.category is vmown.SlowCalloutWarning]
+    assert len(slow) == 1, [str(w.message) for w in caught]
+    assert slow[0].message.function == "block_ms"  # type: ignore[union-attr]

@@ -678,3 +678,43 @@ def test_c_core_under_thread_sanitizer(programs: dict[str, pathlib.Path]) -> Non
 def test_c_core_under_thread_sanitizer_long(programs: dict[str, pathlib.Path]) -> None:
     run_c(programs["tsan"], 8, 8, 20_000, 256, 0)
     run_c(programs["tsan"], 2, 2, 200_000, 4096, 20_000)
+
+
+# ---- waits inside a vmown.run() ----
+
+
+def test_a_recv_inside_a_run_gives_the_vm_up_like_a_callout(arena: Arena) -> None:
+    """A process waits 100 ms in Channel.recv while a 1 ms ticker runs: the
+    ticker keeps ticking (without the callout it stopped for the whole wait)."""
+    import vmown
+
+    channel = Channel.create(arena, 4096)
+
+    async def main() -> tuple[int, int, bytes]:
+        ticks = 0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done:
+                await vmown.sleep(0.001)
+                ticks += 1
+
+        ticking = vmown.spawn(ticker)
+        await vmown.sleep(0.005)
+        with pytest.raises(TimeoutError):
+            channel.recv(timeout=0.1)
+        during = ticks
+        sender = threading.Timer(0.05, channel.send, (b"late",))
+        vmown.callout(sender.start)
+        message = channel.recv(timeout=10)
+        vmown.callout(sender.join)
+        done = True
+        await ticking
+        return during, ticks, message
+
+    during, ticks, message = vmown.run(main)
+    assert message == b"late"
+    # 100 ms of 1 ms ticks; a loaded machine may make far fewer, but a VM
+    # held for the wait makes one at most.
+    assert during >= 10, during

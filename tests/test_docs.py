@@ -85,6 +85,14 @@ def test_architecture_indexes_every_race_of_the_scheduler() -> None:
     assert sorted(numbered - _indexed(ARCHITECTURE.read_text())) == []
 
 
+def test_architecture_indexes_every_race_of_the_threads() -> None:
+    paths = [ROOT / "vmown" / name for name in ("_token.py", "_callback.py", "_scheduler.py")]
+    code = "".join(path.read_text() for path in paths if path.exists())
+    numbered = set(re.findall(r"^#\s+(T\d+)[.\s]", code, re.MULTILINE))
+    assert {"T1", "T2", "T3", "T4", "T5", "T6"} <= numbered, "the threads' notes lost their numbered races"
+    assert sorted(numbered - _indexed(ARCHITECTURE.read_text())) == []
+
+
 def test_architecture_indexes_every_race_of_cancellation() -> None:
     code = (ROOT / "vmown" / "_cancel.py").read_text()
     numbered = set(re.findall(r"^# (K\d+)\.", code, re.MULTILINE))
@@ -142,3 +150,10 @@ def test_the_check_accepts_what_exists() -> None:
         '`native/callout.c:vmown_callout_begin` `native/tests/lazy_test.c:"called off after R1"` `native/`'
     )
     assert dangling(text) == []
+
+
+def test_architecture_indexes_every_race_of_the_descriptor_waits() -> None:
+    code = "".join((ROOT / "vmown" / name).read_text() for name in ("_io.py", "_scheduler.py"))
+    numbered = set(re.findall(r"^\s*# (N\d+)\.", code, re.MULTILINE))
+    assert len(numbered) >= 6, "_io.py and _scheduler.py lost their numbered races"
+    assert sorted(numbered - _indexed(ARCHITECTURE.read_text())) == []

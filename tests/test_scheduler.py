@@ -885,3 +885,140 @@ def test_the_heartbeat_thread_is_named_and_known_from_the_start() -> None:
 
     tid, names = vmown.run(main)
     assert tid > 0 and names[str(tid)] == "vmown-heartbeat"
+
+
+# ---- the ownership guard ----
+
+
+def test_entry_points_refuse_a_thread_that_does_not_own_the_vm() -> None:
+    """A function run as a callout runs in the process's context but without
+    the VM: every entry point that changes the run's state refuses it, and
+    nothing changes."""
+
+    async def nothing() -> None:
+        return None
+
+    async def main() -> list[str]:
+        event, lock, queue = vmown.Event(), vmown.Lock(), vmown.Queue[int]()
+        sem = vmown.Semaphore(1)
+        await lock.acquire()
+        await sem.acquire()
+        refused = []
+        for name, call in (
+            ("Event.set", event.set),
+            ("spawn", lambda: vmown.spawn(nothing)),
+            ("Queue.put_nowait", lambda: queue.put_nowait(1)),
+            ("Lock.release", lock.release),
+            ("Semaphore.release", sem.release),
+            ("Process.cancel", vmown.current_process().cancel),
+        ):
+            with pytest.raises(vmown.NotOwnerError) as info:
+                vmown.callout(call)
+            assert "current_token" in str(info.value)
+            refused.append(name)
+        # A thread started with the process's context copied: the same.
+        errors: list[BaseException] = []
+
+        def other() -> None:
+            try:
+                event.set()
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        ctx = contextvars.copy_context()
+        thread = threading.Thread(target=ctx.run, args=(other,))
+        vmown.callout(thread.start)
+        vmown.callout(thread.join)
+        assert len(errors) == 1 and isinstance(errors[0], vmown.NotOwnerError)
+        assert not event.is_set() and queue.empty() and lock.locked() and sem.value == 0
+        lock.release()
+        event.set()
+        return refused
+
+    assert len(vmown.run(main)) == 6
+
+
+# ---- bound processes ----
+
+
+async def _blocker(calls: int) -> None:
+    for _ in range(calls):
+        usleep(2000)  # a blocking callout: the heartbeat activates workers
+        await vmown.checkpoint()
+
+
+def test_a_bound_process_keeps_its_thread_while_others_block_in_callouts() -> None:
+    async def bound() -> set[int]:
+        ids = set()
+        for i in range(1000):
+            ids.add(threading.get_native_id())
+            if i % 50 == 0:
+                usleep(1000)
+            await vmown.checkpoint()
+        return ids
+
+    async def main() -> tuple[set[int], int]:
+        others = [vmown.spawn(_blocker, 40) for _ in range(4)]
+        ids = await vmown.spawn(bound, bound=True)
+        for other in others:
+            await other
+        return ids, vmown.stats()["threads_high"]
+
+    ids, threads_high = vmown.run(main)
+    assert len(ids) == 1
+    assert threads_high >= 2  # workers ran the others meanwhile
+
+
+def test_sqlite3_objects_stay_usable_in_bound_processes() -> None:
+    import sqlite3
+
+    async def use_a_connection(n: int) -> int:
+        conn = sqlite3.connect(":memory:")
+        conn.execute("create table t (x)")
+        usleep(1000)
+        await vmown.sleep(0.001)
+        conn.execute("insert into t values (?)", (n,))
+        await vmown.checkpoint()
+        (total,) = conn.execute("select sum(x) from t").fetchone()
+        conn.close()
+        return int(total)
+
+    async def main() -> list[int]:
+        others = [vmown.spawn(_blocker, 10) for _ in range(2)]
+        processes = [vmown.spawn(use_a_connection, n, bound=True) for n in range(20)]
+        results = [await process for process in processes]
+        for other in others:
+            await other
+        return results
+
+    assert vmown.run(main) == list(range(20))
+
+
+def test_bind_main_keeps_main_on_the_run_thread() -> None:
+    async def main() -> set[int]:
+        others = [vmown.spawn(_blocker, 20) for _ in range(3)]
+        ids = set()
+        for i in range(300):
+            ids.add(threading.get_native_id())
+            usleep(200)
+            await (vmown.sleep(0.0005) if i % 3 == 0 else vmown.checkpoint())
+        for other in others:
+            await other
+        return ids
+
+    assert vmown.run(main, bind_main=True) == {threading.get_native_id()}
+
+
+def test_a_thread_whose_bound_processes_ended_serves_everybody_again() -> None:
+    async def short() -> int:
+        await vmown.checkpoint()
+        return threading.get_native_id()
+
+    async def main() -> int:
+        first = await vmown.spawn(short, bound=True)
+        rest = [vmown.spawn(short) for _ in range(50)]
+        for process in rest:
+            await process
+        return first
+
+    assert isinstance(vmown.run(main), int)

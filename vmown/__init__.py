@@ -27,7 +27,8 @@ from ._errors import (
     VmownError,
 )
 from ._cffi_wrappers import bind_threaded, threaded_wrappers
-from ._callout import INTERRUPT_SIGNAL, callout, threaded
+from ._callout import INTERRUPT_SIGNAL, callout, callout_stats, threaded
+from ._callback import callback
 from ._native import lib as _lib
 from ._ownership import LAYOUT_VERSION as _LAYOUT_VERSION, Ownership
 from ._scheduler import Process, checkpoint, current_process, run, sleep, spawn, stats
@@ -43,7 +44,13 @@ from ._cancel import (
     move_on_at,
 )
 from ._sync import CapacityLimiter, Condition, Event, Lock, Queue, Semaphore, WouldBlock
+from ._stacks import allow_inspection
 from ._taskgroup import TaskGroup
+from ._watchdog import SlowCalloutWarning, SlowStepWarning, WatchdogWarning
+from ._token import RunFinishedError, RunToken, current_token
+from ._io import notify_closing, wait_readable, wait_writable
+from ._socket import open_tcp_listener, open_tcp_stream
+from . import socket
 
 __version__ = "0.1.0"
 
@@ -78,25 +85,40 @@ __all__ = [
     "Process",
     "ProcessCancelled",
     "Queue",
+    "RunFinishedError",
+    "RunToken",
     "Semaphore",
+    "SlowCalloutWarning",
+    "SlowStepWarning",
     "SlotsExhaustedError",
     "TaskGroup",
     "TooSlowError",
     "VmownError",
+    "WatchdogWarning",
     "WouldBlock",
+    "allow_inspection",
     "bind_threaded",
+    "callback",
     "callout",
+    "callout_stats",
     "checkpoint",
     "current_process",
+    "current_token",
     "current_time",
     "fail_after",
     "fail_at",
     "move_on_after",
     "move_on_at",
+    "notify_closing",
+    "open_tcp_listener",
+    "open_tcp_stream",
     "run",
     "sleep",
+    "socket",
     "spawn",
     "stats",
     "threaded",
     "threaded_wrappers",
+    "wait_readable",
+    "wait_writable",
 ]

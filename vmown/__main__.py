@@ -1,4 +1,4 @@
-"""python -m vmown demo | top PATH | stale DIR -- the vmown command line.
+"""python -m vmown demo | top PATH | stacks PID | stale DIR -- the vmown command line.
 
 demo: a few seconds that show what vmown is for.
 
@@ -15,7 +15,9 @@ trio.to_thread.run_sync (nothing stalls, but every call pays a thread hop).
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -23,6 +25,7 @@ from typing import Any, Callable
 from cffi import FFI
 
 import vmown
+from vmown._monitor import rates, read_figures
 from vmown._ownership import _COUNTERS
 
 _ffi = FFI()
@@ -156,39 +159,111 @@ def demo(processes: int = 100, calls: int = 40, block_fraction: float = 0.02, se
     return 0
 
 
-def _describe(vm: vmown.Ownership) -> list[str]:
-    """One screen about a shared VM: owner, queue, slots, counters."""
+def snapshot(vm: vmown.Ownership, figures: dict[str, Any] | None) -> dict[str, Any]:
+    """What top shows, as data: the block's owner, queue, slots and counters, and a run's figures."""
     stats = vm.stats()
-    owner = stats["owner"]
-    who = lambda slot: "pid {pid} tid {tid}".format(**vm.slot_info(slot))  # noqa: E731
-    lines = [
-        f"owner: {'nobody' if owner == 0 else f'slot {owner} ({who(owner)})'}"
-        f"   epoch {stats['epoch']}   waiters {stats['waiters']}   slots {stats['slots_in_use']}/{vm.slots}",
-        "queue: " + (", ".join(f"{slot} ({who(slot)})" for slot in vm.queue()) or "empty"),
-        "counters: " + ", ".join(f"{key} {stats[key]}" for key in _COUNTERS),
-        f"{'slot':>5} {'state':>8} {'pid':>8} {'tid':>8} {'prio':>5} {'callout':>18}",
-    ]
+    names = (figures or {}).get("callout_names", {})
+    slots = []
     for slot in range(1, vm.slots + 1):
         info = vm.slot_info(slot)
-        if info["state"] != "free":
-            lines.append(
-                f"{slot:>5} {info['state']:>8} {info['pid']:>8} {info['tid']:>8} {info['priority']:>5} {info['callout']:>#18x}"
+        if info["state"] == "free":
+            continue
+        callout = info["callout"]
+        slots.append(
+            {
+                "slot": slot,
+                **info,
+                "callout_name": names.get(str(callout), f"{callout:#x}") if callout else "",
+                "owner": slot == stats["owner"],
+            }
+        )
+    return {
+        "owner": stats["owner"],
+        "epoch": stats["epoch"],
+        "waiters": stats["waiters"],
+        "slots_in_use": stats["slots_in_use"],
+        "slot_count": vm.slots,
+        "queue": vm.queue(),
+        "counters": {key: stats[key] for key in _COUNTERS},
+        "slots": slots,
+        "run": figures,
+        "time_s": time.time(),
+    }
+
+
+def _describe(snap: dict[str, Any], rates: dict[str, float]) -> list[str]:
+    """One screen about a shared VM: owner, queue, counters, a run's figures and rates, slots."""
+    by_slot = {s["slot"]: s for s in snap["slots"]}
+    who = lambda slot: "pid {pid} tid {tid}".format(**by_slot[slot]) if slot in by_slot else "?"  # noqa: E731
+    owner = snap["owner"]
+    lines = [
+        f"owner: {'nobody' if owner == 0 else f'slot {owner} ({who(owner)})'}"
+        f"   epoch {snap['epoch']}   waiters {snap['waiters']}   slots {snap['slots_in_use']}/{snap['slot_count']}",
+        "queue: " + (", ".join(f"{slot} ({who(slot)})" for slot in snap["queue"]) or "empty"),
+        "counters: "
+        + ", ".join(
+            f"{key} {value}" + (f" ({rates[key]:.0f}/s)" if key in rates else "")
+            for key, value in snap["counters"].items()
+        ),
+    ]
+    run = snap["run"]
+    if run:
+        run_rates = run.get("rates", {})
+        state = "ended" if run.get("ended") else "running"
+        lines.append(f"run: pid {run.get('pid')} {state}, heartbeat {run.get('hz')} Hz")
+        lines.append(
+            "stats: "
+            + ", ".join(
+                f"{key} {value}" + (f" ({run_rates[key]:.0f}/s)" if run_rates.get(key) else "")
+                for key, value in run.get("stats", {}).items()
             )
+        )
+        functions = run.get("functions") or []
+        if functions:
+            lines.append(f"{'function':>24} {'calls':>9} {'handed over':>11} {'revoked':>8} {'out s':>9} {'longest ms':>10}")
+            for row in functions[:15]:
+                lines.append(
+                    f"{row['name'][:24]:>24} {row['calls']:>9} {row['handed_over']:>11} {row['revocations']:>8} "
+                    f"{row['total_out_s']:>9.3f} {row['longest_out_s'] * 1e3:>10.1f}"
+                )
+    lines.append(f"{'slot':>5} {'state':>8} {'pid':>8} {'tid':>8} {'prio':>5} {'role':>6} {'callout':>18}")
+    for s in snap["slots"]:
+        role = "owner" if s["owner"] else ""
+        lines.append(
+            f"{s['slot']:>5} {s['state']:>8} {s['pid']:>8} {s['tid']:>8} {s['priority']:>5} {role:>6} "
+            f"{s['callout_name']:>18}"
+        )
     return lines
 
 
-def top(path: str, interval: float, once: bool) -> int:
-    """Watch the VM whose control block starts the data of the arena at ``path``."""
+def top(path: str, interval: float, once: bool, as_json: bool = False) -> int:
+    """Watch the VM whose control block starts the data of the arena at ``path``.
+
+    The arena of a run started with ``vmown.run(main, monitor=PATH)`` also
+    holds the run's figures (vmown/_monitor.py): they are shown with their
+    rates; for other arenas the rates of the counters are taken between two
+    screens.  ``--json`` prints one JSON object per screen, one per line.
+    """
     try:
         arena = vmown.Arena.open(path, mode=0o777)
         vm = vmown.Ownership.attach(arena.buffer)
     except (OSError, vmown.VmownError) as exc:
         print(f"vmown top: {path}: {exc}", file=sys.stderr)
         return 1
+    before: tuple[float, dict[str, int]] | None = None
     try:
         while True:
-            screen = "\n".join([f"vmown top: {path}  ({time.strftime('%H:%M:%S')})", *_describe(vm)])
-            print(screen if once else "\x1b[H\x1b[2J" + screen, flush=True)
+            snap = snapshot(vm, read_figures(arena, vm.slots))
+            now = time.monotonic()
+            counter_rates = rates(before[1], snap["counters"], now - before[0]) if before else {}
+            before = (now, snap["counters"])
+            if as_json:
+                print(json.dumps({"path": path, **snap, "counter_rates": counter_rates}), flush=True)
+            else:
+                screen = "\n".join(
+                    [f"vmown top: {path}  ({time.strftime('%H:%M:%S')})", *_describe(snap, counter_rates)]
+                )
+                print(screen if once else "\x1b[H\x1b[2J" + screen, flush=True)
             if once:
                 return 0
             time.sleep(interval)
@@ -208,6 +283,19 @@ def stale(directory: str, remove: bool) -> int:
     return 0
 
 
+def stacks(pid: int, monitor: str | None, as_json: bool) -> int:
+    """Every thread of process ``pid``: py-spy's frames joined with the VM's tables (vmown/_stacks.py)."""
+    from vmown import _stacks
+
+    try:
+        report = _stacks.inspect(pid, monitor)
+    except (OSError, RuntimeError, subprocess.SubprocessError, ValueError) as exc:
+        print(f"vmown stacks: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report) if as_json else _stacks.format_text(report))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line: every subcommand, and help for every option."""
     parser = argparse.ArgumentParser(prog="python -m vmown", description=(__doc__ or "").splitlines()[0])
@@ -223,11 +311,16 @@ def parser() -> argparse.ArgumentParser:
     run_demo.add_argument("--seed", type=int, default=1,
                           help="seed choosing which calls block, the same for every contender "
                           "(default: %(default)s)")
-    watch = commands.add_parser("top", help="watch a VM shared through an arena file")
-    watch.add_argument("path", help="arena file whose data starts with an Ownership control block")
+    watch = commands.add_parser("top", help="watch a run started with monitor=PATH, or a VM in an arena file")
+    watch.add_argument("path", help="vmown.run(monitor=PATH)'s file, or an arena whose data starts with a control block")
     watch.add_argument("--interval", type=float, default=1.0,
                        help="seconds between screens (default: %(default)s)")
     watch.add_argument("--once", action="store_true", help="print one screen and exit")
+    watch.add_argument("--json", action="store_true", help="print each screen as one line of JSON")
+    dump = commands.add_parser("stacks", help="every thread of a running program: frames and VM roles (py-spy)")
+    dump.add_argument("pid", type=int, help="the process to inspect")
+    dump.add_argument("--monitor", help="its monitor arena (default: found in /proc/PID/maps)")
+    dump.add_argument("--json", action="store_true", help="print one JSON object")
     clean = commands.add_parser("stale", help="find arena files left by dead processes")
     clean.add_argument("directory", help="directory to search for arena files, e.g. /dev/shm")
     clean.add_argument("--remove", action="store_true", help="delete the stale arena files found")
@@ -239,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return demo(args.processes, args.calls, args.block_fraction, args.seed)
     if args.command == "top":
-        return top(args.path, args.interval, args.once)
+        return top(args.path, args.interval, args.once, args.json)
+    if args.command == "stacks":
+        return stacks(args.pid, args.monitor, args.json)
     return stale(args.directory, args.remove)
 
 

@@ -64,23 +64,17 @@
 # or free memory that C is using.  CPython never moves objects, and the call
 # holds a reference to each argument, so what remains is mutable buffers: a
 # bytearray can be resized (realloc) and a buffer can be released.  Holding a
-# buffer export for the whole call makes any resize raise BufferError.  The
-# rules, checked before anything runs:
-#   callout(fn, ...): None, bool, int, float, complex, str and bytes pass as
-#     they are (immutable); cffi cdata passes (the caller owns what it points
-#     to, and the reference keeps it alive); any other object with the buffer
-#     protocol (bytearray, memoryview, array.array, numpy arrays, mmap) is
-#     pinned and passed unchanged; anything else (list, dict, set, tuple,
-#     arbitrary objects, whose contents other processes may change while fn
-#     runs) is refused with a TypeError naming the argument.
-#   threaded(cffi_function): only pointer parameters are checked (cffi
-#     converts the others and rejects what does not fit).  cdata, None and
-#     bytes pass; a buffer is pinned and passed as a pointer of the parameter's
-#     type (which cffi alone would refuse); a str, list, tuple or anything else
-#     is refused (cffi would copy a list into a temporary array that the C
-#     code writes into and the caller never sees; a str needs encoding).
-# The common case (numbers and cdata) costs a type test per argument in
-# callout(), and nothing at all in threaded() for non-pointer parameters.
+# buffer export for the whole call makes any resize raise BufferError.  And C
+# must not write into memory Python holds immutable (bytes, a read-only numpy
+# array).  The rules (vmown/_buffers.py), checked before anything runs, are
+# the same for callout(lib.f, ...) and threaded(lib.f)(...): for a cffi
+# function, None and cdata pass, a buffer for a pointer parameter is pinned
+# and passed as a pointer of the parameter's type, read-only buffers only for
+# a const pointer, and anything else for a pointer is refused with a
+# TypeError naming the argument.  A Python callable takes any arguments (the
+# GIL protects Python objects); buffers among them are pinned.  The common
+# case (numbers and cdata) costs a type test per argument in callout(), and
+# nothing at all in threaded() for non-pointer parameters.
 #
 # Cancellation.  A process in a callout cannot be abandoned (its frame is on
 # the thread's stack): a cancel reaching it sets an asynchronous exception
@@ -111,20 +105,19 @@ from __future__ import annotations
 import ctypes
 import itertools
 import signal
-import sys
 import threading
-import types
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any, Final, ParamSpec, TypeVar
 
 import _cffi_backend
 
-from . import _callout_ext
+from . import _buffers, _callout_ext
 from ._native import ffi, lib
 from ._scheduler import Process, _process_var, _ThreadState
 
-__all__ = ["INTERRUPT_SIGNAL", "callout", "threaded"]
+__all__ = ["INTERRUPT_SIGNAL", "callout", "callout_stats", "threaded"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -134,6 +127,11 @@ _CData = _cffi_backend._CDataBase
 # Tags recorded in the slot while in a callout: small integers, one per
 # threaded wrapper (1 is callout()'s, in callout_ext.c).
 _tags = itertools.count(2)
+# Tag -> the function's name, for observers (python -m vmown top, stacks):
+# every threaded wrapper's, the functions of modules given to bind_threaded.
+_tag_names: dict[int, str] = {1: "callout"}
+# Every live threaded wrapper, for callout_stats().
+_wrappers: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 
 
 # ---- messages (the C code calls these to refuse an argument) ----
@@ -147,6 +145,32 @@ def _name(fn: Any) -> str:
     return f"{name}()" if isinstance(name, str) else repr(fn)
 
 
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p),
+                ("sname", ctypes.c_char_p), ("saddr", ctypes.c_void_p)]  # fmt: skip
+
+
+def _symbol_name(fn: Any) -> str:
+    """The name of a C function as the dynamic linker knows it (dladdr), else how messages name it.
+
+    cffi's ABI-mode functions (ffi.dlopen) do not know their names; a wrapper
+    records this once, when it is made, for observers to show.
+    """
+    if isinstance(fn, _CData) and ffi.typeof(fn).kind == "function":
+        info = _DlInfo()
+        try:
+            dladdr = ctypes.CDLL(None).dladdr
+            dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+            if dladdr(int(ffi.cast("uintptr_t", fn)), ctypes.byref(info)) and info.sname:
+                return info.sname.decode(errors="replace")
+        except (OSError, AttributeError):
+            pass
+    qualname, module = getattr(fn, "__qualname__", None), getattr(fn, "__module__", None)
+    if isinstance(qualname, str):
+        return f"{module}.{qualname}" if isinstance(module, str) and module != "builtins" else qualname
+    return _name(fn)
+
+
 def _refuse(fn: Any, where: str, arg: Any, what: str) -> TypeError:
     return TypeError(
         f"{where} of the callout to {_name(fn)} is a {type(arg).__name__}, {what}; "
@@ -155,21 +179,9 @@ def _refuse(fn: Any, where: str, arg: Any, what: str) -> TypeError:
     )
 
 
-def _pin_pointer(fn: Any, arg: Any, ctype: Any, index: int) -> Any:
-    """The value to pass for a pointer parameter: a cdata pinning ``arg``'s buffer, or TypeError."""
-    if isinstance(arg, str):
-        raise _refuse(fn, f"argument {index}", arg, f"not a pointer for {ctype.cname} (encode it to bytes)")
-    if isinstance(arg, (list, tuple, dict, set, int, float)):
-        raise _refuse(fn, f"argument {index}", arg, f"not something that can be pinned for {ctype.cname}")
-    try:
-        return ffi.from_buffer(ctype, arg)
-    except TypeError:
-        raise _refuse(
-            fn, f"argument {index}", arg, f"not something that can be pinned for {ctype.cname}"
-        ) from None
-
-
-_callout_ext.init(int(ffi.cast("uintptr_t", lib.vmown_callout_api())), _CData, _refuse, _pin_pointer)
+_callout_ext.init(
+    int(ffi.cast("uintptr_t", lib.vmown_callout_api())), _CData, _buffers.pin_pointer, _buffers.c_parameters
+)
 
 # ---- the callout ----
 
@@ -177,23 +189,6 @@ callout = _callout_ext.callout
 
 
 # ---- threaded wrappers ----
-
-
-def _function_ctype(fn: Any) -> Any:
-    """The cffi function type of ``fn``, or None if it is not a cffi function."""
-    if isinstance(fn, _CData):
-        ctype = ffi.typeof(fn)
-        return ctype if ctype.kind == "function" else None
-    if not isinstance(fn, types.BuiltinFunctionType):
-        return None
-    # An out-of-line module (API mode) exports its ffi next to its lib.
-    module_ffi = getattr(sys.modules.get(getattr(fn, "__module__", None) or ""), "ffi", None)
-    if module_ffi is None:
-        return None
-    try:
-        return module_ffi.typeof(fn)
-    except TypeError:
-        return None
 
 
 # ---- interrupts ----
@@ -319,10 +314,11 @@ def threaded(
     of ``ffi.dlopen``): the wrapper takes exactly the C function's parameters
     and a call through it costs about 1.5 plain calls (it is C, like
     :func:`callout`).  Buffers passed for pointer parameters are pinned for
-    the call and passed as pointers of the parameter's type; a str, list,
-    tuple or other unpinnable object for a pointer parameter is refused with
-    a TypeError before the call.  Any other callable (and a variadic C
-    function) gets the rules of :func:`callout`.
+    the call and passed as pointers of the parameter's type; a read-only
+    buffer (bytes, a read-only numpy array or mmap) only for a ``const``
+    pointer; a str, list, tuple or other object for a pointer parameter is
+    refused with a TypeError before the call.  Any other callable (and a
+    variadic C function) gets the rules of :func:`callout`: any arguments.
 
     A process cancelled during the call gets :class:`vmown.Cancelled` when
     it returns.  ``interrupt`` makes the call return early instead:
@@ -342,15 +338,64 @@ def threaded(
                 setattr(wrapper, attr, getattr(inner, attr))
         wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
         return wrapper
-    ctype = _function_ctype(fn)
-    if ctype is None or ctype.ellipsis:
-        ctypes = None  # the rules of callout()
-    else:
-        ctypes = tuple(arg if arg.kind in ("pointer", "array") else None for arg in ctype.args)
-    wrapper = _callout_ext.Threaded(fn, next(_tags), ctypes)
+    params = _buffers.c_parameters(fn)  # None: the rules of callout() for a Python callable
+    tag = next(_tags)
+    wrapper = _callout_ext.Threaded(fn, tag, params)
     name = getattr(fn, "__name__", None)
+    _tag_names[tag] = _symbol_name(fn)
+    _wrappers[wrapper] = _tag_names[tag]
     if isinstance(name, str) and name.isidentifier():
         wrapper.__name__ = wrapper.__qualname__ = name
     wrapper.__doc__ = f"{_name(fn)} as a callout: the VM is disowned while it runs (vmown.threaded)."
     wrapper.__wrapped__ = fn
     return wrapper  # type: ignore[no-any-return]
+
+
+# ---- per-function figures ----
+
+
+def callout_stats() -> list[dict[str, Any]]:
+    """Figures per function called out of the VM: which C call blocks the program.
+
+    One row per function (``name``) made a callout through a
+    :func:`threaded` wrapper (``kind`` "threaded") or :func:`callout`
+    ("callout"), counted since this process started, over every run:
+    ``calls`` (callouts made from a VM; a call from outside a run is a plain
+    call and not counted), ``handed_over`` (calls that came back to find the
+    VM taken by another thread, and waited for it), ``revocations`` (always
+    0 here: these callouts go out eagerly, only generated C wrappers are
+    revoked, and they are not counted yet), ``total_out_s`` and
+    ``longest_out_s`` (time out of the VM, the wait to own it again
+    included).  Times are taken only while a run asks for them
+    (``vmown.run(..., callout_times=True)``, or ``monitor=``): two clock
+    reads per callout.  Rows are sorted by time out, then calls.
+    """
+    rows: dict[tuple[str, str], list[int]] = {}
+
+    def add(name: str, kind: str, figures: tuple[int, int, int, int]) -> None:
+        row = rows.setdefault((name, kind), [0, 0, 0, 0])
+        row[0] += figures[0]
+        row[1] += figures[1]
+        row[2] += figures[2]
+        row[3] = max(row[3], figures[3])
+
+    for wrapper, name in list(_wrappers.items()):
+        figures = wrapper._figures()
+        if figures[0]:
+            add(name, "threaded", figures)
+    for fn, figures in _callout_ext.target_figures():
+        add("(others)" if fn is None else _symbol_name(fn), "callout", figures)
+    table = [
+        {
+            "name": name,
+            "kind": kind,
+            "calls": calls,
+            "handed_over": handed_over,
+            "revocations": 0,
+            "total_out_s": out_ns / 1e9,
+            "longest_out_s": longest_ns / 1e9,
+        }
+        for (name, kind), (calls, handed_over, out_ns, longest_ns) in rows.items()
+    ]
+    table.sort(key=lambda row: (-row["total_out_s"], -row["calls"], row["name"]))
+    return table

@@ -216,6 +216,13 @@ def bind_threaded(module_lib: Any, *, interrupt: Mapping[str, Any] | None = None
         if tag == 0:
             raise ValueError(f"{name!r} has no wrapper in {module_lib!r} (name the original function)")
         tags[tag] = how
+    tag_of = getattr(module_lib, "_vmown_threaded_tag", None)
+    if tag_of is not None:  # names for observers (top, stacks, the watchdog): a tag is the original's address
+        for name in dir(module_lib):
+            if not name.startswith("_vmown_"):
+                tag = int(ffi.cast("uintptr_t", tag_of(name.encode())))
+                if tag:
+                    _callout._tag_names[tag] = name
     if init(int(ffi.cast("uintptr_t", lib.vmown_callout_api()))) != 0:
         raise RuntimeError("the module's wrappers were generated for another callout API version; rebuild it")
     _callout._c_interrupts.update(tags)

@@ -48,7 +48,8 @@
 # smaller, grown on demand) plus a slice of an ffi.buffer over it, which
 # builds the bytes object directly.  The port lives in a threading.local, so
 # threads of one process may share a Channel.  Blocking happens in C with
-# the GIL released: spin up to 20 us (`spin_ns`), then sleep on a futex.
+# the GIL released, as a callout (inside a vmown.run() the VM is given up for
+# the wait, see _send below): spin up to 20 us (`spin_ns`), then sleep on a futex.
 # Spinning is adaptive: after a few spins in a row that found nothing (a
 # busy machine, where the peer cannot run while we spin, or a quiet
 # channel) waits sleep at once, probing a spin now and then.  A
@@ -70,6 +71,7 @@ import time
 from typing import Any, Iterator
 
 from . import _channel_ext
+from ._callout import threaded
 from ._channel_ext import ChannelBase
 from ._errors import ChannelClosed, error
 from ._native import ffi, lib
@@ -92,10 +94,15 @@ if not hasattr(lib, "vmown_channel_recv") or lib.vmown_channel_layout_version() 
 # through this table (ImportError if the two come from different builds).
 _channel_ext.bind(int(ffi.cast("uintptr_t", lib.vmown_channel_api())))
 
-_send = lib.vmown_channel_send
-_send_timed = lib.vmown_channel_send_timed
-_recv = lib.vmown_channel_recv
-_recv_timed = lib.vmown_channel_recv_timed
+# The waits are callouts: inside a vmown.run() a process that waits for a
+# message gives the VM up like any blocking C call, and the other processes
+# go on (a heartbeat tick later, on another thread); outside a run, or from
+# a thread that serves none, vmown.threaded is a plain call.  Only the slow
+# paths wait: the fast path above never does, so it stays one C call.
+_send = threaded(lib.vmown_channel_send)
+_send_timed = threaded(lib.vmown_channel_send_timed)
+_recv = threaded(lib.vmown_channel_recv)
+_recv_timed = threaded(lib.vmown_channel_recv_timed)
 _EINTR = lib.VMOWN_EINTR
 _ETIMEDOUT = lib.VMOWN_ETIMEDOUT
 _EINVAL = lib.VMOWN_EINVAL
@@ -280,7 +287,9 @@ class Channel(ChannelBase):
     # that its one attempt without waiting did not do.
 
     def _send_slow(self, data: Any, timeout: float | None) -> None:
-        if data.__class__ is not bytes:
+        if data.__class__ is bytes:
+            data = ffi.from_buffer(data)  # a pointer made here: read-only is fine for a const source
+        else:
             if isinstance(data, str):
                 raise TypeError("send() takes bytes-like data, not str; encode it first (or send_obj)")
             try:

@@ -88,6 +88,11 @@
 #   P9  deadlock detection and a callout about to come back           _park
 #   P10 the heartbeat queues a server while the owner parks or ends   _serve
 #   P11 a sleeper falls due while threads wait for the VM             _serve
+#   N1-N4 the idle owner waits in epoll (descriptor waits, _io.py)    _idle_in_poll
+#
+# Descriptors.  While processes wait on descriptors (vmown/_io.py), the loop
+# also collects readiness every _CLOCK_EVERY steps and before it goes idle,
+# and one idle thread waits in epoll instead of parking (_idle_in_poll).
 #
 # The GIL.  A callout made through the C wrappers of vmown.threaded_wrappers
 # waits for the VM in C, without the GIL, and takes the GIL only once it owns
@@ -122,6 +127,7 @@ import heapq
 import inspect
 import itertools
 import math
+import os
 import signal
 import sys
 import threading
@@ -135,9 +141,11 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any, Generic, TypeVar, TypeVarTuple
 
-from ._errors import VmownError, check, error
+from ._errors import NotOwnerError, VmownError, check, error
 from ._native import ffi, lib
+from . import _callout_ext, _monitor, _watchdog
 from ._ownership import Ownership
+from ._callout_ext import bind as _guard_bind, owns as _owns
 
 __all__ = ["Process", "checkpoint", "current_process", "run", "sleep", "spawn", "stats"]
 
@@ -190,17 +198,31 @@ _SUSPEND = object()
 
 _process_var: contextvars.ContextVar[Process[Any]] = contextvars.ContextVar("vmown.process")
 
+# The ownership guard (see _current).  VMOWN_GUARD=0 in the environment at
+# import builds the entry points without it: only for measuring what it
+# costs (benchmarks/suite_threads.py, guard_overhead).
+_GUARD = os.environ.get("VMOWN_GUARD", "1") != "0"
+
 
 class _ThreadState:
     """A thread that serves a vmown.run(): its slot in the run's control block."""
 
-    __slots__ = ("cb", "slot", "run_thread", "ident")
+    __slots__ = ("cb", "slot", "run_thread", "ident", "bound_count", "bound_queue", "wake")
 
     def __init__(self, cb: Any, slot: int, run_thread: bool) -> None:
         self.cb = cb  # vmown_vm * of the run's control block
         self.slot = slot  # this thread's slot in it
         self.run_thread = run_thread  # the thread that called vmown.run()
         self.ident = threading.get_ident()  # made on the thread it describes
+        # Bound processes (see "Bound processes").  Invariant: bound_count
+        # is the number of live processes bound to this thread; while it is
+        # not 0 the thread serves only them (_serve_bound).  bound_queue:
+        # those of them that are runnable (owner only); wake: released by
+        # the owner that queues one there, waited on by this thread with
+        # the VM given up.
+        self.bound_count = 0
+        self.bound_queue: deque[Process[Any]] = deque()
+        self.wake = threading.Semaphore(0)
 
 
 class _Here(threading.local):
@@ -242,6 +264,7 @@ class Process(Generic[T]):
         "_timer",
         "_interrupt",
         "_cancelled",
+        "_bound",
         "__weakref__",
     )
 
@@ -274,6 +297,9 @@ class Process(Generic[T]):
         self._timer: list[Any] | None = None  # its sleep's heap entry, while SLEEPING
         self._interrupt: Callable[[], object] | None = None  # while in an interruptible callout
         self._cancelled = False  # it ended with Cancelled (Process.cancel)
+        # None: runs on any thread; True: bound to the thread of its first
+        # step; a _ThreadState: bound to that thread (owner only).
+        self._bound: Any = None
 
     @property
     def name(self) -> str:
@@ -354,16 +380,27 @@ class _Runtime:
     """
 
     __slots__ = (
-        "ownership", "cb", "waiters_word", "work_words", "run_queue", "timers", "stale_timers", "timer_seq", "processes", "main",
+        "ownership", "cb", "waiters_word", "owner_word", "owner_address", "work_words", "run_queue", "timers", "stale_timers", "timer_seq", "processes", "main",
         "halt", "fatal", "running", "unretrieved", "published_runnable", "published_timer_ns",
         "watched_deadline_ns", "run_slot", "max_threads", "idle_timeout_ns", "handle", "worker_idents",
-        "pool_shortfalls", "cap_warned", "failures_warned", "steps", "spawned", "parks", "releases",
+        "pool_shortfalls", "cap_warned", "failures_warned", "steps", "spawned", "parks", "releases", "io",
+        "monitor", "run_ident",
+        "token", "bound_runnable", "bound_threads",
     )  # fmt: skip
 
-    def __init__(self, max_threads: int, idle_timeout_s: float) -> None:
-        self.ownership = Ownership(slots=max_threads + _SLOT_MARGIN)
+    def __init__(self, max_threads: int, idle_timeout_s: float, monitor: str | None = None) -> None:
+        slots = max_threads + _SLOT_MARGIN
+        # With a monitor path the block lives in an arena file that
+        # `python -m vmown top PATH` attaches (vmown/_monitor.py).
+        self.monitor = _monitor.Publisher(monitor, slots) if monitor else None
+        if self.monitor is not None:
+            self.ownership = Ownership.create_in(self.monitor.block, slots=slots)
+        else:
+            self.ownership = Ownership(slots=slots)
         self.cb = self.ownership._cb  # vmown_vm *, valid until ownership.close()
         self.waiters_word = lib.vmown_waiters_word(self.cb)  # read in place by _serve
+        self.owner_word = _owner_word(self.waiters_word)  # read in place by the guard
+        self.owner_address = int(ffi.cast("uintptr_t", ffi.from_buffer(self.owner_word)))
         # [0] written in place by _serve at every step, [1] by spawn (and by
         # _publish): a memoryview store costs ~20 ns where a cffi pointer
         # store costs ~65 (one aligned 8-byte store either way; the heartbeat
@@ -395,6 +432,7 @@ class _Runtime:
         # worker parks with a timer only if it is earlier than this one (P8).
         self.watched_deadline_ns = 0
         self.run_slot = 0
+        self.run_ident = 0  # threading ident of the run thread (the watchdog reads its stack)
         self.max_threads = max_threads
         self.idle_timeout_ns = int(idle_timeout_s * 1e9)
         # What the pool's workers get back in vmown_py_worker; dropped when
@@ -410,32 +448,86 @@ class _Runtime:
         self.spawned = 0
         self.parks = 0  # vmown_park calls (the core counts each as a disown)
         self.releases = 0  # other disowns by the scheduler; callouts = disowns - both
+        self.io: Any = None  # the descriptor waits (_io._IO), made by the first one
+        self.token: Any = None  # the run's RunToken (_token.py), made at the start
+        # Bound processes queued on their threads (not in run_queue), and
+        # the threads that have had any (woken at a halt).
+        self.bound_runnable = 0
+        self.bound_threads: dict[_ThreadState, None] = {}
 
 
-# ---- the current process ----
+def _owner_word(waiters_word: Any) -> memoryview:
+    """The block's owner word, for plain loads (the waiters word's block, by the layout's offsets)."""
+    if sys.byteorder != "little":  # vmown_waiters_word points at the low half: its offset differs
+        raise ImportError("vmown reads the owner word in place only on little-endian machines")
+    layout = ffi.new("vmown_layout *")
+    lib.vmown_layout_read(layout)
+    block = int(ffi.cast("uintptr_t", waiters_word)) - layout.waiters_and_hb_asleep
+    return memoryview(ffi.buffer(ffi.cast("char *", block + layout.owner_word), 8)).cast("Q")
+
+
+# ---- the current process, and the ownership guard ----
+
+# The guard.  Every entry point that changes the run's state (spawn, the
+# primitives' set/release/put/get, cancel) first checks that the calling
+# thread owns the VM: a process's code runs on a thread that owns it, but a
+# Python function run as a callout (vmown.callout(f)), a thread it starts
+# with the process's context copied, or a cffi callback in a threaded call
+# run in the process's context without the VM, while a worker may own it and
+# change the same state.  The check is one load of the owner word in place
+# and a compare with the thread's slot, in C (native/pyext/callout_ext.c:
+# guard_owns; each serving thread binds its slot there, _bind_here).  A lazy callout (C
+# wrappers) keeps the owner word, but runs no Python; a cffi callback inside
+# one owns the VM again first (_callback.py).
 
 
 def _current(what: str) -> Process[Any]:
+    """The calling process; NotOwnerError if the calling thread does not own its VM."""
     proc = _process_var.get(None)
     if proc is None:
-        raise RuntimeError(f"{what} must be called from a process started by vmown.run()")
+        raise RuntimeError(
+            f"{what} must be called from a process started by vmown.run() "
+            "(from another thread: vmown.current_token().run_sync(...))"
+        )
+    if _GUARD and not _owns():
+        raise _not_owner(what)
     return proc
+
+
+def _not_owner(what: str) -> NotOwnerError:
+    return NotOwnerError(
+        f"{what} was called from a thread that does not own the VM (a function run as a callout, "
+        "a callback from C, or another thread): its state belongs to the thread that owns the VM; "
+        "call it through token.run_sync(...) with token = vmown.current_token() taken in a process"
+    )
 
 
 def current_process() -> Process[Any]:
     """The :class:`Process` that calls it (must be called from a process of vmown.run())."""
-    return _current("vmown.current_process()")
+    proc = _process_var.get(None)
+    if proc is None:
+        raise RuntimeError("vmown.current_process() must be called from a process started by vmown.run()")
+    return proc
 
 
-def spawn(fn: Callable[[*Ts], Coroutine[Any, Any, T]], *args: *Ts) -> Process[T]:
+def spawn(fn: Callable[[*Ts], Coroutine[Any, Any, T]], *args: *Ts, bound: bool = False) -> Process[T]:
     """Start ``fn(*args)`` (an ``async def`` function) as a new process; return its handle.
 
     Must be called from a process.  The new process runs in a copy of the
     caller's contextvars context and is runnable at once; ``await`` the
     returned :class:`Process` for its result.
+
+    With ``bound=True`` every step of the process runs on the OS thread of
+    its first step (Go's LockOSThread): for objects tied to a thread
+    (sqlite3 connections, GUI toolkits, OpenGL contexts, thread-local C
+    state).  That thread then serves only its bound processes until they
+    end (see "Bound processes" in the scheduler's notes).
     """
     parent = _current("vmown.spawn()")
-    return _spawn(parent._rt, fn, args, contextvars.copy_context())
+    proc = _spawn(parent._rt, fn, args, contextvars.copy_context())
+    if bound:
+        proc._bound = True
+    return proc
 
 
 def _spawn(rt: _Runtime, fn: Callable[..., Any], args: tuple[Any, ...], ctx: contextvars.Context) -> Process[Any]:
@@ -621,6 +713,8 @@ def _finish(rt: _Runtime, proc: Process[Any], exc: BaseException) -> None:
     proc._state = _DONE
     proc._resume = proc._ctx_run = None  # break the cycle process -> context -> process
     del rt.processes[proc]
+    if proc._bound is not None and proc._bound is not True:
+        proc._bound.bound_count -= 1
     joiners, proc._joiners = proc._joiners, None
     for joiner in joiners or ():
         _wake(joiner)
@@ -652,6 +746,9 @@ def _halt(rt: _Runtime, fatal: BaseException | None) -> None:
     rt.halt = True
     _publish(rt)
     lib.vmown_unpark(rt.cb, rt.run_slot)  # if the run thread is parked; else a no-op
+    _wake_poller(rt)  # if a thread waits in epoll (N4)
+    for thread in rt.bound_threads:  # threads waiting for their bound processes
+        thread.wake.release()
 
 
 # ---- the loop ----
@@ -778,7 +875,11 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
         first = False
         countdown -= 1
         if timers or not countdown:  # read the clock: each step if timers wait
-            countdown = _CLOCK_EVERY
+            if not countdown:
+                countdown = _CLOCK_EVERY
+                io = rt.io
+                if io is not None and io.waiting:  # descriptors, every _CLOCK_EVERY steps
+                    _poll_now(rt, io)
             t = now()
             if t >= yield_at:
                 _yield_gil(rt)
@@ -786,8 +887,17 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
             if timers and timers[0][0] <= t:
                 _release_timers(rt)
         if not run_queue:
-            return
+            io = rt.io
+            if io is None or not io.waiting:
+                return
+            _poll_now(rt, io)  # before going idle: what came during the last steps
+            if not run_queue:
+                return
         proc = popleft()
+        if proc._bound is not None and proc._bound is not here:
+            if _to_bound_thread(rt, proc, here):
+                return  # this thread is bound now: _work switches to _serve_bound
+            continue
         next_timer_ns = timers[0][0] if timers else 0
         if bool(run_queue) is not rt.published_runnable or next_timer_ns != rt.published_timer_ns:
             _publish(rt)
@@ -817,7 +927,9 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
 
 def _yield_gil(rt: _Runtime) -> None:
     """If a thread of the run is out of the VM, let it take the GIL (see "The GIL")."""
-    if _pool_stats(rt).live - _idle_workers(rt) > 0:  # a worker neither parked nor this one
+    io = rt.io
+    polling = 1 if io is not None and io.polling else 0  # a worker waiting in epoll needs no GIL
+    if _pool_stats(rt).live - _idle_workers(rt) - polling > 0:  # a worker neither parked nor this one
         time.sleep(0)  # a syscall that blocks briefly (timer slack), the GIL released
 
 
@@ -828,14 +940,108 @@ def _work(rt: _Runtime, me: _ThreadState, given: bool = False) -> None:
     returns not owning it.
     """
     while not rt.halt:
+        if me.bound_count:
+            _serve_bound(rt, me)
+            continue
         _serve(rt, given)
         if rt.halt:
             break
+        if me.bound_count:
+            continue
         if not _park(rt, me):
             return
         given = True
     if not me.run_thread:
         _release(rt, me)
+
+
+# Bound processes.  A process spawned with bound=True (main, with
+# run(bind_main=True)) runs every step on one thread.  The rule: a thread
+# with live bound processes serves only them, so none of them waits for a
+# step of another process, which could block in a callout for any time.
+#   - Binding: the first thread that pops a bound=True process from the run
+#     queue binds it to itself (_to_bound_thread), queues it on its own
+#     bound_queue, and leaves _serve; _work runs _serve_bound from then on.
+#   - Becoming runnable: a bound process goes to the run queue like any
+#     other (_wake, timers, joins); the owner that pops it moves it to its
+#     thread's bound_queue and releases the thread's `wake` (T6 below).
+#   - Waiting: a bound thread with nothing runnable of its own gives the VM
+#     up (to the head waiter, or unowned: the heartbeat activates a worker
+#     for the others' work) and sleeps on `wake`, GIL released; woken, it
+#     queues for the VM like a returning callout and runs its process at the
+#     owner's next scheduling point.
+#   - When the last of them ends, the thread serves everybody again.
+# T6. A bound process is queued on its thread as the thread goes to sleep.
+#       O: bound_queue.append(P); wake.release()
+#       B: bound_queue empty -> release the VM -> wake.acquire()
+#     O appends while owning the VM, B looks while owning it, so B either
+#     sees P before it gives the VM up, or sleeps after O's release, which
+#     the semaphore keeps: acquire returns at once.  A release B does not
+#     need (it had seen P) only makes it look once more.
+def _to_bound_thread(rt: _Runtime, proc: Process[Any], here: _ThreadState) -> bool:
+    """Owner: ``proc`` is bound and not to ``here``; True if it was bound to ``here`` just now."""
+    rt.bound_runnable += 1
+    if proc._bound is True:  # its first step: bind it to this thread
+        proc._bound = here
+        here.bound_count += 1
+        rt.bound_threads[here] = None
+        here.bound_queue.append(proc)
+        return True
+    thread = proc._bound
+    thread.bound_queue.append(proc)
+    thread.wake.release()  # T6
+    return False
+
+
+def _serve_bound(rt: _Runtime, me: _ThreadState) -> None:
+    """Run this thread's bound processes; wait for them with the VM given up.
+
+    The caller owns the VM and owns it on return: when the run halts or the
+    thread has no bound process left.
+    """
+    queue = me.bound_queue
+    waiters_word = rt.waiters_word
+    while not rt.halt and me.bound_count:
+        if rt.timers and rt.timers[0][0] <= _now():
+            _release_timers(rt)
+        if not queue:
+            _release(rt, me)  # T6: looked while owning
+            me.wake.acquire()
+            _own(rt, me)
+            continue
+        proc = queue.popleft()
+        rt.bound_runnable -= 1
+        _step(rt, proc, me)
+        if waiters_word[0] and not rt.halt:  # a callout came back: let it in, then queue
+            _release(rt, me)
+            _own(rt, me)
+
+
+def _step(rt: _Runtime, proc: Process[Any], here: _ThreadState) -> None:
+    """Run one step of ``proc`` and handle what it yielded (_serve's body, for bound threads)."""
+    if proc._state is not _RUNNABLE:
+        _broken(f"{proc!r} was in a bound queue")
+    _publish(rt)
+    proc._state = _RUNNING
+    proc._thread = here
+    rt.running += 1
+    rt.work_words[_WORK_TAKEN] = rt.steps = rt.steps + 1
+    try:
+        trap = proc._ctx_run(proc._resume, proc._value)  # type: ignore[misc]
+    except BaseException as exc:  # noqa: BLE001 - the process's outcome
+        rt.running -= 1
+        _finish(rt, proc, exc)
+        return
+    rt.running -= 1
+    if trap is None:  # checkpoint
+        if proc._cancel_pending:
+            _throw_cancelled(rt, proc)
+            return
+        proc._state = _RUNNABLE
+        proc._value = None
+        rt.run_queue.append(proc)
+    else:
+        _trap(rt, proc, trap)
 
 
 # P2. A worker parks while a thread queues for the VM.
@@ -850,10 +1056,21 @@ def _work(rt: _Runtime, me: _ThreadState, given: bool = False) -> None:
 #     step blocked in a callout counts until it ends, on its own thread with
 #     the VM owned, so whatever it will wake is never declared stuck.
 #     Nothing outside the VM can wake a process (primitives refuse other
-#     threads), so the check is exact.
+#     threads), so the check is exact -- until a RunToken exists: then a
+#     thread may call in at any time, and there is no check (_token.py).
 def _park(rt: _Runtime, me: _ThreadState) -> bool:
     """Park until there is work; True once owning the VM, False for a worker that leaves."""
-    if not rt.run_queue and len(rt.timers) == rt.stale_timers and rt.running == 0:
+    io = rt.io
+    if io is not None and io.waiting:
+        if not io.polling:
+            return _idle_in_poll(rt, me, io)
+    elif (
+        not rt.run_queue
+        and len(rt.timers) == rt.stale_timers
+        and rt.running == 0
+        and not rt.token._handed_out
+        and rt.bound_runnable == 0
+    ):
         _halt(rt, _deadlock(rt))
         return True
     timeout_ns, watched_deadline_ns = _park_timeout(rt, me)
@@ -871,6 +1088,61 @@ def _park(rt: _Runtime, me: _ThreadState) -> bool:
         rt.watched_deadline_ns = 0
     _ensure_spare(rt)
     return True
+
+
+# N1. Two threads go idle while processes wait on descriptors.
+#       A: nothing to run: polling = True, release, epoll_wait
+#       B (took the VM meanwhile, a callout back): nothing to run
+#     `polling` is set and cleared by A while it owns the VM, so B reads it
+#     set and parks in the core as before (with its timer, P8); A gets every
+#     edge.  One thread waits in epoll; the idle stack keeps the spares the
+#     heartbeat activates.
+# N2. A callout comes back while the idle owner waits in epoll.
+#       A: release (VM unowned), epoll_wait    T: callout returns: own
+#     A released the VM before it waits, so T's CAS wins at once (the fast
+#     path of every callout): nothing has to wake A, and the core's fast
+#     paths are untouched.  T serves; when it runs out of work it parks (N1).
+# N3. The idle poller collects edges while another thread owns the VM.
+#       A: epoll_wait returns edges        T: owns, runs steps
+#       A: own: queues behind T            T: next scheduling point: waiters,
+#                                             park (hands A the VM, as in P1)
+#     A dispatches the edges only once it owns the VM.  Each edge goes to one
+#     epoll_wait (edge-triggered), so T's own polls never see these twice.
+# N4. The run halts while the poller waits: main ends on another thread
+#     (_halt), a worker fails outside a step (_crash), or Ctrl-C lands in the
+#     wait (_on_sigint).  Each sets `halt` and then writes the poller's
+#     eventfd (_wake_poller); the wait returns, a worker leaves without the
+#     VM, the run thread owns it and shuts down.
+def _idle_in_poll(rt: _Runtime, me: _ThreadState, io: Any) -> bool:
+    """Nothing to run, processes wait on descriptors: release the VM and wait in epoll.
+
+    Returns as _park does: True owning the VM, False for a worker that leaves.
+    """
+    timeout_ns, watched_deadline_ns = _park_timeout(rt, me)
+    if not watched_deadline_ns and rt.timers:
+        timeout_ns = max(0, rt.timers[0][0] - _now())  # another thread watches it too: harmless (P8)
+    elif not watched_deadline_ns:
+        timeout_ns = -1  # the poller does not retire
+    io.polling = True
+    io.idle_waits += 1
+    _release(rt, me)
+    events = io.poller.wait(-1 if timeout_ns < 0 else timeout_ns / 1e9)
+    if rt.halt and not me.run_thread:
+        return False  # N4: halt was set before the eventfd's write
+    _own(rt, me)
+    io.polling = False
+    if watched_deadline_ns and rt.watched_deadline_ns == watched_deadline_ns:
+        rt.watched_deadline_ns = 0
+    if events:
+        _dispatch(rt, io, events)
+    return True
+
+
+def _wake_poller(rt: _Runtime) -> None:
+    """Make a thread waiting in epoll return (N4): from any thread, and from the SIGINT handler."""
+    io = rt.io
+    if io is not None:
+        io.poller.wake()
 
 
 # P8. The timer watcher and the heartbeat both act on a due timer.
@@ -999,6 +1271,7 @@ def vmown_py_worker(handle: Any, slot: int) -> None:
     me = _ThreadState(rt.cb, slot, run_thread=False)
     _here.state = me
     rt.worker_idents[slot] = threading.get_ident()
+    _bind_here(rt, me)
     try:
         _ensure_spare(rt)
         _work(rt, me, given=True)
@@ -1006,7 +1279,7 @@ def vmown_py_worker(handle: Any, slot: int) -> None:
         _crash(rt, me, exc)
     finally:
         del rt.worker_idents[slot]
-        _here.state = None
+        _bind_here(rt, None)
         _forget_dummy_thread()
 
 
@@ -1037,19 +1310,29 @@ def _crash(rt: _Runtime, me: _ThreadState | None, exc: BaseException) -> None:
         rt.releases += 1
         _disown(rt.cb, me.slot, 0)
     lib.vmown_unpark(rt.cb, rt.run_slot)
+    _wake_poller(rt)  # N4
 
 
 def _enter(rt: _Runtime, run_thread: bool) -> _ThreadState:
     """Register the calling thread with the run's control block, for Python and C callouts."""
     me = _ThreadState(rt.cb, rt.ownership.slot, run_thread)
     check(lib.vmown_bind_thread(rt.cb, me.slot), "binding a worker thread")
-    _here.state = me
+    _bind_here(rt, me)
     return me
 
 
 def _leave() -> None:
     lib.vmown_bind_thread(ffi.NULL, 0)
-    _here.state = None
+    _bind_here(None, None)
+
+
+def _bind_here(rt: _Runtime | None, me: _ThreadState | None) -> None:
+    """Record (or forget) the run this thread serves, for Python and for the guard."""
+    _here.state = me
+    if rt is None or me is None:
+        _guard_bind(0, 0)
+    else:
+        _guard_bind(rt.owner_address, me.slot)
 
 
 # ---- run ----
@@ -1061,6 +1344,11 @@ def run(
     hz: int = 1000,
     max_threads: int = DEFAULT_MAX_THREADS,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
+    monitor: str | os.PathLike[str] | None = None,
+    callout_times: bool = False,
+    slow_step: float | None = None,
+    slow_callout: float | None = None,
+    bind_main: bool = False,
 ) -> T:
     """Run ``main(*args)`` as the first process of a new VM; return its result.
 
@@ -1075,19 +1363,59 @@ def run(
 
     Ctrl-C (on the main thread) raises KeyboardInterrupt promptly, also while
     a callout blocks, once the callouts still in flight have come back.
+
+    ``monitor`` (or the environment variable ``VMOWN_MONITOR``) is a path
+    for a new arena file holding the run's control block and figures, for
+    ``python -m vmown top PATH`` to watch from another process; the file is
+    removed when the run ends.  ``callout_times`` times every callout for
+    :func:`vmown.callout_stats` (on with ``monitor`` too): two clock reads
+    per callout.
+
+    The watchdog (off by default): ``slow_step`` seconds without a
+    scheduling point while other work waits gives one
+    :class:`vmown.SlowStepWarning` naming the process, function and line it
+    is at; a callout out for ``slow_callout`` seconds gives one
+    :class:`vmown.SlowCalloutWarning` naming the function, with the Python
+    stack that called it.
+
+    With ``bind_main=True`` every step of ``main`` runs on the calling thread
+    (a GUI's main thread, say), as ``spawn(..., bound=True)`` does for its
+    process; the calling thread then serves only main.
     """
     _check_run_arguments(hz, max_threads, idle_timeout)
+    for name, value in (("slow_step", slow_step), ("slow_callout", slow_callout)):
+        if value is not None and not (isinstance(value, (int, float)) and value > 0):
+            raise ValueError(f"{name} must be a positive number of seconds or None (off), not {value!r}")
     if _here.state is not None:
         raise RuntimeError("vmown.run() cannot run inside vmown.run(); use vmown.spawn() for a new process")
-    rt = _Runtime(max_threads, idle_timeout)
+    if monitor is None:
+        monitor = os.environ.get(_monitor.ENV_VAR) or None
+    rt = _Runtime(max_threads, idle_timeout, os.fspath(monitor) if monitor is not None else None)
+    timing_was = _callout_ext.set_timing(True) if callout_times or rt.monitor is not None else None
     me = _enter(rt, run_thread=True)
     try:
         _own(rt, me)
         rt.run_slot = me.slot
+        rt.run_ident = me.ident
+        watchdog = None
         with _sigint_handler(rt):
             try:
                 check(lib.vmown_heartbeat_start(rt.cb, hz), "starting the heartbeat")
-                rt.main = _spawn(rt, main, args, contextvars.copy_context())
+                if slow_step is not None or slow_callout is not None:
+                    watchdog = _watchdog.Watchdog(rt, slow_step, slow_callout)
+                    watchdog.start()
+                if rt.monitor is not None:
+                    rt.monitor.start(partial(_monitor_figures, rt, hz))
+                main_ctx = contextvars.copy_context()
+                rt.main = _spawn(rt, main, args, main_ctx)
+                rt.token = _token._start(rt, main_ctx)
+                if bind_main:
+                    rt.main._bound = me
+                    me.bound_count += 1
+                    rt.bound_threads[me] = None
+                    rt.run_queue.remove(rt.main)
+                    me.bound_queue.append(rt.main)
+                    rt.bound_runnable += 1
                 check(
                     lib.vmown_workers_start(
                         rt.cb, lib.vmown_py_worker, rt.handle, rt.max_threads - 1, rt.idle_timeout_ns
@@ -1097,10 +1425,18 @@ def run(
                 _ensure_spare(rt)
                 _work(rt, me)
             finally:
+                if watchdog is not None:
+                    watchdog.stop()
                 _shutdown(rt, me)
     finally:
         _leave()
+        if timing_was is not None:
+            _callout_ext.set_timing(timing_was)
+        if rt.monitor is not None:
+            rt.monitor.stop()
         _close_ownership(rt)
+        if rt.monitor is not None:
+            rt.monitor.close(block_freed=rt.ownership._cb is None)
     result: T = _outcome(rt)
     return result
 
@@ -1133,13 +1469,18 @@ def _shutdown(rt: _Runtime, me: _ThreadState) -> None:
     if lib.vmown_owner(rt.cb) != me.slot:
         _own(rt, me)
     _publish(rt)
+    if rt.token is not None:
+        rt.token._finish(me)  # calls from other threads: refused from now on, those in flight let out
     check(lib.vmown_heartbeat_stop(rt.cb), "stopping the heartbeat")
     check(lib.vmown_workers_stop(rt.cb), "stopping the worker pool")
     if _pool_stats(rt).live:
+        _wake_poller(rt)
         _release(rt, me)
         _join_workers(rt)
         _own(rt, me)
     _close_processes(rt)
+    if rt.io is not None:
+        rt.io.poller.close()
     _report_unretrieved(rt)
 
 
@@ -1231,7 +1572,9 @@ def _close_ownership(rt: _Runtime) -> None:
 
 # Cancel scopes and task groups update the run's state in their __exit__ and
 # __aexit__: KeyboardInterrupt waits for a scheduling point there too.
-_PROTECTED_MODULES = frozenset({__name__, "vmown._sync", "vmown._cancel", "vmown._taskgroup"})
+_PROTECTED_MODULES = frozenset(
+    {__name__, "vmown._sync", "vmown._cancel", "vmown._taskgroup", "vmown._io", "vmown._io_epoll"}
+)
 
 
 # P6. SIGINT lands anywhere in the main thread.  CPython runs the handler at
@@ -1274,6 +1617,7 @@ def _on_sigint(rt: _Runtime, signum: int, frame: types.FrameType | None) -> None
     if rt.fatal is None:
         rt.fatal = KeyboardInterrupt()
     rt.halt = True
+    _wake_poller(rt)  # the run thread may wait in epoll, which retries after a handler (N4)
 
 
 @contextmanager
@@ -1317,8 +1661,9 @@ def stats() -> dict[str, int]:
     callout blocked; native/idle.c, "Relays") and ``hand_overs`` (callouts of
     functions known to block that gave the VM to a parked worker at once;
     native/callout.c, hints).
+    Figures per C function are :func:`vmown.callout_stats`.
     """
-    return _stats(_current("vmown.stats()")._rt)
+    return _stats(current_process()._rt)
 
 
 def _stats(rt: _Runtime) -> dict[str, int]:
@@ -1354,14 +1699,39 @@ def _stats(rt: _Runtime) -> dict[str, int]:
         "called_off": heartbeat.called_off,
         "relays": heartbeat.relays,
         "hand_overs": heartbeat.hand_overs,
+        "io_waits": rt.io.blocked if rt.io is not None else 0,
+        "io_polls": rt.io.polls if rt.io is not None else 0,
+        "io_idle_waits": rt.io.idle_waits if rt.io is not None else 0,
     }
 
 
+def _monitor_figures(rt: _Runtime, hz: int) -> dict[str, Any]:
+    """What the monitor publishes besides the block (vmown/_monitor.py); any thread may call it."""
+    from ._callout import _tag_names, callout_stats
+
+    return {
+        "pid": os.getpid(),
+        "hz": hz,
+        "stats": _stats(rt),
+        "callout_names": {str(tag): name for tag, name in list(_tag_names.items())},
+        "functions": callout_stats(),
+        # slot -> the process whose step runs on that thread (python -m vmown stacks)
+        "running": {
+            str(proc._thread.slot): proc.name
+            for proc in list(rt.processes)
+            if proc._state is _RUNNING and proc._thread is not None
+        },
+    }
+
+
+from . import _token  # noqa: E402
 from ._cancel import (  # noqa: E402
     Cancelled as _Cancelled,
     ProcessCancelled as _ProcessCancelled,
     _cancel_process,
 )
+
+from ._io import dispatch as _dispatch, poll_now as _poll_now  # noqa: E402
 
 # Frames of these functions call user code: KeyboardInterrupt raised below
 # them lands inside a step (P6).

@@ -13,8 +13,8 @@
  *
  * The sequence and its windows:
  *   1. check every argument; pin buffers (a buffer export held until 5: a
- *      resize meanwhile raises BufferError); refuse the unpinnable -- all
- *      before anything changes;
+ *      resize meanwhile raises BufferError); refuse what C must not get
+ *      (vmown/_buffers.py) -- all before anything changes;
  *   2. token = begin(tag): disown if this thread is bound and owns the VM;
  *   3. call fn (a cffi function releases the GIL around the C function);
  *   4. own again: try_end (one CAS, GIL held); if another thread took the VM
@@ -31,19 +31,24 @@
  * errno.  cffi saves errno in its per-thread slot right after the C function
  * returns (before 4); ffi.errno reads that slot, and nothing here writes it.
  *
- * What passes as it is (the rules of vmown/_callout.py, where they are
- * explained): callout(): None, numbers, str, bytes and cffi cdata; any other
- * object with the buffer protocol is pinned; anything else is refused.
- * threaded(cffi function): only pointer parameters are checked: None, bytes
- * and cdata pass, other objects go through pin_pointer() (Python), which
- * returns a cdata pinning the buffer, or raises.  The messages of refusals
- * are made by the Python helpers, so they are written once.
+ * What passes as it is (the rules of vmown/_buffers.py, where they are
+ * explained): for a cffi function, through callout() or threaded(), only
+ * pointer parameters are checked: None and cdata pass, bytes pass for a
+ * const pointer, other objects go through pin_pointer() (Python), which
+ * returns a cdata pinning the buffer (writable unless the parameter is
+ * const), or raises.  callout() learns a function's parameters once, from
+ * c_parameters() (Python), and keeps them in `known` keyed by the function.
+ * For a Python callable every argument passes; buffers among them are
+ * pinned.  The messages of refusals are made by the Python helpers, so they
+ * are written once.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "vmown.h"  /* the table's type only: nothing of the core is linked */
 
@@ -52,21 +57,81 @@ static void (*core_end)(uint32_t);
 static int (*core_try_end)(uint32_t);
 
 static PyTypeObject *cdata_type;  /* _cffi_backend._CDataBase */
-static PyObject *refuse_fn;       /* _callout._refuse(fn, where, arg, what) -> TypeError */
-static PyObject *pin_pointer_fn;  /* _callout._pin_pointer(fn, arg, ctype, n) -> cdata */
+static PyObject *pin_pointer_fn;  /* _buffers.pin_pointer(fn, arg, ctype, n, const) -> cdata */
+static PyObject *c_parameters_fn; /* _buffers.c_parameters(fn) -> tuple or None */
+static PyObject *known;           /* dict: C callable -> c_parameters(fn), for callout() */
+
+/* `known` is cleared when it grows past this (functions made on the fly). */
+enum { KNOWN_MAX = 4096 };
 
 enum { SMALL = 8 };
 
+/* ---- per-function figures (vmown.callout_stats) ----
+ *
+ * Each Threaded wrapper counts its own callouts; callout()'s targets are
+ * counted in a small table keyed by the function object (probing a few
+ * entries; a target that finds no room counts in the shared entry `other`).
+ * Only calls made from a VM count (begin gave a token).  Every field is
+ * written with the GIL held (after the call, cffi has taken it back; after
+ * end, Py_END_ALLOW_THREADS has), so plain fields suffice.  Counting is
+ * free: `calls` is one increment, `handed_over` is counted on the slow path
+ * only (the call came back to a VM that another thread had taken, and waited
+ * for it).  Timing is not: two CLOCK_MONOTONIC reads per callout (~30-150
+ * ns, against a callout's ~90), so it is on only while `timing` is set
+ * (set_timing: vmown.run(..., callout_times=True) or monitor=). */
+typedef struct {
+    unsigned long long calls, handed_over, out_ns, longest_ns;
+} figures;
+
+static int timing;
+
+enum { TARGETS = 256, PROBES = 8 };
+static struct {
+    PyObject *fn;  /* a strong reference: at most TARGETS functions kept alive */
+    figures f;
+} targets[TARGETS];
+static figures other;
+
+static figures *target_figures(PyObject *fn) {
+    unsigned i = (unsigned)(((uint64_t)(uintptr_t)fn * 0x9E3779B97F4A7C15ull) >> 56);
+    for (unsigned k = 0; k < PROBES; k++, i = (i + 1) % TARGETS) {
+        if (targets[i].fn == fn) return &targets[i].f;
+        if (!targets[i].fn) {
+            targets[i].fn = Py_NewRef(fn);
+            return &targets[i].f;
+        }
+    }
+    return &other;
+}
+
+static inline uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
 /* ---- the call itself (steps 2-4) ---- */
 
-static PyObject *call_disowned(PyObject *fn, uint64_t tag, PyObject *const *args, size_t nargs,
+/* f: the wrapper's figures; NULL for callout(): fn's entry of `targets`. */
+static PyObject *call_disowned(PyObject *fn, uint64_t tag, figures *f, PyObject *const *args, size_t nargs,
                                PyObject *kwnames) {
     uint32_t token = core_begin(tag);
+    if (!token) return PyObject_Vectorcall(fn, args, nargs, kwnames);
+    if (!f) f = target_figures(fn);  /* before the call: a watchdog names a target still out */
+    uint64_t start_ns = timing ? now_ns() : 0;
     PyObject *result = PyObject_Vectorcall(fn, args, nargs, kwnames);
-    if (token && !core_try_end(token)) {
+    int waited = !core_try_end(token);
+    if (waited) {
         Py_BEGIN_ALLOW_THREADS
         core_end(token);
         Py_END_ALLOW_THREADS
+    }
+    f->calls++;
+    f->handed_over += (unsigned)waited;
+    if (start_ns) {
+        uint64_t out_ns = now_ns() - start_ns;
+        f->out_ns += out_ns;
+        if (out_ns > f->longest_ns) f->longest_ns = out_ns;
     }
     return result;
 }
@@ -88,17 +153,6 @@ static inline int as_is(PyObject *arg) {
            PyUnicode_Check(arg) || PyBytes_Check(arg);
 }
 
-static void refuse(PyObject *fn, PyObject *where, PyObject *arg) {
-    if (!where) return;  /* its error is set */
-    PyObject *exc = PyObject_CallFunction(refuse_fn, "OOOs", fn, where, arg,
-                                          "which cannot be pinned while the VM is disowned");
-    Py_DECREF(where);
-    if (exc) {
-        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-        Py_DECREF(exc);
-    }
-}
-
 /* Pins held for one call: on the stack for the usual few, else on the heap. */
 typedef struct {
     Py_buffer small[SMALL];
@@ -111,14 +165,9 @@ static void pins_release(pins *p) {
     if (p->views != p->small) PyMem_Free(p->views);
 }
 
-/* Check one argument; 0 if it passes (pinned if a buffer), -1 with the error set. */
-static int pin(pins *p, PyObject *fn, PyObject *arg, Py_ssize_t index, PyObject *key) {
-    if (as_is(arg)) return 0;
-    if (!PyObject_CheckBuffer(arg)) {
-        refuse(fn, key ? PyUnicode_FromFormat("argument %R", key) : PyUnicode_FromFormat("argument %zd", index),
-               arg);
-        return -1;
-    }
+/* Pin one argument if it is a buffer; 0, or -1 with the error set. */
+static int pin(pins *p, PyObject *arg) {
+    if (as_is(arg) || !PyObject_CheckBuffer(arg)) return 0;
     if (p->count == p->cap) {
         Py_ssize_t cap = p->cap * 2;
         Py_buffer *views = PyMem_Malloc(sizeof *views * (size_t)cap);
@@ -138,23 +187,37 @@ static int pin(pins *p, PyObject *fn, PyObject *arg, Py_ssize_t index, PyObject 
     return 0;
 }
 
-static PyObject *generic_call(PyObject *fn, uint64_t tag, PyObject *const *args, size_t nargs,
+static PyObject *generic_call(PyObject *fn, uint64_t tag, figures *f, PyObject *const *args, size_t nargs,
                               PyObject *kwnames) {
     Py_ssize_t n = (Py_ssize_t)nargs, nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     Py_ssize_t i = 0;
     while (i < n + nkw && as_is(args[i])) i++;
-    if (i == n + nkw) return call_disowned(fn, tag, args, nargs, kwnames);  /* nothing to pin */
+    if (i == n + nkw) return call_disowned(fn, tag, f, args, nargs, kwnames);  /* nothing to pin */
     pins p = {.views = p.small, .cap = SMALL};
     for (; i < n + nkw; i++) {
-        PyObject *key = i < n ? NULL : PyTuple_GET_ITEM(kwnames, i - n);
-        if (pin(&p, fn, args[i], i + 1, key) < 0) {
+        if (pin(&p, args[i]) < 0) {
             pins_release(&p);
             return NULL;
         }
     }
-    PyObject *result = call_disowned(fn, tag, args, nargs, kwnames);
+    PyObject *result = call_disowned(fn, tag, f, args, nargs, kwnames);
     pins_release(&p);
     return result;
+}
+
+static PyObject *c_call(PyObject *fn, uint64_t tag, figures *f, PyObject *params, PyObject *const *args, size_t nargs);
+
+/* callout(fn, ...) of a cffi function: its parameters, from `known`.  A
+ * borrowed tuple, Py_None (not a cffi function) or NULL with the error set. */
+static PyObject *c_parameters(PyObject *fn) {
+    PyObject *params = PyDict_GetItemWithError(known, fn);
+    if (params || PyErr_Occurred()) return params;
+    params = PyObject_CallOneArg(c_parameters_fn, fn);
+    if (!params) return NULL;
+    if (PyDict_GET_SIZE(known) >= KNOWN_MAX) PyDict_Clear(known);
+    int rc = PyDict_SetItem(known, fn, params);
+    Py_DECREF(params);  /* `known` holds it */
+    return rc < 0 ? NULL : params;
 }
 
 static PyObject *callout(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames) {
@@ -164,8 +227,19 @@ static PyObject *callout(PyObject *module, PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     if (not_ready() < 0) return NULL;
+    PyObject *fn = args[0];
     /* Tagged by the function: the core keeps per-tag hints (callout.c). */
-    return generic_call(args[0], (uint64_t)(uintptr_t)args[0], args + 1, (size_t)(nargs - 1), kwnames);
+    uint64_t tag = (uint64_t)(uintptr_t)fn;
+    if (PyObject_TypeCheck(fn, cdata_type) || PyCFunction_Check(fn)) {
+        PyObject *params = c_parameters(fn);
+        if (!params) return NULL;
+        if (params != Py_None) {
+            if ((kwnames && PyTuple_GET_SIZE(kwnames)) || PyTuple_GET_SIZE(params) != nargs - 1)
+                return PyObject_Vectorcall(fn, args + 1, (size_t)(nargs - 1), kwnames);  /* cffi refuses */
+            return c_call(fn, tag, NULL, params, args + 1, (size_t)(nargs - 1));
+        }
+    }
+    return generic_call(fn, tag, NULL, args + 1, (size_t)(nargs - 1), kwnames);
 }
 
 /* ---- threaded(): a callable wrapping one function ---- */
@@ -175,28 +249,36 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyObject *fn;
     PyObject *dict;        /* __name__, __doc__, __wrapped__ ... */
-    PyObject *ctypes;      /* tuple: the ctype of each pointer parameter, else None */
+    PyObject *weakrefs;    /* observers list wrappers in a WeakSet */
+    figures f;
+    PyObject *ctypes;      /* tuple: (ctype, const) of each pointer parameter, else None */
     Py_ssize_t nparams;    /* -1: any arguments, the rules of callout() */
     uint64_t tag;
     int pointers;          /* whether any parameter is a pointer */
 } threaded_object;
 
-static PyObject *threaded_cfunction_call(threaded_object *self, PyObject *const *args, size_t nargs) {
-    if (!self->pointers) return call_disowned(self->fn, self->tag, args, nargs, NULL);
+/* A cffi function with a fixed parameter list (`params`, one entry per
+ * argument): the pointer parameters are checked and pinned. */
+static PyObject *c_call(PyObject *fn, uint64_t tag, figures *f, PyObject *params, PyObject *const *args, size_t nargs) {
     PyObject *small[SMALL], **stack = small;
     if (nargs > SMALL && !(stack = PyMem_Malloc(sizeof *stack * nargs))) return PyErr_NoMemory();
     size_t i;
     PyObject *result = NULL;
     for (i = 0; i < nargs; i++) {
-        PyObject *arg = args[i], *ctype = PyTuple_GET_ITEM(self->ctypes, i);
-        if (ctype == Py_None || arg == Py_None || PyBytes_CheckExact(arg) || PyObject_TypeCheck(arg, cdata_type)) {
+        PyObject *arg = args[i], *param = PyTuple_GET_ITEM(params, i);
+        if (param == Py_None || arg == Py_None || PyObject_TypeCheck(arg, cdata_type)) {
             stack[i] = Py_NewRef(arg);
             continue;
         }
-        stack[i] = PyObject_CallFunction(pin_pointer_fn, "OOOn", self->fn, arg, ctype, (Py_ssize_t)i + 1);
+        PyObject *ctype = PyTuple_GET_ITEM(param, 0), *is_const = PyTuple_GET_ITEM(param, 1);
+        if (is_const == Py_True && PyBytes_CheckExact(arg)) {  /* read-only, for a const pointer */
+            stack[i] = Py_NewRef(arg);
+            continue;
+        }
+        stack[i] = PyObject_CallFunction(pin_pointer_fn, "OOOnO", fn, arg, ctype, (Py_ssize_t)i + 1, is_const);
         if (!stack[i]) goto done;
     }
-    result = call_disowned(self->fn, self->tag, stack, nargs, NULL);
+    result = call_disowned(fn, tag, f, stack, nargs, NULL);
 done:
     while (i > 0) Py_DECREF(stack[--i]);  /* a pinning cdata releases its export here */
     if (stack != small) PyMem_Free(stack);
@@ -207,7 +289,7 @@ static PyObject *threaded_vectorcall(PyObject *callable, PyObject *const *args, 
     threaded_object *self = (threaded_object *)callable;
     size_t nargs = PyVectorcall_NARGS(nargsf);
     if (not_ready() < 0) return NULL;
-    if (self->nparams < 0) return generic_call(self->fn, self->tag, args, nargs, kwnames);
+    if (self->nparams < 0) return generic_call(self->fn, self->tag, &self->f, args, nargs, kwnames);
     if (kwnames && PyTuple_GET_SIZE(kwnames)) {
         PyErr_Format(PyExc_TypeError, "%R takes no keyword arguments", self->fn);
         return NULL;
@@ -217,7 +299,8 @@ static PyObject *threaded_vectorcall(PyObject *callable, PyObject *const *args, 
                      self->nparams == 1 ? "" : "s", (Py_ssize_t)nargs);
         return NULL;
     }
-    return threaded_cfunction_call(self, args, nargs);
+    if (!self->pointers) return call_disowned(self->fn, self->tag, &self->f, args, nargs, NULL);
+    return c_call(self->fn, self->tag, &self->f, self->ctypes, args, nargs);
 }
 
 static PyObject *threaded_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
@@ -257,6 +340,7 @@ static int threaded_clear(threaded_object *self) {
 
 static void threaded_dealloc(threaded_object *self) {
     PyObject_GC_UnTrack(self);
+    if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
     threaded_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -264,6 +348,20 @@ static void threaded_dealloc(threaded_object *self) {
 static PyObject *threaded_repr(threaded_object *self) {
     return PyUnicode_FromFormat("<vmown.threaded %R>", self->fn);
 }
+
+static PyObject *figures_tuple(const figures *f) {
+    return Py_BuildValue("KKKK", f->calls, f->handed_over, f->out_ns, f->longest_ns);
+}
+
+static PyObject *threaded_figures(threaded_object *self, PyObject *unused) {
+    return figures_tuple(&self->f);
+}
+
+static PyMethodDef threaded_methods[] = {
+    {"_figures", (PyCFunction)threaded_figures, METH_NOARGS,
+     PyDoc_STR("(calls, handed_over, out_ns, longest_ns) of this wrapper's callouts")},
+    {NULL, NULL, 0, NULL},
+};
 
 static PyTypeObject threaded_type = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -279,14 +377,44 @@ static PyTypeObject threaded_type = {
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(threaded_object, vectorcall),
     .tp_dictoffset = offsetof(threaded_object, dict),
+    .tp_weaklistoffset = offsetof(threaded_object, weakrefs),
+    .tp_methods = threaded_methods,
 };
+
+/* ---- the ownership guard (vmown/_scheduler.py, "_current") ----
+ *
+ * Each thread that serves a run records where the run's owner word is and
+ * its own slot (bind); owns() is then one load of the word and a compare,
+ * no lock, no call into the core: ~25 ns where a threading.local lookup
+ * alone costs ~100.  The word is the core's (native/owner.c), read relaxed:
+ * a thread that owns the VM wrote its own slot there (or was handed it) and
+ * nobody else changes it while it owns, so the compare is exact for the
+ * owner; for any other thread it is false whatever value it reads. */
+
+static _Thread_local const _Atomic uint64_t *guard_word;
+static _Thread_local uint32_t guard_slot;
+
+static PyObject *guard_bind(PyObject *module, PyObject *args) {
+    unsigned long long address;
+    unsigned int slot;
+    if (!PyArg_ParseTuple(args, "KI:bind", &address, &slot)) return NULL;
+    guard_word = (const _Atomic uint64_t *)(uintptr_t)address;
+    guard_slot = slot;
+    Py_RETURN_NONE;
+}
+
+static PyObject *guard_owns(PyObject *module, PyObject *unused) {
+    const _Atomic uint64_t *word = guard_word;
+    if (word && (uint32_t)atomic_load_explicit(word, memory_order_relaxed) == guard_slot) Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+}
 
 /* ---- module ---- */
 
 static PyObject *init(PyObject *module, PyObject *args) {
     unsigned long long address;
-    PyObject *cdata, *refuse_, *pin_pointer_;
-    if (!PyArg_ParseTuple(args, "KO!OO:init", &address, &PyType_Type, &cdata, &refuse_, &pin_pointer_))
+    PyObject *cdata, *pin_pointer_, *c_parameters_;
+    if (!PyArg_ParseTuple(args, "KO!OO:init", &address, &PyType_Type, &cdata, &pin_pointer_, &c_parameters_))
         return NULL;
     const vmown_callout_table *table = (const vmown_callout_table *)(uintptr_t)address;
     if (!table || table->version != VMOWN_CALLOUT_API_VERSION || !table->try_end || !table->begin_eager) {
@@ -294,8 +422,9 @@ static PyObject *init(PyObject *module, PyObject *args) {
         return NULL;
     }
     Py_XSETREF(cdata_type, (PyTypeObject *)Py_NewRef(cdata));
-    Py_XSETREF(refuse_fn, Py_NewRef(refuse_));
     Py_XSETREF(pin_pointer_fn, Py_NewRef(pin_pointer_));
+    Py_XSETREF(c_parameters_fn, Py_NewRef(c_parameters_));
+    if (!known && !(known = PyDict_New())) return NULL;
     core_end = table->end;
     core_try_end = table->try_end;
     /* Eager: this path takes the GIL back after the call and before its
@@ -313,16 +442,42 @@ PyDoc_STRVAR(callout_doc,
 "their traceback, and ``ffi.errno`` after the call is the call's own.\n"
 "From a thread that serves no VM, or from inside another callout, it is a\n"
 "plain call.\n\n"
-"Buffers among the arguments (bytearray, memoryview, array.array, numpy\n"
-"arrays) are pinned for the call: resizing one meanwhile raises\n"
-"BufferError.  None, numbers, str, bytes and cffi cdata pass as they are;\n"
-"anything else (a list, a dict...) is refused with a TypeError naming the\n"
-"argument, before ``fn`` runs.  For cffi functions, :func:`threaded` also\n"
-"turns buffers into pointers.");
+"For a cffi function the rules of :func:`threaded` apply: a buffer for a\n"
+"pointer parameter is pinned and passed as a pointer; a read-only buffer\n"
+"(bytes, a read-only numpy array) is accepted only for a ``const`` pointer;\n"
+"a str, list or other object for a pointer is refused with a TypeError\n"
+"before the call.  A Python callable takes any arguments; buffers among\n"
+"them are pinned for the call (resizing one meanwhile raises BufferError).");
+
+static PyObject *target_figures_list(PyObject *module, PyObject *unused) {
+    PyObject *list = PyList_New(0);
+    for (unsigned i = 0; list && i <= TARGETS; i++) {
+        PyObject *fn = i < TARGETS ? targets[i].fn : Py_None;
+        const figures *f = i < TARGETS ? &targets[i].f : &other;
+        if (!fn || !f->calls) continue;
+        PyObject *row = Py_BuildValue("(ON)", fn, figures_tuple(f));
+        if (!row || PyList_Append(list, row) < 0) Py_CLEAR(list);
+        Py_XDECREF(row);
+    }
+    return list;
+}
+
+static PyObject *set_timing(PyObject *module, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    int was = timing;
+    timing = on;
+    return PyBool_FromLong(was);
+}
 
 static PyMethodDef methods[] = {
-    {"init", init, METH_VARARGS, PyDoc_STR("init(table_address, cdata_type, refuse, pin_pointer)")},
+    {"target_figures", target_figures_list, METH_NOARGS,
+     PyDoc_STR("[(fn, (calls, handed_over, out_ns, longest_ns))] of callout()'s targets; fn None: the rest")},
+    {"set_timing", set_timing, METH_O, PyDoc_STR("set_timing(on) -> was: time each callout from now on")},
+    {"init", init, METH_VARARGS, PyDoc_STR("init(table_address, cdata_type, pin_pointer, c_parameters)")},
     {"callout", (PyCFunction)(void (*)(void))callout, METH_FASTCALL | METH_KEYWORDS, callout_doc},
+    {"bind", guard_bind, METH_VARARGS, PyDoc_STR("bind(owner_word_address, slot): this thread serves a run (0: none)")},
+    {"owns", guard_owns, METH_NOARGS, PyDoc_STR("owns() -> whether this thread owns the VM it was bound to")},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,0 +1,244 @@
+"""vmown._callback: cffi callbacks on the thread of a threaded call, and on C threads of their own."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import threading
+from typing import Any
+
+import cffi
+import pytest
+
+import vmown
+from vmown import _callout_ext, _scheduler
+from vmown._callback import _lazy_out
+
+pytestmark = pytest.mark.usefixtures("no_thread_left_behind")
+
+_ffi = cffi.FFI()
+_ffi.cdef(
+    """
+    typedef void (*tick_fn)(int thread, int i);
+    int call_from_threads(tick_fn fn, int threads, int count);
+    void call_here(tick_fn fn, int count);
+    void qsort(void *base, size_t n, size_t size, int (*compar)(const void *, const void *));
+    int usleep(unsigned int usec);
+    """
+)
+_libc = _ffi.dlopen(None)
+usleep = vmown.threaded(_libc.usleep)
+
+
+@pytest.fixture(scope="module")
+def clib(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    source = pathlib.Path(__file__).parent / "c" / "callbacks.c"
+    out = tmp_path_factory.mktemp("callbacks") / "libcallbacks.so"
+    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-pthread", "-o", str(out), str(source)], check=True)
+    return _ffi.dlopen(str(out))
+
+
+def _slots_in_use() -> int:
+    return int(vmown.current_process()._rt.ownership.slots_in_use)
+
+
+def test_callbacks_from_four_c_threads_run_in_the_vm_one_at_a_time(clib: Any) -> None:
+    """4 pthreads x 10,000 callbacks: each owns the VM, none overlaps another
+    or a step of a process, the count is exact, and the threads' slots go
+    back when they end."""
+    state = {"count": 0, "inside": 0, "stepping": False, "overlaps": 0, "not_owner": 0, "steps": 0}
+
+    @vmown.callback
+    def tick(thread: int, i: int) -> None:
+        if state["inside"] or state["stepping"]:
+            state["overlaps"] += 1
+        state["inside"] += 1
+        if not _callout_ext.owns():
+            state["not_owner"] += 1
+        state["count"] += 1
+        state["inside"] -= 1
+
+    c_tick = _ffi.callback("tick_fn", tick)
+    call_from_threads = vmown.threaded(clib.call_from_threads)
+
+    async def stepper(done: vmown.Event) -> None:
+        while not done.is_set():
+            state["stepping"] = True
+            sum(range(50))  # a step that takes a moment
+            state["stepping"] = False
+            state["steps"] += 1
+            await vmown.checkpoint()
+
+    async def main() -> tuple[int, int]:
+        before = _slots_in_use()
+        done = vmown.Event()
+        stepping = vmown.spawn(stepper, done)
+        assert call_from_threads(c_tick, 4, 10_000) == 0
+        done.set()
+        await stepping
+        foreign = len(vmown.current_process()._rt.token._slots)
+        during = _slots_in_use()
+        # The next C thread to call back finds the four ended and gives their slots back.
+        assert call_from_threads(c_tick, 1, 1) == 0
+        return foreign, during - _slots_in_use()
+
+    foreign, returned = vmown.run(main)
+    assert state["count"] == 40_001
+    assert state["overlaps"] == 0 and state["not_owner"] == 0
+    assert foreign == 4 and returned == 3
+
+
+def test_a_callback_on_the_thread_of_a_threaded_call_owns_the_vm_and_others_run_between(clib: Any) -> None:
+    """qsort with a comparator that sleeps 1 ms (a callout of its own): the
+    comparator owns the VM on qsort's thread, other processes run meanwhile."""
+    seen = {"compares": 0, "owned": 0, "threads": set()}
+
+    @vmown.callback
+    def compare(a: Any, b: Any) -> int:
+        seen["compares"] += 1
+        seen["owned"] += _callout_ext.owns()
+        seen["threads"].add(threading.get_ident())
+        usleep(1000)  # gives the VM up again for the sleep
+        x, y = _ffi.cast("int *", a)[0], _ffi.cast("int *", b)[0]
+        return (x > y) - (x < y)
+
+    c_compare = _ffi.callback("int(const void *, const void *)", compare)
+    qsort = vmown.threaded(_libc.qsort)
+
+    async def main() -> tuple[list[int], int, int]:
+        ticks = 0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done:
+                await vmown.sleep(0.001)
+                ticks += 1
+
+        ticking = vmown.spawn(ticker)
+        await vmown.checkpoint()
+        values = _ffi.new("int[]", [9, 3, 7, 1, 8, 2, 6, 4, 5, 0, 19, 13, 17, 11, 18, 12, 16, 14, 15, 10])
+        me = threading.get_ident()
+        qsort(values, len(values), _ffi.sizeof("int"), c_compare)
+        done = True
+        await ticking
+        assert seen["threads"] == {me}
+        return list(values), ticks, seen["compares"]
+
+    values, ticks, compares = vmown.run(main)
+    assert values == list(range(20))
+    assert seen["owned"] == compares > 0
+    assert ticks >= 5  # ~60 comparisons of 1 ms each; a held VM would allow none
+
+
+def test_a_callback_may_use_the_primitives_and_its_exceptions_are_reported(clib: Any) -> None:
+    errors: list[Any] = []
+
+    def onerror(exc_type: Any, exc: BaseException, tb: Any) -> None:
+        errors.append(exc_type)
+
+    async def main() -> int:
+        queue: vmown.Queue[int] = vmown.Queue()
+
+        @vmown.callback
+        def tick(thread: int, i: int) -> None:
+            if i == 3:
+                raise KeyError(i)
+            queue.put_nowait(i)
+
+        c_tick = _ffi.callback("tick_fn", tick, onerror=onerror)
+        vmown.threaded(clib.call_from_threads)(c_tick, 1, 5)
+        vmown.threaded(clib.call_here)(c_tick, 2)
+        return sum([queue.get_nowait() for _ in range(queue.qsize())])
+
+    assert vmown.run(main) == 0 + 1 + 2 + 4 + 0 + 1
+    assert errors == [KeyError]
+
+
+def test_without_a_run_a_callback_is_a_plain_call(clib: Any) -> None:
+    count = []
+    c_tick = _ffi.callback("tick_fn", vmown.callback(lambda thread, i: count.append(i)))
+    clib.call_here(c_tick, 3)
+    assert count == [0, 1, 2]
+
+
+LAZY_DECLARATIONS = """
+typedef void (*tick_fn)(int thread, int i);
+int call_back_after_us(tick_fn fn, int us, int count);
+"""
+LAZY_SOURCE = """
+#include <time.h>
+typedef void (*tick_fn)(int thread, int i);
+int call_back_after_us(tick_fn fn, int us, int count) {
+    struct timespec ts = {0, us * 1000L};
+    for (int i = 0; i < count; i++) {
+        nanosleep(&ts, NULL);  /* out long enough for the heartbeat to revoke a lazy callout */
+        fn(0, i);
+    }
+    return count;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def wrapped(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A cffi API-mode module whose function is called through a generated (lazy) C wrapper."""
+    import importlib.util
+
+    out = tmp_path_factory.mktemp("lazy_callbacks")
+    builder = cffi.FFI()
+    builder.cdef(LAZY_DECLARATIONS)
+    cdef, source = vmown.threaded_wrappers(
+        "int call_back_after_us(tick_fn fn, int us, int count);", typedefs=("tick_fn",)
+    )
+    builder.cdef(cdef)
+    builder.set_source("_vmown_lazy_callbacks", LAZY_SOURCE + source)
+    library = builder.compile(tmpdir=str(out))
+    spec = importlib.util.spec_from_file_location("_vmown_lazy_callbacks", library)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    vmown.bind_threaded(mod.lib)
+    return mod
+
+
+def test_a_callback_inside_a_lazy_c_wrapper_call_owns_the_vm_alone(wrapped: Any) -> None:
+    """T5: the generated wrapper goes out lazily (the owner word still names
+    its thread); the C function calls back at once (the callout is still
+    lazy), then after 3 ms each (the heartbeat revokes the callout meanwhile,
+    another process having work).  Every
+    callback owns the VM for real (not lazily) and overlaps no step."""
+    state = {"count": 0, "stepping": False, "overlaps": 0, "not_owner": 0, "lazy": 0}
+    ffi, lib = wrapped.ffi, wrapped.lib
+
+    @vmown.callback
+    def tick(thread: int, i: int) -> None:
+        if state["stepping"]:
+            state["overlaps"] += 1
+        here = _scheduler._here.state
+        state["lazy"] += bool(here is not None and _lazy_out(here))
+        state["not_owner"] += not _callout_ext.owns()
+        state["count"] += 1
+
+    c_tick = ffi.callback("tick_fn", tick)
+
+    async def stepper(done: vmown.Event) -> None:
+        while not done.is_set():
+            state["stepping"] = True
+            sum(range(50))
+            state["stepping"] = False
+            await vmown.checkpoint()
+
+    async def main() -> int:
+        done = vmown.Event()
+        stepping = vmown.spawn(stepper, done)
+        await vmown.checkpoint()
+        n = lib.call_back_after_us_threaded(c_tick, 0, 50)  # back at once: still lazy
+        n += lib.call_back_after_us_threaded(c_tick, 3000, 20)  # out a tick first: revoked
+        done.set()
+        await stepping
+        return int(n)
+
+    assert vmown.run(main) == 70
+    assert state["count"] == 70
+    assert state["overlaps"] == 0 and state["not_owner"] == 0 and state["lazy"] == 0

@@ -1,0 +1,86 @@
+"""The watchdog: vmown.run(main, slow_step=..., slow_callout=...)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import cffi
+import pytest
+
+import vmown
+from vmown.__main__ import _plan, _vmown_main
+
+pytestmark = pytest.mark.usefixtures("no_thread_left_behind")
+
+_ffi = cffi.FFI()
+_ffi.cdef("int usleep(unsigned int usec);")
+_libc = _ffi.dlopen(None)
+
+
+def _run_recording(main: Any, *args: Any, **kwargs: Any) -> list[warnings.WarningMessage]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vmown.run(main, *args, **kwargs)
+    return [w for w in caught if issubclass(w.category, vmown.WatchdogWarning)]
+
+
+def test_a_step_that_blocks_without_a_callout_is_named_once_while_it_runs() -> None:
+    ended = []
+
+    async def ticker() -> None:
+        for _ in range(60):
+            await vmown.sleep(0.005)
+
+    async def stuck_in_plain_sleep() -> None:
+        time.sleep(0.3)  # the line the warning must name
+        ended.append(time.monotonic())
+
+    async def main() -> None:
+        ticking = vmown.spawn(ticker)
+        await vmown.sleep(0.01)
+        await vmown.spawn(stuck_in_plain_sleep)
+        await ticking
+
+    caught = _run_recording(main, slow_step=0.1)
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    warning = caught[0]
+    assert warning.category is vmown.SlowStepWarning
+    message: Any = warning.message
+    assert message.process.endswith("stuck_in_plain_sleep")
+    assert message.function.endswith("stuck_in_plain_sleep")
+    assert warning.filename == __file__
+    assert "time.sleep(0.3)" in str(message)
+    assert warning.lineno == stuck_in_plain_sleep.__code__.co_firstlineno + 1
+    assert message.elapsed_s < 0.3  # taken while the step was still inside the sleep
+
+
+def test_a_long_threaded_call_is_named_once_with_its_stack() -> None:
+    usleep = vmown.threaded(_libc.usleep)
+
+    async def main() -> None:
+        usleep(2_000_000)
+
+    caught = _run_recording(main, slow_callout=0.5)
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    message: Any = caught[0].message
+    assert caught[0].category is vmown.SlowCalloutWarning
+    assert message.function == "usleep"
+    assert "callout to usleep" in str(message)
+    assert 0.5 <= message.elapsed_s < 2.0
+    assert "usleep(2_000_000)" in str(message) and caught[0].filename == __file__
+
+
+def test_a_clean_run_of_the_demo_warns_of_nothing() -> None:
+    plan = _plan(processes=40, calls=20, block_fraction=0.02, seed=1)
+    assert _run_recording(_vmown_main, plan, slow_step=0.25, slow_callout=0.5) == []
+
+
+@pytest.mark.parametrize("value", [0, -1, "1", float("nan")])
+def test_thresholds_must_be_positive_seconds(value: Any) -> None:
+    async def main() -> None:
+        pass
+
+    with pytest.raises(ValueError, match="slow_step must be a positive number of seconds"):
+        vmown.run(main, slow_step=value)
