@@ -54,6 +54,7 @@ SUITES = {
     "sched": "suite_sched",
     "heartbeat": "suite_heartbeat",
     "ipc": "suite_ipc",
+    "burst": "suite_burst",
     "threads": "suite_threads",
     "net": "suite_net",
 }

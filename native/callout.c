@@ -76,7 +76,23 @@ static _Thread_local struct {
 static struct {
     _Atomic uint64_t tag;
     _Atomic uint32_t eager_left;
+    _Atomic uint32_t blocks_left;
 } hints[HINTS];
+
+/* Hand-over hints, in the same table.  A function whose callout stayed out
+ * over two heartbeat ticks (at least a whole tick), or was revoked, blocks;
+ * its next callouts hand the VM to a parked worker at their disown if work
+ * waits (vmown__callout_hand_over), instead of leaving it unowned until the
+ * heartbeat sees a whole tick go by: in a burst of N processes that each
+ * block, that tick was paid again whenever no server was queued
+ * (docs/design-log.md, "Burst latency").  Each hinted callout back within a
+ * tick counts down from BLOCKS_HINT; at 0 the function hands over no more.
+ * A function that never stays out a tick never hands over; the evidence is
+ * read only on the eager path (a lazy callout that was not revoked pays
+ * nothing), from the tick count its disown stored in the slot. */
+#ifndef BLOCKS_HINT
+#define BLOCKS_HINT 8
+#endif
 
 static inline unsigned hint_of(uint64_t tag) { return (unsigned)((tag * 0x9E3779B97F4A7C15ull) >> 56); }
 
@@ -86,10 +102,42 @@ static bool eager_hint(uint64_t tag) {
            atomic_load_explicit(&hints[i].tag, memory_order_relaxed) == tag;
 }
 
+static bool blocks_hint(uint64_t tag) {
+    unsigned i = hint_of(tag);
+    return unlikely(atomic_load_explicit(&hints[i].blocks_left, memory_order_relaxed) != 0) &&
+           atomic_load_explicit(&hints[i].tag, memory_order_relaxed) == tag;
+}
+
+static void blocked(uint64_t tag) {
+    unsigned i = hint_of(tag);
+    if (atomic_load_explicit(&hints[i].tag, memory_order_relaxed) != tag) {
+        atomic_store_explicit(&hints[i].eager_left, 0, memory_order_relaxed);
+        atomic_store_explicit(&hints[i].tag, tag, memory_order_relaxed);
+    }
+    atomic_store_explicit(&hints[i].blocks_left, BLOCKS_HINT, memory_order_relaxed);
+}
+
 static void revoked(uint64_t tag) {
     unsigned i = hint_of(tag);
+    if (atomic_load_explicit(&hints[i].tag, memory_order_relaxed) != tag)
+        atomic_store_explicit(&hints[i].blocks_left, 0, memory_order_relaxed);
     atomic_store_explicit(&hints[i].tag, tag, memory_order_relaxed);
     atomic_store_explicit(&hints[i].eager_left, EAGER_AFTER_REVOCATION, memory_order_relaxed);
+    blocked(tag);
+}
+
+/* An eager callout is back: did it stay out over two ticks? */
+static void eager_duration(uint64_t tag, uint32_t slot) {
+    struct vmown__block *b = bound.vm->block;
+    uint64_t out = atomic_load_explicit(&b->ticks, memory_order_relaxed) -
+                   atomic_load_explicit(&b->slots[slot].callout_tick, memory_order_relaxed);
+    if (unlikely(out >= 2)) {
+        blocked(tag);
+    } else if (unlikely(blocks_hint(tag))) {
+        unsigned i = hint_of(tag);
+        uint32_t left = atomic_load_explicit(&hints[i].blocks_left, memory_order_relaxed);
+        if (left) atomic_store_explicit(&hints[i].blocks_left, left - 1, memory_order_relaxed);
+    }
 }
 
 /* An eager callout of a hinted tag is back: `taken` if somebody took the VM
@@ -119,8 +167,13 @@ uint32_t vmown_callout_begin(uint64_t tag) {
     vmown_vm *vm = bound.vm;
     if (!vm) return 0;
     bound.tag = tag;
-    int rc = vmown__callout_disown(vm, bound.slot, tag, eager_hint(tag));
-    if (rc == 0) bound.epoch = vmown_epoch(vm);
+    /* The epoch our eager disown releases at: read before it, as the owner
+     * (after it, a worker handed the VM may already have parked and moved
+     * the epoch again, and the callout would look untaken). */
+    uint32_t released = vmown_epoch(vm) + 1;
+    int rc = unlikely(blocks_hint(tag)) ? vmown__callout_hand_over(vm, bound.slot, tag)
+                                        : vmown__callout_disown(vm, bound.slot, tag, eager_hint(tag));
+    if (rc == 0) bound.epoch = released;
     return rc < 0 ? 0 : rc ? bound.slot | LAZY : bound.slot;
 }
 
@@ -128,8 +181,11 @@ uint32_t vmown_callout_begin_eager(uint64_t tag) {
     vmown_vm *vm = bound.vm;
     if (!vm) return 0;
     bound.tag = tag;
-    if (vmown__callout_disown(vm, bound.slot, tag, true) < 0) return 0;
-    bound.epoch = vmown_epoch(vm);
+    uint32_t released = vmown_epoch(vm) + 1;  /* as in vmown_callout_begin */
+    int rc = unlikely(blocks_hint(tag)) ? vmown__callout_hand_over(vm, bound.slot, tag)
+                                        : vmown__callout_disown(vm, bound.slot, tag, true);
+    if (rc < 0) return 0;
+    bound.epoch = released;
     return bound.slot;
 }
 
@@ -142,6 +198,7 @@ static int back(uint32_t token, bool wait) {
     } else {
         int rc = vmown_try_own(bound.vm, slot);
         if (unlikely(eager_hint(bound.tag))) eager_back(bound.tag, rc != 1 || vmown_epoch(bound.vm) != bound.epoch);
+        eager_duration(bound.tag, slot);
         if (rc == 1) return 1;
     }
     int rc = wait ? vmown_own(bound.vm, slot) : vmown_try_own(bound.vm, slot);

@@ -226,6 +226,61 @@ int vmown__callout_disown(vmown_vm *vm, uint32_t me, uint64_t callout, bool eage
     return vmown__disown(vm, me, callout, true);
 }
 
+/* A callout of a function that blocks (callout.c's hints) while work waits:
+ * hand the VM to a parked worker at the disown, as the heartbeat's activation
+ * would a tick or two later (docs/design-log.md, "Burst latency").  Work
+ * waits: a runnable process, or a timer (the worker parks to watch it: one
+ * wake-up, for a call that blocks anyway).  With somebody queued, or nobody
+ * parked, or no work, an ordinary eager disown (a soft grant to the head
+ * waiter).
+ *   D1. Hand-over vs the heartbeat's activation: both pick the idle head
+ *       under the lock and store the word; the activation's CAS from the
+ *       unowned word it saw fails once the word names the worker.
+ *   D2. Hand-over vs a thread that queues meanwhile: the head is read under
+ *       the lock; a waiter that queues after the unlock finds the VM owned by
+ *       the worker, which sees it at its next scheduling point. */
+int vmown__callout_hand_over(vmown_vm *vm, uint32_t me, uint64_t callout) {
+    if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
+    struct vmown__block *b = vm->block;
+    struct vmown_slot *s = slot_of(vm, me);
+    if (atomic_load_explicit(&b->waiters_and_hb_asleep, RELAXED) & VMOWN__WAITERS_MASK) goto plain;
+    if (atomic_load_explicit(&b->work[VMOWN_WORK_RUNNABLE], RELAXED) == 0 &&
+        atomic_load_explicit(&b->next_timer_ns, RELAXED) == 0)
+        goto plain;
+    uint64_t w = my_word(vm, me);
+    if (unlikely(VMOWN__OWNER(w) != (int32_t)me)) return VMOWN_ENOTOWNER;
+    uint32_t worker;
+    int rc = vmown__lock_block(vm);
+    if (rc < 0) return rc;
+    if ((rc = vmown__read_link(vm, &b->idle_head, &worker)) < 0 || worker == 0 ||
+        atomic_load_explicit(&b->head, RELAXED) != 0) {
+        unlock_block(vm);
+        if (rc < 0) return rc;
+        goto plain;
+    }
+    if ((rc = vmown__idle_unlink_locked(vm, worker)) < 0) {
+        unlock_block(vm);
+        return rc;
+    }
+    atomic_store_explicit(&slot_of(vm, worker)->state, VMOWN_SLOT_GRANTED, RELAXED);
+    atomic_store_explicit(&s->callout, callout, RELAXED);
+    atomic_store_explicit(&s->callout_tick, atomic_load_explicit(&b->ticks, RELAXED), RELAXED);
+    bump(&s->disowns);
+    bump(&s->hand_offs);  /* before the release, as in vmown_park */
+    atomic_fetch_add_explicit(&b->hand_overs, 1, RELAXED);
+    /* Caution: once the word names the worker it may run VM code. */
+    atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, worker), SEQ_CST);
+    unlock_block(vm);
+    vmown__widen();
+    post(vm, worker);
+    /* A callout is out: wake a sleeping heartbeat, as the eager disown does
+     * (the worker may park and leave the VM unowned with a timer waiting). */
+    if (atomic_load_explicit(&b->waiters_and_hb_asleep, SEQ_CST) & VMOWN__HB_ASLEEP) vmown__wake_heartbeat(vm);
+    return 0;
+plain:
+    return vmown__disown(vm, me, callout, true);
+}
+
 int vmown__lazy_return(vmown_vm *vm, uint32_t me) {
     struct vmown__block *b = vm->block;
     struct vmown_slot *s = slot_of(vm, me);

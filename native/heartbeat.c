@@ -349,6 +349,8 @@ int vmown_heartbeat_read(const vmown_vm *vm, vmown_heartbeat_stats *out) {
         .servers = atomic_load_explicit(&b->servers, memory_order_relaxed),
         .revocations = atomic_load_explicit(&b->revocations, memory_order_relaxed),
         .called_off = atomic_load_explicit(&b->called_off, memory_order_relaxed),
+        .relays = atomic_load_explicit(&b->relays, memory_order_relaxed),
+        .hand_overs = atomic_load_explicit(&b->hand_overs, memory_order_relaxed),
         .lazy = (uint32_t)atomic_load_explicit(&vm->lazy, memory_order_relaxed),
         .idle_workers = atomic_load_explicit(&b->idle_count, memory_order_relaxed),
         .running = vm->hb_running,

@@ -50,6 +50,48 @@ static void push_idle_locked(vmown_vm *vm, uint32_t me) {
     atomic_store_explicit(&s->state, VMOWN_SLOT_PARKED, RELAXED);
 }
 
+/* Relays.  A worker given the VM from the idle stack because a callout
+ * blocked (an activation or a revocation: it was not serving; or a server
+ * that claimed a soft grant: only a callout's disown makes one) while more
+ * processes are runnable keeps up to RELAY_DEPTH servers queued behind it,
+ * before it runs a step: when that step blocks in its callout, the disown
+ * finds the next server queued and grants it at once, instead of leaving the
+ * VM unowned until the heartbeat's next tick (a stall of 1-2 ms per
+ * RELAY_DEPTH processes in a burst; docs/design-log.md, "Burst latency").
+ * A grant from a scheduling point (a park's or a yield's hand-off) relays
+ * nothing: a run queue of steps that do not block is served by its owner,
+ * and relaying there would hand the VM on at every step.  The published
+ * runnable count may be high (the owner updates it at spawns and when the
+ * queue empties): a relayed server that finds the queue empty parks again,
+ * one wake-up wasted.
+ *   B1. Relay vs the heartbeat's top-up: both queue under the lock and
+ *       count in `servers` and servers_out; the heartbeat counts relayed
+ *       servers that came out like its own, so the relay does not make a
+ *       tick look slow or fast.  At most RELAY_DEPTH + the heartbeat's depth
+ *       are queued.
+ *   B2. Relay vs the owner's park: the relay runs while this thread owns the
+ *       VM, so vmown__queue_idle cannot grant the server now; the server is
+ *       in the wait queue when this thread's step blocks (its callout's
+ *       disown soft-grants it) or when this thread parks (hand-off).
+ *   B3. A new worker (park_new) takes an unowned VM with work waiting. */
+#ifndef RELAY_DEPTH
+#define RELAY_DEPTH 2
+#endif
+
+static void serve_ahead(vmown_vm *vm, uint32_t me) {
+    struct vmown__block *b = vm->block;
+    uint64_t runnable = atomic_load_explicit(&b->work[VMOWN_WORK_RUNNABLE], RELAXED);
+    if (runnable < 2) return;
+    uint32_t mine = atomic_load_explicit(&slot_of(vm, me)->serving, RELAXED) ? 1 : 0;
+    uint32_t want = runnable - 1 < RELAY_DEPTH ? (uint32_t)runnable - 1 : RELAY_DEPTH;
+    uint32_t queued = atomic_load_explicit(&b->servers_out, RELAXED) - mine;
+    for (; queued < want; queued++) {
+        if (vmown__queue_idle(vm) <= 0) break;
+        atomic_fetch_add_explicit(&b->servers, 1, RELAXED);
+        atomic_fetch_add_explicit(&b->relays, 1, RELAXED);
+    }
+}
+
 /* Parked: sleep until unparked (0), given the VM (1), or the deadline or a
  * signal (a negative code). */
 static int wait_parked(vmown_vm *vm, uint32_t me, int64_t deadline) {
@@ -90,6 +132,9 @@ static int wait_parked(vmown_vm *vm, uint32_t me, int64_t deadline) {
         interruptible = 0;
     }
     /* Activated (a hard grant), or granted from the queue, perhaps softly. */
+    uint64_t w = atomic_load_explicit(&vm->block->owner_word, ACQUIRE);
+    bool from_callout = !atomic_load_explicit(&s->serving, RELAXED) ||
+                        (VMOWN__IS_PENDING(w) && VMOWN__HOLDER(w) == (int32_t)me);
     if ((rc = vmown__settle_grant(vm, me)) < 0) return rc;
     if (rc == 0) {
         rc = vmown__await_grant(vm, me, -1, 0);  /* robbed and queued again */
@@ -97,6 +142,7 @@ static int wait_parked(vmown_vm *vm, uint32_t me, int64_t deadline) {
     }
     atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
     bump(&s->waits);
+    if (from_callout) serve_ahead(vm, me);
     return 1;
 }
 
@@ -136,6 +182,22 @@ static int park_new(vmown_vm *vm, uint32_t me, int64_t timeout_ns) {
     if (VMOWN__HOLDER(w) == (int32_t)me) return VMOWN_ENOTOWNER;
     if (atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_RUNNING) return VMOWN_EBADSLOT;
     int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
+    /* B3. A new worker that finds the VM unowned while processes are
+     * runnable takes it: its owner is out in a callout and nobody was queued
+     * (a burst outran the idle stack; without this the worker would wait on
+     * the stack for the heartbeat's next activation).  Its CAS from the
+     * unowned word races with an activation's, a kick's and a returning
+     * callout's own, as any own does: one wins, the others queue or give up.
+     * Like an activated worker it then relays. */
+    uint64_t w0 = atomic_load_explicit(&vm->block->owner_word, ACQUIRE);
+    if (VMOWN__OWNER(w0) == 0 && atomic_load_explicit(&vm->block->work[VMOWN_WORK_RUNNABLE], RELAXED) != 0 &&
+        atomic_compare_exchange_strong_explicit(&vm->block->owner_word, &w0,
+                                                VMOWN__WORD(VMOWN__EPOCH(w0), me), ACQUIRE, RELAXED)) {
+        bump(&s->slow_owns);
+        atomic_fetch_add_explicit(&vm->block->relays, 1, RELAXED);
+        serve_ahead(vm, me);
+        return 1;
+    }
     int rc = vmown__lock_block(vm);
     if (rc < 0) return rc;
     push_idle_locked(vm, me);

@@ -258,6 +258,8 @@ typedef struct {
     uint64_t servers;       /* idle workers queued for the VM: run queue stalled */
     uint64_t revocations;   /* lazy callouts whose VM the heartbeat took (grants.c) */
     uint64_t called_off;    /* revocations called off because the callout was back */
+    uint64_t relays;        /* servers queued ahead by a worker given the VM (idle.c, "Relays") */
+    uint64_t hand_overs;    /* callouts of blocking functions that handed the VM to a parked worker */
     uint32_t lazy;          /* 1 while callouts of this process may go out lazily */
     uint32_t idle_workers;  /* workers parked now */
     uint32_t running;       /* 1 while this process's heartbeat runs */

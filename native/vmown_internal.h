@@ -19,7 +19,7 @@
  * order: a block written by a machine of another word size or endianness
  * fails the magic check. */
 #define VMOWN__MAGIC (0x000000004E574F4D56ull | ((uint64_t)sizeof(void *) << 40) | (1ull << 48))
-#define VMOWN__LAYOUT_VERSION 5u
+#define VMOWN__LAYOUT_VERSION 6u
 
 enum { VMOWN__INITIALIZING = 1, VMOWN__READY = 2, VMOWN__BROKEN = 3 };
 
@@ -146,6 +146,8 @@ struct vmown__block {
     _Atomic uint64_t servers;       /* idle workers queued for a stalled run queue */
     _Atomic uint64_t revocations;   /* lazy callouts whose VM the heartbeat took */
     _Atomic uint64_t called_off;    /* revocations called off: the callout was back */
+    _Atomic uint64_t relays;        /* servers queued by a relay (idle.c) */
+    _Atomic uint64_t hand_overs;    /* callouts that handed the VM to a parked worker (grants.c) */
     /* Servers queued (vmown__queue_idle) whose park has not returned yet:
      * the heartbeat tops them up to SERVERS.  Changed under the lock, or by
      * the server itself as its park returns. */
@@ -207,6 +209,10 @@ int vmown__queue_idle(vmown_vm *vm);
  * 1), else with a soft grant to the head waiter (returns 0); a negative code
  * if the caller does not own the VM or is out in a callout already. */
 int vmown__callout_disown(vmown_vm *vm, uint32_t slot, uint64_t callout, bool eager);
+/* Disown for a callout known to block (callout.c's hints): hand the VM to a
+ * parked worker now if work waits and nobody is queued, else as an eager
+ * vmown__callout_disown.  Returns 0, or a negative code. */
+int vmown__callout_hand_over(vmown_vm *vm, uint32_t slot, uint64_t callout);
 /* Back from a lazy callout: 0 if the caller owns the VM again (no locked
  * instruction unless a revocation is under way), 1 if it was revoked and
  * must own the VM the ordinary way.  Idempotent: a second call after 1

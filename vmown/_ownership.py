@@ -40,7 +40,7 @@ from ._timeout import timeout_ns as _timeout_ns
 __all__ = ["Ownership"]
 
 DEFAULT_SLOTS = 1024
-LAYOUT_VERSION = 5  # of the control block; must match native/vmown_internal.h
+LAYOUT_VERSION = 6  # of the control block; must match native/vmown_internal.h
 
 _own_wait = lib.vmown_own_wait
 _disown = lib.vmown_disown

@@ -87,6 +87,7 @@
 #   P8  the timer watcher and the heartbeat act on one due timer      _park_timeout
 #   P9  deadlock detection and a callout about to come back           _park
 #   P10 the heartbeat queues a server while the owner parks or ends   _serve
+#   P11 a sleeper falls due while threads wait for the VM             _serve
 #   N1-N4 the idle owner waits in epoll (descriptor waits, _io.py)    _idle_in_poll
 #
 # Descriptors.  While processes wait on descriptors (vmown/_io.py), the loop
@@ -168,6 +169,8 @@ _JOIN_SLICE_NS = 50_000_000
 # The loop lets a thread waiting for the GIL in at least this often (see "The
 # GIL"); without timers it reads the clock only every _CLOCK_EVERY steps.
 _GIL_YIELD_NS = 1_000_000
+# A due sleeper waits behind at most this many runnable processes (P11).
+_TIMER_AHEAD = 4
 _CLOCK_EVERY = 8
 
 _now = time.monotonic_ns
@@ -782,8 +785,16 @@ def _publish(rt: _Runtime) -> None:
 
 
 def _release_timers(rt: _Runtime) -> None:
-    """Wake the sleepers that are due and expire the cancel scopes' deadlines that passed."""
-    timers, run_queue, now = rt.timers, rt.run_queue, _now()
+    """Wake the sleepers that are due and expire the cancel scopes' deadlines that passed.
+
+    A due sleeper waits behind at most _TIMER_AHEAD processes of the run
+    queue (in deadline order among sleepers): behind a short queue it keeps
+    its FIFO place, but behind a wave of new processes (a burst of spawns
+    that each block in a callout) it would wait for all of them
+    (docs/design-log.md, "Burst latency").
+    """
+    timers, now = rt.timers, _now()
+    due = []
     while timers and timers[0][0] <= now:
         target = heapq.heappop(timers)[2]
         if target is None:  # dropped: a cancelled sleep, a scope left early
@@ -793,12 +804,19 @@ def _release_timers(rt: _Runtime) -> None:
                 _broken(f"{target!r} was in the timer heap")
             target._timer = None
             target._state = _RUNNABLE
-            run_queue.append(target)
+            due.append(target)
         else:
             target._expire()  # a CancelScope's deadline (_cancel.py, race K3)
     while timers and timers[0][2] is None:  # keep the head live (_drop_timer)
         heapq.heappop(timers)
         rt.stale_timers -= 1
+    if due:
+        run_queue = rt.run_queue
+        if len(run_queue) <= _TIMER_AHEAD:
+            run_queue.extend(due)
+        else:
+            for i, proc in enumerate(due):
+                run_queue.insert(_TIMER_AHEAD + i, proc)
 
 
 def _drop_timer(rt: _Runtime, entry: list[Any]) -> None:
@@ -834,6 +852,17 @@ def _drop_timer(rt: _Runtime, entry: list[Any]) -> None:
 #     thread; the callout, back, queues ahead of servers (they queue at the
 #     lowest priority) and is handed the VM at the next scheduling point, as
 #     in P1.
+# P11. A sleeper falls due while threads wait for the VM.
+#       T1..Tn: back from callouts, queued     O: finishes a step here
+#       timer of S due                         O: waiters > 0: park, hand on
+#     In a burst every thread back from its callout finds others queued and
+#     hands on at once; nobody would look at the timers until the queue
+#     drained.  So the loop goes on while a timer is due (the condition
+#     below), and a due sleeper waits behind at most _TIMER_AHEAD runnable
+#     processes (_release_timers): O runs one more step, then hands over; a
+#     waiter waits one step longer, S does not wait for the whole queue.  Starts in a
+#     burst are kept moving by the core (native/idle.c, "Relays", B1-B3;
+#     native/grants.c, vmown__callout_hand_over, D1-D2).
 def _serve(rt: _Runtime, first: bool = False) -> None:
     """Run steps until the run halts, a thread waits for the VM, or nothing is runnable.
 
@@ -859,7 +888,8 @@ def _serve(rt: _Runtime, first: bool = False) -> None:
     here = _here.state
     countdown = _CLOCK_EVERY
     yield_at = now() + _GIL_YIELD_NS
-    while not rt.halt and (first or not waiters_word[0]):
+    # A due sleeper runs before a waiting thread is handed the VM (P11).
+    while not rt.halt and (first or not waiters_word[0] or (timers and timers[0][0] <= now())):
         first = False
         countdown -= 1
         if timers or not countdown:  # read the clock: each step if timers wait
@@ -1798,7 +1828,11 @@ def stats() -> dict[str, int]:
     that woke to find theirs taken; native/grants.c, "Soft grants");
     ``lazy_callouts`` (callouts that kept the owner word), ``revocations``
     (lazy callouts the heartbeat took the VM from) and ``called_off``
-    (revocations dropped because the callout was back; "Lazy callouts").
+    (revocations dropped because the callout was back; "Lazy callouts");
+    ``relays`` (servers queued ahead by a worker given the VM because a
+    callout blocked; native/idle.c, "Relays") and ``hand_overs`` (callouts of
+    functions known to block that gave the VM to a parked worker at once;
+    native/callout.c, hints).
     Figures per C function are :func:`vmown.callout_stats`.
     """
     return _stats(current_process()._rt)
@@ -1835,6 +1869,8 @@ def _stats(rt: _Runtime) -> dict[str, int]:
         "lazy_callouts": counters.lazy_disowns,
         "revocations": heartbeat.revocations,
         "called_off": heartbeat.called_off,
+        "relays": heartbeat.relays,
+        "hand_overs": heartbeat.hand_overs,
         "io_waits": rt.io.blocked if rt.io is not None else 0,
         "io_polls": rt.io.polls if rt.io is not None else 0,
         "io_idle_waits": rt.io.idle_waits if rt.io is not None else 0,

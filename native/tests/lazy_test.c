@@ -148,6 +148,7 @@ int main(int argc, char **argv) {
     int revoked_rounds = 0;
     for (int r = 0; r < rounds; r++) {
         uint64_t revs = hb().revocations, acts = hb().activations, servers = hb().servers;
+        uint64_t overs = hb().hand_overs;
         activated_at = 0;
         vmown_set_work(vm, 1, 0);
         int64_t t0 = vmown_now_ns();
@@ -166,11 +167,12 @@ int main(int argc, char **argv) {
                   (unsigned long long)hb().called_off);
             revoked_rounds++;
         } else {
-            /* Activated; or, if a tick found the VM owned with work waiting
-             * before the callout went out (a loaded machine), queued as a
-             * server and handed the VM by the eager disown. */
-            CHECK(hb().activations == acts + 1 || hb().servers > servers, "round %d: eager, but neither activated "
-                  "nor served", r);
+            /* Handed over at the disown (the tag blocked before: callout.c's
+             * hints); or activated; or, if a tick found the VM owned with
+             * work waiting before the callout went out (a loaded machine),
+             * queued as a server and handed the VM by the eager disown. */
+            CHECK(hb().hand_overs == overs + 1 || hb().activations == acts + 1 || hb().servers > servers,
+                  "round %d: eager, but neither handed over, activated nor served", r);
         }
         CHECK(activated_at > t0 && activated_at < back, "round %d: the worker did not run during the callout", r);
         int64_t lat = activated_at - t0;
