@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.machinery
 import os
 import pathlib
 import sys
@@ -145,7 +146,9 @@ def load() -> tuple[Any, Any]:
     wrapper_cdef, wrapper_source = vmown.threaded_wrappers(DECLARATIONS)
     name = _module_name(wrapper_cdef, wrapper_source)
     BUILD.mkdir(exist_ok=True)
-    if not any(BUILD.glob(f"{name}.*.so")) and not (BUILD / f"{name}.so").exists():
+    # Built per interpreter: a module another Python version built beside it
+    # (its own ABI suffix) does not count.
+    if not any((BUILD / f"{name}{suffix}").exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES):
         builder = cffi.FFI()
         builder.cdef(DECLARATIONS + wrapper_cdef)
         builder.set_source(name, SOURCE + wrapper_source, extra_compile_args=["-O2", "-std=gnu11"])
