@@ -67,7 +67,10 @@ def test_stacks_of_a_running_demo_show_owner_callouts_and_parked_workers(tmp_pat
     main = next(t for t in report["threads"] if t["name"] == "MainThread")
     assert any(f["name"] == "_work" for f in main["frames"]) or main["role"] == "parked"
     workers = [t for t in report["threads"] if t["name"] == "vmown-worker"]
-    assert workers and all(t["slot"] for t in workers)
+    # A worker has a slot from just after its thread starts to just before it
+    # exits; caught at either end, it says so.
+    assert any(t["slot"] for t in workers)
+    assert all(t["slot"] or t["role"] == "worker starting or leaving (no slot)" for t in workers)
     assert any(t["name"] == "vmown-heartbeat" for t in report["threads"])
 
 

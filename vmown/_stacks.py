@@ -202,6 +202,8 @@ def _table_while(path: str, spy: subprocess.Popen[bytes]) -> dict[str, Any]:
 
 def _role(slot: dict[str, Any] | None, owner: int, figures: dict[str, Any], name: str) -> str:
     if slot is None:
+        if name == "vmown-worker":  # a pool thread holds a slot from its start to its exit but for both ends
+            return "worker starting or leaving (no slot)"
         return name or "not a VM thread"
     state, tag = slot["state"], slot["callout"]
     if state in ("parked", "waiting", "granted"):
