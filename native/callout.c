@@ -55,6 +55,8 @@ static _Thread_local struct {
     uint32_t slot;
     uint64_t tag;    /* of the callout out now */
     uint32_t epoch;  /* of the owner word after an eager callout's disown */
+    vmown_resume_fn resume;  /* called when a callout comes back to a VM taken meanwhile */
+    void *resume_arg;
 } bound __attribute__((tls_model("initial-exec")));
 
 /* Hints, per tag (per C function: wrappers tag with their function's
@@ -153,7 +155,14 @@ int vmown_bind_thread(vmown_vm *vm, uint32_t slot) {
     if (vm && (slot < 1 || slot > vm->nslots)) return VMOWN_EBADSLOT;
     bound.vm = vm;
     bound.slot = vm ? slot : 0;
+    bound.resume = NULL;
+    bound.resume_arg = NULL;
     return 0;
+}
+
+void vmown_bind_resume(vmown_resume_fn fn, void *arg) {
+    bound.resume = fn;
+    bound.resume_arg = arg;
 }
 
 void vmown__unbind_if(vmown_vm *vm, uint32_t slot) {
@@ -189,6 +198,12 @@ uint32_t vmown_callout_begin_eager(uint64_t tag) {
     return bound.slot;
 }
 
+/* Owning again after the VM was taken meanwhile: the front end's hook. */
+static int taken_back(uint32_t slot) {
+    if (unlikely(bound.resume != NULL)) bound.resume(bound.resume_arg, slot);
+    return 1;
+}
+
 /* 1 if the caller owns the VM again, 0 if it must wait for it. */
 static int back(uint32_t token, bool wait) {
     uint32_t slot = token & ~LAZY;
@@ -197,12 +212,19 @@ static int back(uint32_t token, bool wait) {
         revoked(bound.tag);
     } else {
         int rc = vmown_try_own(bound.vm, slot);
-        if (unlikely(eager_hint(bound.tag))) eager_back(bound.tag, rc != 1 || vmown_epoch(bound.vm) != bound.epoch);
+        if (unlikely(eager_hint(bound.tag) || bound.resume != NULL)) {
+            bool taken = rc != 1 || vmown_epoch(bound.vm) != bound.epoch;
+            if (eager_hint(bound.tag)) eager_back(bound.tag, taken);
+            if (rc == 1 && taken) {
+                eager_duration(bound.tag, slot);
+                return taken_back(slot);
+            }
+        }
         eager_duration(bound.tag, slot);
         if (rc == 1) return 1;
     }
     int rc = wait ? vmown_own(bound.vm, slot) : vmown_try_own(bound.vm, slot);
-    if (wait ? rc == 0 : rc == 1) return 1;
+    if (wait ? rc == 0 : rc == 1) return taken_back(slot);
     if (wait || rc < 0) vmown__fatal("vmown_callout_end: own", rc == VMOWN_EBROKEN ? EIO : EINVAL);
     return 0;
 }

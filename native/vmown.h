@@ -346,6 +346,15 @@ VMOWN_EXTERN int vmown_heartbeat_set_lazy(vmown_vm *vm, int on);
 
 /* Bind the calling thread to a block and its slot (vm NULL unbinds). */
 VMOWN_EXTERN int vmown_bind_thread(vmown_vm *vm, uint32_t slot);
+/* A function called by the callout path of this thread, owning the VM
+ * again, when one of its callouts comes back to find that the VM was owned by
+ * another thread meanwhile (its own had to wait, a revocation took it, or
+ * the owner word's epoch moved).  A front end that keeps per-thread state
+ * beside the VM (vmown.aio: asyncio's current task) puts it back there.  Per
+ * thread; vmown_bind_thread clears it.  fn runs on the callout's thread
+ * before the callout returns, without the GIL unless the caller held it. */
+typedef void (*vmown_resume_fn)(void *arg, uint32_t slot);
+VMOWN_EXTERN void vmown_bind_resume(vmown_resume_fn fn, void *arg);
 /* Disown if this thread is bound and owns the VM; returns a token for
  * vmown_callout_end (0: nothing was disowned, the call is a plain call).
  * With this process's heartbeat running and nobody queued, the callout goes

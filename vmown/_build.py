@@ -38,6 +38,8 @@ ffibuilder.cdef(cdef_text())
 # The entry of pooled workers (native/workers.c) into vmown.run's scheduler:
 # the first time a worker started in C is given the VM (vmown/_scheduler.py).
 ffibuilder.cdef('extern "Python" void vmown_py_worker(void *, uint32_t);')
+# The resume hook of vmown.aio's loop threads (vmown_bind_resume; vmown/_aio.py).
+ffibuilder.cdef('extern "Python" void vmown_py_resume(void *, uint32_t);')
 ffibuilder.set_source(
     "vmown._native",
     '#include "vmown.h"\n',
