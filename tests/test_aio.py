@@ -1,4 +1,4 @@
-"""vmown.aio.EventLoop: asyncio on a loop whose thread owns a VM (issue 17, first stage)."""
+"""vmown.aio.EventLoop: asyncio on a loop that owns a VM and moves to another thread while a callout blocks."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import cffi
 import pytest
 
 import vmown
 import vmown.aio
+from vmown._native import lib as _lib
 
 _ffi = cffi.FFI()
 _ffi.cdef("int usleep(unsigned int usec); int getpid(void);")
@@ -81,13 +83,19 @@ def test_an_inline_threaded_call_disowns_and_owns_once_each() -> None:
 
 
 def test_executor_threads_make_plain_calls() -> None:
+    def thousand_calls() -> None:
+        for _ in range(1000):
+            getpid()
+
     async def main() -> int:
         own = asyncio.get_running_loop().ownership
         before = own.stats()["disowns"]
-        await asyncio.to_thread(getpid)  # an unbound thread: a plain call
+        await asyncio.to_thread(thousand_calls)  # an unbound thread: plain calls
         return own.stats()["disowns"] - before
 
-    assert vmown.aio.run(main()) == 0
+    # The loop's own disowns around its selector waits are a handful; 1000
+    # bound calls would be 1000 more.
+    assert vmown.aio.run(main()) < 50
 
 
 def test_the_loop_refuses_to_run_inside_vmown_run() -> None:
@@ -137,19 +145,100 @@ def _hundred_sleepers(call: str) -> tuple[float, float]:
 
 
 def test_a_hundred_inline_blocking_calls_against_to_thread() -> None:
-    """What this shows in the first stage: inline calls run one after another
-    on the loop's thread (about 100 x 20 ms, the ticker stalled for each call),
-    while to_thread overlaps them.  The hand-over (docs/design-log.md,
-    "asyncio loop") is what would bring the inline figure under 100 ms; when
-    it lands, this test's inline bounds become `total < 0.1` and a ticker gap
-    of a few ms."""
+    """The blocking calls overlap: each hands the loop to another thread, and the ticker keeps ticking.
+
+    Serially the inline calls take 100 x 20 ms = 2 s with the ticker stalled
+    for each; the bounds here are generous (the figures are in the `aio`
+    benchmark suite), but far from serial.
+    """
     inline_total, inline_gap = _hundred_sleepers("inline")
     thread_total, thread_gap = _hundred_sleepers("to_thread")
-    assert 1.9 <= inline_total < 6.0  # serial: no hand-over yet
-    assert 0.018 <= inline_gap  # the ticker waits out at least one whole call
-    assert thread_total < inline_total / 2
     print(f"inline {inline_total:.3f} s (ticker gap {inline_gap*1e3:.1f} ms); "
           f"to_thread {thread_total:.3f} s (ticker gap {thread_gap*1e3:.1f} ms)")
+    assert inline_total < 1.0
+    assert inline_gap < 0.5
+
+
+def test_the_loop_moves_while_a_callout_blocks_and_the_step_finishes_on_its_thread() -> None:
+    """A2: the blocked step keeps its task and its thread; meanwhile other callbacks run elsewhere."""
+
+    async def blocker() -> tuple[int, int, bool]:
+        before = threading.get_ident()
+        usleep(100_000)
+        return before, threading.get_ident(), asyncio.current_task() is me.get(blocker)
+
+    me: dict[Any, Any] = {}
+
+    async def other() -> list[tuple[int, bool]]:
+        seen = []
+        for _ in range(20):
+            await asyncio.sleep(0.002)
+            seen.append((threading.get_ident(), asyncio.current_task() is me.get(other)))
+        return seen
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        b = asyncio.create_task(blocker())
+        o = asyncio.create_task(other())
+        me[blocker], me[other] = b, o
+        (before, after, current), seen = await asyncio.gather(b, o)
+        assert before == after  # the step finished on the thread it started on
+        assert current  # and its task was current again there
+        assert all(ok for _, ok in seen)  # each step of `other` saw itself current
+        assert {ident for ident, _ in seen} - {before}  # some ran on another thread meanwhile
+        assert loop.moves >= 1
+        assert asyncio.current_task() is not None
+
+    vmown.aio.run(main())
+
+
+def test_run_forever_returns_only_once_callbacks_on_other_threads_are_done() -> None:
+    """A3: the loop stops while a step is out in a callout on another thread."""
+    finished: list[str] = []
+
+    async def late() -> None:
+        await asyncio.sleep(0)
+        usleep(150_000)
+        finished.append("late")
+
+    async def main() -> None:
+        usleep(30_000)  # the loop moves to a worker while this blocks
+        asyncio.get_running_loop().create_task(late())
+        await asyncio.sleep(0.02)  # late() is out in its callout now, on some thread
+
+    loop = vmown.aio.EventLoop()
+    try:
+        loop.run_until_complete(main())
+        assert finished == ["late"]  # run_until_complete returned after late()'s step ended
+        assert not loop.is_running()
+    finally:
+        loop.close()
+
+
+def test_a_stress_of_blocking_and_quick_callbacks_with_the_core_windows_widened() -> None:
+    """A1-A3 under load: callouts back while others poll, takeovers, stops, with the core's race windows widened."""
+    lib = _lib
+
+    async def worker(i: int) -> int:
+        total = 0
+        for k in range(20):
+            if (i + k) % 3 == 0:
+                usleep(1_000 + 300 * (i % 5))
+            else:
+                await asyncio.sleep(0)
+            total += 1
+            assert asyncio.current_task() is not None
+        return total
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(worker(i) for i in range(30)))
+
+    lib.vmown_debug_set_widen_ns(20_000)
+    try:
+        for _ in range(5):
+            assert vmown.aio.run(main()) == [20] * 30
+    finally:
+        lib.vmown_debug_set_widen_ns(0)
 
 
 @pytest.mark.parametrize("module", ["test_locks", "test_queues"])

@@ -1,75 +1,223 @@
-# vmown.aio: an asyncio event loop that owns a VM (issue 17, first stage).
+# vmown.aio: an asyncio event loop that owns a VM, and moves to another
+# thread while a callout blocks.
 #
-# What is built.  EventLoop is asyncio's SelectorEventLoop (on Unix,
-# _UnixSelectorEventLoop: signal handlers, subprocesses and Unix sockets come
-# with it) plus a control block of its own.  The thread that runs the loop
-# registers with the block, binds itself to it for C-level callouts
-# (vmown_bind_thread) and owns the VM for as long as run_forever() runs; it
-# disowns and unbinds when run_forever() returns (run_until_complete and
-# asyncio.Runner go through run_forever).  A coroutine on the loop can then
-# call a vmown.threaded(...) function inline: the callout disowns (one store),
-# calls with the GIL released, and owns again (one CAS), as in a step of
-# vmown.run (docs/ARCHITECTURE.md, "One call, three paths", fast path).  Other
-# Python threads (run_in_executor, to_thread) are not bound: their callouts
-# are plain calls.
+# EventLoop is asyncio's Unix SelectorEventLoop (signal handlers, subprocesses
+# and Unix sockets come with it) whose iterations run on whichever thread owns
+# a VM of the loop's own.  The thread that calls run_forever (the *home*
+# thread) owns the VM from the start; a coroutine calls a vmown.threaded (or
+# generated) C function inline: the callout disowns, calls with the GIL
+# released, and owns again, as a step of vmown.run does
+# (docs/ARCHITECTURE.md, "One call, three paths").  While the loop runs, the
+# core's heartbeat and worker pool run too, as in vmown.run: a callout that
+# stays out a whole tick while the loop needs a thread is revoked, a parked
+# worker is given the VM, and the worker runs the loop's other callbacks and
+# polls its selector until the callout comes back.
 #
-# What is not built: the hand-over.  A callout that blocks keeps the loop's
-# thread, and the loop stalls for as long as the call takes, exactly as a
-# plain blocking call would; nothing else runs the loop meanwhile.  No
-# heartbeat or worker pool is started (with no thread able to take the loop
-# over, activating one would only cost a wake-up).  The design for handing
-# the loop to another thread, what asyncio keeps per thread, and the rejected
-# designs are in docs/design-log.md, "asyncio loop".  In short: the thread
-# that comes back to a VM owned by a worker must find the loop's per-thread
-# state (the running loop, a threading.local set by
-# asyncio.events._set_running_loop; the current task, kept per loop by the
-# C accelerator's _enter_task/_leave_task on 3.11-3.13, per thread on 3.14)
-# moved to the worker and back, at the points where ownership moves: the
-# worker enters at the top of _run_once, never inside a handle.
+# The unit that moves is the loop, not the task.  The coroutine whose step
+# blocks has its frames on the blocked thread's C stack; that step finishes
+# there.  Every other callback runs on the thread that owns the VM at the
+# time.  A thread gives the VM up only
+#   - between callbacks, when a thread is queued for the VM (a callout came
+#     back): it parks and the VM passes to the head of the queue;
+#   - around the selector's wait (the poller), so that a callout coming back
+#     meanwhile owns the VM with its CAS and nobody has to wake the poller;
+#   - in a callout, in the middle of a callback.
+# Every other thread that wants the VM queues for it (the core's wait queue)
+# or is parked on the idle stack.
 #
-# The selector's wait keeps the VM: with no other thread that could take the
-# VM meanwhile, releasing it around epoll_wait would be two atomic
-# operations for nothing.  Once the hand-over exists, the wait releases the
-# VM first, as the idle owner of vmown.run does (vmown/_scheduler.py:
-# _idle_in_poll, race N2).
+# What asyncio keeps per thread, and what follows the VM.
+#   - The running loop (asyncio.events._set_running_loop, per thread) and the
+#     async generator hooks (sys.set_asyncgen_hooks, per thread): set on the
+#     home thread by run_forever, and on a worker for as long as it serves
+#     the loop.
+#   - loop._thread_id (debug mode's thread check): set to the owner's thread
+#     each time the VM changes thread.
+#   - The current task.  On 3.11-3.13 the C accelerator keeps one dict
+#     {loop: task} and refuses to enter a second task for a loop.  A thread
+#     that leaves in a callout leaves its step's task current; the next
+#     thread that owns the VM (_settle) removes it and keeps it with the
+#     thread that left (_LoopThread.task); that thread, when its callout
+#     comes back to a VM somebody else owned meanwhile, puts it back
+#     (vmown_bind_resume: the callout path calls _settle before the call
+#     returns).  So the dict always names the task of the step running on the
+#     owner, and asyncio.current_task() on a thread that is out names nothing
+#     on its own, as the issue's rule asks ("current on its own thread only").
+#     3.14 keeps the current task per thread and needs none of this
+#     (_SWAP_TASKS).
+#
+# Invariant: the VM's owner is the only thread that touches the loop's
+# structures (ready queue, timers, selector registrations, the fields below)
+# -- except call_soon_threadsafe, which asyncio already makes safe from any
+# thread (a deque append and a write to the self-pipe), and the poller, which
+# reads the selector inside its wait (epoll's own locking).
+#
+# Races (docs/ARCHITECTURE.md indexes them; tests/test_aio.py forces them):
+# A1. A callout comes back while the poller waits in the selector.
+#       P: publish, release (VM unowned), epoll_wait     T: callout back: own
+#     P released before waiting, so T's CAS wins; nothing has to wake P.  T
+#     runs the loop's callbacks; with nothing ready and P polling, T parks.
+#     P, back with events, owns (queueing behind T if T still owns) and
+#     processes them then.  As vmown.run's idle poller (N2, N3).
+# A2. Two threads take the current task's place in turn.
+#       A: step of S1 in a callout            B: owns: _settle: S1 -> A.task
+#       B: step of S2 in a callout            A: back, hook: _settle: S2 ->
+#                                                B.task, enter S1
+#     _settle runs on every thread that comes to own the VM, before it runs
+#     any callback or continues its step, and only there is the dict changed
+#     outside asyncio's own enter/leave; the holder (_holder) is the one
+#     thread whose step the dict may name.
+# A3. The loop stops while other threads are out in callouts, or polling.
+#       H (home): stop() seen: park until none is out   W: back from its
+#                                                         callout: ...
+#       W: next iteration: stopping: unpark H, park.  H parks while owning
+#     the VM (one step under the lock), so W's unpark finds H on the idle
+#     stack, or H owns and has not looked yet; a poller is woken through the
+#     self-pipe.  run_forever returns only when no callback is in flight on
+#     another thread and nobody polls: nothing of the loop is left running.
+# A4. A timer is added while another thread polls with a later timeout.
+#       P: epoll_wait(until t1)     T: call_at(t0 < t1): publish t0; park
+#     The heartbeat sees the VM unowned with a due timer and gives a parked
+#     worker the VM within a tick (P8 in vmown/_scheduler.py).
+#
+# A5. A burst of callbacks that each block, and a timer.
+#       A: callback 1 blocks      W1 (takes over): callback 2 blocks
+#       W2 (takes over): ...      the ticker's timer is due meanwhile
+#     asyncio appends due timers behind the ready callbacks; a burst of N
+#     callbacks that each block would make the timer wait for N takeovers.
+#     An iteration that follows a takeover puts the due timers first.  Only
+#     a takeover changes the order, so a loop whose callouts never block
+#     keeps asyncio's order exactly.
+#
+# Rejected designs (docs/design-log.md, "asyncio loop"): moving the blocked
+# task instead of the loop (its frames are on the blocked C stack); one loop
+# per worker (futures belong to one loop); calling run_forever on a worker
+# (it would refuse a running loop); a lock around the loop's structures
+# (ownership excludes every other thread already).
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import sys
 import threading
-from collections.abc import Coroutine
+from asyncio import base_events
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from ._errors import VmownError, check
+from ._errors import VmownError, check, error
 from ._native import ffi, lib
 from ._ownership import Ownership
 from . import _scheduler
 
 T = TypeVar("T")
 
-# The loop's thread and the threads of vmown.threaded callouts made from it
-# need one slot each at most at a time; a few more for threads that register
-# meanwhile (a retired thread keeps its slot until its thread-locals go).
-_SLOTS = 16
-
 _Base: type[asyncio.AbstractEventLoop] = asyncio.SelectorEventLoop
+
+# 3.14 keeps the current task per thread: nothing to move.
+_SWAP_TASKS = sys.version_info < (3, 14)
+_current_tasks: dict[Any, Any] = getattr(asyncio.tasks, "_current_tasks", {})
+_enter_task = asyncio.tasks._enter_task
+_leave_task = asyncio.tasks._leave_task
+
+_park_c = lib.vmown_park
+_own_wait = lib.vmown_own_wait
+_disown = lib.vmown_disown
+_set_work = lib.vmown_set_work
+_EINTR = lib.VMOWN_EINTR
+_ETIMEDOUT = lib.VMOWN_ETIMEDOUT
+_INTERRUPTIBLE = lib.VMOWN_WAIT_INTERRUPTIBLE
+_WORK_TAKEN = lib.VMOWN_WORK_TAKEN
+# Added to the work word at each iteration: more than the heartbeat's
+# servers threshold can ever be, so one iteration per tick reads as progress.
+_PROGRESS = 1 << 20
+
+
+class _LoopThread:
+    """A thread serving a loop: the home thread, or a pooled worker."""
+
+    __slots__ = ("slot", "ident", "home", "out", "task")
+
+    def __init__(self, slot: int, home: bool) -> None:
+        self.slot = slot
+        self.ident = threading.get_ident()
+        self.home = home
+        # Invariant: `out` is True while the thread is in a callout in the
+        # middle of a callback and another thread has owned the VM since it
+        # left (it is counted in EventLoop._out); `task` is then the task its
+        # step left current (None for a plain callback).  Both are written
+        # by the owner only.
+        self.out = False
+        self.task: Any = None
+
+
+class _Here(threading.local):
+    thread: _LoopThread | None = None
+
+
+_here = _Here()
 
 
 class EventLoop(_Base):  # type: ignore[misc, valid-type]
-    """An asyncio event loop whose thread owns a VM while the loop runs.
+    """An asyncio event loop that owns a VM and moves to another thread while a callout blocks.
 
     Use it as a loop factory: ``asyncio.run(main(), loop_factory=vmown.aio.EventLoop)``
     (3.12+), ``asyncio.Runner(loop_factory=vmown.aio.EventLoop)`` (3.11), or
     :func:`vmown.aio.run`.  While the loop runs, a coroutine may call a
-    :func:`vmown.threaded` function inline: the call disowns the VM and owns
-    it again when it returns.  A call that blocks still holds up the loop's
-    thread (the hand-over of the loop to another thread is not built yet).
+    :func:`vmown.threaded` function (or a generated wrapper) inline: the call
+    disowns the VM and owns it again when it returns, at about the cost of a
+    plain call.  If the call blocks for longer than a heartbeat tick (1 ms at
+    ``hz=1000``), a worker thread takes the loop over and runs the other
+    callbacks, timers and I/O meanwhile; the blocked step finishes on its own
+    thread once the call returns.  At most ``max_threads`` threads (the
+    loop's own included) serve the loop; a worker idle ``idle_timeout``
+    seconds exits, one spare stays.  run_forever() returns only once no
+    callback is left in flight on another thread.
     """
 
-    def __init__(self, selector: Any = None) -> None:
+    def __init__(
+        self,
+        selector: Any = None,
+        *,
+        hz: int = 1000,
+        max_threads: int = _scheduler.DEFAULT_MAX_THREADS,
+        idle_timeout: float = _scheduler.DEFAULT_IDLE_TIMEOUT_S,
+    ) -> None:
+        _scheduler._check_run_arguments(hz, max_threads, idle_timeout)
         super().__init__(selector)
-        self._vmown = Ownership(slots=_SLOTS)
+        self._vmown = Ownership(slots=max_threads + _scheduler._SLOT_MARGIN)
+        cb = self._vmown._cb
+        self._vm_cb = cb
+        self._vm_hz = hz
+        self._vm_max_threads = max_threads
+        self._vm_idle_timeout_ns = _scheduler._timeout_ns(idle_timeout, "idle_timeout")
+        # The waiter count, read in place between callbacks (a plain load),
+        # and the work words the heartbeat reads: [_WORK_TAKEN] moves by
+        # _PROGRESS at every iteration, so that the heartbeat reads a loop
+        # that reaches an iteration within a tick as moving, and queues a
+        # server for it only when it does not (a callback or a lazy callout
+        # that holds the VM a whole tick: native/heartbeat.c, "Servers").
+        self._vm_waiters = memoryview(ffi.buffer(lib.vmown_waiters_word(cb), 4)).cast("I")
+        self._vm_work = memoryview(ffi.buffer(lib.vmown_work_words(cb), 16)).cast("Q")
+        self._vm_progress = 0
+        # For the callout path's resume hook and the pool's entry; dropped at close().
+        self._vm_self_handle: Any = ffi.new_handle(self)
+        self._vm_pool_handle: Any = ffi.new_handle(self._vm_worker)
+        # The fields below belong to the VM's owner (see the module's invariant).
+        self._vm_running = False  # between run_forever's start and its teardown
+        self._vm_closing = False  # run_forever is ending: workers leave, none polls
+        self._vm_home: _LoopThread | None = None
+        # The thread whose step the current-task dict may name: the last one
+        # to own the VM that has not given it up between callbacks (A2).
+        self._vm_holder: _LoopThread | None = None
+        self._vm_out = 0  # threads out in a callout mid-callback whose VM another thread took
+        self._vm_polling = False  # a thread waits in the selector with the VM released (A1)
+        self._vm_timer = 0.0  # the earliest timer published to the heartbeat (loop time), 0: none
+        self._vm_fatal: BaseException | None = None  # escaped a callback on a worker
+        self._vm_moved = False  # taken over from a blocked callout since the last iteration (A5)
+        # Counters (owner only): takeovers of the loop by another thread.
+        self._vm_moves = 0
+
+    # ---- running ----
 
     def run_forever(self) -> None:
         if self._vmown._cb is None:
@@ -79,21 +227,350 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         if self.is_running() or asyncio.events._get_running_loop() is not None:
             return super().run_forever()  # asyncio raises its own RuntimeError
         own = self._vmown
-        slot = own.slot
-        check(lib.vmown_bind_thread(own._cb, slot), "binding the loop's thread")
+        home = _LoopThread(own.slot, home=True)
+        self._bind(home)
         try:
             own.own()
+            self._vm_home = self._vm_holder = home
+            self._vm_out = 0
+            self._vm_fatal = None
             try:
+                self._start_threads()
                 super().run_forever()
             finally:
+                self._teardown(home)
                 own.disown()
         finally:
-            lib.vmown_bind_thread(ffi.NULL, 0)
+            self._unbind()
+        fatal, self._vm_fatal = self._vm_fatal, None
+        if fatal is not None:
+            raise fatal
+
+    def _bind(self, me: _LoopThread) -> None:
+        check(lib.vmown_bind_thread(self._vm_cb, me.slot), "binding a loop thread")
+        lib.vmown_bind_resume(lib.vmown_py_resume, self._vm_self_handle)
+        _here.thread = me
+
+    def _unbind(self) -> None:
+        lib.vmown_bind_thread(ffi.NULL, 0)
+        _here.thread = None
+
+    def _start_threads(self) -> None:
+        """Home, owning: the heartbeat and the worker pool, and one spare parked."""
+        cb = self._vm_cb
+        self._vm_running = True
+        self._publish(1)
+        check(lib.vmown_heartbeat_start(cb, self._vm_hz), "starting the heartbeat")
+        check(
+            lib.vmown_workers_start(
+                cb, lib.vmown_py_worker, self._vm_pool_handle, self._vm_max_threads - 1, self._vm_idle_timeout_ns
+            ),
+            "starting the worker pool",
+        )
+        lib.vmown_workers_want(cb, 1)
+
+    def _teardown(self, home: _LoopThread) -> None:
+        """Home, at run_forever's end: wait for the other threads, stop the heartbeat and the pool."""
+        if not self._vm_running:
+            return
+        cb = self._vm_cb
+        if lib.vmown_owner(cb) != home.slot:
+            self._own(home)
+        self._vm_closing = True
+        try:
+            self._quiesce(home)
+            self._publish(0)
+            failures = [
+                error(rc, what)
+                for rc, what in (
+                    (lib.vmown_heartbeat_stop(cb), "stopping the heartbeat"),
+                    (lib.vmown_workers_stop(cb), "stopping the worker pool"),
+                )
+                if rc < 0
+            ]
+            out = ffi.new("vmown_workers_stats *")
+            lib.vmown_workers_read(cb, out)
+            if out.live:
+                self._vm_holder = None
+                check(_disown(cb, home.slot, 0), "disown")
+                while lib.vmown_workers_join(cb, 100_000_000) > 0:
+                    pass
+                self._own(home)
+                self._settle(home, False)
+            if failures:
+                raise failures[0]
+        finally:
+            self._vm_closing = False
+            self._vm_running = False
+            self._vm_home = self._vm_holder = None
+            self._thread_id = None  # run_forever has ended (asyncio cleared it; _settle may have set it)
+
+    def _worker(self, slot: int) -> None:
+        """A pooled worker given the VM: serve the loop until it stops or this worker retires."""
+        me = _LoopThread(slot, home=False)
+        self._bind(me)
+        asyncio.events._set_running_loop(self)
+        hooks = sys.get_asyncgen_hooks()
+        sys.set_asyncgen_hooks(firstiter=self._asyncgen_firstiter_hook, finalizer=self._asyncgen_finalizer_hook)
+        try:
+            self._settle(me, False)
+            lib.vmown_workers_want(self._vm_cb, 1)  # this one is busy now: keep a spare parked
+            while self._iteration(me):
+                pass
+        except BaseException as exc:  # noqa: BLE001 - a callback's SystemExit, KeyboardInterrupt...: the home thread raises it
+            self._worker_failed(me, exc)
+        finally:
+            sys.set_asyncgen_hooks(*hooks)
+            asyncio.events._set_running_loop(None)
+            self._unbind()
+            _scheduler._forget_dummy_thread()
+
+    _vm_worker = _worker  # the pool's entry (vmown_py_worker calls it with the slot)
+
+    def _worker_failed(self, me: _LoopThread, exc: BaseException) -> None:
+        """An exception escaped a callback on a worker: the loop stops and run_forever raises it."""
+        if lib.vmown_owner(self._vm_cb) != me.slot:
+            self._own(me)
+            self._settle(me, False)
+        if self._vm_fatal is None:
+            self._vm_fatal = exc
+        self._stopping = True
+        if self._vm_holder is me:
+            self._vm_holder = None
+        if self._vm_home is not None:
+            lib.vmown_unpark(self._vm_cb, self._vm_home.slot)
+        _disown(self._vm_cb, me.slot, 0)
+
+    # ---- one iteration ----
+
+    def _run_once(self) -> None:
+        if not self._vm_running:
+            return super()._run_once()  # type: ignore[misc, no-any-return]
+        home = self._vm_home
+        assert home is not None
+        self._iteration(home)
+        if self._stopping or self._vm_closing:
+            self._quiesce(home)
+        if self._vm_fatal is not None:
+            self._stopping = True
+
+    def _iteration(self, me: _LoopThread) -> bool:
+        """One iteration of the loop on the owner: asyncio's _run_once, giving the VM up between callbacks.
+
+        Returns False for a worker that leaves (not owning the VM), True
+        otherwise (owning it).
+        """
+        if (self._stopping or self._vm_closing) and not me.home:
+            lib.vmown_unpark(self._vm_cb, self._vm_home.slot if self._vm_home else 0)  # A3
+            return self._park(me)
+
+        scheduled = self._scheduled
+        sched_count = len(scheduled)
+        if (
+            sched_count > base_events._MIN_SCHEDULED_TIMER_HANDLES
+            and self._timer_cancelled_count / sched_count > base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION
+        ):
+            kept = []
+            for timer in scheduled:
+                if timer._cancelled:
+                    timer._scheduled = False
+                else:
+                    kept.append(timer)
+            heapq.heapify(kept)
+            self._scheduled = scheduled = kept
+            self._timer_cancelled_count = 0
+        else:
+            while scheduled and scheduled[0]._cancelled:
+                self._timer_cancelled_count -= 1
+                timer = heapq.heappop(scheduled)
+                timer._scheduled = False
+
+        ready = self._ready
+        if ready or self._stopping:
+            timeout: float | None = 0
+        elif scheduled:
+            timeout = min(max(0, scheduled[0]._when - self.time()), base_events.MAXIMUM_SELECT_TIMEOUT)
+        else:
+            timeout = None
+        if timeout == 0:
+            event_list = self._selector.select(0)
+        elif self._vm_polling:
+            return self._park(me)  # another thread waits in the selector (A1)
+        else:
+            event_list = self._poll(me, timeout)
+        self._process_events(event_list)
+        event_list = None
+
+        end_time = self.time() + self._clock_resolution
+        scheduled = self._scheduled
+        due = []
+        while scheduled:
+            timer = scheduled[0]
+            if timer._when >= end_time:
+                break
+            timer = heapq.heappop(scheduled)
+            timer._scheduled = False
+            due.append(timer)
+        if due and self._vm_moved:
+            self._timers_first(due)  # A5
+        elif due:
+            ready.extend(due)
+        self._vm_moved = False
+
+        self._vm_progress = progress = self._vm_progress + _PROGRESS
+        self._vm_work[_WORK_TAKEN] = progress
+        waiters = self._vm_waiters
+        popleft = ready.popleft
+        ntodo = len(ready)
+        while ntodo > 0 and ready:  # another thread may have run some meanwhile
+            ntodo -= 1
+            if waiters[0]:  # a thread waits for the VM: let it in between callbacks
+                return self._park(me)
+            handle = popleft()
+            if handle._cancelled:
+                continue
+            if self._debug:
+                try:
+                    self._current_handle = handle
+                    t0 = self.time()
+                    handle._run()
+                    dt = self.time() - t0
+                    if dt >= self.slow_callback_duration:
+                        base_events.logger.warning(
+                            "Executing %s took %.3f seconds", base_events._format_handle(handle), dt
+                        )
+                finally:
+                    self._current_handle = None
+            else:
+                handle._run()
+        handle = None  # break cycles when an exception occurs
+        return True
+
+    def _timers_first(self, due: list[Any]) -> None:
+        """Run the due timers now and put what each made ready at the front of the ready queue (A5).
+
+        A timer's callback mostly makes a waiting task ready (sleep's future
+        resolved: the task's wake-up, call_soon'd): that wake-up goes first
+        too, or it would wait behind the burst.  A timer during which the
+        loop was taken over (it blocked) leaves the queue as it is.
+        """
+        ready = self._ready
+        for timer in due:
+            if timer._cancelled:
+                continue
+            before, moves = len(ready), self._vm_moves
+            timer._run()
+            made = len(ready) - before
+            if made > 0 and moves == self._vm_moves:
+                ready.rotate(made)
+
+    def _quiesce(self, home: _LoopThread) -> None:
+        """Home, owning: wait until no callback is in flight on another thread and nobody polls (A3)."""
+        while self._vm_out or self._vm_polling:
+            if self._vm_polling:
+                self._write_to_self()
+            self._park(home)
+
+    # ---- giving the VM up and taking it ----
+
+    def _poll(self, me: _LoopThread, timeout: float | None) -> list[Any]:
+        """Wait in the selector with the VM released (A1); return its events, owning the VM again."""
+        self._vm_polling = True
+        self._vm_holder = None
+        self._publish(0)
+        check(_disown(self._vm_cb, me.slot, 0), "disown")
+        try:
+            return self._selector.select(timeout)  # type: ignore[no-any-return]
+        finally:
+            self._own(me)
+            self._vm_polling = False
+            self._settle(me, False)
+
+    def _park(self, me: _LoopThread) -> bool:
+        """Owner, between callbacks: give the VM up (to the head waiter) and park.
+
+        True once owning it again; False for a worker that leaves (not owning).
+        """
+        if self._vm_holder is me:
+            self._vm_holder = None
+        stopping = self._stopping or self._vm_closing  # the home thread takes the VM next, or nobody
+        self._publish(1 if (self._ready or not self._vm_polling) and not stopping else 0)
+        rc = _park_c(self._vm_cb, me.slot, -1 if me.home else self._vm_idle_timeout_ns)
+        if rc != 1:  # not given the VM: unparked, timed out or interrupted
+            if rc not in (0, _ETIMEDOUT, _EINTR):
+                raise error(rc, "park")
+            if not me.home and (self._vm_closing or (rc == _ETIMEDOUT and self._surplus())):
+                return False
+            self._own(me)
+        elif not me.home:
+            lib.vmown_workers_want(self._vm_cb, 1)  # activated: keep a spare parked
+        self._settle(me, False)
+        return True
+
+    def _surplus(self) -> bool:
+        out = ffi.new("vmown_heartbeat_stats *")
+        lib.vmown_heartbeat_read(self._vm_cb, out)
+        return int(out.idle_workers) > 0
+
+    def _own(self, me: _LoopThread) -> None:
+        rc = _own_wait(self._vm_cb, me.slot, -1, _INTERRUPTIBLE)
+        while rc:
+            if rc != _EINTR:
+                raise error(rc, "own")
+            rc = _own_wait(self._vm_cb, me.slot, -1, _INTERRUPTIBLE)
+
+    def _settle(self, me: _LoopThread, mid_callback: bool) -> None:
+        """Owner, having just come to own the VM: make the loop's per-thread state this thread's (A2).
+
+        ``mid_callback``: the thread is back from a callout in the middle of
+        a callback (the resume hook), not between callbacks.
+        """
+        holder = self._vm_holder
+        if holder is not me:
+            if holder is not None:  # it gave the VM up in a callout, mid-callback
+                holder.out = True
+                self._vm_out += 1
+                self._vm_moves += 1
+                self._vm_moved = True
+                if _SWAP_TASKS:
+                    task = _current_tasks.get(self)
+                    holder.task = task
+                    if task is not None:
+                        _leave_task(self, task)
+            if mid_callback and me.out:
+                me.out = False
+                self._vm_out -= 1
+                task, me.task = me.task, None
+                if task is not None:
+                    _enter_task(self, task)
+            self._vm_holder = me
+            self._thread_id = me.ident
+        self._publish(1)
+
+    def _publish(self, runnable: int) -> None:
+        """Tell the heartbeat whether the loop needs a thread if the VM is left unowned, and its earliest timer.
+
+        The loop needs one whenever nobody polls its selector or callbacks
+        are ready: its descriptors are work too.
+        """
+        scheduled = self._scheduled
+        when = scheduled[0]._when if scheduled and self._vm_running else 0.0
+        self._vm_timer = when
+        _set_work(self._vm_cb, runnable if self._vm_running else 0, int(when * 1e9))
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any, context: Any = None) -> Any:
+        timer = super().call_at(when, callback, *args, context=context)
+        if self._vm_running and (not self._vm_timer or when < self._vm_timer):  # A4
+            self._publish(0 if self._vm_polling and not self._ready else 1)
+        return timer
+
+    # ---- the rest ----
 
     def close(self) -> None:
         if self.is_running():
             raise RuntimeError("Cannot close a running event loop")
         super().close()
+        self._vm_self_handle = self._vm_pool_handle = None  # they refer to the loop: a cycle
         own = getattr(self, "_vmown", None)
         if own is not None and own._cb is not None:
             try:
@@ -105,6 +582,19 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
     def ownership(self) -> Ownership:
         """The loop's control block (for stats and observers)."""
         return self._vmown
+
+    @property
+    def moves(self) -> int:
+        """How many times another thread took the loop over from a callout that blocked."""
+        return self._vm_moves
+
+
+@ffi.def_extern()  # type: ignore[misc]
+def vmown_py_resume(handle: Any, slot: int) -> None:
+    """The callout path's hook (vmown_bind_resume): a loop thread is back mid-callback, the VM taken meanwhile."""
+    me = _here.thread
+    if me is not None:
+        ffi.from_handle(handle)._settle(me, True)
 
 
 def run(main: Coroutine[Any, Any, T], *, debug: bool | None = None) -> T:

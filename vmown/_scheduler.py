@@ -441,7 +441,7 @@ class _Runtime:
         self.idle_timeout_ns = _timeout_ns(idle_timeout_s, "idle_timeout")  # < 0: workers never retire
         # What the pool's workers get back in vmown_py_worker; dropped when
         # the pool is freed (it makes a cycle with this object).
-        self.handle: Any = ffi.new_handle(self)
+        self.handle: Any = ffi.new_handle(partial(_run_worker, self))
         self.worker_idents: dict[int, int] = {}  # slot -> thread ident, of workers in Python
         # The pool's cap hits + failures at the last look, and what was reported.
         self.pool_shortfalls = 0
@@ -1281,11 +1281,17 @@ def _warn_cap(rt: _Runtime) -> None:
 def vmown_py_worker(handle: Any, slot: int) -> None:
     """A pooled worker (native/workers.c), given the VM for the first time.
 
-    It runs on the worker's own thread, owning the VM: serve and park until
-    the run halts or this worker retires, then return without the VM; the
-    pool gives the slot back and the thread exits.
+    The pool's one entry into Python, for both front ends: ``handle`` holds
+    the front end's worker body, a callable of the slot (_run_worker for
+    vmown.run, the loop's for vmown.aio.EventLoop).  It runs on the worker's
+    own thread, owning the VM, and returns without it; the pool gives the
+    slot back and the thread exits.
     """
-    rt: _Runtime = ffi.from_handle(handle)
+    ffi.from_handle(handle)(slot)
+
+
+def _run_worker(rt: _Runtime, slot: int) -> None:
+    """vmown.run's worker: serve and park until the run halts or this worker retires."""
     me = _ThreadState(rt.cb, slot, run_thread=False)
     rt.worker_idents[slot] = threading.get_ident()
     _bind_here(rt, me)
