@@ -213,7 +213,7 @@ static void observe(struct tick *t, struct observation *o) {
 
 /* Slow: keep up to `depth` servers queued for the run queue. */
 static void top_up(struct tick *t, const struct observation *o) {
-    if (!o->slow) return;
+    if (!o->slow || atomic_load_explicit(&t->vm->no_servers, memory_order_relaxed)) return;
     unsigned want = o->runnable < t->depth ? (unsigned)o->runnable : t->depth;
     if (o->out < want) (void)queue_servers(t->vm, want - o->out);
     t->quiet = 0;
@@ -315,6 +315,11 @@ int vmown_heartbeat_set_lazy(vmown_vm *vm, int on) {
     if (!on) atomic_store(&vm->lazy, 0);
     else if (vm->hb_running) atomic_store(&vm->lazy, atomic_load(&vm->lazy_ok));
     return atomic_load(&vm->lazy);
+}
+
+int vmown_heartbeat_set_servers(vmown_vm *vm, int on) {
+    atomic_store_explicit(&vm->no_servers, !on, memory_order_relaxed);
+    return 0;
 }
 
 int vmown_heartbeat_stop(vmown_vm *vm) {

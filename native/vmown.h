@@ -341,6 +341,12 @@ VMOWN_EXTERN int vmown_heartbeat_read(const vmown_vm *vm, vmown_heartbeat_stats 
  * callout release the owner word, as without a heartbeat.  Returns 1 if they
  * go lazily now (on, a heartbeat running, and the kernel able to revoke). */
 VMOWN_EXTERN int vmown_heartbeat_set_lazy(vmown_vm *vm, int on);
+/* Whether the heartbeat queues servers for this VM when its owner makes no
+ * progress for a tick while work waits (on by default: heartbeat.c,
+ * "Servers").  A front end with one queue of work that any thread serves as
+ * well as the next (vmown.aio's loop) turns them off: a long callback gains
+ * nothing from moving, and a lazy callout that blocks is revoked anyway. */
+VMOWN_EXTERN int vmown_heartbeat_set_servers(vmown_vm *vm, int on);
 
 /* ---- Callouts from C (callout.c) ---- */
 

@@ -189,6 +189,7 @@ struct vmown_vm {
      * process's threads may go out lazily (cleared as the heartbeat stops). */
     _Atomic int lazy_ok, lazy;
     bool eager;                     /* vmown_heartbeat_set_lazy(vm, 0) was called */
+    _Atomic bool no_servers;        /* vmown_heartbeat_set_servers(vm, 0) was called */
     int32_t hb_pid;                 /* the process of that heartbeat */
     /* This process's worker pool (workers.c), or NULL; read by the heartbeat. */
     struct vmown__pool *_Atomic pool;

@@ -160,7 +160,7 @@ def test_a_hundred_inline_blocking_calls_against_to_thread() -> None:
 
 
 def test_the_loop_moves_while_a_callout_blocks_and_the_step_finishes_on_its_thread() -> None:
-    """A2: the blocked step keeps its task and its thread; meanwhile other callbacks run elsewhere."""
+    """E2: the blocked step keeps its task and its thread; meanwhile other callbacks run elsewhere."""
 
     async def blocker() -> tuple[int, int, bool]:
         before = threading.get_ident()
@@ -192,8 +192,37 @@ def test_the_loop_moves_while_a_callout_blocks_and_the_step_finishes_on_its_thre
     vmown.aio.run(main())
 
 
+def test_a_callout_back_while_a_worker_waits_in_the_selector_owns_at_once() -> None:
+    """E1, forced: nothing else to run, so the worker that took the loop over waits in the selector."""
+
+    async def main() -> tuple[bool, int]:
+        loop = asyncio.get_running_loop()
+        usleep(50_000)  # a worker takes over, finds nothing ready, polls with no timeout
+        return loop._vm_polling, loop.moves
+
+    polling, moves = vmown.aio.run(main())
+    assert polling  # the call came back, and ran on, while the poller still waited
+    assert moves >= 1
+
+
+def test_a_timer_added_while_another_thread_polls_without_a_timeout_fires() -> None:
+    """E4, forced: the poller waits with no timeout; the timer comes from the thread back from its callout."""
+
+    async def main() -> tuple[bool, float]:
+        loop = asyncio.get_running_loop()
+        usleep(50_000)  # a worker takes over and polls with no timeout
+        polling = loop._vm_polling
+        t0 = time.perf_counter()
+        await asyncio.sleep(0.01)  # this thread parks; only the heartbeat can run the timer
+        return polling, time.perf_counter() - t0
+
+    polling, slept = vmown.aio.run(main())
+    assert polling
+    assert 0.009 <= slept < 5.0  # without the published timer it would never fire
+
+
 def test_run_forever_returns_only_once_callbacks_on_other_threads_are_done() -> None:
-    """A3: the loop stops while a step is out in a callout on another thread."""
+    """E3: the loop stops while a step is out in a callout on another thread."""
     finished: list[str] = []
 
     async def late() -> None:
@@ -216,7 +245,7 @@ def test_run_forever_returns_only_once_callbacks_on_other_threads_are_done() -> 
 
 
 def test_a_stress_of_blocking_and_quick_callbacks_with_the_core_windows_widened() -> None:
-    """A1-A3 under load: callouts back while others poll, takeovers, stops, with the core's race windows widened."""
+    """E1-E3 under load: callouts back while others poll, takeovers, stops, with the core's race windows widened."""
     lib = _lib
 
     async def worker(i: int) -> int:

@@ -157,3 +157,10 @@ def test_architecture_indexes_every_race_of_the_descriptor_waits() -> None:
     numbered = set(re.findall(r"^\s*# (N\d+)\.", code, re.MULTILINE))
     assert len(numbered) >= 6, "_io.py and _scheduler.py lost their numbered races"
     assert sorted(numbered - _indexed(ARCHITECTURE.read_text())) == []
+
+
+def test_architecture_indexes_every_race_of_the_asyncio_loop() -> None:
+    code = (ROOT / "vmown" / "_aio.py").read_text()
+    numbered = set(re.findall(r"^# (E\d+)\.", code, re.MULTILINE))
+    assert len(numbered) >= 5, "_aio.py lost its numbered races"
+    assert sorted(numbered - _indexed(ARCHITECTURE.read_text())) == []

@@ -52,13 +52,13 @@
 # reads the selector inside its wait (epoll's own locking).
 #
 # Races (docs/ARCHITECTURE.md indexes them; tests/test_aio.py forces them):
-# A1. A callout comes back while the poller waits in the selector.
+# E1. A callout comes back while the poller waits in the selector.
 #       P: publish, release (VM unowned), epoll_wait     T: callout back: own
 #     P released before waiting, so T's CAS wins; nothing has to wake P.  T
 #     runs the loop's callbacks; with nothing ready and P polling, T parks.
 #     P, back with events, owns (queueing behind T if T still owns) and
 #     processes them then.  As vmown.run's idle poller (N2, N3).
-# A2. Two threads take the current task's place in turn.
+# E2. Two threads take the current task's place in turn.
 #       A: step of S1 in a callout            B: owns: _settle: S1 -> A.task
 #       B: step of S2 in a callout            A: back, hook: _settle: S2 ->
 #                                                B.task, enter S1
@@ -66,20 +66,24 @@
 #     any callback or continues its step, and only there is the dict changed
 #     outside asyncio's own enter/leave; the holder (_holder) is the one
 #     thread whose step the dict may name.
-# A3. The loop stops while other threads are out in callouts, or polling.
+# E3. The loop stops while other threads are out in callouts, or polling.
 #       H (home): stop() seen: park until none is out   W: back from its
 #                                                         callout: ...
 #       W: next iteration: stopping: unpark H, park.  H parks while owning
 #     the VM (one step under the lock), so W's unpark finds H on the idle
 #     stack, or H owns and has not looked yet; a poller is woken through the
-#     self-pipe.  run_forever returns only when no callback is in flight on
-#     another thread and nobody polls: nothing of the loop is left running.
-# A4. A timer is added while another thread polls with a later timeout.
+#     self-pipe (H itself may be the poller).  A worker's poll that returns
+#     into a stopped loop leaves its events for the next run (the selector is
+#     level-triggered): the loop's last iteration is the one that stopped it,
+#     as in asyncio's loop.  run_forever returns only when no callback is in
+#     flight on another thread and nobody polls: nothing of the loop is left
+#     running.
+# E4. A timer is added while another thread polls with a later timeout.
 #       P: epoll_wait(until t1)     T: call_at(t0 < t1): publish t0; park
 #     The heartbeat sees the VM unowned with a due timer and gives a parked
 #     worker the VM within a tick (P8 in vmown/_scheduler.py).
 #
-# A5. A burst of callbacks that each block, and a timer.
+# E5. A burst of callbacks that each block, and a timer.
 #       A: callback 1 blocks      W1 (takes over): callback 2 blocks
 #       W2 (takes over): ...      the ticker's timer is due meanwhile
 #     asyncio appends due timers behind the ready callbacks; a burst of N
@@ -104,6 +108,7 @@ from asyncio import base_events
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from ._callout import threaded
 from ._errors import VmownError, check, error
 from ._native import ffi, lib
 from ._ownership import Ownership
@@ -127,6 +132,7 @@ _EINTR = lib.VMOWN_EINTR
 _ETIMEDOUT = lib.VMOWN_ETIMEDOUT
 _INTERRUPTIBLE = lib.VMOWN_WAIT_INTERRUPTIBLE
 _WORK_TAKEN = lib.VMOWN_WORK_TAKEN
+_WORK_RUNNABLE = lib.VMOWN_WORK_RUNNABLE
 # Added to the work word at each iteration: more than the heartbeat's
 # servers threshold can ever be, so one iteration per tick reads as progress.
 _PROGRESS = 1 << 20
@@ -199,6 +205,8 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         self._vm_waiters = memoryview(ffi.buffer(lib.vmown_waiters_word(cb), 4)).cast("I")
         self._vm_work = memoryview(ffi.buffer(lib.vmown_work_words(cb), 16)).cast("Q")
         self._vm_progress = 0
+        # The selector's wait as a callout (_poll).
+        self._vm_select = threaded(self._selector.select)
         # For the callout path's resume hook and the pool's entry; dropped at close().
         self._vm_self_handle: Any = ffi.new_handle(self)
         self._vm_pool_handle: Any = ffi.new_handle(self._vm_worker)
@@ -207,13 +215,14 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         self._vm_closing = False  # run_forever is ending: workers leave, none polls
         self._vm_home: _LoopThread | None = None
         # The thread whose step the current-task dict may name: the last one
-        # to own the VM that has not given it up between callbacks (A2).
+        # to own the VM that has not given it up between callbacks (E2).
         self._vm_holder: _LoopThread | None = None
         self._vm_out = 0  # threads out in a callout mid-callback whose VM another thread took
-        self._vm_polling = False  # a thread waits in the selector with the VM released (A1)
+        self._vm_polling = False  # a thread waits in the selector with the VM released (E1)
+        self._vm_poll_until = 0.0  # when it returns at the latest (loop time)
         self._vm_timer = 0.0  # the earliest timer published to the heartbeat (loop time), 0: none
         self._vm_fatal: BaseException | None = None  # escaped a callback on a worker
-        self._vm_moved = False  # taken over from a blocked callout since the last iteration (A5)
+        self._vm_moved = False  # taken over from a blocked callout since the last iteration (E5)
         # Counters (owner only): takeovers of the loop by another thread.
         self._vm_moves = 0
 
@@ -260,6 +269,7 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         cb = self._vm_cb
         self._vm_running = True
         self._publish(1)
+        lib.vmown_heartbeat_set_servers(cb, 0)  # one queue: a long callback gains nothing from moving
         check(lib.vmown_heartbeat_start(cb, self._vm_hz), "starting the heartbeat")
         check(
             lib.vmown_workers_start(
@@ -360,8 +370,10 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         Returns False for a worker that leaves (not owning the VM), True
         otherwise (owning it).
         """
-        if (self._stopping or self._vm_closing) and not me.home:
-            lib.vmown_unpark(self._vm_cb, self._vm_home.slot if self._vm_home else 0)  # A3
+        if (self._stopping or self._vm_closing) and not me.home:  # E3
+            if self._vm_polling:
+                self._write_to_self()  # the home thread may be the poller
+            lib.vmown_unpark(self._vm_cb, self._vm_home.slot if self._vm_home else 0)
             return self._park(me)
 
         scheduled = self._scheduled
@@ -395,9 +407,15 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         if timeout == 0:
             event_list = self._selector.select(0)
         elif self._vm_polling:
-            return self._park(me)  # another thread waits in the selector (A1)
+            return self._park(me)  # another thread waits in the selector (E1)
         else:
             event_list = self._poll(me, timeout)
+            if (self._stopping or self._vm_closing) and not me.home:
+                # E3: the loop stopped while this worker polled.  The loop
+                # ends with the iteration that stopped it, as asyncio's does;
+                # the selector is level-triggered, so these events are
+                # reported again to the next run.
+                return True
         self._process_events(event_list)
         event_list = None
 
@@ -412,7 +430,7 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
             timer._scheduled = False
             due.append(timer)
         if due and self._vm_moved:
-            self._timers_first(due)  # A5
+            self._timers_first(due)  # E5
         elif due:
             ready.extend(due)
         self._vm_moved = False
@@ -447,7 +465,7 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         return True
 
     def _timers_first(self, due: list[Any]) -> None:
-        """Run the due timers now and put what each made ready at the front of the ready queue (A5).
+        """Run the due timers now and put what each made ready at the front of the ready queue (E5).
 
         A timer's callback mostly makes a waiting task ready (sleep's future
         resolved: the task's wake-up, call_soon'd): that wake-up goes first
@@ -465,7 +483,7 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
                 ready.rotate(made)
 
     def _quiesce(self, home: _LoopThread) -> None:
-        """Home, owning: wait until no callback is in flight on another thread and nobody polls (A3)."""
+        """Home, owning: wait until no callback is in flight on another thread and nobody polls (E3)."""
         while self._vm_out or self._vm_polling:
             if self._vm_polling:
                 self._write_to_self()
@@ -474,15 +492,19 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
     # ---- giving the VM up and taking it ----
 
     def _poll(self, me: _LoopThread, timeout: float | None) -> list[Any]:
-        """Wait in the selector with the VM released (A1); return its events, owning the VM again."""
+        """Wait in the selector with the VM released (E1); return its events, owning the VM again."""
         self._vm_polling = True
+        self._vm_poll_until = float("inf") if timeout is None else self.time() + timeout
         self._vm_holder = None
         self._publish(0)
-        check(_disown(self._vm_cb, me.slot, 0), "disown")
         try:
-            return self._selector.select(timeout)  # type: ignore[no-any-return]
+            # A callout: disowned around the wait and owned again with one
+            # CAS, both with the GIL held; only a VM taken meanwhile makes
+            # it wait, with the GIL released.  (Dropping the GIL around the
+            # disown and the own, as two cffi calls would, lets other Python
+            # threads run at points where asyncio's loop keeps running.)
+            return self._vm_select(timeout)  # type: ignore[no-any-return]
         finally:
-            self._own(me)
             self._vm_polling = False
             self._settle(me, False)
 
@@ -520,7 +542,7 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
             rc = _own_wait(self._vm_cb, me.slot, -1, _INTERRUPTIBLE)
 
     def _settle(self, me: _LoopThread, mid_callback: bool) -> None:
-        """Owner, having just come to own the VM: make the loop's per-thread state this thread's (A2).
+        """Owner, having just come to own the VM: make the loop's per-thread state this thread's (E2).
 
         ``mid_callback``: the thread is back from a callout in the middle of
         a callback (the resume hook), not between callbacks.
@@ -554,13 +576,23 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         are ready: its descriptors are work too.
         """
         scheduled = self._scheduled
-        when = scheduled[0]._when if scheduled and self._vm_running else 0.0
-        self._vm_timer = when
-        _set_work(self._vm_cb, runnable if self._vm_running else 0, int(when * 1e9))
+        running = self._vm_running
+        when = scheduled[0]._when if scheduled and running else 0.0
+        if self._vm_polling and when >= self._vm_poll_until:
+            when = 0.0  # the poller wakes for it itself: an activation would only race it
+        if when != self._vm_timer or not running:
+            self._vm_timer = when
+            _set_work(self._vm_cb, runnable if running else 0, int(when * 1e9))
+        else:  # a plain store, as vmown_set_work's: no C call, so the GIL is not dropped here
+            self._vm_work[_WORK_RUNNABLE] = runnable
 
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any, context: Any = None) -> Any:
         timer = super().call_at(when, callback, *args, context=context)
-        if self._vm_running and (not self._vm_timer or when < self._vm_timer):  # A4
+        if timer._source_traceback:  # debug mode: the caller's frame last, as asyncio's own call_at leaves it
+            del timer._source_traceback[-1]
+        if self._vm_running and (not self._vm_timer or when < self._vm_timer) and not (
+            self._vm_polling and when >= self._vm_poll_until
+        ):  # E4
             self._publish(0 if self._vm_polling and not self._ready else 1)
         return timer
 
