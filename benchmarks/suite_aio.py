@@ -22,7 +22,7 @@
 #                    end to end: no contender can finish sooner
 # Each is the wall time from before the gather to after it, inside the run
 # (the loop's start-up and shutdown not counted), gc off; the MINIMUM over
-# MIXED rounds, the contenders taking turns.  Until a blocking callout hands
+# the rounds of MIXED_FULL, the contenders taking turns.  Until a blocking callout hands
 # the loop to another thread (docs/design-log.md, "asyncio loop"), an inline
 # call stalls EventLoop as a plain call stalls the default loop, and
 # vmown_loop_s is about asyncio_inline_s.
@@ -33,12 +33,15 @@
 # with vmown.aio.run, "asyncio" with asyncio.run, "uvloop" with uvloop.run --
 # against suite net's C client (benchmarks/c/net_client.c: one thread, epoll)
 # with ECHO_CONNECTIONS connections, each a closed loop of ECHO_BYTES messages
-# over loopback.
+# over loopback.  The three servers start once and stay up; a round is one
+# client run against each (warm-up, then the measured seconds), the loops
+# taking turns and the order rotating from round to round, so that a burst of
+# load on a shared machine hits them alike.  Many short rounds and medians:
+# on a loaded machine a round's figure swings by 2x, and a median of paired
+# rounds says more than a best of few.
 #   echo_rps_vmown, echo_rps_default, echo_rps_uvloop
 #                    requests (echoed messages) per second, the MEDIAN over
-#                    ECHO rounds; the contenders take turns within a round
-#                    (the order rotating from round to round), so drifts of
-#                    a shared machine hit them alike
+#                    the rounds
 #   echo_p99_us_*    the median over the rounds of each round's p99 latency
 #   echo_cpu_us_*    the median over the rounds of the server's CPU time per
 #                    request (user + system, /proc/PID/stat): what a request
@@ -49,7 +52,7 @@
 #
 # The loop's own work, each figure suffixed _vmown, _default, _uvloop:
 #   callsoon_ns      a callback that schedules itself again with
-#                    loop.call_soon, LOOP_ITERATIONS times: ns per callback,
+#                    loop.call_soon, N times (LOOP_FULL): ns per callback,
 #                    i.e. one call_soon plus the loop iteration that runs it
 #                    (the selector polled with a zero timeout, the ready
 #                    queue run)
@@ -58,7 +61,7 @@
 # Each batch is a fresh loop per contender (asyncio.Runner with the loop
 # factory: EventLoop, asyncio's default, uvloop.new_event_loop), measured
 # inside the run with gc off; the loops take turns batch by batch and a
-# figure is the MINIMUM over BATCHES batches (noise only adds time).
+# figure is the MINIMUM over the batches (noise only adds time).
 #
 # Goals (issue 17), as booleans: goal_asyncio_thread_ge_10x_vmown
 # (asyncio_thread_s >= 10 x vmown_loop_s), goal_asyncio_inline_ge_5x_vmown,
@@ -69,14 +72,16 @@
 # callsoon_vmown_over_default, task_step_vmown_over_default.
 #
 # uvloop is the `bench` extra; without it its figures are left out (said on
-# stderr) and the suite runs on.  --quick: 50 tasks x 50 calls (same 2%), one
-# echo round of 0.8 s, smaller batches.
+# stderr) and the suite runs on.  --quick: 50 tasks x 50 calls (same 2%), two
+# echo rounds of 0.4 s, smaller batches.
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -87,10 +92,10 @@ from suite_mixed import BLOCK_US, SPIN_US, Plan, make_plan
 
 # (tasks, calls each, rounds)
 MIXED_QUICK, MIXED_FULL = (50, 50, 1), (200, 200, 2)
-ECHO_CONNECTIONS = 100  # suite net's client and server, these settings
+ECHO_CONNECTIONS = 100  # as suite net
 ECHO_BYTES = 1024
 # (rounds, warm-up s, measured s)
-ECHO_QUICK, ECHO_FULL = (1, 0.2, 0.8), (5, 0.5, 3.0)
+ECHO_QUICK, ECHO_FULL = (2, 0.1, 0.4), (15, 0.2, 1.0)
 # (iterations per figure per batch, batches)
 LOOP_QUICK, LOOP_FULL = (20_000, 3), (100_000, 5)
 
@@ -197,32 +202,58 @@ def _mixed(lib: Any, quick: bool) -> dict[str, float]:
 ECHO_SERVERS = {"vmown": "aio", "default": "asyncio", "uvloop": "uvloop"}
 
 
+def _client_run(client: Any, server: Any, name: str, warmup_s: float, duration_s: float) -> dict[str, Any]:
+    """One run of suite net's client against a running server: its figures and the server's CPU per request."""
+    import suite_net
+
+    pid = server.process.pid
+    cpu_before = suite_net._cpu_s(pid)
+    done = subprocess.run(
+        [str(client), *map(str, (server.port, ECHO_CONNECTIONS, ECHO_BYTES, warmup_s, duration_s))],
+        capture_output=True,
+        text=True,
+        timeout=warmup_s + duration_s + 60,
+    )
+    cpu_s = suite_net._cpu_s(pid) - cpu_before
+    if done.returncode != 0:
+        raise RuntimeError(f"net_client against the {name} loop: {done.stderr.strip()}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    result["cpu_us"] = cpu_s / max(1, result["all_requests"]) * 1e6
+    return result
+
+
 def _echo(quick: bool, loops: list[str]) -> dict[str, float]:
     import suite_net
 
-    if (suite_net.CONNECTIONS, suite_net.MESSAGE_BYTES) != (ECHO_CONNECTIONS, ECHO_BYTES):
-        raise RuntimeError("suite net's echo settings changed: update ECHO_CONNECTIONS and ECHO_BYTES")
     rounds, warmup_s, duration_s = ECHO_QUICK if quick else ECHO_FULL
     client = suite_net._client()
+    servers: dict[str, Any] = {}
     figures: dict[str, list[dict[str, Any]]] = {name: [] for name in loops}
     ratios: list[float] = []
-    for i in range(rounds):
-        order = loops[i % len(loops) :] + loops[: i % len(loops)]  # who goes first rotates
-        this_round: dict[str, float] = {}
-        for name in order:
-            result = suite_net._round(client, ECHO_SERVERS[name], warmup_s, duration_s)
-            figures[name].append(result)
-            this_round[name] = result["rps"]
-        ratios.append(this_round["vmown"] / this_round["default"])
-        summary = ", ".join(f"{name} {rps:.0f}" for name, rps in this_round.items())
-        print(f"suite aio: echo round {i + 1}/{rounds}: rps {summary}", file=sys.stderr)
+    try:
+        for name in loops:
+            servers[name] = suite_net._Server(ECHO_SERVERS[name])
+        for i in range(rounds):
+            order = loops[i % len(loops) :] + loops[: i % len(loops)]  # who goes first rotates
+            this_round: dict[str, float] = {}
+            for name in order:
+                result = _client_run(client, servers[name], name, warmup_s, duration_s)
+                figures[name].append(result)
+                this_round[name] = result["rps"]
+            ratios.append(this_round["vmown"] / this_round["default"])
+            if rounds > 1 and (i + 1) % max(1, rounds // 4) == 0:
+                summary = ", ".join(f"{name} {rps:.0f}" for name, rps in this_round.items())
+                print(f"suite aio: echo round {i + 1}/{rounds}: rps {summary}", file=sys.stderr)
+    finally:
+        for server in servers.values():
+            server.stop()
     out: dict[str, float] = {}
     for name in loops:
         out[f"echo_rps_{name}"] = round(statistics.median(r["rps"] for r in figures[name]))
     for name in loops:
         out[f"echo_p99_us_{name}"] = statistics.median(r["p99_us"] for r in figures[name])
     for name in loops:
-        out[f"echo_cpu_us_{name}"] = statistics.median(r["cpu_us"] for r in figures[name])
+        out[f"echo_cpu_us_{name}"] = round(statistics.median(r["cpu_us"] for r in figures[name]), 1)
     out["echo_rounds"] = rounds
     out["echo_vmown_over_default"] = round(statistics.median(ratios), 3)
     out["goal_echo_ge_default"] = out["echo_rps_vmown"] >= out["echo_rps_default"]
