@@ -33,12 +33,16 @@
 # with vmown.aio.run, "asyncio" with asyncio.run, "uvloop" with uvloop.run --
 # against suite net's C client (benchmarks/c/net_client.c: one thread, epoll)
 # with ECHO_CONNECTIONS connections, each a closed loop of ECHO_BYTES messages
-# over loopback.  The three servers start once and stay up; a round is one
-# client run against each (warm-up, then the measured seconds), the loops
+# over loopback.  The three servers start once and stay up (a first client
+# run against each warms it up, uncounted); a round is one client run
+# against each (warm-up, then the measured seconds), the loops
 # taking turns and the order rotating from round to round, so that a burst of
 # load on a shared machine hits them alike.  Many short rounds and medians:
 # on a loaded machine a round's figure swings by 2x, and a median of paired
-# rounds says more than a best of few.
+# rounds says more than a best of few.  The client leaves with its
+# connections open; the asyncio server logs each reset (to a file, not a
+# pipe that would fill), and ECHO_SETTLE_S after every run lets it finish
+# before the next one is measured.
 #   echo_rps_vmown, echo_rps_default, echo_rps_uvloop
 #                    requests (echoed messages) per second, the MEDIAN over
 #                    the rounds
@@ -83,6 +87,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -96,6 +101,8 @@ ECHO_CONNECTIONS = 100  # as suite net
 ECHO_BYTES = 1024
 # (rounds, warm-up s, measured s)
 ECHO_QUICK, ECHO_FULL = (2, 0.1, 0.4), (15, 0.2, 1.0)
+ECHO_WARMUP_RUN = (0.1, 0.2)  # a first client run against each server, not counted
+ECHO_SETTLE_S = 0.1  # after a client run: the server logs the resets of its connections
 # (iterations per figure per batch, batches)
 LOOP_QUICK, LOOP_FULL = (20_000, 3), (100_000, 5)
 
@@ -202,7 +209,44 @@ def _mixed(lib: Any, quick: bool) -> dict[str, float]:
 ECHO_SERVERS = {"vmown": "aio", "default": "asyncio", "uvloop": "uvloop"}
 
 
-def _client_run(client: Any, server: Any, name: str, warmup_s: float, duration_s: float) -> dict[str, Any]:
+class _EchoServer:
+    """A loop's echo server (benchmarks/net_servers.py) in a process of its own, up for the whole suite.
+
+    Its stderr goes to a temporary file, not a pipe: a client that leaves
+    resets its connections, a server may log each reset, and a pipe nobody
+    reads would fill and stop the server.
+    """
+
+    def __init__(self, name: str) -> None:
+        import suite_net
+
+        self.name = name
+        self.stderr = tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen(
+            [sys.executable, str(suite_net.SERVERS), ECHO_SERVERS[name], str(ECHO_CONNECTIONS + 100)],
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+        )
+        line = suite_net._read_line(self.process, suite_net.SERVER_START_S)
+        if not line.strip().isdigit():
+            self.stop()
+            raise RuntimeError(f"the echo server on the {name} loop did not start: {line!r} {self.errors()!r}")
+        self.port = int(line)
+
+    def errors(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()[-2000:]
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.stderr.close()
+
+
+def _client_run(client: Any, server: _EchoServer, warmup_s: float, duration_s: float) -> dict[str, Any]:
     """One run of suite net's client against a running server: its figures and the server's CPU per request."""
     import suite_net
 
@@ -216,7 +260,9 @@ def _client_run(client: Any, server: Any, name: str, warmup_s: float, duration_s
     )
     cpu_s = suite_net._cpu_s(pid) - cpu_before
     if done.returncode != 0:
-        raise RuntimeError(f"net_client against the {name} loop: {done.stderr.strip()}")
+        raise RuntimeError(
+            f"net_client against the {server.name} loop: {done.stderr.strip()}; server: {server.errors()!r}"
+        )
     result: dict[str, Any] = json.loads(done.stdout)
     result["cpu_us"] = cpu_s / max(1, result["all_requests"]) * 1e6
     return result
@@ -227,17 +273,20 @@ def _echo(quick: bool, loops: list[str]) -> dict[str, float]:
 
     rounds, warmup_s, duration_s = ECHO_QUICK if quick else ECHO_FULL
     client = suite_net._client()
-    servers: dict[str, Any] = {}
+    servers: dict[str, _EchoServer] = {}
     figures: dict[str, list[dict[str, Any]]] = {name: [] for name in loops}
     ratios: list[float] = []
     try:
         for name in loops:
-            servers[name] = suite_net._Server(ECHO_SERVERS[name])
+            servers[name] = _EchoServer(name)
+            _client_run(client, servers[name], *ECHO_WARMUP_RUN)  # not counted
+            time.sleep(ECHO_SETTLE_S)
         for i in range(rounds):
             order = loops[i % len(loops) :] + loops[: i % len(loops)]  # who goes first rotates
             this_round: dict[str, float] = {}
             for name in order:
-                result = _client_run(client, servers[name], name, warmup_s, duration_s)
+                result = _client_run(client, servers[name], warmup_s, duration_s)
+                time.sleep(ECHO_SETTLE_S)
                 figures[name].append(result)
                 this_round[name] = result["rps"]
             ratios.append(this_round["vmown"] / this_round["default"])
