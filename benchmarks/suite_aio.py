@@ -89,7 +89,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Coroutine, TypeVar
 
 from _cfuncs import load
 from _measure import gc_off, require_runtime
@@ -107,6 +107,7 @@ ECHO_SETTLE_S = 0.1  # after a client run: the server logs the resets of its con
 LOOP_QUICK, LOOP_FULL = (20_000, 3), (100_000, 5)
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+T = TypeVar("T")
 
 
 def _loop_factories() -> dict[str, LoopFactory]:
@@ -123,7 +124,7 @@ def _loop_factories() -> dict[str, LoopFactory]:
     return factories
 
 
-def _run_on(factory: LoopFactory, main: Callable[[], Any]) -> Any:
+def _run_on(factory: LoopFactory, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main())
 
