@@ -84,6 +84,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import pathlib
 import statistics
 import subprocess
 import sys
@@ -247,7 +248,7 @@ class _EchoServer:
         self.stderr.close()
 
 
-def _client_run(client: Any, server: _EchoServer, warmup_s: float, duration_s: float) -> dict[str, Any]:
+def _client_run(client: pathlib.Path, server: _EchoServer, warmup_s: float, duration_s: float) -> dict[str, Any]:
     """One run of suite net's client against a running server: its figures and the server's CPU per request."""
     import suite_net
 
