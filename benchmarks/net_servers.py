@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # The echo servers of suite `net`, one per contender, each as its users would
-# write it:  python net_servers.py {vmown,trio,asyncio,uvloop} [BACKLOG [IDLE_TIMEOUT_S]]
+# write it:  python net_servers.py {vmown,trio,asyncio,uvloop,aio} [BACKLOG [IDLE_TIMEOUT_S]]
 # (IDLE_TIMEOUT_S: vmown.run's idle_timeout, for the idle-connections count).
 #
 # Each listens on 127.0.0.1, an ephemeral port, prints the port on a line of
@@ -11,6 +11,7 @@
 #   asyncio  asyncio.start_server (streams), reader.read / writer.write +
 #            drain, the default event loop
 #   uvloop   the same asyncio code on uvloop's loop
+#   aio      the same asyncio code on vmown.aio.EventLoop (suite aio)
 
 from __future__ import annotations
 
@@ -92,10 +93,23 @@ def serve_uvloop(backlog: int) -> None:
     uvloop.run(_asyncio_main(backlog))
 
 
+def serve_aio(backlog: int) -> None:
+    import vmown.aio
+
+    vmown.aio.run(_asyncio_main(backlog))
+
+
 if __name__ == "__main__":
     contender = sys.argv[1]
     backlog = int(sys.argv[2]) if len(sys.argv) > 2 else 1024
     if len(sys.argv) > 3:
         serve_vmown(backlog, float(sys.argv[3]))
     else:
-        {"vmown": serve_vmown, "trio": serve_trio, "asyncio": serve_asyncio, "uvloop": serve_uvloop}[contender](backlog)
+        servers = {
+            "vmown": serve_vmown,
+            "trio": serve_trio,
+            "asyncio": serve_asyncio,
+            "uvloop": serve_uvloop,
+            "aio": serve_aio,
+        }
+        servers[contender](backlog)

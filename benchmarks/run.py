@@ -57,6 +57,7 @@ SUITES = {
     "burst": "suite_burst",
     "threads": "suite_threads",
     "net": "suite_net",
+    "aio": "suite_aio",
 }
 
 PROGRESS_S = 15.0  # a long suite says it is still running this often
