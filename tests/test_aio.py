@@ -14,6 +14,7 @@ import cffi
 import pytest
 
 import vmown
+import vmown._aio
 import vmown.aio
 from vmown._native import lib as _lib
 
@@ -42,12 +43,13 @@ def test_tasks_timers_and_futures_run_on_the_loop() -> None:
             async with asyncio.TaskGroup() as tg:
                 t = tg.create_task(child(4))
         assert t.result() == 16
-        return results, await fut, loop.ownership.owned()
+        me = vmown._aio._here.thread  # the loop thread this step runs on (home or worker)
+        return results, await fut, me is not None and _lib.vmown_owner(loop._vm_cb) == me.slot
 
     results, timer, owned = vmown.aio.run(main())
     assert results == [i * i for i in range(20)]
     assert timer == "timer"
-    assert owned  # the loop's thread owns the VM while the loop runs
+    assert owned  # the thread running the loop's callbacks owns its VM
 
 
 def test_runner_with_the_loop_factory_and_the_vm_given_back_between_runs() -> None:

@@ -92,6 +92,15 @@
 #     a takeover changes the order, so a loop whose callouts never block
 #     keeps asyncio's order exactly.
 #
+# E6. A timer nobody polls for, and every thread parked.
+#       T: nothing ready, P polls with a later timeout (or none): park
+#     The heartbeat sleeps after a few quiet ticks and would not see the
+#     timer fall due; so the thread that parks while a timer is published
+#     and unwatched parks with it as its timeout (one watcher per deadline,
+#     as vmown.run's timer watcher, P8), wakes, owns, and runs it.  If the
+#     heartbeat activates another thread first, the watcher queues, is
+#     handed the VM at a scheduling point, finds the timer run, and parks.
+#
 # Rejected designs (docs/design-log.md, "asyncio loop"): moving the blocked
 # task instead of the loop (its frames are on the blocked C stack); one loop
 # per worker (futures belong to one loop); calling run_forever on a worker
@@ -220,6 +229,7 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         self._vm_out = 0  # threads out in a callout mid-callback whose VM another thread took
         self._vm_polling = False  # a thread waits in the selector with the VM released (E1)
         self._vm_poll_until = 0.0  # when it returns at the latest (loop time)
+        self._vm_watched = 0.0  # the timer a parked thread has as its park timeout (E6), 0: none
         self._vm_timer = 0.0  # the earliest timer published to the heartbeat (loop time), 0: none
         self._vm_fatal: BaseException | None = None  # escaped a callback on a worker
         self._vm_moved = False  # taken over from a blocked callout since the last iteration (E5)
@@ -517,15 +527,28 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
             self._vm_holder = None
         stopping = self._stopping or self._vm_closing  # the home thread takes the VM next, or nobody
         self._publish(1 if (self._ready or not self._vm_polling) and not stopping else 0)
-        rc = _park_c(self._vm_cb, me.slot, -1 if me.home else self._vm_idle_timeout_ns)
+        # E6: the earliest timer that nobody waits for (the poller covers
+        # the ones up to its own timeout) is watched by one parked thread,
+        # with it as its park timeout; the heartbeat sleeps when quiet.
+        watched = self._vm_timer if self._vm_timer and not stopping else 0.0
+        if watched and (not self._vm_watched or watched < self._vm_watched):
+            self._vm_watched = watched
+            timeout_ns = max(0, int((watched - self.time()) * 1e9))
+        else:
+            watched = 0.0
+            timeout_ns = -1 if me.home else self._vm_idle_timeout_ns
+        rc = _park_c(self._vm_cb, me.slot, timeout_ns)
         if rc != 1:  # not given the VM: unparked, timed out or interrupted
             if rc not in (0, _ETIMEDOUT, _EINTR):
                 raise error(rc, "park")
-            if not me.home and (self._vm_closing or (rc == _ETIMEDOUT and self._surplus())):
+            retire = rc == _ETIMEDOUT and not watched and self._surplus()
+            if not me.home and (self._vm_closing or retire):
                 return False
             self._own(me)
         elif not me.home:
             lib.vmown_workers_want(self._vm_cb, 1)  # activated: keep a spare parked
+        if watched and self._vm_watched == watched:
+            self._vm_watched = 0.0
         self._settle(me, False)
         return True
 
