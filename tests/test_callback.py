@@ -45,11 +45,15 @@ def _slots_in_use() -> int:
 def test_callbacks_from_four_c_threads_run_in_the_vm_one_at_a_time(clib: Any) -> None:
     """4 pthreads x 10,000 callbacks: each owns the VM, none overlaps another
     or a step of a process, the count is exact, and the threads' slots go
-    back when they end."""
+    back when they end.  Each thread's first callback waits (in a callout)
+    until all four have registered, so that none ends before the count."""
     state = {"count": 0, "inside": 0, "stepping": False, "overlaps": 0, "not_owner": 0, "steps": 0}
+    registered = [threading.Barrier(4)]  # emptied after the four threads' call
 
     @vmown.callback
     def tick(thread: int, i: int) -> None:
+        if i == 0 and registered:
+            vmown.callout(registered[0].wait, 30)
         if state["inside"] or state["stepping"]:
             state["overlaps"] += 1
         state["inside"] += 1
@@ -74,6 +78,7 @@ def test_callbacks_from_four_c_threads_run_in_the_vm_one_at_a_time(clib: Any) ->
         done = vmown.Event()
         stepping = vmown.spawn(stepper, done)
         assert call_from_threads(c_tick, 4, 10_000) == 0
+        registered.clear()
         done.set()
         await stepping
         foreign = len(vmown.current_process()._rt.token._slots)
@@ -129,6 +134,36 @@ def test_a_callback_on_the_thread_of_a_threaded_call_owns_the_vm_and_others_run_
     assert values == list(range(20))
     assert seen["owned"] == compares > 0
     assert ticks >= 5  # ~60 comparisons of 1 ms each; a held VM would allow none
+
+
+def test_a_callout_in_a_callback_from_a_c_thread_gives_the_vm_up(clib: Any) -> None:
+    """A C thread's callback sleeps 20 ms in a threaded call, 10 times: the
+    VM is given up meanwhile (the ticker ticks), as for a callout of a step."""
+
+    @vmown.callback
+    def tick(thread: int, i: int) -> None:
+        usleep(20_000)
+
+    c_tick = _ffi.callback("tick_fn", tick)
+
+    async def main() -> int:
+        ticks = 0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done:
+                await vmown.sleep(0.001)
+                ticks += 1
+
+        ticking = vmown.spawn(ticker)
+        await vmown.checkpoint()
+        assert vmown.threaded(clib.call_from_threads)(c_tick, 1, 10) == 0
+        done = True
+        await ticking
+        return ticks
+
+    assert vmown.run(main) >= 50  # ~200 ms of sleeps; a held VM allows about one tick
 
 
 def test_a_callback_may_use_the_primitives_and_its_exceptions_are_reported(clib: Any) -> None:
