@@ -7,16 +7,16 @@ from typing import Callable, Iterator
 
 import pytest
 
-from vmown._native import lib
+from vmown._scheduler import _debug_set_widen_ns
 
 
 @pytest.fixture
 def widen() -> Iterator[Callable[[int], None]]:
-    """Widen the core's race windows for the test; always switched off after."""
+    """Widen the core's and the scheduler's race windows for the test; always switched off after."""
     try:
-        yield lib.vmown_debug_set_widen_ns
+        yield _debug_set_widen_ns
     finally:
-        lib.vmown_debug_set_widen_ns(0)
+        _debug_set_widen_ns(0)
 
 
 @pytest.fixture

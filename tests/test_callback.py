@@ -45,11 +45,15 @@ def _slots_in_use() -> int:
 def test_callbacks_from_four_c_threads_run_in_the_vm_one_at_a_time(clib: Any) -> None:
     """4 pthreads x 10,000 callbacks: each owns the VM, none overlaps another
     or a step of a process, the count is exact, and the threads' slots go
-    back when they end."""
+    back when they end.  Each thread's first callback waits (in a callout)
+    until all four have registered, so that none ends before the count."""
     state = {"count": 0, "inside": 0, "stepping": False, "overlaps": 0, "not_owner": 0, "steps": 0}
+    registered = [threading.Barrier(4)]  # emptied after the four threads' call
 
     @vmown.callback
     def tick(thread: int, i: int) -> None:
+        if i == 0 and registered:
+            vmown.callout(registered[0].wait, 30)
         if state["inside"] or state["stepping"]:
             state["overlaps"] += 1
         state["inside"] += 1
@@ -74,6 +78,7 @@ def test_callbacks_from_four_c_threads_run_in_the_vm_one_at_a_time(clib: Any) ->
         done = vmown.Event()
         stepping = vmown.spawn(stepper, done)
         assert call_from_threads(c_tick, 4, 10_000) == 0
+        registered.clear()
         done.set()
         await stepping
         foreign = len(vmown.current_process()._rt.token._slots)
@@ -129,6 +134,36 @@ def test_a_callback_on_the_thread_of_a_threaded_call_owns_the_vm_and_others_run_
     assert values == list(range(20))
     assert seen["owned"] == compares > 0
     assert ticks >= 5  # ~60 comparisons of 1 ms each; a held VM would allow none
+
+
+def test_a_callout_in_a_callback_from_a_c_thread_gives_the_vm_up(clib: Any) -> None:
+    """A C thread's callback sleeps 20 ms in a threaded call, 10 times: the
+    VM is given up meanwhile (the ticker ticks), as for a callout of a step."""
+
+    @vmown.callback
+    def tick(thread: int, i: int) -> None:
+        usleep(20_000)
+
+    c_tick = _ffi.callback("tick_fn", tick)
+
+    async def main() -> int:
+        ticks = 0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done:
+                await vmown.sleep(0.001)
+                ticks += 1
+
+        ticking = vmown.spawn(ticker)
+        await vmown.checkpoint()
+        assert vmown.threaded(clib.call_from_threads)(c_tick, 1, 10) == 0
+        done = True
+        await ticking
+        return ticks
+
+    assert vmown.run(main) >= 50  # ~200 ms of sleeps; a held VM allows about one tick
 
 
 def test_a_callback_may_use_the_primitives_and_its_exceptions_are_reported(clib: Any) -> None:
@@ -242,3 +277,175 @@ def test_a_callback_inside_a_lazy_c_wrapper_call_owns_the_vm_alone(wrapped: Any)
     assert vmown.run(main) == 70
     assert state["count"] == 70
     assert state["overlaps"] == 0 and state["not_owner"] == 0 and state["lazy"] == 0
+
+
+# ---- cffi's API mode: @ffi.def_extern over vmown.callback ----
+
+EXTERN_DECLARATIONS = """
+extern "Python" int ext_compare(const void *a, const void *b);
+extern "Python" void ext_tick(int thread, int i);
+int sort_ints(int *values, int n);
+int tick_from_threads(int threads, int count);
+"""
+EXTERN_SOURCE = r"""
+#include <pthread.h>
+#include <stdlib.h>
+
+static int ext_compare(const void *a, const void *b);
+static void ext_tick(int thread, int i);
+
+/* qsort with the Python comparator: callbacks on the calling thread. */
+int sort_ints(int *values, int n) {
+    qsort(values, (size_t)n, sizeof(int), ext_compare);
+    return n;
+}
+
+struct job { int thread, count; };
+
+static void *run_job(void *arg) {
+    struct job *job = arg;
+    for (int i = 0; i < job->count; i++) ext_tick(job->thread, i);
+    return NULL;
+}
+
+/* `threads` pthreads (at most 16) each call ext_tick(thread, i) `count`
+ * times; joined before it returns.  0, or -1 if a thread did not start. */
+int tick_from_threads(int threads, int count) {
+    pthread_t ids[16];
+    struct job jobs[16];
+    int started = 0;
+    if (threads > 16) threads = 16;
+    for (; started < threads; started++) {
+        jobs[started] = (struct job){started, count};
+        if (pthread_create(&ids[started], NULL, run_job, &jobs[started]) != 0) break;
+    }
+    for (int i = 0; i < started; i++) pthread_join(ids[i], NULL);
+    return started == threads ? 0 : -1;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def extern(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A cffi API-mode module whose C code calls back through ``extern "Python"``
+    functions; sort_ints also has a generated (lazy) C wrapper."""
+    import importlib.util
+
+    out = tmp_path_factory.mktemp("extern_callbacks")
+    builder = cffi.FFI()
+    builder.cdef(EXTERN_DECLARATIONS)
+    cdef, source = vmown.threaded_wrappers("int sort_ints(int *values, int n);")
+    builder.cdef(cdef)
+    builder.set_source("_vmown_extern_callbacks", EXTERN_SOURCE + source,
+                       extra_compile_args=["-pthread"], extra_link_args=["-pthread"])
+    library = builder.compile(tmpdir=str(out))
+    spec = importlib.util.spec_from_file_location("_vmown_extern_callbacks", library)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    vmown.bind_threaded(mod.lib)
+    return mod
+
+
+def test_def_extern_callbacks_own_the_vm_on_the_calling_thread_and_on_c_threads(extern: Any) -> None:
+    """@ffi.def_extern over @vmown.callback: (a) qsort's comparator, called
+    on the thread of a threaded call (eager, vmown.threaded) and of a lazy C
+    wrapper call, owns the VM and sleeps as a callout of its own while a
+    ticker runs; (b) 4 pthreads of the C code x 2,000 callbacks each own the
+    VM, never during a step of another process; each pthread's callback
+    raises once, and cffi's onerror gets all four, on the pthreads."""
+    ffi, lib = extern.ffi, extern.lib
+    state = {"compares": 0, "ticks": 0, "inside": 0, "stepping": False, "overlaps": 0, "not_owner": 0}
+    compare_threads: set[int] = set()
+    errors: list[tuple[type[BaseException], int]] = []
+
+    def onerror(exc_type: Any, exc: BaseException, tb: Any) -> None:
+        errors.append((exc_type, threading.get_ident()))
+
+    @ffi.def_extern(onerror=onerror)
+    @vmown.callback
+    def ext_compare(a: Any, b: Any) -> int:
+        state["compares"] += 1
+        state["not_owner"] += not _callout_ext.owns()
+        compare_threads.add(threading.get_ident())
+        usleep(200)  # a callout of the callback's own: the VM given up again
+        x, y = ffi.cast("int *", a)[0], ffi.cast("int *", b)[0]
+        return (x > y) - (x < y)
+
+    @ffi.def_extern(onerror=onerror)
+    @vmown.callback
+    def ext_tick(thread: int, i: int) -> None:
+        if state["inside"] or state["stepping"]:
+            state["overlaps"] += 1
+        state["inside"] += 1
+        state["not_owner"] += not _callout_ext.owns()
+        state["ticks"] += 1
+        state["inside"] -= 1
+        if i == 7:
+            raise KeyError(thread)
+
+    sort_ints = vmown.threaded(lib.sort_ints)
+    tick_from_threads = vmown.threaded(lib.tick_from_threads)
+
+    async def stepper(done: vmown.Event) -> int:
+        steps = 0
+        while not done.is_set():
+            state["stepping"] = True
+            sum(range(50))
+            state["stepping"] = False
+            steps += 1
+            await vmown.sleep(0.0002)
+        return steps
+
+    async def main() -> tuple[list[int], list[int], int]:
+        done = vmown.Event()
+        stepping = vmown.spawn(stepper, done)
+        await vmown.checkpoint()
+        eager = ffi.new("int[]", [9, 3, 7, 1, 8, 2, 6, 4, 5, 0, 19, 13, 17, 11, 18, 12, 16, 14, 15, 10])
+        lazy = ffi.new("int[]", list(eager))
+        assert sort_ints(eager, len(eager)) == 20
+        assert lib.sort_ints_threaded(lazy, len(lazy)) == 20
+        assert compare_threads == {threading.get_ident()}
+        assert tick_from_threads(4, 2000) == 0
+        done.set()
+        return list(eager), list(lazy), await stepping
+
+    eager, lazy, steps = vmown.run(main)
+    assert eager == lazy == list(range(20))
+    assert state["compares"] > 0 and state["ticks"] == 8000
+    assert state["overlaps"] == 0 and state["not_owner"] == 0
+    assert steps >= 5  # ran while the comparators slept
+    assert [exc for exc, _ in errors] == [KeyError] * 4
+    assert len({ident for _, ident in errors}) == 4  # reported on each pthread
+    assert threading.get_ident() not in {ident for _, ident in errors}
+
+
+def test_def_extern_exceptions_without_onerror_are_unraisable_and_return_error(
+    extern: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without onerror, cffi hands a callback's exception to sys.unraisablehook
+    and returns ``error=`` to C: on the calling thread (a) and on a pthread (b)."""
+    ffi, lib = extern.ffi, extern.lib
+    reported: list[tuple[type[BaseException], str]] = []
+    monkeypatch.setattr("sys.unraisablehook", lambda u: reported.append((u.exc_type, str(u.exc_value))))
+
+    @ffi.def_extern(error=0)
+    @vmown.callback
+    def ext_compare(a: Any, b: Any) -> int:
+        raise ValueError("compare")
+
+    @ffi.def_extern()
+    @vmown.callback
+    def ext_tick(thread: int, i: int) -> None:
+        if i == 1:
+            raise KeyError(f"tick {thread}")
+
+    async def main() -> int:
+        values = ffi.new("int[]", [2, 1])
+        vmown.threaded(lib.sort_ints)(values, 2)
+        return int(vmown.threaded(lib.tick_from_threads)(2, 3))
+
+    assert vmown.run(main) == 0
+    assert (ValueError, "compare") in reported
+    assert sorted(r for r in reported if r[0] is KeyError) == [(KeyError, "'tick 0'"), (KeyError, "'tick 1'")]
+    assert len(reported) == 3  # qsort of 2 compares once

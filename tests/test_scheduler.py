@@ -969,6 +969,61 @@ def test_a_bound_process_keeps_its_thread_while_others_block_in_callouts() -> No
     assert threads_high >= 2  # workers ran the others meanwhile
 
 
+@pytest.mark.timeout(60)  # a lost wake-up leaves the bound thread asleep for good
+def test_t6_a_bound_process_queued_while_its_thread_goes_to_sleep_is_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """T6 forced: main is bound to the run thread (bind_main).  Each round it
+    takes an item, lets the feeder go and waits on the empty queue, so its
+    thread gives the VM up and, with the window widened to 3 ms, spins before
+    it sleeps on `wake`.  The feeder's worker, in a callout, is let go and
+    stays out 0.3 ms more; back, it owns the VM, puts the next item (main
+    becomes runnable) and checkpoints: it pops main, appends it to the run
+    thread's bound queue and releases `wake`, inside the window.  Main gets
+    all 200 items on its own thread: no wake-up is lost.  The test counts the
+    windows in which main was queued (the interleaving)."""
+    rounds = 200
+    queued_in_window: list[bool] = []
+    widen = _scheduler._widen
+
+    def watched(me: _scheduler._ThreadState) -> None:
+        widen(me)
+        queued_in_window.append(bool(me.bound_queue))
+
+    monkeypatch.setattr(_scheduler, "_widen", watched)
+    monkeypatch.setattr(_scheduler, "_widen_ns", 3_000_000)
+    go = threading.Semaphore(1)
+
+    def wait_for_main() -> None:  # a callout: the VM given up meanwhile
+        assert go.acquire(timeout=30)
+        time.sleep(0.0003)  # still out when main's thread finds its queue empty
+
+    async def feeder(queue: vmown.Queue[int]) -> set[int]:
+        ids = set()
+        for i in range(rounds):
+            vmown.callout(wait_for_main)
+            ids.add(threading.get_native_id())
+            queue.put_nowait(i)  # main runnable: in the run queue
+            await vmown.checkpoint()  # this worker pops main: its bound queue, `wake` released
+        return ids
+
+    async def main() -> tuple[list[int], set[int], set[int]]:
+        queue: vmown.Queue[int] = vmown.Queue()
+        feeding = vmown.spawn(feeder, queue)
+        got, mine = [], set()
+        for _ in range(rounds):
+            got.append(await queue.get())
+            mine.add(threading.get_native_id())
+            go.release()
+        return got, mine, await feeding
+
+    got, mine, theirs = vmown.run(main, bind_main=True)
+    assert got == list(range(rounds))
+    assert mine == {threading.get_native_id()} and mine.isdisjoint(theirs)
+    forced = sum(queued_in_window)
+    assert forced >= rounds // 2, (forced, len(queued_in_window))  # 197-200 of 200 when measured
+
+
 def test_sqlite3_objects_stay_usable_in_bound_processes() -> None:
     import sqlite3
 

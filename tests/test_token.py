@@ -97,7 +97,8 @@ def test_run_sync_soon_keeps_fifo_order_and_works_from_a_signal_handler() -> Non
             signal.signal(signal.SIGUSR1, old)
         return got[:3]
 
-    assert vmown.run(main) == [0, 1, 2]
+    # signal.signal works only on the main thread: main is bound to it
+    assert vmown.run(main, bind_main=True) == [0, 1, 2]
 
 
 def test_a_failing_run_sync_soon_call_ends_the_run_with_its_exception() -> None:

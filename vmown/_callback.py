@@ -28,6 +28,11 @@
 #       revocation off, or has revoked already and the thread queues for the
 #       VM like any revoked callout.  Only then does the callback run.
 #
+# With cffi's API mode, @ffi.def_extern() goes above @vmown.callback: it
+# registers the function it is given under that function's __name__, which
+# the wrapper keeps (functools.wraps); below it, the raw function would be
+# registered and called unprotected.
+#
 # The callback runs as the owner of the VM: it may use every entry point of
 # the run (Event.set, Queue.put_nowait, vmown.spawn), and make callouts that
 # give the VM up again.  In case (b) it runs in a copy of main's context.

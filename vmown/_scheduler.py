@@ -206,6 +206,28 @@ _process_var: contextvars.ContextVar[Process[Any]] = contextvars.ContextVar("vmo
 # costs (benchmarks/suite_threads.py, guard_overhead).
 _GUARD = os.environ.get("VMOWN_GUARD", "1") != "0"
 
+# Debug: the scheduler's own race windows, widened like the core's.
+# _debug_set_widen_ns(ns) sets the core's switch (vmown_debug_set_widen_ns,
+# native/owner.c) and _widen_ns together; while _widen_ns is not 0 a bound
+# thread spins that long with the GIL released between giving the VM up and
+# sleeping on `wake` (T6, _serve_bound), so that tests run through the window
+# instead of past it.  Off (0), it costs one global load on the way to sleep.
+_widen_ns = 0
+
+
+def _debug_set_widen_ns(ns: int) -> None:
+    """Widen the core's and the scheduler's race windows by ``ns`` (0: off); process-wide."""
+    global _widen_ns
+    _widen_ns = max(0, ns)
+    lib.vmown_debug_set_widen_ns(_widen_ns)
+
+
+def _widen(me: _ThreadState) -> None:
+    """Spin ``_widen_ns`` with the GIL released (as the core's vmown__widen spins with a yield)."""
+    until = _now() + _widen_ns
+    while _now() < until:
+        time.sleep(0)
+
 
 class _ThreadState:
     """A thread that serves a vmown.run(): its slot in the run's control block."""
@@ -995,7 +1017,9 @@ def _work(rt: _Runtime, me: _ThreadState, given: bool = False) -> None:
 #     O appends while owning the VM, B looks while owning it, so B either
 #     sees P before it gives the VM up, or sleeps after O's release, which
 #     the semaphore keeps: acquire returns at once.  A release B does not
-#     need (it had seen P) only makes it look once more.
+#     need (it had seen P) only makes it look once more.  The widen switch
+#     (_debug_set_widen_ns) holds B between the two (_widen), so a test
+#     makes O act there.
 def _to_bound_thread(rt: _Runtime, proc: Process[Any], here: _ThreadState) -> bool:
     """Owner: ``proc`` is bound and not to ``here``; True if it was bound to ``here`` just now."""
     rt.bound_runnable += 1
@@ -1024,6 +1048,8 @@ def _serve_bound(rt: _Runtime, me: _ThreadState) -> None:
             _release_timers(rt)
         if not queue:
             _release(rt, me)  # T6: looked while owning
+            if _widen_ns:
+                _widen(me)  # debug: T6's window held open
             me.wake.acquire()
             _own(rt, me)
             continue

@@ -13,11 +13,13 @@
 #     own       vmown_own_wait: one CAS if the VM is unowned (every worker
 #               parked), else FIFO in the queue; the owner hands the VM over
 #               at its next scheduling point (_serve sees the waiter count)
-#     run fn    in a copy of main's context, with
-#               the guard bound to the slot: fn is an owner like any step
-#     leave     publish the work fn made (_publish), disown, and unpark the
-#               run thread if fn made a process runnable (else the
-#               heartbeat's activation would take a tick)
+#     run fn    in a copy of main's context, with the thread bound to the
+#               slot for the guard and for callouts (vmown_bind_thread): fn
+#               is an owner like any step, and its callouts give the VM up
+#     leave     publish the work fn made (_publish, skipped when the block
+#               holds it already), disown, and unpark the run thread if fn
+#               made a process runnable (else the heartbeat's activation
+#               would take a tick)
 #
 # No thread of the run is borrowed and nothing is queued for the loop to
 # poll: the hot loop is unchanged.  run(afn) spawns afn as a process that way
@@ -74,8 +76,11 @@ from typing import Any, TypeVar, TypeVarTuple
 
 from . import _scheduler
 from ._errors import check, error
-from ._native import lib
-from ._scheduler import _Runtime, _ThreadState, _bind_here, _here, _owns, _publish, _spawn
+from ._native import ffi, lib
+from ._callout_ext import bind as _guard_bind
+from ._scheduler import (
+    _EINTR, _INTERRUPTIBLE, _Runtime, _ThreadState, _disown, _here, _own_wait, _owns, _publish, _spawn,
+)  # fmt: skip
 
 __all__ = ["RunFinishedError", "RunToken", "current_token"]
 
@@ -83,6 +88,7 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 _STOP = object()  # tells the run_sync_soon thread to exit
+_bind_thread = lib.vmown_bind_thread
 
 
 class RunFinishedError(RuntimeError):
@@ -178,6 +184,9 @@ class RunToken:
 
     # ---- getting in (see the notes) ----
 
+    # _call is the whole way in of every foreign callback (_callback.py) and
+    # of run_sync: the steps are written out in it, not spread over helpers,
+    # because each Python call on it costs as much as a C call of the core.
     def _call(self, body: Callable[..., T], *args: Any) -> T:
         rt = self._rt
         if _owns():
@@ -185,53 +194,59 @@ class RunToken:
                 "this thread owns the VM: call the function directly (token.run_sync from the VM's own "
                 "thread would wait for itself)"
             )
-        with self._lock:
+        lock = self._lock
+        with lock:
             if self._finished:
                 raise RunFinishedError("the run this token belongs to has finished")
             self._inflight += 1
         try:
             here = _here.state
             if here is not None and here.cb == rt.cb:  # T3: a thread of the run, in a callout
-                return self._owning(here.slot, None, body, args)
-            return self._owning(*self._foreign_slot(), body, args)
-        finally:
-            with self._lock:
-                self._inflight -= 1
-                if not self._inflight:
-                    self._idle.notify_all()
-
-    def _owning(self, slot: int, state: _ThreadState | None, body: Callable[..., T], args: tuple[Any, ...]) -> T:
-        """Own the VM with ``slot``, run ``body(*args)``, give the VM up (``state``: bind it meanwhile)."""
-        rt = self._rt
-        _own(rt.cb, slot)
-        try:
-            if rt.halt:
-                raise RunFinishedError("the run this token belongs to has finished")
-            if state is None:
-                return body(*args)
-            _bind_here(rt, state)
+                slot, state = here.slot, None
+            else:
+                try:
+                    slot, state = self._local.entry
+                except AttributeError:
+                    slot, state = self._foreign_slot()
+            cb = rt.cb
+            rc = _own_wait(cb, slot, -1, _INTERRUPTIBLE)
+            if rc:
+                _own_slow(cb, slot, rc)
             try:
-                return body(*args)
+                if rt.halt:
+                    raise RunFinishedError("the run this token belongs to has finished")
+                if state is None:
+                    return body(*args)
+                # Bound while body runs: for Python, for the guard, and for
+                # the callouts body makes (they give the VM up, as a step's do).
+                _here.state = state
+                _guard_bind(rt.owner_address, slot)
+                _bind_thread(cb, slot)
+                try:
+                    return body(*args)
+                finally:
+                    _bind_thread(ffi.NULL, 0)
+                    _here.state = None
+                    _guard_bind(0, 0)
             finally:
-                _bind_here(None, None)
+                _leave(rt, slot)
         finally:
-            _leave(rt, slot)
+            with lock:
+                self._inflight -= 1
+                if not self._inflight and self._finished:  # only _finish waits, once finished
+                    self._idle.notify_all()
 
     def _foreign_slot(self) -> tuple[int, _ThreadState]:
         """This thread's slot in the run's block (registered at its first call), and its state."""
         local = self._local
-        try:
-            return local.slot, local.state
-        except AttributeError:
-            pass
         rt = self._rt
         with self._lock:  # counted in flight: _finish has not unregistered the slots yet
             self._sweep_locked()
             slot = check(lib.vmown_register(rt.cb), "registering a thread")
             self._slots[slot] = threading.get_native_id()
-        local.slot, local.state = slot, _ThreadState(rt.cb, slot, run_thread=False)
+        local.entry = slot, _ThreadState(rt.cb, slot, run_thread=False)
         local.release = _ForeignSlot(self, slot)  # gives the slot back when the thread's locals go
-        return slot, local.state
+        return local.entry  # type: ignore[no-any-return]
 
     def _sweep_locked(self) -> None:
         """Give back the slots of threads that have ended (a C thread's Python locals may outlive it)."""
@@ -338,20 +353,27 @@ def current_token() -> RunToken:
     return token
 
 
-def _own(cb: Any, slot: int) -> None:
-    rc = lib.vmown_own_wait(cb, slot, -1, lib.VMOWN_WAIT_INTERRUPTIBLE)
+def _own_slow(cb: Any, slot: int, rc: int) -> None:
+    """vmown_own_wait returned ``rc`` (not 0): wait again after a signal, raise on an error."""
     while rc:
-        if rc != lib.VMOWN_EINTR:
+        if rc != _EINTR:
             raise error(rc, "own")
-        rc = lib.vmown_own_wait(cb, slot, -1, lib.VMOWN_WAIT_INTERRUPTIBLE)
+        rc = _own_wait(cb, slot, -1, _INTERRUPTIBLE)
 
 
 def _leave(rt: _Runtime, slot: int) -> None:
-    """Publish the work made, disown, wake the run thread if a process became runnable (T2)."""
-    _publish(rt)
-    wake = bool(rt.run_queue)
+    """Publish the work made, disown, wake the run thread if a process became runnable (T2).
+
+    The publish is skipped when the block holds what it would store already:
+    nothing runnable, none published, the same earliest deadline (only
+    _publish writes those words, and it updates the run's copy of them).
+    """
+    run_queue, timers = rt.run_queue, rt.timers
+    if run_queue or rt.published_runnable or rt.halt or (timers[0][0] if timers else 0) != rt.published_timer_ns:
+        _publish(rt)
+    wake = bool(run_queue)
     rt.releases += 1
-    check(lib.vmown_disown(rt.cb, slot, 0), "disown")
+    check(_disown(rt.cb, slot, 0), "disown")
     if wake:
         lib.vmown_unpark(rt.cb, rt.run_slot)
         _scheduler._wake_poller(rt)  # or the thread idling in epoll (_scheduler, N4)
