@@ -72,15 +72,18 @@ def _py_spy() -> str:
     return found
 
 
-def _start_py_spy(pid: int) -> subprocess.Popen[bytes]:
+def _start_py_spy(pid: int, native: bool = True) -> subprocess.Popen[bytes]:
     # Its output goes to files, not pipes: a dump of many threads fills a
     # pipe, and py-spy would wait on it (the program still stopped) while
     # _table_while waits for py-spy.
     out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-    spy = subprocess.Popen([_py_spy(), "dump", "--json", "--native", "--pid", str(pid)], stdout=out, stderr=err)
+    command = [_py_spy(), "dump", "--json", *(["--native"] if native else []), "--pid", str(pid)]
+    spy = subprocess.Popen(command, stdout=out, stderr=err)
     _outputs[spy.pid] = (out, err)
     return spy
 
+
+_UNWIND_ATTEMPTS = 3  # dumps tried when py-spy cannot unwind a native stack
 
 _outputs: dict[int, tuple[Any, Any]] = {}  # py-spy's pid -> its stdout and stderr files
 
@@ -231,11 +234,23 @@ def _role(slot: dict[str, Any] | None, owner: int, figures: dict[str, Any], name
 def inspect(pid: int, monitor: str | None = None) -> dict[str, Any]:
     """Every thread of ``pid``: name, role, slot, the process it serves, frames."""
     path = monitor or find_monitor(pid)
-    spy = _start_py_spy(pid)
-    try:
-        table = _table_while(path, spy) if path else {"owner": 0, "slots": {}, "figures": {}}
-    finally:
-        dump = _py_spy_threads(spy)
+    for attempt in range(_UNWIND_ATTEMPTS + 1):
+        spy = _start_py_spy(pid, native=attempt < _UNWIND_ATTEMPTS)
+        try:
+            table = _table_while(path, spy) if path else {"owner": 0, "slots": {}, "figures": {}}
+        finally:
+            try:
+                dump = _py_spy_threads(spy)
+            except RuntimeError as exc:
+                # Unwinding the native stack of a thread sometimes fails
+                # (libunwind's UNW_E* errors: a thread caught in a frame
+                # without unwind information); the next dump may catch the
+                # threads elsewhere, and the last one does without native
+                # frames.
+                if "UNW_E" not in str(exc) or attempt == _UNWIND_ATTEMPTS:
+                    raise
+                continue
+        break
     names = _task_names(pid)
     serving = {int(k): v for k, v in table["figures"].get("running", {}).items()}
     threads = []
@@ -280,7 +295,13 @@ def inspect(pid: int, monitor: str | None = None) -> dict[str, Any]:
                 "frames": [],
             }
         )
-    return {"pid": pid, "monitor": path, "owner_slot": table["owner"], "threads": threads}
+    return {
+        "pid": pid,
+        "monitor": path,
+        "owner_slot": table["owner"],
+        "native_frames": attempt < _UNWIND_ATTEMPTS,  # False: py-spy could not unwind them
+        "threads": threads,
+    }
 
 
 def format_text(report: dict[str, Any]) -> str:
@@ -288,6 +309,7 @@ def format_text(report: dict[str, Any]) -> str:
         f"process {report['pid']}"
         + (f", VM tables from {report['monitor']}" if report["monitor"] else
            ", no VM tables (start the run with monitor=PATH or VMOWN_MONITOR=PATH)")  # fmt: skip
+        + ("" if report.get("native_frames", True) else " (no native frames: py-spy could not unwind them)")
     ]
     for t in report["threads"]:
         head = f"\nthread {t['tid']} ({t['name'] or '?'}): {t['role']}"
