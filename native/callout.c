@@ -169,7 +169,8 @@ static void eager_back(uint64_t tag, bool taken) {
  * native/pyext/callout_ext.c), so those are left out here.
  *
  * A row per tag, found by probing a few entries from the tag's hash; a tag
- * that finds no room, and tag 0, count in `others`.  A row is claimed with a
+ * that finds no room counts in `others`, and so does tag 0 (or in an
+ * unclaimed row, which the reader shows as tag 0).  A row is claimed with a
  * CAS and never given back.  Every figure is written by the thread that
  * owns the VM again after the callout, so within one VM the updates are
  * serialised by ownership and plain relaxed load-and-store suffices (no
@@ -199,18 +200,20 @@ static __attribute__((noinline)) struct stat_row *row_claim(uint64_t tag, unsign
     if (tag == 0) return &others;
     for (unsigned k = 0; k < STATS_PROBES; k++, i = (i + 1) % STATS) {
         uint64_t seen = atomic_load_explicit(&stats[i].tag, memory_order_relaxed);
-        if (seen == 0 && atomic_compare_exchange_strong_explicit(&stats[i].tag, &seen, tag, memory_order_relaxed,
-                                                                 memory_order_relaxed))
+        if (seen == 0 && atomic_load_explicit(&stats[i].calls, memory_order_relaxed) == 0 &&  /* not tag 0's */
+            atomic_compare_exchange_strong_explicit(&stats[i].tag, &seen, tag, memory_order_relaxed,
+                                                    memory_order_relaxed))
             return &stats[i];
         if (seen == tag) return &stats[i];
     }
     return &others;
 }
 
+/* Tag 0 may match an unclaimed row: the row's figures then read as tag 0's,
+ * which is where they belong (`others` and such rows are shown together). */
 static inline struct stat_row *row_of(uint64_t tag) {
     unsigned i = hint_of(tag) % STATS;
-    if (likely(atomic_load_explicit(&stats[i].tag, memory_order_relaxed) == tag) && likely(tag != 0))
-        return &stats[i];
+    if (likely(atomic_load_explicit(&stats[i].tag, memory_order_relaxed) == tag)) return &stats[i];
     return row_claim(tag, i);
 }
 
