@@ -11,7 +11,7 @@
 #     python benchmarks/report.py RESULTS.json DIR
 #
 # The suites return scalars only (percentiles, not samples), so every plot is
-# drawn from named metrics.  Two kinds:
+# drawn from named metrics.  Three kinds:
 #
 #   fixed plots   one per question the README asks (cost per call against the
 #                 peers, detection time, IPC round trips, scheduler figures
@@ -19,6 +19,14 @@
 #                 Each takes the metrics of its list that the run has and is
 #                 skipped when it has fewer than two: --quick and a missing
 #                 peer package drop metrics, never the report.
+#   histograms    a suite that reports its samples as bin counts
+#                 (PREFIX<LO>us: the samples in [LO, next LO) us, every bin
+#                 from the first non-empty one to the last, so the edges are
+#                 known; the last is drawn as wide, in ratio, as the one
+#                 before) gets a real histogram in place of its fixed plot,
+#                 its percentiles drawn as lines across it: the `detect`
+#                 suite's detect_bin_<LO>us give detect_time.png.  Results
+#                 without bins keep the percentile bars.
 #   N series      any suite's metrics named PREFIX_MEASURE_N (a trailing
 #                 integer N, at least two values of N for the same name) are
 #                 drawn as MEASURE against N, one line per PREFIX: e.g. the
@@ -171,6 +179,18 @@ _GROUPS: list[tuple[str, str, str, str, list[tuple[str, dict[str, str]]]]] = [
     ),
 ]
 
+# (suite, file stem of the fixed plot it replaces, title, bin metric prefix,
+#  [(percentile metric in ms, label), ...])
+_HISTOGRAMS: list[tuple[str, str, str, str, list[tuple[str, str]]]] = [
+    (
+        "detect",
+        "detect_time",
+        "Time for the heartbeat to hand on a blocked VM",
+        "detect_bin_",
+        [("detect_p50_ms", "p50"), ("detect_p99_ms", "p99")],
+    ),
+]
+
 _N_METRIC = re.compile(r"^(?P<prefix>[a-z0-9]+)_(?P<measure>[a-z0-9_]+?)_(?P<n>\d+)$")
 
 
@@ -240,6 +260,38 @@ def _bar_plot(plt: Any, out: pathlib.Path, figures: dict[str, float], spec: tupl
     return _save(plt, fig, out / f"{stem}.png")
 
 
+def histogram_bins(figures: dict[str, Any], prefix: str) -> list[tuple[int, int]]:
+    """[(LO in us, count), ...] sorted by LO, from the metrics PREFIX<LO>us of one suite."""
+    bin_metric = re.compile(rf"^{re.escape(prefix)}(\d+)us$")
+    found = [(int(m[1]), int(v)) for k, v in _numbers(figures).items() if (m := bin_metric.match(k))]
+    return sorted(found)
+
+
+def _histogram_plot(plt: Any, out: pathlib.Path, figures: dict[str, float], spec: tuple) -> pathlib.Path | None:
+    _, stem, title, prefix, lines = spec
+    bins = histogram_bins(figures, prefix)
+    if sum(count for _, count in bins) < 2:
+        return None
+    edges_ms = [lo / 1000 for lo, _ in bins]
+    ratio = edges_ms[-1] / edges_ms[-2] if len(bins) > 1 and edges_ms[-2] > 0 else 2**0.5
+    edges_ms.append(edges_ms[-1] * ratio if edges_ms[-1] > 0 else 1.0)
+    counts = [count for _, count in bins]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.hist(edges_ms[:-1], bins=edges_ms, weights=counts, color="#4c72b0", edgecolor="white")
+    log = edges_ms[0] > 0 and edges_ms[-1] / edges_ms[0] >= 10
+    if log:
+        ax.set_xscale("log")
+    for (metric, label), color in zip(lines, ("#dd8452", "#c44e52", "#8172b3")):
+        if metric in figures:
+            ax.axvline(figures[metric], color=color, linestyle="--", label=f"{label} {figures[metric]:.2f} ms")
+    ax.set_xlabel("ms" + (" (log scale)" if log else ""))
+    ax.set_ylabel("samples")
+    ax.set_title(f"{title}: {sum(counts)} samples", fontsize=10)
+    if any(metric in figures for metric, _ in lines):
+        ax.legend(fontsize=8)
+    return _save(plt, fig, out / f"{stem}.png")
+
+
 def _group_plot(plt: Any, out: pathlib.Path, figures: dict[str, float], spec: tuple) -> pathlib.Path | None:
     _, stem, title, ylabel, groups = spec
     contenders = list(dict.fromkeys(c for _, metrics in groups for c in metrics))
@@ -295,8 +347,16 @@ def plots(results: dict[str, Any], out: pathlib.Path) -> dict[str, list[pathlib.
     plt = _pyplot()
     drawn: dict[str, list[pathlib.Path]] = defaultdict(list)
     draw: list[tuple[str, Callable[[], pathlib.Path | None]]] = []
+    histograms = {
+        (h[0], h[1]): h
+        for h in _HISTOGRAMS
+        if isinstance(results.get(h[0]), dict) and sum(n for _, n in histogram_bins(results[h[0]], h[3])) >= 2
+    }
     for spec in _BARS:
-        if isinstance(results.get(spec[0]), dict):
+        if (spec[0], spec[1]) in histograms:
+            hspec = histograms[spec[0], spec[1]]
+            draw.append((spec[0], lambda s=hspec: _histogram_plot(plt, out, _numbers(results[s[0]]), s)))
+        elif isinstance(results.get(spec[0]), dict):
             draw.append((spec[0], lambda s=spec: _bar_plot(plt, out, _numbers(results[s[0]]), s)))
     for gspec in _GROUPS:
         if isinstance(results.get(gspec[0]), dict):

@@ -13,6 +13,14 @@
 #       detection, so every sample is one detection.  t0 is taken in Python
 #       just before vmown.callout, so the few hundred ns of the call's entry
 #       are counted in, which errs on the pessimistic side.
+#   detect_bin_<LO>us
+#       The samples as a histogram, for the report's plot (benchmarks/
+#       report.py): how many fell in [LO, next LO) us.  The edges are a
+#       ladder of ratio sqrt(2) from 10 us (10, 14, 20, 28, 40, 57, 80, 113,
+#       ... 20480): detections range from tens of us (a hand-over at the
+#       disown) to a few ticks.  Only the bins from the first non-empty one
+#       to the last are kept, so a plot knows every edge; the first holds the
+#       samples below 10 us too, and the last ladder bin everything above.
 #   activation_rate_short, activation_rate_long
 #       Process B loops on `await vmown.checkpoint()`: runnable all along.
 #       Process A makes N calls of block_us(500) (then N of block_us(3000))
@@ -59,6 +67,7 @@
 
 from __future__ import annotations
 
+import bisect
 import time
 from typing import Any
 
@@ -70,6 +79,7 @@ DETECT_QUICK, DETECT_FULL = 150, 400
 RATES_QUICK, RATES_FULL = (600, 200), (2_000, 600)
 SHORT_US, LONG_US, BLOCK_US = 500, 3_000, 20_000
 TICK_NS = 1_000_000  # at hz=1000
+EDGES_US = [round(10 * 2 ** (k / 2)) for k in range(23)]  # detect_bin_<LO>us: 10 us .. 20.48 ms
 SERVED = 1_000  # a call's count when a queued server, not the heartbeat, took the VM
 
 
@@ -97,6 +107,17 @@ def _detection_ms(vmown: Any, lib: Any, samples: int) -> list[float]:
 
 
 Calls = dict[int, list[tuple[int, int, int, int]]]
+
+
+def histogram(latencies_ms: list[float]) -> dict[str, int]:
+    """detect_bin_<LO>us -> samples in [LO, next LO) us, from the first non-empty bin to the last."""
+    counts = [0] * len(EDGES_US)
+    for ms in latencies_ms:
+        counts[max(bisect.bisect_right(EDGES_US, ms * 1000) - 1, 0)] += 1
+    used = [i for i, n in enumerate(counts) if n]
+    if not used:
+        return {}
+    return {f"detect_bin_{EDGES_US[i]}us": counts[i] for i in range(used[0], used[-1] + 1)}
 
 
 def _taken(stats: dict[str, int]) -> int:
@@ -191,4 +212,5 @@ def run(quick: bool) -> dict[str, float]:
         "goal_detect_p99_le_2_5_ms": p99 <= 2.5,
         "goal_activation_rate_short_eq_0": rate_short == 0,
         "goal_activation_rate_long_eq_1": rate_long == 1,
+        **histogram(latencies),
     }

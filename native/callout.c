@@ -32,13 +32,15 @@
  *
  * A thread that is not bound, or does not own the VM, makes a plain call:
  * begin returns 0 and end does nothing.  Tokens: the slot, with LAZY set if
- * the callout went out lazily.
+ * the callout went out lazily, and UNCOUNTED for vmown_callout_begin_eager's
+ * callouts, whose callers count their own figures ("Figures per tag").
  *
  * The binding is thread-local (C11 _Thread_local): per thread of this
  * process, nothing in shared memory.  The initial-exec TLS model makes each
  * access one load off the thread pointer; the default model for a shared
- * object calls __tls_get_addr, twice per callout (docs/design-log.md).  The cost is 16 bytes of the static TLS that the C library
- * keeps for modules loaded later.  Generated wrappers live in other extension
+ * object calls __tls_get_addr, twice per callout (docs/design-log.md).  The
+ * cost is sizeof bound (56 bytes) of the static TLS that the C library keeps
+ * for modules loaded later.  Generated wrappers live in other extension
  * modules; they reach these functions through the table returned by
  * vmown_callout_api, so there is one copy of the core in the process.
  */
@@ -48,15 +50,24 @@
 
 #include <errno.h>
 
-#define LAZY 0x80000000u  /* token bit: slots are < 2^20 */
+#define LAZY 0x80000000u     /* token bits: slots are < 2^20 */
+#define UNCOUNTED 0x40000000u  /* begin_eager's: no figures counted here */
+#define SLOT_OF(token) ((token) & ~(LAZY | UNCOUNTED))
+#define COUNTED(token) (((token) & UNCOUNTED) == 0)
+
+/* What a counted callout met on its way back (`bound.outcome`), for its
+ * figures; set on the slow paths only, cleared when it is counted. */
+enum { WAITED = 1, REVOKED = 2 };
 
 static _Thread_local struct {
     vmown_vm *vm;
-    uint32_t slot;
     uint64_t tag;    /* of the callout out now */
-    uint32_t epoch;  /* of the owner word after an eager callout's disown */
     vmown_resume_fn resume;  /* called when a callout comes back to a VM taken meanwhile */
     void *resume_arg;
+    uint64_t start_ns;  /* when the counted callout out now began, if timed; else 0 */
+    uint32_t slot;
+    uint32_t epoch;  /* of the owner word after an eager callout's disown */
+    uint32_t outcome;  /* WAITED | REVOKED, of the counted callout out now */
 } bound __attribute__((tls_model("initial-exec")));
 
 /* Hints, per tag (per C function: wrappers tag with their function's
@@ -151,6 +162,111 @@ static void eager_back(uint64_t tag, bool taken) {
     atomic_store_explicit(&hints[i].eager_left, taken ? EAGER_AFTER_REVOCATION : left - 1, memory_order_relaxed);
 }
 
+/* Figures per tag (vmown_callout_stats_read, vmown.callout_stats): which C
+ * call blocks the program.  Counted for the callouts of vmown_callout_begin
+ * (the generated wrappers', and any C caller's); vmown_callout_begin_eager's
+ * callers count their own (vmown.callout and vmown.threaded do, in
+ * native/pyext/callout_ext.c), so those are left out here.
+ *
+ * A row per tag, found by probing a few entries from the tag's hash; a tag
+ * that finds no room counts in `others`, and so does tag 0 (or in an
+ * unclaimed row, which the reader shows as tag 0).  A row is claimed with a
+ * CAS and never given back.  Every figure is written by the thread that
+ * owns the VM again after the callout, so within one VM the updates are
+ * serialised by ownership and plain relaxed load-and-store suffices (no
+ * locked instruction on the callout's path); callouts of the same function
+ * returning at the same instant to two VMs of one process may lose a count.
+ *
+ * Which callouts count is in the token (UNCOUNTED), so begin writes nothing
+ * for them; end costs a row lookup (a multiply, a load and a compare) and one
+ * increment.  `handed_over` (the callout came back to find the VM taken and
+ * waited to own it) and `revocations` (the heartbeat took the VM from a lazy
+ * callout) are noted in `bound.outcome` on the slow paths only.  Times
+ * take two CLOCK_MONOTONIC reads per callout, so they are taken only while
+ * `timing` is on (vmown_callout_timing: vmown.run(..., callout_times=True)
+ * or monitor=). */
+#define STATS 256
+#define STATS_PROBES 8
+struct stat_row {
+    _Atomic uint64_t tag;
+    _Atomic uint64_t calls, handed_over, revocations, out_ns, longest_ns;
+    uint64_t pad[2];  /* 64 bytes: a row is a line, and an index a shift */
+};
+static _Alignas(64) struct stat_row stats[STATS], others;
+static _Atomic int timing;
+
+/* The row of a tag not in its first entry: probe, and claim an empty one. */
+static __attribute__((noinline)) struct stat_row *row_claim(uint64_t tag, unsigned i) {
+    if (tag == 0) return &others;
+    for (unsigned k = 0; k < STATS_PROBES; k++, i = (i + 1) % STATS) {
+        uint64_t seen = atomic_load_explicit(&stats[i].tag, memory_order_relaxed);
+        if (seen == 0 && atomic_load_explicit(&stats[i].calls, memory_order_relaxed) == 0 &&  /* not tag 0's */
+            atomic_compare_exchange_strong_explicit(&stats[i].tag, &seen, tag, memory_order_relaxed,
+                                                    memory_order_relaxed))
+            return &stats[i];
+        if (seen == tag) return &stats[i];
+    }
+    return &others;
+}
+
+/* Tag 0 may match an unclaimed row: the row's figures then read as tag 0's,
+ * which is where they belong (`others` and such rows are shown together). */
+static inline struct stat_row *row_of(uint64_t tag) {
+    unsigned i = hint_of(tag) % STATS;
+    if (likely(atomic_load_explicit(&stats[i].tag, memory_order_relaxed) == tag)) return &stats[i];
+    return row_claim(tag, i);
+}
+
+static inline void add(_Atomic uint64_t *figure, uint64_t n) {
+    atomic_store_explicit(figure, atomic_load_explicit(figure, memory_order_relaxed) + n, memory_order_relaxed);
+}
+
+static inline uint64_t clock_ns(void) { return (uint64_t)vmown__now_ns(); }
+
+/* A counted callout is back, owning the VM again: count it.  Its start is
+ * stamped only while timing is on, and cleared here, so an untimed callout
+ * writes nothing to `bound` for its figures. */
+static inline void count_back(void) {
+    struct stat_row *row = row_of(bound.tag);
+    add(&row->calls, 1);
+    if (unlikely(bound.outcome != 0)) {
+        add(&row->handed_over, 1);
+        if (bound.outcome & REVOKED) add(&row->revocations, 1);
+        bound.outcome = 0;
+    }
+    if (unlikely(bound.start_ns != 0)) {
+        uint64_t out = clock_ns() - bound.start_ns;
+        bound.start_ns = 0;
+        add(&row->out_ns, out);
+        if (out > atomic_load_explicit(&row->longest_ns, memory_order_relaxed))
+            atomic_store_explicit(&row->longest_ns, out, memory_order_relaxed);
+    }
+}
+
+int vmown_callout_timing(int on) {
+    return atomic_exchange_explicit(&timing, on != 0, memory_order_relaxed);
+}
+
+static void read_row(struct stat_row *row, vmown_callout_stat *out) {
+    out->tag = row == &others ? 0 : atomic_load_explicit(&row->tag, memory_order_relaxed);
+    out->calls = atomic_load_explicit(&row->calls, memory_order_relaxed);
+    out->handed_over = atomic_load_explicit(&row->handed_over, memory_order_relaxed);
+    out->revocations = atomic_load_explicit(&row->revocations, memory_order_relaxed);
+    out->out_ns = atomic_load_explicit(&row->out_ns, memory_order_relaxed);
+    out->longest_ns = atomic_load_explicit(&row->longest_ns, memory_order_relaxed);
+}
+
+int vmown_callout_stats_read(vmown_callout_stat *out, int max) {
+    int n = 0;
+    for (unsigned i = 0; i <= STATS; i++) {
+        struct stat_row *row = i < STATS ? &stats[i] : &others;
+        if (atomic_load_explicit(&row->calls, memory_order_relaxed) == 0) continue;
+        if (out && n < max) read_row(row, &out[n]);
+        n++;
+    }
+    return n;
+}
+
 int vmown_bind_thread(vmown_vm *vm, uint32_t slot) {
     if (vm && (slot < 1 || slot > vm->nslots)) return VMOWN_EBADSLOT;
     bound.vm = vm;
@@ -175,27 +291,31 @@ void vmown__unbind_if(vmown_vm *vm, uint32_t slot) {
 uint32_t vmown_callout_begin(uint64_t tag) {
     vmown_vm *vm = bound.vm;
     if (!vm) return 0;
-    bound.tag = tag;
     /* The epoch our eager disown releases at: read before it, as the owner
      * (after it, a worker handed the VM may already have parked and moved
      * the epoch again, and the callout would look untaken). */
     uint32_t released = vmown_epoch(vm) + 1;
+    /* Stamped before the disown: once out, the callout's time runs. */
+    uint64_t start_ns = unlikely(atomic_load_explicit(&timing, memory_order_relaxed)) ? clock_ns() : 0;
     int rc = unlikely(blocks_hint(tag)) ? vmown__callout_hand_over(vm, bound.slot, tag)
                                         : vmown__callout_disown(vm, bound.slot, tag, eager_hint(tag));
+    if (rc < 0) return 0;  /* not out (a nested callout): the one out keeps its state */
+    bound.tag = tag;
+    if (unlikely(start_ns != 0)) bound.start_ns = start_ns;
     if (rc == 0) bound.epoch = released;
-    return rc < 0 ? 0 : rc ? bound.slot | LAZY : bound.slot;
+    return rc ? bound.slot | LAZY : bound.slot;
 }
 
 uint32_t vmown_callout_begin_eager(uint64_t tag) {
     vmown_vm *vm = bound.vm;
     if (!vm) return 0;
-    bound.tag = tag;
     uint32_t released = vmown_epoch(vm) + 1;  /* as in vmown_callout_begin */
     int rc = unlikely(blocks_hint(tag)) ? vmown__callout_hand_over(vm, bound.slot, tag)
                                         : vmown__callout_disown(vm, bound.slot, tag, true);
     if (rc < 0) return 0;
+    bound.tag = tag;
     bound.epoch = released;
-    return bound.slot;
+    return bound.slot | UNCOUNTED;
 }
 
 /* Owning again after the VM was taken meanwhile: the front end's hook. */
@@ -206,10 +326,11 @@ static int taken_back(uint32_t slot) {
 
 /* 1 if the caller owns the VM again, 0 if it must wait for it. */
 static int back(uint32_t token, bool wait) {
-    uint32_t slot = token & ~LAZY;
+    uint32_t slot = SLOT_OF(token);
     if (token & LAZY) {
         if (vmown__lazy_return(bound.vm, slot) == 0) return 1;
         revoked(bound.tag);
+        if (COUNTED(token)) bound.outcome |= REVOKED;
     } else {
         int rc = vmown_try_own(bound.vm, slot);
         if (unlikely(eager_hint(bound.tag) || bound.resume != NULL)) {
@@ -223,6 +344,7 @@ static int back(uint32_t token, bool wait) {
         eager_duration(bound.tag, slot);
         if (rc == 1) return 1;
     }
+    if (COUNTED(token)) bound.outcome |= WAITED;
     int rc = wait ? vmown_own(bound.vm, slot) : vmown_try_own(bound.vm, slot);
     if (wait ? rc == 0 : rc == 1) return taken_back(slot);
     if (wait || rc < 0) vmown__fatal("vmown_callout_end: own", rc == VMOWN_EBROKEN ? EIO : EINVAL);
@@ -233,6 +355,7 @@ void vmown_callout_end(uint32_t token) {
     if (!token) return;
     int saved = errno;
     (void)back(token, true);
+    if (COUNTED(token)) count_back();
     errno = saved;
 }
 
@@ -240,6 +363,7 @@ int vmown_callout_try_end(uint32_t token) {
     if (!token) return 1;
     int saved = errno;
     int rc = back(token, false);
+    if (rc && COUNTED(token)) count_back();
     errno = saved;
     return rc;
 }

@@ -385,6 +385,26 @@ VMOWN_EXTERN int vmown_callout_try_end(uint32_t token);
  * get the VM. */
 VMOWN_EXTERN uint32_t vmown_callout_begin_eager(uint64_t tag);
 
+/* Figures per tag of the callouts of vmown_callout_begin in this process,
+ * since it started, over every VM (those of vmown_callout_begin_eager are
+ * left to their caller to count).  tag 0: the callouts whose tag found no
+ * row (there are 256), and those of tag 0.  calls: callouts that went out
+ * (begin gave a token) and came back; handed_over: of these, the ones that
+ * came back to find the VM taken and waited to own it again (revocations
+ * included); revocations: lazy callouts the heartbeat took the VM from;
+ * out_ns, longest_ns: time out of the VM, the wait to own it again
+ * included, taken only while vmown_callout_timing is on. */
+typedef struct {
+    uint64_t tag;
+    uint64_t calls, handed_over, revocations, out_ns, longest_ns;
+} vmown_callout_stat;
+/* Copies up to max rows (those with calls) into out; returns how many rows
+ * there are (more than max: call again with a larger out; out may be NULL). */
+VMOWN_EXTERN int vmown_callout_stats_read(vmown_callout_stat *out, int max);
+/* Whether callouts of vmown_callout_begin are timed from now on (two clock
+ * reads each; off by default), process-wide; returns whether they were. */
+VMOWN_EXTERN int vmown_callout_timing(int on);
+
 /* Fields are only ever appended (a reader of version 1 that knows fewer
  * fields still reads the ones it knows); the version changes only if a
  * field's meaning does. */

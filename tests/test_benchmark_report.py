@@ -83,6 +83,29 @@ def test_a_report_from_results_has_every_plot_its_figures_allow(tmp_path: pathli
     assert json.loads((tmp_path / "results.json").read_text()) == results
 
 
+def test_detection_samples_are_binned_and_drawn_as_a_histogram(tmp_path: pathlib.Path) -> None:
+    import suite_detect
+
+    bins = suite_detect.histogram([0.005, 0.011, 0.015, 0.016, 0.041, 0.95, 1.0, 30.0])
+    assert bins == {
+        "detect_bin_10us": 1 + 1,  # the first bin holds what is below it too
+        "detect_bin_14us": 2,
+        "detect_bin_20us": 0,  # empty bins between used ones are kept: the plot knows every edge
+        "detect_bin_28us": 0,
+        "detect_bin_40us": 1,
+        **{f"detect_bin_{lo}us": 0 for lo in (57, 80, 113, 160, 226, 320, 453, 640)},
+        "detect_bin_905us": 2,
+        **{f"detect_bin_{lo}us": 0 for lo in (1280, 1810, 2560, 3620, 5120, 7241, 10240, 14482)},
+        "detect_bin_20480us": 1,  # the last bin holds what is above it
+    }
+    assert report.n_series(bins) == {}  # bins are not an N series
+    assert report.histogram_bins(bins, "detect_bin_")[:3] == [(10, 2), (14, 2), (20, 0)]
+    results = {"machine": _machine(), "detect": {"detect_p50_ms": 0.041, "detect_p99_ms": 30.0, **bins}}
+    pngs = report.write(results, tmp_path, markdown)
+    assert [p.name for p in pngs] == ["detect_time.png"]
+    _assert_valid_png(pngs[0])
+
+
 def test_run_report_on_quick_writes_valid_pngs(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "report"
     proc = subprocess.run(

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from types import ModuleType
+from typing import Any
 
 import pytest
 from cffi import FFI
@@ -22,6 +23,7 @@ from .support import run_threads, wait_until
 DECLARATIONS = """
 int block_ms(int ms);
 int block_us(int us);
+int stay_ms(int ms);
 int fail_with(int code);
 int fail_after_ms(int ms, int code);
 void nothing(void);
@@ -41,6 +43,7 @@ int block_us(int us) {
     nanosleep(&ts, NULL);
     return us;
 }
+int stay_ms(int ms) { return block_ms(ms); }
 int fail_with(int code) { errno = code; return -1; }
 int fail_after_ms(int ms, int code) { block_ms(ms); errno = code; return -1; }
 void nothing(void) {}
@@ -247,6 +250,92 @@ def test_errno_survives_the_wait_for_ownership(module: ModuleType) -> None:
     assert lib.fail_with_threaded(errno.ENOENT) == -1 and ffi.errno == errno.ENOENT  # fast path too
     vm.disown()
     vm.close()
+
+
+_NO_CALLS = {"calls": 0, "handed_over": 0, "revocations": 0, "total_out_s": 0.0, "longest_out_s": 0.0}
+
+
+def _wrapper_row(name: str) -> dict[str, Any]:
+    """vmown.callout_stats()'s row of a generated wrapper (zeros if none yet)."""
+    rows = [row for row in vmown.callout_stats() if row["name"] == name and row["kind"] == "wrapper"]
+    assert len(rows) <= 1, rows
+    return rows[0] if rows else dict(_NO_CALLS)
+
+
+def _grown(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    return {key: after[key] - before[key] for key in _NO_CALLS}
+
+
+def test_callout_stats_show_a_blocking_wrapped_call_revoked_while_a_process_waits(module: ModuleType) -> None:
+    """stay_ms is called only here: its first call goes out lazily, the
+    ticker needs the VM, the heartbeat revokes it, and the call comes back
+    to a VM taken and waits.  Its row (kind "wrapper", named by the C
+    function) counts the calls, the revocation and the wait; the times are
+    at least the calls' own lengths (lower bounds, and a sanity ceiling)."""
+    lib = module.lib
+    vmown.bind_threaded(lib)
+    before = _wrapper_row("stay_ms")
+
+    async def ticker(stop: vmown.Event) -> None:
+        while not stop.is_set():
+            await vmown.sleep(0.001)
+
+    async def main() -> None:
+        stop = vmown.Event()
+        process = vmown.spawn(ticker, stop)
+        await vmown.sleep(0.01)
+        for _ in range(3):
+            assert lib.stay_ms_threaded(50) == 50
+        stop.set()
+        await process
+
+    assert lib.stay_ms_threaded(1) == 1  # outside a run: a plain call, not counted
+    vmown.run(main, callout_times=True)
+    grown = _grown(before, _wrapper_row("stay_ms"))
+    assert grown["calls"] == 3, grown
+    assert grown["revocations"] >= 1 and grown["handed_over"] >= grown["revocations"], grown
+    assert 0.12 <= grown["total_out_s"] < 60, grown
+    assert 0.04 <= _wrapper_row("stay_ms")["longest_out_s"] < 30, grown
+
+
+def test_callout_stats_count_wrapped_calls_untimed_unless_asked(module: ModuleType) -> None:
+    lib = module.lib
+    vmown.bind_threaded(lib)
+    before = _wrapper_row("twice")
+
+    async def main() -> None:
+        for _ in range(100):
+            lib.twice_threaded(1.5)
+
+    vmown.run(main)
+    grown = _grown(before, _wrapper_row("twice"))
+    assert grown["calls"] == 100 and grown["total_out_s"] == 0, grown
+
+
+def test_top_shows_the_rows_of_wrapped_calls(module: ModuleType, tmp_path: pathlib.Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The monitor publishes callout_stats(), wrapper rows included, and
+    python -m vmown top shows them with their kind."""
+    from vmown.__main__ import main as vmown_main
+
+    lib = module.lib
+    vmown.bind_threaded(lib)
+    path = tmp_path / "wrapped.vmown"
+
+    async def main() -> list[str]:
+        for _ in range(10):
+            lib.block_us_threaded(10)
+        deadline = time.monotonic() + 30
+        while True:
+            await vmown.sleep(0.2)  # the monitor publishes every 0.5 s
+            capsys.readouterr()
+            assert vmown_main(["top", str(path), "--once"]) == 0
+            lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+            rows = [line for line in lines if line[:2] == ["block_us", "wrapper"]]
+            if rows or time.monotonic() > deadline:
+                return rows[0] if rows else lines
+
+    row = vmown.run(main, monitor=path)
+    assert row[:2] == ["block_us", "wrapper"] and int(row[2]) >= 10, row
 
 
 def test_bad_declarations_are_refused() -> None:

@@ -220,11 +220,14 @@ def _describe(snap: dict[str, Any], rates: dict[str, float]) -> list[str]:
         )
         functions = run.get("functions") or []
         if functions:
-            lines.append(f"{'function':>24} {'calls':>9} {'handed over':>11} {'revoked':>8} {'out s':>9} {'longest ms':>10}")
+            lines.append(
+                f"{'function':>24} {'kind':>8} {'calls':>9} {'handed over':>11} {'revoked':>8} {'out s':>9} "
+                f"{'longest ms':>10}"
+            )
             for row in functions[:15]:
                 lines.append(
-                    f"{row['name'][:24]:>24} {row['calls']:>9} {row['handed_over']:>11} {row['revocations']:>8} "
-                    f"{row['total_out_s']:>9.3f} {row['longest_out_s'] * 1e3:>10.1f}"
+                    f"{row['name'][:24]:>24} {row.get('kind', '')[:8]:>8} {row['calls']:>9} {row['handed_over']:>11} "
+                    f"{row['revocations']:>8} {row['total_out_s']:>9.3f} {row['longest_out_s'] * 1e3:>10.1f}"
                 )
     lines.append(f"{'slot':>5} {'state':>8} {'pid':>8} {'tid':>8} {'prio':>5} {'role':>6} {'callout':>18}")
     for s in snap["slots"]:

@@ -54,6 +54,10 @@ from ._scheduler import _here, _owns, _ThreadState
 
 # The token bit of a lazy callout (native/callout.c, LAZY): slots are < 2^20.
 _LAZY = 0x80000000
+# The token bit of a callout whose figures the core does not count
+# (native/callout.c, UNCOUNTED): the callback's end is not a callout of its
+# own, and the callout it interrupts is counted once, at its own end.
+_UNCOUNTED = 0x40000000
 
 __all__ = ["callback"]
 
@@ -108,7 +112,8 @@ def _in_callout(token: _token.RunToken, here: _ThreadState, fn: Callable[..., T]
     """(a): own the VM on a thread of the run, in a callout (lazy or eager) or not; run ``fn``."""
     if _owns() and not _lazy_out(here):  # an owner outside any callout
         return fn(*args)
-    lib.vmown_callout_end(here.slot | _LAZY)  # T5: the lazy seq made even, then own (waits, GIL released)
+    # T5: the lazy seq made even, then own (waits, GIL released)
+    lib.vmown_callout_end(here.slot | _LAZY | _UNCOUNTED)
     try:
         return fn(*args)
     finally:

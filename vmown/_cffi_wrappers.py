@@ -31,6 +31,12 @@
 # name) and interrupts the thread if the tag is registered (_callout.py,
 # "The per-call state word").
 #
+# Figures.  The core counts each wrapper's callouts by tag (native/callout.c,
+# "Figures per tag"): calls, waits for the VM, revocations, and time out
+# while a run asks for times.  vmown.callout_stats() names the rows of the
+# tags bind_threaded learnt (kind "wrapper"); the wrapper adds nothing for
+# them.
+#
 # The generated code does not include vmown.h: the user's build need not know
 # where it is.  It reaches the core through the table of function pointers
 # from vmown_callout_api (one copy of the core per process), checked by
@@ -217,12 +223,15 @@ def bind_threaded(module_lib: Any, *, interrupt: Mapping[str, Any] | None = None
             raise ValueError(f"{name!r} has no wrapper in {module_lib!r} (name the original function)")
         tags[tag] = how
     tag_of = getattr(module_lib, "_vmown_threaded_tag", None)
-    if tag_of is not None:  # names for observers (top, stacks, the watchdog): a tag is the original's address
+    if tag_of is not None:
+        # Names for observers (top, stacks, the watchdog, callout_stats):
+        # a tag is the original's address.
         for name in dir(module_lib):
             if not name.startswith("_vmown_"):
                 tag = int(ffi.cast("uintptr_t", tag_of(name.encode())))
                 if tag:
                     _callout._tag_names[tag] = name
+                    _callout._wrapper_tags.add(tag)
     if init(int(ffi.cast("uintptr_t", lib.vmown_callout_api()))) != 0:
         raise RuntimeError("the module's wrappers were generated for another callout API version; rebuild it")
     _callout._c_interrupts.update(tags)

@@ -1450,7 +1450,9 @@ def run(
     if monitor is None:
         monitor = os.environ.get(_monitor.ENV_VAR) or None
     rt = _Runtime(max_threads, idle_timeout, os.fspath(monitor) if monitor is not None else None)
-    timing_was = _callout_ext.set_timing(True) if callout_times or rt.monitor is not None else None
+    from ._callout import _set_timing  # here: _callout imports this module
+
+    timing_was = _set_timing(True) if callout_times or rt.monitor is not None else None
     me = _enter(rt, run_thread=True)
     _runs.add(rt)
     try:
@@ -1492,7 +1494,7 @@ def run(
                 _shutdown(rt, me)
                 _leave()
                 if timing_was is not None:
-                    _callout_ext.set_timing(timing_was)
+                    _set_timing(timing_was)
                 if rt.monitor is not None:
                     rt.monitor.stop()
                 _close_ownership(rt)
