@@ -282,6 +282,7 @@ def test_a_callback_inside_a_lazy_c_wrapper_call_owns_the_vm_alone(wrapped: Any)
     assert vmown.run(main) == 70
     assert state["count"] == 70
     assert state["overlaps"] == 0 and state["not_owner"] == 0 and state["lazy"] == 0
+    assert calls() - before == 2  # the wrapped calls, each once: a callback's own is not a callout
 
 
 # ---- cffi's API mode: @ffi.def_extern over vmown.callback ----
@@ -454,4 +455,3 @@ def test_def_extern_exceptions_without_onerror_are_unraisable_and_return_error(
     assert (ValueError, "compare") in reported
     assert sorted(r for r in reported if r[0] is KeyError) == [(KeyError, "'tick 0'"), (KeyError, "'tick 1'")]
     assert len(reported) == 3  # qsort of 2 compares once
-    assert calls() - before == 2  # the wrapped calls, each once: a callback's own is not a callout
