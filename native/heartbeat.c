@@ -247,7 +247,11 @@ static bool hand_on(struct tick *t, const struct observation *o) {
 
 /* QUIET_TICKS ticks with nothing to do: sleep until somebody needs us. */
 static void sleep_if_quiet(struct tick *t, struct observation *o) {
-    if (o->slow || ++t->quiet < QUIET_TICKS) return;
+    /* Slow keeps the heartbeat awake for the servers it tops up; without
+     * servers (vmown_heartbeat_set_servers) a slow owner needs nothing of it
+     * until a callout, whose begin wakes it. */
+    bool servers = !atomic_load_explicit(&t->vm->no_servers, memory_order_relaxed);
+    if ((o->slow && servers) || ++t->quiet < QUIET_TICKS) return;
     sleep_until_needed(t->vm, &o->w, &o->seq);
     t->quiet = 0;
     t->seen_at = vmown__now_ns();

@@ -140,11 +140,7 @@ _set_work = lib.vmown_set_work
 _EINTR = lib.VMOWN_EINTR
 _ETIMEDOUT = lib.VMOWN_ETIMEDOUT
 _INTERRUPTIBLE = lib.VMOWN_WAIT_INTERRUPTIBLE
-_WORK_TAKEN = lib.VMOWN_WORK_TAKEN
 _WORK_RUNNABLE = lib.VMOWN_WORK_RUNNABLE
-# Added to the work word at each iteration: more than the heartbeat's
-# servers threshold can ever be, so one iteration per tick reads as progress.
-_PROGRESS = 1 << 20
 
 
 class _LoopThread:
@@ -206,14 +202,12 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         self._vm_max_threads = max_threads
         self._vm_idle_timeout_ns = _scheduler._timeout_ns(idle_timeout, "idle_timeout")
         # The waiter count, read in place between callbacks (a plain load),
-        # and the work words the heartbeat reads: [_WORK_TAKEN] moves by
-        # _PROGRESS at every iteration, so that the heartbeat reads a loop
-        # that reaches an iteration within a tick as moving, and queues a
-        # server for it only when it does not (a callback or a lazy callout
-        # that holds the VM a whole tick: native/heartbeat.c, "Servers").
+        # and the work words the heartbeat reads (_publish).  The loop leaves
+        # [_WORK_TAKEN] alone: with servers off (_start_threads) the
+        # heartbeat reads it only to decide whether it may sleep, and a loop
+        # that owns the VM while it needs a thread keeps it ticking.
         self._vm_waiters = memoryview(ffi.buffer(lib.vmown_waiters_word(cb), 4)).cast("I")
         self._vm_work = memoryview(ffi.buffer(lib.vmown_work_words(cb), 16)).cast("Q")
-        self._vm_progress = 0
         # The selector's wait as a callout (_poll).
         self._vm_select = threaded(self._selector.select)
         # For the callout path's resume hook and the pool's entry; dropped at close().
@@ -334,7 +328,7 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         sys.set_asyncgen_hooks(firstiter=self._asyncgen_firstiter_hook, finalizer=self._asyncgen_finalizer_hook)
         try:
             self._settle(me, False)
-            lib.vmown_workers_want(self._vm_cb, 1)  # this one is busy now: keep a spare parked
+            self._want_spares()  # this one is busy now: keep spares parked
             while self._iteration(me):
                 pass
         except BaseException as exc:  # noqa: BLE001 - a callback's SystemExit, KeyboardInterrupt...: the home thread raises it
@@ -364,23 +358,23 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
     # ---- one iteration ----
 
     def _run_once(self) -> None:
-        if not self._vm_running:
-            return super()._run_once()  # type: ignore[misc, no-any-return]
         home = self._vm_home
-        assert home is not None
+        if home is None:  # not between run_forever's set-up and teardown
+            return super()._run_once()  # type: ignore[misc, no-any-return]
         self._iteration(home)
-        if self._stopping or self._vm_closing:
+        if self._stopping or self._vm_closing or self._vm_fatal is not None:
+            if self._vm_fatal is not None:
+                self._stopping = True
             self._quiesce(home)
-        if self._vm_fatal is not None:
-            self._stopping = True
 
     def _iteration(self, me: _LoopThread) -> bool:
         """One iteration of the loop on the owner: asyncio's _run_once, giving the VM up between callbacks.
 
         Returns False for a worker that leaves (not owning the VM), True
-        otherwise (owning it).
+        otherwise (owning it).  This is the hot path: per callback it adds
+        one load of the waiter count to asyncio's own loop.
         """
-        if (self._stopping or self._vm_closing) and not me.home:  # E3
+        if not me.home and (self._stopping or self._vm_closing):  # E3
             if self._vm_polling:
                 self._write_to_self()  # the home thread may be the poller
             lib.vmown_unpark(self._vm_cb, self._vm_home.slot if self._vm_home else 0)
@@ -420,7 +414,7 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
             return self._park(me)  # another thread waits in the selector (E1)
         else:
             event_list = self._poll(me, timeout)
-            if (self._stopping or self._vm_closing) and not me.home:
+            if not me.home and (self._stopping or self._vm_closing):
                 # E3: the loop stopped while this worker polled.  The loop
                 # ends with the iteration that stopped it, as asyncio's does;
                 # the selector is level-triggered, so these events are
@@ -431,30 +425,32 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
 
         end_time = self.time() + self._clock_resolution
         scheduled = self._scheduled
-        due = []
-        while scheduled:
-            timer = scheduled[0]
-            if timer._when >= end_time:
-                break
-            timer = heapq.heappop(scheduled)
-            timer._scheduled = False
-            due.append(timer)
-        if due and self._vm_moved:
-            self._timers_first(due)  # E5
-        elif due:
-            ready.extend(due)
-        self._vm_moved = False
+        moved = self._vm_moved
+        if moved:
+            self._vm_moved = False
+        if scheduled and scheduled[0]._when < end_time:
+            due = []
+            while scheduled:
+                timer = scheduled[0]
+                if timer._when >= end_time:
+                    break
+                timer = heapq.heappop(scheduled)
+                timer._scheduled = False
+                due.append(timer)
+            if moved:
+                self._timers_first(due)  # E5
+            else:
+                ready.extend(due)
 
-        self._vm_progress = progress = self._vm_progress + _PROGRESS
-        self._vm_work[_WORK_TAKEN] = progress
         waiters = self._vm_waiters
         popleft = ready.popleft
-        ntodo = len(ready)
-        while ntodo > 0 and ready:  # another thread may have run some meanwhile
-            ntodo -= 1
+        for _ in range(len(ready)):
             if waiters[0]:  # a thread waits for the VM: let it in between callbacks
                 return self._park(me)
-            handle = popleft()
+            try:
+                handle = popleft()
+            except IndexError:  # another thread ran some meanwhile (this one was out in a callout)
+                break
             if handle._cancelled:
                 continue
             if self._debug:
@@ -546,11 +542,19 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
                 return False
             self._own(me)
         elif not me.home:
-            lib.vmown_workers_want(self._vm_cb, 1)  # activated: keep a spare parked
+            self._want_spares()  # activated: keep spares parked
         if watched and self._vm_watched == watched:
             self._vm_watched = 0.0
         self._settle(me, False)
         return True
+
+    def _want_spares(self) -> None:
+        """Owner, having taken the loop over: ask the pool for parked workers (as vmown.run's _ensure_spare).
+
+        One per ready callback up to _SPARES: in a burst of callbacks that
+        each block, each blocked one uses up a parked worker.
+        """
+        lib.vmown_workers_want(self._vm_cb, min(len(self._ready), _scheduler._SPARES) or 1)
 
     def _surplus(self) -> bool:
         out = ffi.new("vmown_heartbeat_stats *")
