@@ -229,6 +229,27 @@ def test_a_timer_added_while_another_thread_polls_without_a_timeout_fires() -> N
     assert 0.009 <= slept < 5.0  # without the published timer it would never fire
 
 
+def test_ready_callbacks_beside_a_poll_selector_poller() -> None:
+    """E7, forced: a worker waits in poll(2) while the loop's thread, back from its callout, runs callbacks."""
+    import selectors
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        usleep(50_000)  # a worker takes over and polls with no timeout
+        beside = 0
+        for _ in range(200):
+            await asyncio.sleep(0)  # an iteration with a callback ready
+            beside += loop._vm_polling
+        return beside
+
+    loop = vmown.aio.EventLoop(selectors.PollSelector())
+    try:
+        beside = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert beside > 0  # iterations ran while the worker was in poll(): no "concurrent poll() invocation"
+
+
 def test_run_forever_returns_only_once_callbacks_on_other_threads_are_done() -> None:
     """E3: the loop stops while a step is out in a callout on another thread."""
     finished: list[str] = []

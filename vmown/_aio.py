@@ -101,6 +101,13 @@
 #     heartbeat activates another thread first, the watcher queues, is
 #     handed the VM at a scheduling point, finds the timer run, and parks.
 #
+# E7. The owner has callbacks ready while another thread polls.
+#       P: epoll_wait / poll (the VM released)   T: ready callbacks: select(0)?
+#     T does not look at the selector: a poll(2) object refuses a second
+#     caller ("concurrent poll() invocation"), and epoll would report the
+#     same level-triggered events to both.  What P collects it processes
+#     once it owns the VM (E1).
+#
 # Rejected designs (docs/design-log.md, "asyncio loop"): moving the blocked
 # task instead of the loop (its frames are on the blocked C stack); one loop
 # per worker (futures belong to one loop); calling run_forever on a worker
@@ -141,6 +148,10 @@ _EINTR = lib.VMOWN_EINTR
 _ETIMEDOUT = lib.VMOWN_ETIMEDOUT
 _INTERRUPTIBLE = lib.VMOWN_WAIT_INTERRUPTIBLE
 _WORK_RUNNABLE = lib.VMOWN_WORK_RUNNABLE
+# A selector rounds its timeout up to whole milliseconds (epoll, poll): a
+# poller waiting for a timer wakes up to this much after it.  Timers within
+# it are the poller's own.
+_POLL_SLACK = 1e-3
 
 
 class _LoopThread:
@@ -409,7 +420,9 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         else:
             timeout = None
         if timeout == 0:
-            event_list = self._selector.select(0)
+            # E7: never beside the poller (poll(2) objects refuse a second
+            # caller; epoll would report the same events to both).
+            event_list = self._selector.select(0) if not self._vm_polling else ()
         elif self._vm_polling:
             return self._park(me)  # another thread waits in the selector (E1)
         else:
@@ -605,7 +618,7 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         scheduled = self._scheduled
         running = self._vm_running
         when = scheduled[0]._when if scheduled and running else 0.0
-        if self._vm_polling and when >= self._vm_poll_until:
+        if self._vm_polling and when >= self._vm_poll_until - _POLL_SLACK:
             when = 0.0  # the poller wakes for it itself: an activation would only race it
         if when != self._vm_timer or not running:
             self._vm_timer = when
@@ -618,7 +631,7 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         if timer._source_traceback:  # debug mode: the caller's frame last, as asyncio's own call_at leaves it
             del timer._source_traceback[-1]
         if self._vm_running and (not self._vm_timer or when < self._vm_timer) and not (
-            self._vm_polling and when >= self._vm_poll_until
+            self._vm_polling and when >= self._vm_poll_until - _POLL_SLACK
         ):  # E4
             self._publish(0 if self._vm_polling and not self._ready else 1)
         return timer
