@@ -40,7 +40,7 @@ def test_stacks_of_a_running_demo_show_owner_callouts_and_parked_workers(tmp_pat
     path = tmp_path / "demo.vmown"
     env = {**os.environ, "VMOWN_MONITOR": str(path)}
     child = subprocess.Popen(
-        [sys.executable, "-m", "vmown", "demo", "--calls", "4000", "--block-fraction", "0.05"],
+        [sys.executable, "-m", "vmown", "demo", "--calls", "40000", "--block-fraction", "0.05"],
         env=env,
         stdout=subprocess.DEVNULL,
     )
