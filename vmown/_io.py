@@ -19,8 +19,9 @@
 #     descriptor is ready or the next timer is due (_scheduler._idle_in_poll).
 #     It released the VM first, so a thread that comes back from a callout
 #     meanwhile takes it with its own CAS at once: nothing has to wake the
-#     poller for that.  The eventfd (Poller.wake) is for the scheduler's own
-#     reasons: the run halts, Ctrl-C.
+#     poller for that.  The eventfd (Poller.wake) is for what does not come
+#     back through the VM: the run halts, Ctrl-C, shutdown, and a token call
+#     from another thread that makes a process runnable (_token.py).
 # No extra thread, no polling loop: at most one thread of a run waits in
 # epoll (`polling`); the other idle ones park in the core as before, where
 # the heartbeat can find them.

@@ -41,7 +41,7 @@
 # run's end for every thread (_finish), before the control block is closed.  Functions run in a
 # copy of main's context: the primitives find a process of the run there.
 #
-# The races (docs/ARCHITECTURE.md, T1-T3):
+# The races (docs/ARCHITECTURE.md, T1-T4):
 #   T1  a call enters while the run shuts down.  `finished` and `inflight`
 #       change under the token's lock: a call counts itself in flight only
 #       while the run is not finished; the run thread, at shutdown (_finish),
