@@ -185,8 +185,9 @@ static void eager_back(uint64_t tag, bool taken) {
  * take two CLOCK_MONOTONIC reads per callout, so they are taken only while
  * `timing` is on (vmown_callout_timing: vmown.run(..., callout_times=True)
  * or monitor=). */
-#define STATS 256
-#define STATS_PROBES 8
+#define STATS_BITS 10
+#define STATS (1u << STATS_BITS)  /* 64 KiB: room for every function a program calls out to */
+#define STATS_PROBES 32
 struct stat_row {
     _Atomic uint64_t tag;
     _Atomic uint64_t calls, handed_over, revocations, out_ns, longest_ns;
@@ -212,7 +213,7 @@ static __attribute__((noinline)) struct stat_row *row_claim(uint64_t tag, unsign
 /* Tag 0 may match an unclaimed row: the row's figures then read as tag 0's,
  * which is where they belong (`others` and such rows are shown together). */
 static inline struct stat_row *row_of(uint64_t tag) {
-    unsigned i = hint_of(tag) % STATS;
+    unsigned i = (unsigned)((tag * 0x9E3779B97F4A7C15ull) >> (64 - STATS_BITS));
     if (likely(atomic_load_explicit(&stats[i].tag, memory_order_relaxed) == tag)) return &stats[i];
     return row_claim(tag, i);
 }
