@@ -214,9 +214,8 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         self._vm_idle_timeout_ns = _scheduler._timeout_ns(idle_timeout, "idle_timeout")
         # The waiter count, read in place between callbacks (a plain load),
         # and the work words the heartbeat reads (_publish).  The loop leaves
-        # [_WORK_TAKEN] alone: with servers off (_start_threads) the
-        # heartbeat reads it only to decide whether it may sleep, and a loop
-        # that owns the VM while it needs a thread keeps it ticking.
+        # [_WORK_TAKEN] alone: the heartbeat reads it to decide on servers,
+        # which the loop turns off (_start_threads).
         self._vm_waiters = memoryview(ffi.buffer(lib.vmown_waiters_word(cb), 4)).cast("I")
         self._vm_work = memoryview(ffi.buffer(lib.vmown_work_words(cb), 16)).cast("Q")
         # The selector's wait as a callout (_poll).
