@@ -47,13 +47,14 @@ def test_callbacks_from_four_c_threads_run_in_the_vm_one_at_a_time(clib: Any) ->
     or a step of a process, the count is exact, and the threads' slots go
     back when they end.  Each thread's first callback waits (in a callout)
     until all four have registered, so that none ends before the count."""
-    state = {"count": 0, "inside": 0, "stepping": False, "overlaps": 0, "not_owner": 0, "steps": 0}
+    state = {"count": 0, "inside": 0, "stepping": False, "overlaps": 0, "not_owner": 0, "steps": 0, "peak": 0}
     registered = [threading.Barrier(4)]  # emptied after the four threads' call
 
     @vmown.callback
     def tick(thread: int, i: int) -> None:
         if i == 0 and registered:
             vmown.callout(registered[0].wait, 30)
+            state["peak"] = max(state["peak"], len(vmown.current_process()._rt.token._slots))
         if state["inside"] or state["stepping"]:
             state["overlaps"] += 1
         state["inside"] += 1
@@ -74,23 +75,26 @@ def test_callbacks_from_four_c_threads_run_in_the_vm_one_at_a_time(clib: Any) ->
             await vmown.checkpoint()
 
     async def main() -> tuple[int, int]:
-        before = _slots_in_use()
         done = vmown.Event()
         stepping = vmown.spawn(stepper, done)
         assert call_from_threads(c_tick, 4, 10_000) == 0
         registered.clear()
         done.set()
         await stepping
-        foreign = len(vmown.current_process()._rt.token._slots)
+        # The four have ended: each slot went back as its thread's locals
+        # went (cffi drops them at the thread's exit), or goes back now, when
+        # the next C thread registers and sweeps (T4).
+        still = len(vmown.current_process()._rt.token._slots)
         during = _slots_in_use()
-        # The next C thread to call back finds the four ended and gives their slots back.
         assert call_from_threads(c_tick, 1, 1) == 0
-        return foreign, during - _slots_in_use()
+        return still, during - _slots_in_use()
 
-    foreign, returned = vmown.run(main)
+    still, returned = vmown.run(main)
     assert state["count"] == 40_001
     assert state["overlaps"] == 0 and state["not_owner"] == 0
-    assert foreign == 4 and returned == 3
+    assert state["peak"] == 4  # the four were registered at once
+    assert 0 <= still <= 4
+    assert returned == still - 1  # the sweep gave back the ones left; the fifth took one
 
 
 def test_a_callback_on_the_thread_of_a_threaded_call_owns_the_vm_and_others_run_between(clib: Any) -> None:

@@ -109,7 +109,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any, Final, NamedTuple, ParamSpec, TypeVar
 
 import _cffi_backend
 
@@ -442,12 +442,28 @@ def callout_stats() -> list[dict[str, Any]]:
     return table
 
 
-def _core_rows() -> Any:
+class _CoreRow(NamedTuple):
+    """One row of the core's per-function figures (vmown_callout_stat)."""
+
+    tag: int
+    calls: int
+    handed_over: int
+    revocations: int
+    out_ns: int
+    longest_ns: int
+
+
+def _core_rows() -> list[_CoreRow]:
     """The core's figures per tag (native/callout.c): the callouts of vmown_callout_begin."""
     size = 64
     while True:
         out = ffi.new("vmown_callout_stat[]", size)
         n = lib.vmown_callout_stats_read(out, size)
         if n <= size:
-            return out[0:n]
+            # Copied out while `out` lives: a struct taken from a cdata array
+            # does not keep the array's memory alive.
+            return [
+                _CoreRow(r.tag, r.calls, r.handed_over, r.revocations, r.out_ns, r.longest_ns)
+                for r in (out[i] for i in range(n))
+            ]
         size = n + 16
