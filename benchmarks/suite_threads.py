@@ -21,9 +21,11 @@
 #   guard_overhead            sched.yield_ns (await vmown.checkpoint() in a
 #                             loop) with the guard divided by without it
 #                             (VMOWN_GUARD=0, read at import), each in its
-#                             own interpreter, alternating, best of each,
-#                             in CPU time of the run thread (wall time on a
-#                             shared machine varies by 2x between runs);
+#                             own interpreter, both in every round, the
+#                             median of the rounds' ratios, in CPU time of
+#                             the run thread (wall time on a shared machine
+#                             varies by 2x between runs); the *_ns figures
+#                             are the best of each;
 #                             checkpoint() itself passes no guard, so this is
 #                             the loop's cost alone.
 #   guard_primitive_overhead  the same ratio for Queue.put_nowait +
@@ -36,6 +38,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,22 +163,32 @@ def _trio_run_sync_us(calls: int, batches: int) -> float:
 
 
 def _guard_ratios(yields: int, rounds: int) -> dict[str, float]:
+    # Each round runs both interpreters back to back, with the same hash
+    # seed (so dicts and sets are laid out alike), and the ratio kept is the
+    # median of the rounds' ratios: the two interpreters of one round see
+    # the same load, and a process's own layout moved a best-of-each ratio
+    # by +-20 % from run to run, more than the guard's cost.
     best: dict[str, dict[str, float]] = {"1": {}, "0": {}}
+    ratios: dict[str, list[float]] = {"yield_ns": [], "put_get_ns": []}
     for _ in range(rounds):
+        seen: dict[str, dict[str, float]] = {}
         for guard in ("1", "0"):
-            env = dict(os.environ, VMOWN_GUARD=guard)
+            env = dict(os.environ, VMOWN_GUARD=guard, PYTHONHASHSEED="0")
             done = subprocess.run(
                 [sys.executable, "-c", _GUARD_SCRIPT, str(yields)], env=env, capture_output=True, text=True, check=True
             )
-            for name, value in json.loads(done.stdout).items():
+            seen[guard] = json.loads(done.stdout)
+            for name, value in seen[guard].items():
                 best[guard][name] = min(best[guard].get(name, float("inf")), value)
+        for name in ratios:
+            ratios[name].append(seen["1"][name] / seen["0"][name])
     return {
         "yield_ns_guard": best["1"]["yield_ns"],
         "yield_ns_no_guard": best["0"]["yield_ns"],
-        "guard_overhead": best["1"]["yield_ns"] / best["0"]["yield_ns"],
+        "guard_overhead": statistics.median(ratios["yield_ns"]),
         "put_get_ns_guard": best["1"]["put_get_ns"],
         "put_get_ns_no_guard": best["0"]["put_get_ns"],
-        "guard_primitive_overhead": best["1"]["put_get_ns"] / best["0"]["put_get_ns"],
+        "guard_primitive_overhead": statistics.median(ratios["put_get_ns"]),
     }
 
 
@@ -190,7 +203,7 @@ def run(quick: bool) -> dict[str, Any]:
         out["trio_from_thread_run_sync_us"] = _trio_run_sync_us(syncs, batches)
     except ImportError:
         out["trio_from_thread_run_sync_us"] = float("nan")
-    out.update(_guard_ratios(100_000 if quick else 300_000, 3 if quick else 5))
+    out.update(_guard_ratios(100_000 if quick else 300_000, 3 if quick else 9))
     out["foreign_over_same_thread"] = out["callback_foreign_ns"] / out["callback_same_thread_ns"]
     out["trio_over_token_run_sync"] = out["trio_from_thread_run_sync_us"] / out["token_run_sync_us"]
     out["goal_foreign_callback_3x"] = out["foreign_over_same_thread"] <= 3
