@@ -64,6 +64,8 @@ def test_runner_with_the_loop_factory_and_the_vm_given_back_between_runs() -> No
     assert loop.is_closed()
 
 
+# 3.11 has no loop_factory argument to asyncio.run (asyncio.Runner, tested
+# above, is its way in); CI runs this on 3.12 and 3.13.
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="asyncio.run(loop_factory=) is 3.12+")
 def test_asyncio_run_with_the_loop_factory() -> None:
     async def main() -> str:
@@ -302,6 +304,8 @@ def test_a_stress_of_blocking_and_quick_callbacks_with_the_core_windows_widened(
 @pytest.mark.parametrize("module", ["test_locks", "test_queues"])
 def test_cpython_asyncio_suite_fails_no_more_than_the_default_loop(module: str) -> None:
     """CPython's own test.test_asyncio, run against EventLoop and the default loop."""
+    # Skipped only on an interpreter built without its test package (some
+    # distributions split it out); pyenv's, which CI uses, have it.
     pytest.importorskip(f"test.test_asyncio.{module}")
     out = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "asyncio_conformance.py"), "--json", module],

@@ -29,7 +29,7 @@ def test_anyio_runs_its_own_api_on_the_loop() -> None:
     group, anyio.sleep, a cancel scope, anyio.to_thread.run_sync (and
     anyio.from_thread back onto the loop), and a vmown.threaded call in a
     task, made as a callout from the loop's thread."""
-    anyio = pytest.importorskip("anyio")
+    anyio = pytest.importorskip("anyio")  # in the test extra: skipped only outside it
 
     async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -133,7 +133,7 @@ def test_aiohttp_server_keeps_serving_while_a_handler_is_in_a_blocking_c_call() 
     This needs the hand-over of a blocking callout's loop (docs/design-log.md,
     "asyncio loop"); without it the loop's thread sleeps in usleep and every
     quick request waits behind the slow one."""
-    web = pytest.importorskip("aiohttp.web")
+    web = pytest.importorskip("aiohttp.web")  # in the test extra: skipped only outside it
     slow_started = threading.Event()
     loops: list[asyncio.AbstractEventLoop] = []
 

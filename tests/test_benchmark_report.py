@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-pytest.importorskip("matplotlib")
+pytest.importorskip("matplotlib")  # in the test extra (the plots): skipped only outside it
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))

@@ -78,7 +78,7 @@ def vmown_late_ms(n: int = N) -> tuple[float, dict[str, int]]:
 
 
 def trio_late_ms(n: int = N) -> float:
-    trio = pytest.importorskip("trio")
+    trio = pytest.importorskip("trio")  # in the test extra (the peer compared): skipped only outside it
     t = Ticker()
 
     async def blocker() -> None:

@@ -222,7 +222,7 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         self._vm_select = threaded(self._selector.select)
         # For the callout path's resume hook and the pool's entry; dropped at close().
         self._vm_self_handle: Any = ffi.new_handle(self)
-        self._vm_pool_handle: Any = ffi.new_handle(self._vm_worker)
+        self._vm_pool_handle: Any = ffi.new_handle(self._worker)  # the pool's entry calls it with the slot
         # The fields below belong to the VM's owner (see the module's invariant).
         self._vm_running = False  # between run_forever's start and its teardown
         self._vm_closing = False  # run_forever is ending: workers leave, none polls
@@ -349,7 +349,6 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
             self._unbind()
             _scheduler._forget_dummy_thread()
 
-    _vm_worker = _worker  # the pool's entry (vmown_py_worker calls it with the slot)
 
     def _worker_failed(self, me: _LoopThread, exc: BaseException) -> None:
         """An exception escaped a callback on a worker: the loop stops and run_forever raises it."""
