@@ -184,17 +184,28 @@ def _arm_readable(me: Process[Any], fd: int) -> bool:
     The body of a wait, without its generator: vmown.socket's transfers call
     it and yield themselves.
     """
-    io = me._rt.io
-    watch = io.watches.get(fd) if io is not None else None
-    if watch is None:
-        watch = _watch(me._rt, fd)
-        io = me._rt.io
+    io, watch = _watch_for(me, fd)
     if watch.readable:
         watch.readable = False
         return False
     if watch.reader is not None:
         raise RuntimeError(f"{watch.reader!r} already waits for descriptor {fd} to be readable")
     watch.reader = me
+    return _blocked_on(me, io, watch)
+
+
+def _watch_for(me: Process[Any], fd: int) -> tuple[Any, Any]:
+    """The run's descriptor state and fd's watch, made if need be."""
+    io = me._rt.io
+    watch = io.watches.get(fd) if io is not None else None
+    if watch is None:
+        watch = _watch(me._rt, fd)
+        io = me._rt.io
+    return io, watch
+
+
+def _blocked_on(me: Process[Any], io: Any, watch: Any) -> bool:
+    """``me`` now waits on ``watch``: counted, True (it suspends)."""
     me._waiting_on = watch
     io.waiting += 1
     io.blocked += 1
@@ -203,21 +214,14 @@ def _arm_readable(me: Process[Any], fd: int) -> bool:
 
 def _arm_writable(me: Process[Any], fd: int) -> bool:
     """_arm_readable for writing."""
-    io = me._rt.io
-    watch = io.watches.get(fd) if io is not None else None
-    if watch is None:
-        watch = _watch(me._rt, fd)
-        io = me._rt.io
+    io, watch = _watch_for(me, fd)
     if watch.writable:
         watch.writable = False
         return False
     if watch.writer is not None:
         raise RuntimeError(f"{watch.writer!r} already waits for descriptor {fd} to be writable")
     watch.writer = me
-    me._waiting_on = watch
-    io.waiting += 1
-    io.blocked += 1
-    return True
+    return _blocked_on(me, io, watch)
 
 
 def notify_closing(fd: Any) -> None:
