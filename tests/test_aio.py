@@ -44,7 +44,7 @@ def test_tasks_timers_and_futures_run_on_the_loop() -> None:
                 t = tg.create_task(child(4))
         assert t.result() == 16
         me = vmown._aio._here.thread  # the loop thread this step runs on (home or worker)
-        return results, await fut, me is not None and _lib.vmown_owner(loop._vm_cb) == me.slot
+        return results, await fut, me is not None and _lib.vmown_owner(loop._vm.cb) == me.slot
 
     results, timer, owned = vmown.aio.run(main())
     assert results == [i * i for i in range(20)]
@@ -208,7 +208,7 @@ def test_a_callout_back_while_a_worker_waits_in_the_selector_owns_at_once() -> N
     async def main() -> tuple[bool, int]:
         loop = asyncio.get_running_loop()
         usleep(50_000)  # a worker takes over, finds nothing ready, polls with no timeout
-        return loop._vm_polling, loop.moves
+        return loop._vm.polling, loop.moves
 
     polling, moves = vmown.aio.run(main())
     assert polling  # the call came back, and ran on, while the poller still waited
@@ -221,7 +221,7 @@ def test_a_timer_added_while_another_thread_polls_without_a_timeout_fires() -> N
     async def main() -> tuple[bool, float]:
         loop = asyncio.get_running_loop()
         usleep(50_000)  # a worker takes over and polls with no timeout
-        polling = loop._vm_polling
+        polling = loop._vm.polling
         t0 = time.perf_counter()
         await asyncio.sleep(0.01)  # this thread parks; only the heartbeat can run the timer
         return polling, time.perf_counter() - t0
@@ -241,7 +241,7 @@ def test_ready_callbacks_beside_a_poll_selector_poller() -> None:
         beside = 0
         for _ in range(200):
             await asyncio.sleep(0)  # an iteration with a callback ready
-            beside += loop._vm_polling
+            beside += loop._vm.polling
         return beside
 
     loop = vmown.aio.EventLoop(selectors.PollSelector())

@@ -179,6 +179,51 @@ class _Here(threading.local):
 _here = _Here()
 
 
+class _LoopState:
+    """What the loop keeps beside asyncio's own fields (EventLoop._vm)."""
+
+    __slots__ = (
+        "ownership", "cb", "hz", "max_threads", "idle_timeout_ns", "waiters", "work", "select",
+        "self_handle", "pool_handle", "running", "closing", "home", "holder", "out", "polling",
+        "poll_until", "watched", "timer", "fatal", "moved", "moves",
+    )  # fmt: skip
+
+    def __init__(self, loop: EventLoop, hz: int, max_threads: int, idle_timeout_ns: int) -> None:
+        self.ownership = Ownership(slots=max_threads + _scheduler._SLOT_MARGIN)
+        cb = self.ownership._cb
+        self.cb = cb
+        self.hz = hz
+        self.max_threads = max_threads
+        self.idle_timeout_ns = idle_timeout_ns
+        # The waiter count, read in place between callbacks (a plain load),
+        # and the work words the heartbeat reads (_publish).  The loop leaves
+        # [_WORK_TAKEN] alone: the heartbeat reads it to decide on servers,
+        # which the loop turns off (_start_threads).
+        self.waiters = memoryview(ffi.buffer(lib.vmown_waiters_word(cb), 4)).cast("I")
+        self.work = memoryview(ffi.buffer(lib.vmown_work_words(cb), 16)).cast("Q")
+        # The selector's wait as a callout (_poll).
+        self.select: Callable[..., Any] = threaded(loop._selector.select)
+        # For the callout path's resume hook and the pool's entry; dropped at close().
+        self.self_handle: Any = ffi.new_handle(loop)
+        self.pool_handle: Any = ffi.new_handle(loop._worker)  # the pool's entry calls it with the slot
+        # The fields below belong to the VM's owner (see the module's invariant).
+        self.running = False  # between run_forever's start and its teardown
+        self.closing = False  # run_forever is ending: workers leave, none polls
+        self.home: _LoopThread | None = None
+        # The thread whose step the current-task dict may name: the last one
+        # to own the VM that has not given it up between callbacks (E2).
+        self.holder: _LoopThread | None = None
+        self.out = 0  # threads out in a callout mid-callback whose VM another thread took
+        self.polling = False  # a thread waits in the selector with the VM released (E1)
+        self.poll_until = 0.0  # when it returns at the latest (loop time)
+        self.watched = 0.0  # the timer a parked thread has as its park timeout (E6), 0: none
+        self.timer = 0.0  # the earliest timer published to the heartbeat (loop time), 0: none
+        self.fatal: BaseException | None = None  # escaped a callback on a worker
+        self.moved = False  # taken over from a blocked callout since the last iteration (E5)
+        # Counters (owner only): takeovers of the loop by another thread.
+        self.moves = 0
+
+
 class EventLoop(_Base):  # type: ignore[misc, valid-type]
     """An asyncio event loop that owns a VM and moves to another thread while a callout blocks.
 
@@ -206,57 +251,29 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
     ) -> None:
         _scheduler._check_run_arguments(hz, max_threads, idle_timeout)
         super().__init__(selector)
-        self._vmown = Ownership(slots=max_threads + _scheduler._SLOT_MARGIN)
-        cb = self._vmown._cb
-        self._vm_cb = cb
-        self._vm_hz = hz
-        self._vm_max_threads = max_threads
-        self._vm_idle_timeout_ns = _scheduler._timeout_ns(idle_timeout, "idle_timeout")
-        # The waiter count, read in place between callbacks (a plain load),
-        # and the work words the heartbeat reads (_publish).  The loop leaves
-        # [_WORK_TAKEN] alone: the heartbeat reads it to decide on servers,
-        # which the loop turns off (_start_threads).
-        self._vm_waiters = memoryview(ffi.buffer(lib.vmown_waiters_word(cb), 4)).cast("I")
-        self._vm_work = memoryview(ffi.buffer(lib.vmown_work_words(cb), 16)).cast("Q")
-        # The selector's wait as a callout (_poll).
-        self._vm_select = threaded(self._selector.select)
-        # For the callout path's resume hook and the pool's entry; dropped at close().
-        self._vm_self_handle: Any = ffi.new_handle(self)
-        self._vm_pool_handle: Any = ffi.new_handle(self._worker)  # the pool's entry calls it with the slot
-        # The fields below belong to the VM's owner (see the module's invariant).
-        self._vm_running = False  # between run_forever's start and its teardown
-        self._vm_closing = False  # run_forever is ending: workers leave, none polls
-        self._vm_home: _LoopThread | None = None
-        # The thread whose step the current-task dict may name: the last one
-        # to own the VM that has not given it up between callbacks (E2).
-        self._vm_holder: _LoopThread | None = None
-        self._vm_out = 0  # threads out in a callout mid-callback whose VM another thread took
-        self._vm_polling = False  # a thread waits in the selector with the VM released (E1)
-        self._vm_poll_until = 0.0  # when it returns at the latest (loop time)
-        self._vm_watched = 0.0  # the timer a parked thread has as its park timeout (E6), 0: none
-        self._vm_timer = 0.0  # the earliest timer published to the heartbeat (loop time), 0: none
-        self._vm_fatal: BaseException | None = None  # escaped a callback on a worker
-        self._vm_moved = False  # taken over from a blocked callout since the last iteration (E5)
-        # Counters (owner only): takeovers of the loop by another thread.
-        self._vm_moves = 0
+        # One attribute, not one per field: asyncio's loop already has about
+        # two dozen, and past CPython's shared-keys limit (30) every
+        # attribute read of the loop -- asyncio's own included -- becomes a
+        # dict lookup instead of an inline-cache hit.
+        self._vm = _LoopState(self, hz, max_threads, _scheduler._timeout_ns(idle_timeout, "idle_timeout"))
 
     # ---- running ----
 
     def run_forever(self) -> None:
-        if self._vmown._cb is None:
+        if self._vm.ownership._cb is None:
             raise RuntimeError("Event loop is closed")
         if _scheduler._here.state is not None:
             raise RuntimeError("vmown.aio.EventLoop cannot run inside vmown.run()")
         if self.is_running() or asyncio.events._get_running_loop() is not None:
             return super().run_forever()  # asyncio raises its own RuntimeError
-        own = self._vmown
+        own = self._vm.ownership
         home = _LoopThread(own.slot, home=True)
         self._bind(home)
         try:
             own.own()
-            self._vm_home = self._vm_holder = home
-            self._vm_out = 0
-            self._vm_fatal = None
+            self._vm.home = self._vm.holder = home
+            self._vm.out = 0
+            self._vm.fatal = None
             try:
                 self._start_threads()
                 super().run_forever()
@@ -265,13 +282,13 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
                 own.disown()
         finally:
             self._unbind()
-        fatal, self._vm_fatal = self._vm_fatal, None
+        fatal, self._vm.fatal = self._vm.fatal, None
         if fatal is not None:
             raise fatal
 
     def _bind(self, me: _LoopThread) -> None:
-        check(lib.vmown_bind_thread(self._vm_cb, me.slot), "binding a loop thread")
-        lib.vmown_bind_resume(lib.vmown_py_resume, self._vm_self_handle)
+        check(lib.vmown_bind_thread(self._vm.cb, me.slot), "binding a loop thread")
+        lib.vmown_bind_resume(lib.vmown_py_resume, self._vm.self_handle)
         _here.thread = me
 
     def _unbind(self) -> None:
@@ -280,14 +297,14 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
 
     def _start_threads(self) -> None:
         """Home, owning: the heartbeat and the worker pool, and one spare parked."""
-        cb = self._vm_cb
-        self._vm_running = True
+        cb = self._vm.cb
+        self._vm.running = True
         self._publish(1)
         lib.vmown_heartbeat_set_servers(cb, 0)  # one queue: a long callback gains nothing from moving
-        check(lib.vmown_heartbeat_start(cb, self._vm_hz), "starting the heartbeat")
+        check(lib.vmown_heartbeat_start(cb, self._vm.hz), "starting the heartbeat")
         check(
             lib.vmown_workers_start(
-                cb, lib.vmown_py_worker, self._vm_pool_handle, self._vm_max_threads - 1, self._vm_idle_timeout_ns
+                cb, lib.vmown_py_worker, self._vm.pool_handle, self._vm.max_threads - 1, self._vm.idle_timeout_ns
             ),
             "starting the worker pool",
         )
@@ -295,12 +312,12 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
 
     def _teardown(self, home: _LoopThread) -> None:
         """Home, at run_forever's end: wait for the other threads, stop the heartbeat and the pool."""
-        if not self._vm_running:
+        if not self._vm.running:
             return
-        cb = self._vm_cb
+        cb = self._vm.cb
         if lib.vmown_owner(cb) != home.slot:
             self._own(home)
-        self._vm_closing = True
+        self._vm.closing = True
         try:
             self._quiesce(home)
             self._publish(0)
@@ -315,7 +332,7 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
             out = ffi.new("vmown_workers_stats *")
             lib.vmown_workers_read(cb, out)
             if out.live:
-                self._vm_holder = None
+                self._vm.holder = None
                 check(_disown(cb, home.slot, 0), "disown")
                 while lib.vmown_workers_join(cb, 100_000_000) > 0:
                     pass
@@ -324,9 +341,9 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
             if failures:
                 raise failures[0]
         finally:
-            self._vm_closing = False
-            self._vm_running = False
-            self._vm_home = self._vm_holder = None
+            self._vm.closing = False
+            self._vm.running = False
+            self._vm.home = self._vm.holder = None
             self._thread_id = None  # run_forever has ended (asyncio cleared it; _settle may have set it)
 
     def _worker(self, slot: int) -> None:
@@ -352,27 +369,28 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
 
     def _worker_failed(self, me: _LoopThread, exc: BaseException) -> None:
         """An exception escaped a callback on a worker: the loop stops and run_forever raises it."""
-        if lib.vmown_owner(self._vm_cb) != me.slot:
+        if lib.vmown_owner(self._vm.cb) != me.slot:
             self._own(me)
             self._settle(me, False)
-        if self._vm_fatal is None:
-            self._vm_fatal = exc
+        if self._vm.fatal is None:
+            self._vm.fatal = exc
         self._stopping = True
-        if self._vm_holder is me:
-            self._vm_holder = None
-        if self._vm_home is not None:
-            lib.vmown_unpark(self._vm_cb, self._vm_home.slot)
-        _disown(self._vm_cb, me.slot, 0)
+        if self._vm.holder is me:
+            self._vm.holder = None
+        if self._vm.home is not None:
+            lib.vmown_unpark(self._vm.cb, self._vm.home.slot)
+        _disown(self._vm.cb, me.slot, 0)
 
     # ---- one iteration ----
 
     def _run_once(self) -> None:
-        home = self._vm_home
+        vm = self._vm
+        home = vm.home
         if home is None:  # not between run_forever's set-up and teardown
             return super()._run_once()  # type: ignore[misc, no-any-return]
         self._iteration(home)
-        if self._stopping or self._vm_closing or self._vm_fatal is not None:
-            if self._vm_fatal is not None:
+        if self._stopping or vm.closing or vm.fatal is not None:
+            if vm.fatal is not None:
                 self._stopping = True
             self._quiesce(home)
 
@@ -383,10 +401,11 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         otherwise (owning it).  This is the hot path: per callback it adds
         one load of the waiter count to asyncio's own loop.
         """
-        if not me.home and (self._stopping or self._vm_closing):  # E3
-            if self._vm_polling:
+        vm = self._vm
+        if not me.home and (self._stopping or vm.closing):  # E3
+            if vm.polling:
                 self._write_to_self()  # the home thread may be the poller
-            lib.vmown_unpark(self._vm_cb, self._vm_home.slot if self._vm_home else 0)
+            lib.vmown_unpark(vm.cb, vm.home.slot if vm.home else 0)
             return self._park(me)
 
         scheduled = self._scheduled
@@ -420,12 +439,12 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         if timeout == 0:
             # E7: never beside the poller (poll(2) objects refuse a second
             # caller; epoll would report the same events to both).
-            event_list = self._selector.select(0) if not self._vm_polling else ()
-        elif self._vm_polling:
+            event_list = self._selector.select(0) if not vm.polling else ()
+        elif vm.polling:
             return self._park(me)  # another thread waits in the selector (E1)
         else:
             event_list = self._poll(me, timeout)
-            if not me.home and (self._stopping or self._vm_closing):
+            if not me.home and (self._stopping or vm.closing):
                 # E3: the loop stopped while this worker polled.  The loop
                 # ends with the iteration that stopped it, as asyncio's does;
                 # the selector is level-triggered, so these events are
@@ -436,9 +455,9 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
 
         end_time = self.time() + self._clock_resolution
         scheduled = self._scheduled
-        moved = self._vm_moved
+        moved = vm.moved
         if moved:
-            self._vm_moved = False
+            vm.moved = False
         if scheduled and scheduled[0]._when < end_time:
             due = []
             while scheduled:
@@ -453,13 +472,12 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
             else:
                 ready.extend(due)
 
-        waiters = self._vm_waiters
-        popleft = ready.popleft
+        waiters = vm.waiters
         for _ in range(len(ready)):
             if waiters[0]:  # a thread waits for the VM: let it in between callbacks
                 return self._park(me)
             try:
-                handle = popleft()
+                handle = ready.popleft()
             except IndexError:  # another thread ran some meanwhile (this one was out in a callout)
                 break
             if handle._cancelled:
@@ -493,16 +511,16 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         for timer in due:
             if timer._cancelled:
                 continue
-            before, moves = len(ready), self._vm_moves
+            before, moves = len(ready), self._vm.moves
             timer._run()
             made = len(ready) - before
-            if made > 0 and moves == self._vm_moves:
+            if made > 0 and moves == self._vm.moves:
                 ready.rotate(made)
 
     def _quiesce(self, home: _LoopThread) -> None:
         """Home, owning: wait until no callback is in flight on another thread and nobody polls (E3)."""
-        while self._vm_out or self._vm_polling:
-            if self._vm_polling:
+        while self._vm.out or self._vm.polling:
+            if self._vm.polling:
                 self._write_to_self()
             self._park(home)
 
@@ -510,9 +528,9 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
 
     def _poll(self, me: _LoopThread, timeout: float | None) -> list[Any]:
         """Wait in the selector with the VM released (E1); return its events, owning the VM again."""
-        self._vm_polling = True
-        self._vm_poll_until = float("inf") if timeout is None else self.time() + timeout
-        self._vm_holder = None
+        self._vm.polling = True
+        self._vm.poll_until = float("inf") if timeout is None else self.time() + timeout
+        self._vm.holder = None
         self._publish(0)
         try:
             # A callout: disowned around the wait and owned again with one
@@ -520,9 +538,9 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
             # it wait, with the GIL released.  (Dropping the GIL around the
             # disown and the own, as two cffi calls would, lets other Python
             # threads run at points where asyncio's loop keeps running.)
-            return self._vm_select(timeout)  # type: ignore[no-any-return]
+            return self._vm.select(timeout)  # type: ignore[no-any-return]
         finally:
-            self._vm_polling = False
+            self._vm.polling = False
             self._settle(me, False)
 
     def _park(self, me: _LoopThread) -> bool:
@@ -530,32 +548,32 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
 
         True once owning it again; False for a worker that leaves (not owning).
         """
-        if self._vm_holder is me:
-            self._vm_holder = None
-        stopping = self._stopping or self._vm_closing  # the home thread takes the VM next, or nobody
-        self._publish(1 if (self._ready or not self._vm_polling) and not stopping else 0)
+        if self._vm.holder is me:
+            self._vm.holder = None
+        stopping = self._stopping or self._vm.closing  # the home thread takes the VM next, or nobody
+        self._publish(1 if (self._ready or not self._vm.polling) and not stopping else 0)
         # E6: the earliest timer that nobody waits for (the poller covers
         # the ones up to its own timeout) is watched by one parked thread,
         # with it as its park timeout; the heartbeat sleeps when quiet.
-        watched = self._vm_timer if self._vm_timer and not stopping else 0.0
-        if watched and (not self._vm_watched or watched < self._vm_watched):
-            self._vm_watched = watched
+        watched = self._vm.timer if self._vm.timer and not stopping else 0.0
+        if watched and (not self._vm.watched or watched < self._vm.watched):
+            self._vm.watched = watched
             timeout_ns = max(0, int((watched - self.time()) * 1e9))
         else:
             watched = 0.0
-            timeout_ns = -1 if me.home else self._vm_idle_timeout_ns
-        rc = _park_c(self._vm_cb, me.slot, timeout_ns)
+            timeout_ns = -1 if me.home else self._vm.idle_timeout_ns
+        rc = _park_c(self._vm.cb, me.slot, timeout_ns)
         if rc != 1:  # not given the VM: unparked, timed out or interrupted
             if rc not in (0, _ETIMEDOUT, _EINTR):
                 raise error(rc, "park")
             retire = rc == _ETIMEDOUT and not watched and self._surplus()
-            if not me.home and (self._vm_closing or retire):
+            if not me.home and (self._vm.closing or retire):
                 return False
             self._own(me)
         elif not me.home:
             self._want_spares()  # activated: keep spares parked
-        if watched and self._vm_watched == watched:
-            self._vm_watched = 0.0
+        if watched and self._vm.watched == watched:
+            self._vm.watched = 0.0
         self._settle(me, False)
         return True
 
@@ -565,19 +583,19 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         One per ready callback up to _SPARES: in a burst of callbacks that
         each block, each blocked one uses up a parked worker.
         """
-        lib.vmown_workers_want(self._vm_cb, min(len(self._ready), _scheduler._SPARES) or 1)
+        lib.vmown_workers_want(self._vm.cb, min(len(self._ready), _scheduler._SPARES) or 1)
 
     def _surplus(self) -> bool:
         out = ffi.new("vmown_heartbeat_stats *")
-        lib.vmown_heartbeat_read(self._vm_cb, out)
+        lib.vmown_heartbeat_read(self._vm.cb, out)
         return int(out.idle_workers) > 0
 
     def _own(self, me: _LoopThread) -> None:
-        rc = _own_wait(self._vm_cb, me.slot, -1, _INTERRUPTIBLE)
+        rc = _own_wait(self._vm.cb, me.slot, -1, _INTERRUPTIBLE)
         while rc:
             if rc != _EINTR:
                 raise error(rc, "own")
-            rc = _own_wait(self._vm_cb, me.slot, -1, _INTERRUPTIBLE)
+            rc = _own_wait(self._vm.cb, me.slot, -1, _INTERRUPTIBLE)
 
     def _settle(self, me: _LoopThread, mid_callback: bool) -> None:
         """Owner, having just come to own the VM: make the loop's per-thread state this thread's (E2).
@@ -585,13 +603,13 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         ``mid_callback``: the thread is back from a callout in the middle of
         a callback (the resume hook), not between callbacks.
         """
-        holder = self._vm_holder
+        holder = self._vm.holder
         if holder is not me:
             if holder is not None:  # it gave the VM up in a callout, mid-callback
                 holder.out = True
-                self._vm_out += 1
-                self._vm_moves += 1
-                self._vm_moved = True
+                self._vm.out += 1
+                self._vm.moves += 1
+                self._vm.moved = True
                 if _SWAP_TASKS:
                     task = _current_tasks.get(self)
                     holder.task = task
@@ -599,11 +617,11 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
                         _leave_task(self, task)
             if mid_callback and me.out:
                 me.out = False
-                self._vm_out -= 1
+                self._vm.out -= 1
                 task, me.task = me.task, None
                 if task is not None:
                     _enter_task(self, task)
-            self._vm_holder = me
+            self._vm.holder = me
             self._thread_id = me.ident
         self._publish(1)
 
@@ -614,24 +632,24 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         are ready: its descriptors are work too.
         """
         scheduled = self._scheduled
-        running = self._vm_running
+        running = self._vm.running
         when = scheduled[0]._when if scheduled and running else 0.0
-        if self._vm_polling and when >= self._vm_poll_until - _POLL_SLACK:
+        if self._vm.polling and when >= self._vm.poll_until - _POLL_SLACK:
             when = 0.0  # the poller wakes for it itself: an activation would only race it
-        if when != self._vm_timer or not running:
-            self._vm_timer = when
-            _set_work(self._vm_cb, runnable if running else 0, int(when * 1e9))
+        if when != self._vm.timer or not running:
+            self._vm.timer = when
+            _set_work(self._vm.cb, runnable if running else 0, int(when * 1e9))
         else:  # a plain store, as vmown_set_work's: no C call, so the GIL is not dropped here
-            self._vm_work[_WORK_RUNNABLE] = runnable
+            self._vm.work[_WORK_RUNNABLE] = runnable
 
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any, context: Any = None) -> Any:
         timer = super().call_at(when, callback, *args, context=context)
         if timer._source_traceback:  # debug mode: the caller's frame last, as asyncio's own call_at leaves it
             del timer._source_traceback[-1]
-        if self._vm_running and (not self._vm_timer or when < self._vm_timer) and not (
-            self._vm_polling and when >= self._vm_poll_until - _POLL_SLACK
+        if self._vm.running and (not self._vm.timer or when < self._vm.timer) and not (
+            self._vm.polling and when >= self._vm.poll_until - _POLL_SLACK
         ):  # E4
-            self._publish(0 if self._vm_polling and not self._ready else 1)
+            self._publish(0 if self._vm.polling and not self._ready else 1)
         return timer
 
     # ---- the rest ----
@@ -640,23 +658,25 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         if self.is_running():
             raise RuntimeError("Cannot close a running event loop")
         super().close()
-        self._vm_self_handle = self._vm_pool_handle = None  # they refer to the loop: a cycle
-        own = getattr(self, "_vmown", None)
-        if own is not None and own._cb is not None:
+        vm = getattr(self, "_vm", None)  # None: __init__ failed before making it
+        if vm is None:
+            return
+        vm.self_handle = vm.pool_handle = None  # they refer to the loop: a cycle
+        if vm.ownership._cb is not None:
             try:
-                own.close()
+                vm.ownership.close()
             except VmownError:
                 pass  # the thread that ran the loop is still registered: its slot goes with it
 
     @property
     def ownership(self) -> Ownership:
         """The loop's control block (for stats and observers)."""
-        return self._vmown
+        return self._vm.ownership
 
     @property
     def moves(self) -> int:
         """How many times another thread took the loop over from a callout that blocked."""
-        return self._vm_moves
+        return self._vm.moves
 
 
 @ffi.def_extern()  # type: ignore[misc]
