@@ -85,11 +85,12 @@ def test_an_inline_threaded_call_disowns_and_owns_once_each() -> None:
 
     # One disown and one CAS each.  A worker the pool starts as the loop
     # starts may take the VM during one of them (a new worker takes an
-    # unowned VM while the loop needs a thread: native/idle.c, B3), and that
-    # call then waits once.
+    # unowned VM while the loop needs a thread: native/idle.c, B3): that
+    # call then waits once, and the worker's park gives the VM back (one
+    # disown more).
     figures = vmown.aio.run(main())
-    assert figures["disowns"] == 1000
-    assert figures["fast_owns"] >= 995 and figures["waits"] <= 2
+    assert 1000 <= figures["disowns"] <= 1000 + figures["waits"], figures
+    assert figures["fast_owns"] >= 995 and figures["waits"] <= 2, figures
 
 
 def test_executor_threads_make_plain_calls() -> None:
