@@ -172,9 +172,12 @@ static int wait_parked(vmown_vm *vm, uint32_t me, int64_t deadline) {
             continue;                                 /* a stray post */
         }
         if (taken_seen) {
-            if (rc != VMOWN_ETIMEDOUT || st == VMOWN_SLOT_RUNNING) continue;  /* the post is on its way */
-            if (st == VMOWN_SLOT_GRANTED) break;  /* a whole slice without it: the granter died before it */
-            taken_seen = false;  /* given back: past the deadline, leave again */
+            if (rc != VMOWN_ETIMEDOUT) continue;  /* the post is on its way */
+            /* A whole slice without the post: its sender died before it.
+             * Take what it gave; a late post is a stray to the next wait. */
+            if (st == VMOWN_SLOT_GRANTED) break;
+            if (st == VMOWN_SLOT_RUNNING) return 0;
+            taken_seen = false;  /* given back (PARKED): past the deadline, leave again */
         }
         /* The deadline passed, or a signal: leave, without the lock. */
         vmown__widen();  /* I1: an activation may land between the timeout and the CAS */

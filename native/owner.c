@@ -19,9 +19,13 @@
  * a plain store, and an acquisition is a CAS from (epoch, 0).
  *
  * Disown (release), by the owner:
- *   1. if waiters are counted, take the lock, dequeue the head, store
- *      (epoch+1, head), unlock, post head's semaphore (a callout's disown
- *      stores a soft grant instead, see below);
+ *   1. if waiters are counted, take the lock (waiting LOCK_TRY_NS at most),
+ *      dequeue the first waiter (a CAS WAITING -> GRANTED, see "Leaving the
+ *      queue"), store (epoch+1, head), unlock, post head's semaphore (a
+ *      callout's disown stores a soft grant instead, see below).  If the
+ *      lock is not to be had (a peer stopped in it), store (epoch+1, 0)
+ *      instead: the counted waiters find the VM unowned at their next slice
+ *      and kick (race O5);
  *   2. else store (epoch+1, 0) seq_cst, then load `waiters_and_hb_asleep` seq_cst; if a
  *      waiter appeared meanwhile, kick (below).
  * Own, by a thread that does not own:
@@ -29,10 +33,13 @@
  *   2. else take the lock, try the CAS again, else enqueue and count me in
  *      `waiters_and_hb_asleep` (seq_cst), unlock;
  *   3. load the owner word seq_cst; if it reads 0, kick;
- *   4. sleep on my semaphore until a post finds my state GRANTED.
- * Kick: under the lock, while the queue is not empty and the owner is 0, CAS
- *   (epoch, 0) -> (epoch, head); on success dequeue head, mark it GRANTED,
- *   unlock and post it.
+ *   4. sleep on my semaphore until a post finds my state GRANTED; at each
+ *      slice (SLICE_NS) look at the owner (dead: reap; unowned: kick).
+ * Kick: under the lock, while the queue holds a waiter and the owner is 0,
+ *   mark the first waiter GRANTED (CAS), then CAS (epoch, 0) -> (epoch,
+ *   head); on success dequeue head, unlock and post it; on failure make it
+ *   WAITING again.  A kick waits LOCK_TRY_NS at most for the lock: nobody
+ *   needs one to get through, and a waiter's next slice kicks again.
  *
  * Why no wake-up is lost (a store-load, "Dekker" pair):
  *   owner:  store owner := 0   ; load waiters_and_hb_asleep
@@ -41,26 +48,56 @@
  * the owner sees the waiter (and kicks, or hands off), or the waiter sees the
  * VM free (and kicks).  If both see each other both kick; kick is idempotent:
  * its CAS succeeds for one head at most, and a failed CAS means whoever took
- * the word will see the waiter at its own release.
+ * the word will see the waiter at its own release.  The count only changes
+ * under the lock (+1 as a slot is linked, -1 as it is unlinked), and a slot
+ * that left the queue stays linked and counted until unlinked: the count is
+ * never below the waiters that sleep, which is all the argument needs.  A
+ * kick or a hand-off that gives up on the lock leaves the VM unowned with
+ * the waiters counted; the waiter side's slice check then kicks, so the
+ * worst a stopped lock holder costs a waiter is its wait, not its wake-up.
  *
- * Why a post is never lost: the granter stores the new owner and sets GRANTED
- * *before* posting, and the semaphore counts, so a post that arrives before
+ * Why a post is never lost: the granter sets GRANTED and stores the new
+ * owner *before* posting, and the semaphore counts, so a post that arrives before
  * the waiter sleeps makes its wait return at once.  The waiter trusts its
  * state, not the post: a stray post (a repaired block may post twice) makes it
  * look at its state and sleep again.
  *
- * Leaving the queue early (a signal, a timeout): under the lock, if the slot
- * is still WAITING it unlinks itself; if it is GRANTED the VM is already its
- * own and a post is on its way, so it takes that post and returns success.
- *
+ * Leaving the queue (a timeout, a signal, vmown_own_cancel), without the
+ * lock, so that a peer stopped inside the lock cannot keep a waiter past its
+ * deadline:
+ *   1. the waiter's sleep ends at its deadline (or a signal);
+ *   2. CAS state WAITING -> LEFT.  Success: it has left; it returns its
+ *       timeout now.  Failure, state GRANTED: a grant came first; the VM (or
+ *       a soft grant) is its own and a post is on its way: it waits for the
+ *       post in slices, whatever the deadline, and owns;
+ *   3. tidy-up: take the lock if it comes within LOCK_TRY_NS, unlink the
+ *       slot, count it out, make it RUNNING.  Else the slot stays linked and
+ *       counted, LEFT, and the next lock holder that meets it does that:
+ *       a grant at the head (vmown__drop_left_locked), the queue's reader,
+ *       repair, reap, or the thread itself when it queues, parks, sets its
+ *       priority or unregisters again.
+ * Caution: between step 2 and the unlink, the slot is linked but not waiting.
+ * Every lock holder that walks or pops the queue skips LEFT slots and never
+ * names one in the owner word: a grant marks its waiter GRANTED by a CAS
+ * from WAITING *before* the word names it (race O3: the grant's CAS and the
+ * leave's CAS start from the same word, one wins).  A kick whose word CAS
+ * then fails gives the grant back (GRANTED -> WAITING, in place, under the
+ * lock); a waiter whose step 2 saw that grant finds itself WAITING at its next
+ * slice and leaves then (race O4): a deadline overrun of one slice at most.
+ * A slot that left queues again at the back, with a new ticket: as if it
+ * had been unlinked when it left (turning it back to WAITING in place would
+ * put it ahead of everybody who queued since it gave up).  The idle stack
+ * has the same protocol (idle.c; state LEFT_IDLE).
  *
  * Lock order: the block's lock is the only lock; no semaphore is posted and no
  * other lock is taken while holding it, except in repair.
  *
  * Debug: vmown_debug_set_widen_ns() stretches the windows that the
  * arguments above are about (enqueue -> sleep, store owner -> post, a soft
- * grant's wake -> claim) so that stress tests run through them instead of
- * past them.
+ * grant's wake -> claim, a waiter's timeout -> its leaving CAS, a granter's
+ * look at the head -> its granting CAS) so that stress tests run through them
+ * instead of past them.  VMOWN_DEBUG_STOP_LEAVE stops a waiter between steps 1
+ * and 2.
  */
 #define _GNU_SOURCE
 #include "vmown_core.h"
@@ -545,6 +582,10 @@ int vmown_own_wait(vmown_vm *vm, uint32_t me, int64_t timeout_ns, int flags) {
     int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
     int rc = vmown__lock_block_until(vm, deadline);
     if (rc < 0) return rc;
+    if ((rc = vmown__unlink_left_locked(vm, me)) < 0) {  /* left before and still linked: tidy up */
+        unlock_block(vm);
+        return rc;
+    }
     w = atomic_load_explicit(&b->owner_word, RELAXED);
     if (VMOWN__OWNER(w) == 0 &&
         atomic_compare_exchange_strong_explicit(&b->owner_word, &w, VMOWN__WORD(VMOWN__EPOCH(w), me), ACQUIRE,
