@@ -628,6 +628,8 @@ def _queued(vm: Ownership, count: int, timeout: float, outcome: list[tuple[str, 
             vm.own(timeout=timeout)
         except TimeoutError:
             outcome.append(("timed out", _time.monotonic() - start))
+        except vmown.VmownError as exc:
+            outcome.append((f"failed: {exc}", _time.monotonic() - start))
         else:
             outcome.append(("owned", _time.monotonic() - start))
             vm.disown()
