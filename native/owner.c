@@ -84,8 +84,8 @@
  * then fails gives the grant back (GRANTED -> WAITING, in place, under the
  * lock); a waiter whose step 2 saw that grant finds itself WAITING at its next
  * slice and leaves then (race O4): a deadline overrun of one slice at most.
- * A slot that left queues again at the back, with a new ticket: as if it
- * had been unlinked when it left (turning it back to WAITING in place would
+ * A slot that left queues again at the back, with a new ticket (race O6):
+ * as if it had been unlinked when it left (turning it back to WAITING in place would
  * put it ahead of everybody who queued since it gave up).  The idle stack
  * has the same protocol (idle.c; state LEFT_IDLE).
  *
@@ -143,8 +143,8 @@ int vmown__enqueue_locked(vmown_vm *vm, uint32_t me) {
     struct vmown_slot *s = slot_of(vm, me);
     uint32_t tail, prev = 0, cur;
     int rc;
-    /* Left the queue before and still linked there (its tidy-up did not get
-     * the lock): unlink it, then queue it at the back with a new ticket, as
+    /* O6. Left the queue before and still linked there (its tidy-up did not
+     * get the lock): unlink it, then queue it at the back with a new ticket, as
      * if it had been unlinked when it left.  Turning it back to WAITING in
      * place would put it ahead of everybody who queued since it gave up. */
     if ((rc = vmown__unlink_left_locked(vm, me)) < 0) return rc;

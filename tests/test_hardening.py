@@ -689,6 +689,58 @@ def test_case3_a_waiter_queued_before_a_peer_stops_in_the_lock_honours_its_timeo
     _still_works(vm)
 
 
+def test_case3_a_waiter_that_left_while_the_lock_was_held_queues_again_behind_newer_waiters() -> None:
+    """O6: the waiter leaves while a stopped peer holds the lock, so its
+    tidy-up cannot unlink it: its slot stays linked and counted, "left".
+    The peer goes on (SIGCONT) and queues behind it.  The waiter's next own
+    unlinks its old place and queues at the back, behind the peer: FIFO as
+    if it had been unlinked when it left."""
+    import signal as _signal
+    import threading
+
+    vm = Ownership(slots=8)
+    vm.own()
+    outcome: list[tuple[str, float]] = []
+    again = threading.Event()
+    owned_again: list[bool] = []
+
+    def waiter() -> None:
+        me.append(vm.slot)
+        try:
+            vm.own(timeout=0.3)
+        except TimeoutError:
+            outcome.append(("timed out", 0.0))
+        again.wait(30)
+        vm.own(timeout=30)
+        owned_again.append(True)
+        vm.disown()
+
+    me: list[int] = []
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    from .support import wait_until
+
+    wait_until(lambda: vm.waiters == 1, what="the waiter to queue")
+    pid = _stopped_in_the_lock(vm)
+    try:
+        wait_until(lambda: outcome != [], what="the waiter to time out")
+        (slot,) = me
+        assert vm.slot_info(slot)["state"] == "left" and vm.waiters == 1  # linked and counted still
+        os.kill(pid, _signal.SIGCONT)  # the peer links itself behind, counts itself, sleeps
+        wait_until(lambda: vm.waiters == 2, what="the peer to queue")
+        peer = next(i for i in range(1, 9) if vm.slot_info(i)["pid"] == pid)
+        again.set()
+        wait_until(lambda: vm.slot_info(slot)["state"] == "waiting", what="the waiter to queue again")
+        assert vm.queue() == [peer, slot] and vm.waiters == 2
+    finally:
+        _kill(pid)  # queued (or owning, after the disown below): reaped
+    vm.disown()  # to the dead peer's slot, which is reaped within a slice; then to the waiter
+    thread.join(30)
+    assert not thread.is_alive() and owned_again == [True]
+    assert vm.owner == 0 and vm.queue() == [] and vm.waiters == 0
+    _still_works(vm)
+
+
 def test_case3_yield_and_park_honour_their_timeouts_while_a_stopped_peer_holds_the_lock() -> None:
     """yield_to_waiters and park pass their deadline to the lock: one that
     cannot get it keeps the VM (yield: "did not yield", park: 1, owning); a
