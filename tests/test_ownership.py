@@ -118,11 +118,14 @@ def test_a_grant_that_lands_as_the_timeout_passes_is_taken(widen) -> None:  # ty
     assert vm.owner == 0 and vm.waiters == 0
 
 
-def _o3_round(vm: vmown.Ownership, widen, timeout: float, disown_at: float) -> tuple[str, float]:  # type: ignore[no-untyped-def]
+def _o3_round(vm: vmown.Ownership, widen, timeout: float, disown_at: float) -> tuple[str, float, float, float]:  # type: ignore[no-untyped-def]
     """One waiter own(timeout=) while this thread owns; this thread disowns
     ``disown_at`` s after the waiter started, with the race windows widened
-    200 ms: the waiter's timeout -> its leaving CAS, and a granter's look at
-    the head -> its granting CAS (native/owner.c, race O3)."""
+    400 ms: the waiter's timeout -> its leaving CAS, and a granter's look at
+    the head -> its granting CAS (native/owner.c, race O3).  The margins are
+    200 ms either way, for loaded machines.  Returns the waiter's outcome and
+    time, and when the disown started and how long it took (a granter that
+    found the waiter still WAITING is held 400 ms in its window)."""
     outcome: list[tuple[str, float]] = []
 
     def waiter() -> None:
@@ -136,30 +139,35 @@ def _o3_round(vm: vmown.Ownership, widen, timeout: float, disown_at: float) -> t
             vm.disown()
 
     vm.own()
-    widen(200_000_000)
+    widen(400_000_000)
     t = threading.Thread(target=waiter)
     start = time.monotonic()
     t.start()
     wait_until(lambda: vm.waiters == 1, what="the waiter to queue")
     time.sleep(max(0.0, start + disown_at - time.monotonic()))
+    disown_started = time.monotonic() - start
     vm.disown()
+    disown_took = time.monotonic() - start - disown_started
     t.join(10)
     widen(0)
     assert not t.is_alive()
-    (result,) = outcome
-    return result
+    ((how, elapsed),) = outcome
+    return how, elapsed, disown_started, disown_took
 
 
 def test_o3_a_leave_that_lands_inside_a_grant_wins_and_the_grant_moves_on(widen) -> None:  # type: ignore[no-untyped-def]
-    """O3, forced the leave's way: the waiter times out at 0.3 s and leaves
-    (its CAS WAITING -> LEFT) at 0.5 s; the owner's disown looks at it
-    (WAITING) at 0.4 s and tries its CAS WAITING -> GRANTED at 0.6 s, which
+    """O3, forced the leave's way: the waiter times out at 0.6 s and leaves
+    (its CAS WAITING -> LEFT) at 1.0 s; the owner's disown looks at it
+    (WAITING) at 0.8 s and tries its CAS WAITING -> GRANTED at 1.2 s, which
     fails.  The waiter gets TimeoutError without waiting for the lock the
     granter holds; the granter unlinks it and, nobody else waiting, leaves
     the VM unowned.  Nothing is left behind."""
     vm = vmown.Ownership(slots=8)
-    how, elapsed = _o3_round(vm, widen, timeout=0.3, disown_at=0.4)
-    assert how == "timed out" and elapsed < 0.3 + 0.2 + 0.5, (how, elapsed)
+    how, elapsed, started, took = _o3_round(vm, widen, timeout=0.6, disown_at=0.8)
+    # The granter looked while the waiter was WAITING (it was held in its
+    # window), after the waiter's timeout and before its CAS.
+    assert 0.6 < started < 1.0 and took > 0.3, (started, took)
+    assert how == "timed out" and elapsed < 0.6 + 0.4 + 0.5, (how, elapsed)
     assert vm.owner == 0 and vm.waiters == 0 and vm.queue() == []
     vm.own(timeout=10)
     vm.disown()
@@ -167,12 +175,15 @@ def test_o3_a_leave_that_lands_inside_a_grant_wins_and_the_grant_moves_on(widen)
 
 def test_o3_a_grant_that_lands_inside_a_leave_wins_and_is_taken(widen) -> None:  # type: ignore[no-untyped-def]
     """O3, forced the grant's way: the owner's disown looks at the waiter at
-    0.2 s and marks it GRANTED at 0.4 s, between the waiter's timeout (0.3 s)
-    and its leaving CAS (0.5 s), which fails: the waiter owns the VM, taking
-    the post that comes at 0.6 s."""
+    0.4 s and marks it GRANTED at 0.8 s, between the waiter's timeout (0.6 s)
+    and its leaving CAS (1.0 s), which fails: the waiter owns the VM, taking
+    the post that comes at 1.2 s."""
     vm = vmown.Ownership(slots=8)
-    how, elapsed = _o3_round(vm, widen, timeout=0.3, disown_at=0.2)
-    assert how == "owned" and elapsed > 0.5, (how, elapsed)
+    how, elapsed, started, took = _o3_round(vm, widen, timeout=0.6, disown_at=0.4)
+    # The grant's CAS (400 ms after the disown started) came after the
+    # waiter's deadline and before its CAS.
+    assert 0.2 < started < 0.6 and took > 0.3, (started, took)
+    assert how == "owned" and elapsed > 1.0, (how, elapsed)
     assert vm.owner == 0 and vm.waiters == 0 and vm.queue() == []
 
 
