@@ -765,7 +765,7 @@ def test_case3_yield_and_park_honour_their_timeouts_while_a_stopped_peer_holds_t
 
     worker = threading.Thread(target=park_new)
     worker.start()
-    wait_until(lambda: any(vm.slot_info(i)["state"] == "parked" for i in range(1, 9)), what="the worker to park")
+    wait_until(lambda: "parked" in [vm.slot_info(i)["state"] for i in range(1, 9)], what="the worker to park")
     outcome: list[tuple[str, float]] = []
     (waiter,) = _queued(vm, 1, 30, outcome)
     pid = _stopped_in_the_lock(vm)

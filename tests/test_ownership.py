@@ -118,7 +118,9 @@ def test_a_grant_that_lands_as_the_timeout_passes_is_taken(widen) -> None:  # ty
     assert vm.owner == 0 and vm.waiters == 0
 
 
-def _o3_round(vm: vmown.Ownership, widen, timeout: float, disown_at: float) -> tuple[str, float, float, float]:  # type: ignore[no-untyped-def]
+def _o3_round(  # type: ignore[no-untyped-def]
+    vm: vmown.Ownership, widen, timeout: float, disown_at: float
+) -> tuple[str, float, float, float]:
     """One waiter own(timeout=) while this thread owns; this thread disowns
     ``disown_at`` s after the waiter started, with the race windows widened
     400 ms: the waiter's timeout -> its leaving CAS, and a granter's look at
