@@ -86,11 +86,11 @@ def test_timeout_leaves_the_queue() -> None:
 
 
 def test_a_grant_that_lands_as_the_timeout_passes_is_taken(widen) -> None:  # type: ignore[no-untyped-def]
-    """O3 (native/owner.c, "Leaving the queue early"), forced: the owner
-    stores the grant while the waiter is still before its sleep, and posts
-    only after the waiter's timeout has passed (the widen switch holds both
-    100 ms).  Under the lock the waiter finds itself GRANTED, so it takes the
-    post that is on its way instead of leaving the queue."""
+    """O3 (native/owner.c, "Leaving the queue"), forced: the owner grants
+    while the waiter is still before its sleep, and posts only after the
+    waiter's timeout has passed (the widen switch holds each step 100 ms).
+    The waiter's leaving CAS finds it GRANTED, so it takes the post that is
+    on its way instead of leaving the queue."""
     vm = vmown.Ownership(slots=8)
     vm.own()
     outcome: list[tuple[str, float]] = []
