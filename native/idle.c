@@ -211,6 +211,10 @@ static int wait_parked(vmown_vm *vm, uint32_t me, int64_t deadline) {
     return 1;
 }
 
+/* park_owning's result when the lock was not to be had by the deadline:
+ * never parked, still owning (vmown_park returns 1). */
+#define PARK_KEPT 2
+
 /* Park, releasing the VM in the same critical section (hand-off to the
  * head waiter, if any). */
 static int park_owning(vmown_vm *vm, uint32_t me, int64_t timeout_ns) {
@@ -223,7 +227,7 @@ static int park_owning(vmown_vm *vm, uint32_t me, int64_t timeout_ns) {
     /* The lock by the deadline (LOCK_TRY_NS at least), or no park: the
      * caller still owns the VM, as if activated at once. */
     int rc = vmown__lock_block_until(vm, vmown__lock_deadline(deadline));
-    if (rc == VMOWN_ETIMEDOUT || rc == VMOWN_ESTUCK) return 1;
+    if (rc == VMOWN_ETIMEDOUT || rc == VMOWN_ESTUCK) return PARK_KEPT;
     if (rc < 0) return rc;
     if ((rc = vmown__idle_push_locked(vm, me)) < 0) {
         unlock_block(vm);
@@ -279,7 +283,16 @@ static int park_new(vmown_vm *vm, uint32_t me, int64_t timeout_ns) {
 
 int vmown_park(vmown_vm *vm, uint32_t me, int64_t timeout_ns) {
     if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
-    return leave_serving(vm, me, park_owning(vm, me, timeout_ns));
+    int rc = park_owning(vm, me, timeout_ns);
+    if (rc != PARK_KEPT) return leave_serving(vm, me, rc);
+    /* Counted as a park given the VM back at once, a disown and a slow own:
+     * callers count every park as a disown (the scheduler's "callouts" are
+     * disowns less parks), and every disown meets an acquisition. */
+    struct vmown_slot *s = slot_of(vm, me);
+    bump(&s->disowns);
+    bump(&s->slow_owns);
+    leave_serving(vm, me, 0);
+    return 1;
 }
 
 int vmown_park_new(vmown_vm *vm, uint32_t me, int64_t timeout_ns) {
