@@ -274,7 +274,8 @@ typedef struct {
 /* Park the calling worker, which must own the VM: join the idle stack and
  * release the VM (to the head waiter, if any), in one step under the lock.
  * Returns 1 once given the VM (activated; also when the block's lock was not
- * to be had by the deadline: it never parked and still owns the VM), 0 when
+ * to be had by the deadline: it never parked and still owns the VM, counted
+ * as a disown and an own), 0 when
  * woken by vmown_unpark (not owning), VMOWN_ETIMEDOUT (not owning) after
  * timeout_ns (< 0: none). */
 VMOWN_EXTERN int vmown_park(vmown_vm *vm, uint32_t slot, int64_t timeout_ns);
