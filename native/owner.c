@@ -67,26 +67,26 @@
  * deadline:
  *   1. the waiter's sleep ends at its deadline (or a signal);
  *   2. CAS state WAITING -> LEFT.  Success: it has left; it returns its
- *       timeout now.  Failure, state GRANTED: a grant came first; the VM (or
- *       a soft grant) is its own and a post is on its way: it waits for the
- *       post in slices, whatever the deadline, and owns;
+ *      timeout now.  Failure, state GRANTED: a grant came first; the VM (or
+ *      a soft grant) is its own and a post is on its way: it waits for the
+ *      post in slices, whatever the deadline, and owns;
  *   3. tidy-up: take the lock if it comes within LOCK_TRY_NS, unlink the
- *       slot, count it out, make it RUNNING.  Else the slot stays linked and
- *       counted, LEFT, and the next lock holder that meets it does that:
- *       a grant at the head (vmown__drop_left_locked), the queue's reader,
- *       repair, reap, or the thread itself when it queues, parks, sets its
- *       priority or unregisters again.
+ *      slot, count it out, make it RUNNING.  Else the slot stays linked and
+ *      counted, LEFT, and the next lock holder that meets it does that: a
+ *      grant at the head (vmown__drop_left_locked), the queue's reader,
+ *      repair, reap, or the thread itself when it queues, parks, sets its
+ *      priority or unregisters again.
  * Caution: between step 2 and the unlink, the slot is linked but not waiting.
  * Every lock holder that walks or pops the queue skips LEFT slots and never
  * names one in the owner word: a grant marks its waiter GRANTED by a CAS
- * from WAITING *before* the word names it (race O3: the grant's CAS and the
- * leave's CAS start from the same word, one wins).  A kick whose word CAS
+ * from WAITING *before* the word names it (race O3: the grant and the
+ * leave both CAS the slot's state from WAITING; one wins).  A kick whose word CAS
  * then fails gives the grant back (GRANTED -> WAITING, in place, under the
- * lock); a waiter whose step 2 saw that grant finds itself WAITING at its next
- * slice and leaves then (race O4): a deadline overrun of one slice at most.
- * A slot that left queues again at the back, with a new ticket (race O6):
- * as if it had been unlinked when it left (turning it back to WAITING in place would
- * put it ahead of everybody who queued since it gave up).  The idle stack
+ * lock); a waiter whose step 2 saw that grant finds itself WAITING at its
+ * next slice and leaves then (race O4): a deadline overrun of one slice at
+ * most.  A slot that left queues again at the back, with a new ticket (race
+ * O6), as if it had been unlinked when it left: turned back to WAITING in
+ * place it would go ahead of everybody who queued since it gave up.  The idle stack
  * has the same protocol (idle.c; state LEFT_IDLE).
  *
  * Lock order: the block's lock is the only lock; no semaphore is posted and no
