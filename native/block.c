@@ -180,13 +180,17 @@ int vmown__unregister(vmown_vm *vm, uint32_t me) {
     uint32_t st = atomic_load_explicit(&s->state, ACQUIRE);
     if (st == VMOWN_SLOT_FREE || atomic_load_explicit(&s->pid, RELAXED) != (int32_t)getpid())
         return VMOWN_EBADSLOT;
-    if (st != VMOWN_SLOT_RUNNING) return VMOWN_EBUSY;
+    if (st != VMOWN_SLOT_RUNNING && st != VMOWN_SLOT_LEFT && st != VMOWN_SLOT_LEFT_IDLE) return VMOWN_EBUSY;
     if (VMOWN__HOLDER(atomic_load_explicit(&b->owner_word, ACQUIRE)) == (int32_t)me) {
         int rc = vmown_disown(vm, me, 0);
         if (rc < 0) return rc;
     }
     int rc = vmown__lock_block(vm);
     if (rc < 0) return rc;
+    if ((rc = vmown__unlink_left_locked(vm, me)) < 0) {  /* it left a list and is still linked there */
+        unlock_block(vm);
+        return rc;
+    }
     vmown__fold_counters_locked(vm, s);
     vmown__sem_destroy(&s->sem);
     atomic_store_explicit(&s->state, VMOWN_SLOT_FREE, RELEASE);
@@ -242,8 +246,11 @@ const char *vmown_counter_name(uint32_t i) { return i < vmown_counter_count() ? 
 
 static const char *const slot_state_names[] = {
     [VMOWN_SLOT_FREE] = "free",       [VMOWN_SLOT_RUNNING] = "running", [VMOWN_SLOT_WAITING] = "waiting",
-    [VMOWN_SLOT_GRANTED] = "granted", [VMOWN_SLOT_PARKED] = "parked",
+    [VMOWN_SLOT_GRANTED] = "granted", [VMOWN_SLOT_PARKED] = "parked",   [VMOWN_SLOT_LEFT] = "left",
+    [VMOWN_SLOT_LEFT_IDLE] = "left_idle",
 };
+_Static_assert(sizeof slot_state_names / sizeof *slot_state_names == VMOWN_SLOT_LEFT_IDLE + 1,
+               "a slot state without a name");
 
 uint32_t vmown_slot_state_count(void) { return sizeof slot_state_names / sizeof *slot_state_names; }
 
@@ -280,15 +287,22 @@ int vmown_slot_read(const vmown_vm *vm, uint32_t i, vmown_slot_info *out) {
     return 0;
 }
 
+/* Under the lock, so it unlinks the slots that left by themselves as it
+ * meets them: what it returns is what a grant would choose from. */
 int vmown_queue_read(vmown_vm *vm, uint32_t *out, uint32_t cap) {
     int rc = vmown__lock_block(vm);
     if (rc < 0) return rc;
-    uint32_t cur, n = 0;
+    uint32_t cur, next, n = 0;
     if ((rc = vmown__read_link(vm, &vm->block->head, &cur)) < 0) goto done;
-    while (cur && n < cap) {
-        if (n > vm->nslots) { mark_broken(vm); rc = VMOWN_EBROKEN; goto done; }
-        out[n++] = cur;
-        if ((rc = vmown__read_link(vm, &slot_of(vm, cur)->next, &cur)) < 0) goto done;
+    for (uint32_t steps = 0; cur && n < cap; steps++) {
+        if (steps > vm->nslots) { mark_broken(vm); rc = VMOWN_EBROKEN; goto done; }
+        if ((rc = vmown__read_link(vm, &slot_of(vm, cur)->next, &next)) < 0) goto done;
+        if (atomic_load_explicit(&slot_of(vm, cur)->state, RELAXED) == VMOWN_SLOT_LEFT) {
+            if ((rc = vmown__unlink_left_locked(vm, cur)) < 0) goto done;
+        } else {
+            out[n++] = cur;
+        }
+        cur = next;
     }
     rc = (int)n;
 done:

@@ -249,20 +249,16 @@ int vmown__callout_hand_over(vmown_vm *vm, uint32_t me, uint64_t callout) {
         goto plain;
     uint64_t w = my_word(vm, me);
     if (unlikely(VMOWN__OWNER(w) != (int32_t)me)) return VMOWN_ENOTOWNER;
-    uint32_t worker;
-    int rc = vmown__lock_block(vm);
+    uint32_t worker = 0, head;
+    int rc = vmown__lock_block_until(vm, vmown__now_ns() + LOCK_TRY_NS);
+    if (rc == VMOWN_ETIMEDOUT || rc == VMOWN_ESTUCK) goto plain;  /* which does not wait for the lock either */
     if (rc < 0) return rc;
-    if ((rc = vmown__read_link(vm, &b->idle_head, &worker)) < 0 || worker == 0 ||
-        atomic_load_explicit(&b->head, RELAXED) != 0) {
+    if ((rc = vmown__drop_left_locked(vm, &head)) < 0 || head != 0 ||
+        (rc = vmown__idle_take_locked(vm, 0, VMOWN_SLOT_GRANTED, &worker)) < 0 || worker == 0) {
         unlock_block(vm);
         if (rc < 0) return rc;
         goto plain;
     }
-    if ((rc = vmown__idle_unlink_locked(vm, worker)) < 0) {
-        unlock_block(vm);
-        return rc;
-    }
-    atomic_store_explicit(&slot_of(vm, worker)->state, VMOWN_SLOT_GRANTED, RELAXED);
     atomic_store_explicit(&s->callout, callout, RELAXED);
     atomic_store_explicit(&s->callout_tick, atomic_load_explicit(&b->ticks, RELAXED), RELAXED);
     bump(&s->disowns);
@@ -326,8 +322,10 @@ int vmown__revoke(vmown_vm *vm, uint64_t w, uint64_t seq, bool work) {
     bool idle = false;
     int rc = vmown__lock_block(vm);
     if (rc < 0) return rc;
-    if ((rc = vmown__read_link(vm, &b->head, &target)) == 0 && target == 0 && work) {
-        rc = vmown__read_link(vm, &b->idle_head, &target);
+    /* The target is marked GRANTED before the word names it (one that left
+     * must never be named), and given back if T takes the word back. */
+    if ((rc = vmown__reserve_head_locked(vm, &target)) == 0 && target == 0 && work) {
+        rc = vmown__idle_take_locked(vm, 0, VMOWN_SLOT_GRANTED, &target);
         idle = target != 0;
     }
     if (rc < 0) {
@@ -337,17 +335,13 @@ int vmown__revoke(vmown_vm *vm, uint64_t w, uint64_t seq, bool work) {
     /* T may take the word back meanwhile: then this fails and T owns. */
     if (!atomic_compare_exchange_strong_explicit(&b->owner_word, &revoking,
                                                  VMOWN__WORD(VMOWN__EPOCH(w) + 1, target), SEQ_CST, RELAXED)) {
+        if (idle) rc = vmown__idle_push_locked(vm, target);
+        else if (target) atomic_store_explicit(&slot_of(vm, target)->state, VMOWN_SLOT_WAITING, RELAXED);
         unlock_block(vm);
         atomic_fetch_add_explicit(&b->called_off, 1, RELAXED);
-        return 0;
+        return rc;
     }
-    uint32_t popped = 0;
-    if (idle) {
-        rc = vmown__idle_unlink_locked(vm, target);
-        atomic_store_explicit(&slot_of(vm, target)->state, VMOWN_SLOT_GRANTED, RELAXED);
-    } else if (target) {
-        rc = vmown__pop_head_locked(vm, &popped);  /* the head read above: it holds the lock */
-    }
+    if (target && !idle) rc = vmown__unlink_locked(vm, target);  /* the reserved head, out of the queue */
     unlock_block(vm);
     if (rc < 0) return rc;
     atomic_fetch_add_explicit(&b->revocations, 1, RELAXED);

@@ -4,13 +4,25 @@
  * so a worker is never both unfindable and unowning: whoever looks at the
  * stack under the lock sees it either owning or parked.
  *
- * A parked worker leaves the stack in one of three ways, each under the lock:
- *   activation (heartbeat): the owner word is CAS'd from the unowned word the
- *     heartbeat saw at two ticks to the worker's index, state := GRANTED;
- *   unpark: state := RUNNING (woken without the VM);
- *   its own timeout or signal: it unlinks itself while still PARKED.
- * The first two post its semaphore after unlocking; the third finds its state
- * changed if it lost the race, and then takes the post that is on its way.
+ * A parked worker leaves the stack in one of these ways:
+ *   activation (heartbeat, under the lock): state PARKED -> GRANTED by CAS,
+ *     then the owner word is CAS'd from the unowned word the heartbeat saw at
+ *     two ticks to the worker's index (if that fails, the worker is pushed
+ *     back, PARKED);
+ *   a hand-over or a revocation (under the lock): PARKED -> GRANTED by CAS,
+ *     then the word is stored (or CAS'd from the revoking word);
+ *   unpark (under the lock): PARKED -> RUNNING by CAS (woken without the VM);
+ *   the heartbeat's servers (under the lock): PARKED -> WAITING by CAS, into
+ *     the wait queue;
+ *   its own timeout or signal, without the lock: PARKED -> LEFT_IDLE by
+ *     CAS.  Still linked, it is unlinked by its own tidy-up if the lock comes
+ *     within LOCK_TRY_NS, else by the next lock holder that meets it
+ *     (vmown__idle_take_locked skips and unlinks it) or by its next park or
+ *     queueing.  The idle count includes it until then.
+ * The CASes from PARKED decide between a waker and the worker's leave, as
+ * in the wait queue (owner.c, "Leaving the queue").  A worker that loses its
+ * leave to a grant or an unpark takes the post that is on its way (in
+ * slices: if an activation gives it back, PARKED again, it leaves then).
  *
  * No owner value is reserved while the heartbeat picks a worker: the pick
  * happens under the lock *before* the CAS, so the CAS either installs the
@@ -27,6 +39,39 @@ int vmown__idle_unlink_locked(vmown_vm *vm, uint32_t me) {
     return rc;
 }
 
+/* Take a parked worker off the idle stack: `target`, or (0) the most
+ * recently parked one, by a CAS PARKED -> `to`, unlinking on the way the
+ * workers that left by themselves.  *out = 0: nobody parked (or target is
+ * not parked). */
+int vmown__idle_take_locked(vmown_vm *vm, uint32_t target, uint32_t to, uint32_t *out) {
+    *out = 0;
+    for (uint32_t steps = 0; steps <= vm->nslots; steps++) {
+        uint32_t i = target;
+        int rc;
+        if (i == 0 && (rc = vmown__read_link(vm, &vm->block->idle_head, &i)) < 0) return rc;
+        if (i == 0) return 0;
+        _Atomic uint32_t *state = &slot_of(vm, i)->state;
+        uint32_t st = atomic_load_explicit(state, RELAXED);
+        if (st == VMOWN_SLOT_LEFT_IDLE) {
+            if ((rc = vmown__unlink_left_locked(vm, i)) < 0) return rc;
+            if (target) return 0;
+            continue;
+        }
+        if (st != VMOWN_SLOT_PARKED) {
+            if (target) return 0;  /* not parked (any more) */
+            mark_broken(vm);       /* a slot on the idle stack is PARKED or LEFT_IDLE */
+            return VMOWN_EBROKEN;
+        }
+        vmown__widen();  /* I1: the worker may leave between this look and the CAS */
+        if (!atomic_compare_exchange_strong_explicit(state, &st, to, SEQ_CST, RELAXED)) continue;  /* it left */
+        if ((rc = vmown__idle_unlink_locked(vm, i)) < 0) return rc;
+        *out = i;
+        return 0;
+    }
+    mark_broken(vm);
+    return VMOWN_EBROKEN;
+}
+
 /* Out of the idle stack, a server (vmown__queue_idle) has its own priority
  * again.  Owning, it came through the queue as a waiter does: counted as a
  * slow own, so that every acquisition is an own or an activation. */
@@ -41,13 +86,27 @@ static int leave_serving(vmown_vm *vm, uint32_t me, int rc) {
     return rc;
 }
 
-static void push_idle_locked(vmown_vm *vm, uint32_t me) {
+/* Onto the idle stack; a slot still linked where it left before (LEFT,
+ * LEFT_IDLE) is unlinked there first. */
+int vmown__idle_push_locked(vmown_vm *vm, uint32_t me) {
     struct vmown__block *b = vm->block;
     struct vmown_slot *s = slot_of(vm, me);
+    int rc = vmown__unlink_left_locked(vm, me);
+    if (rc < 0) return rc;
     atomic_store_explicit(&s->idle_next, atomic_load_explicit(&b->idle_head, RELAXED), RELAXED);
     atomic_store_explicit(&b->idle_head, me, RELAXED);
     atomic_fetch_add_explicit(&b->idle_count, 1, RELAXED);
     atomic_store_explicit(&s->state, VMOWN_SLOT_PARKED, RELAXED);
+    return 0;
+}
+
+/* Left the idle stack (LEFT_IDLE, by its own CAS): unlink it now if the
+ * lock comes within LOCK_TRY_NS, else the next lock holder that meets it
+ * does. */
+static void tidy_left_idle(vmown_vm *vm, uint32_t me) {
+    if (vmown__lock_block_until(vm, vmown__now_ns() + LOCK_TRY_NS) < 0) return;
+    (void)vmown__unlink_left_locked(vm, me);  /* a failure marked the block broken */
+    unlock_block(vm);
 }
 
 /* Relays.  A worker given the VM from the idle stack because a callout
@@ -97,10 +156,13 @@ static void serve_ahead(vmown_vm *vm, uint32_t me) {
 static int wait_parked(vmown_vm *vm, uint32_t me, int64_t deadline) {
     struct vmown_slot *s = slot_of(vm, me);
     int rc;
-    int interruptible = 1;
     unsigned strays = 0;
+    /* A leave found the slot taken (GRANTED, or RUNNING: unparked): wait for
+     * the post in slices, whatever the deadline and signals.  Cleared when
+     * an activation gives the worker back (PARKED again). */
+    bool taken_seen = false;
     for (;;) {
-        rc = vmown__sem_wait(&s->sem, deadline);
+        rc = vmown__sem_wait(&s->sem, taken_seen ? vmown__now_ns() + SLICE_NS : deadline);
         if (rc == VMOWN_EBROKEN) { mark_broken(vm); return rc; }  /* a peer wrote over the semaphore */
         uint32_t st = atomic_load_explicit(&s->state, ACQUIRE);
         if (rc == 0) {
@@ -109,27 +171,30 @@ static int wait_parked(vmown_vm *vm, uint32_t me, int64_t deadline) {
             if (++strays > MAX_STRAY_POSTS) { mark_broken(vm); return VMOWN_EBROKEN; }
             continue;                                 /* a stray post */
         }
-        if (!interruptible) continue;
-        int lrc = vmown__lock_block(vm);
-        if (lrc < 0) return lrc;
-        if (atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_PARKED) {
-            lrc = vmown__idle_unlink_locked(vm, me);
-            atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
-            unlock_block(vm);
-            bump(&s->interrupts);
-            return lrc < 0 ? lrc : rc;
+        if (taken_seen) {
+            if (rc != VMOWN_ETIMEDOUT) continue;  /* the post is on its way */
+            /* A whole slice without the post: its sender died before it.
+             * Take what it gave; a late post is a stray to the next wait. */
+            if (st == VMOWN_SLOT_GRANTED) break;
+            if (st == VMOWN_SLOT_RUNNING) return 0;
+            taken_seen = false;  /* given back (PARKED): past the deadline, leave again */
         }
-        bool queued = atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_WAITING;
-        unlock_block(vm);
-        if (queued) {
+        /* The deadline passed, or a signal: leave, without the lock. */
+        vmown__widen();  /* I1: an activation may land between the timeout and the CAS */
+        st = VMOWN_SLOT_PARKED;
+        if (atomic_compare_exchange_strong_explicit(&s->state, &st, VMOWN_SLOT_LEFT_IDLE, SEQ_CST, ACQUIRE)) {
+            bump(&s->interrupts);
+            tidy_left_idle(vm, me);
+            return rc;
+        }
+        if (st == VMOWN_SLOT_WAITING) {
             /* Queued by the heartbeat (vmown__queue_idle): a waiter now,
              * which waits like any other, its timeout no longer applying. */
             rc = vmown__await_grant(vm, me, -1, 0);
             return rc < 0 ? rc : 1;
         }
-        /* Activated or unparked meanwhile: that post is on its way. */
-        deadline = -1;
-        interruptible = 0;
+        if (st != VMOWN_SLOT_GRANTED && st != VMOWN_SLOT_RUNNING) { mark_broken(vm); return VMOWN_EBROKEN; }
+        taken_seen = true;  /* activated or unparked meanwhile: that post is on its way */
     }
     /* Activated (a hard grant), or granted from the queue, perhaps softly. */
     uint64_t w = atomic_load_explicit(&vm->block->owner_word, ACQUIRE);
@@ -146,6 +211,10 @@ static int wait_parked(vmown_vm *vm, uint32_t me, int64_t deadline) {
     return 1;
 }
 
+/* park_owning's result when the lock was not to be had by the deadline:
+ * never parked, still owning (vmown_park returns 1). */
+#define PARK_KEPT 2
+
 /* Park, releasing the VM in the same critical section (hand-off to the
  * head waiter, if any). */
 static int park_owning(vmown_vm *vm, uint32_t me, int64_t timeout_ns) {
@@ -155,9 +224,15 @@ static int park_owning(vmown_vm *vm, uint32_t me, int64_t timeout_ns) {
     if (VMOWN__OWNER(w) != (int32_t)me) return VMOWN_ENOTOWNER;
     int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
     uint32_t head = 0;
-    int rc = vmown__lock_block(vm);
+    /* The lock by the deadline (LOCK_TRY_NS at least), or no park: the
+     * caller still owns the VM, as if activated at once. */
+    int rc = vmown__lock_block_until(vm, vmown__lock_deadline(deadline));
+    if (rc == VMOWN_ETIMEDOUT || rc == VMOWN_ESTUCK) return PARK_KEPT;
     if (rc < 0) return rc;
-    push_idle_locked(vm, me);
+    if ((rc = vmown__idle_push_locked(vm, me)) < 0) {
+        unlock_block(vm);
+        return rc;
+    }
     rc = vmown__pop_head_locked(vm, &head);
     /* Counted before the release: whoever owns next sees the counts. */
     bump(&s->disowns);
@@ -180,7 +255,8 @@ static int park_new(vmown_vm *vm, uint32_t me, int64_t timeout_ns) {
     struct vmown_slot *s = slot_of(vm, me);
     uint64_t w = atomic_load_explicit(&vm->block->owner_word, RELAXED);
     if (VMOWN__HOLDER(w) == (int32_t)me) return VMOWN_ENOTOWNER;
-    if (atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_RUNNING) return VMOWN_EBADSLOT;
+    uint32_t st = atomic_load_explicit(&s->state, RELAXED);
+    if (st != VMOWN_SLOT_RUNNING && st != VMOWN_SLOT_LEFT && st != VMOWN_SLOT_LEFT_IDLE) return VMOWN_EBADSLOT;
     int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
     /* B3. A new worker that finds the VM unowned while processes are
      * runnable takes it: its owner is out in a callout and nobody was queued
@@ -198,16 +274,25 @@ static int park_new(vmown_vm *vm, uint32_t me, int64_t timeout_ns) {
         serve_ahead(vm, me);
         return 1;
     }
-    int rc = vmown__lock_block(vm);
-    if (rc < 0) return rc;
-    push_idle_locked(vm, me);
+    int rc = vmown__lock_block_until(vm, vmown__lock_deadline(deadline));
+    if (rc < 0) return rc;  /* VMOWN_ETIMEDOUT: never parked */
+    rc = vmown__idle_push_locked(vm, me);
     unlock_block(vm);
-    return wait_parked(vm, me, deadline);
+    return rc < 0 ? rc : wait_parked(vm, me, deadline);
 }
 
 int vmown_park(vmown_vm *vm, uint32_t me, int64_t timeout_ns) {
     if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
-    return leave_serving(vm, me, park_owning(vm, me, timeout_ns));
+    int rc = park_owning(vm, me, timeout_ns);
+    if (rc != PARK_KEPT) return leave_serving(vm, me, rc);
+    /* Counted as a park given the VM back at once, a disown and a slow own:
+     * callers count every park as a disown (the scheduler's "callouts" are
+     * disowns less parks), and every disown meets an acquisition. */
+    struct vmown_slot *s = slot_of(vm, me);
+    bump(&s->disowns);
+    bump(&s->slow_owns);
+    leave_serving(vm, me, 0);
+    return 1;
 }
 
 int vmown_park_new(vmown_vm *vm, uint32_t me, int64_t timeout_ns) {
@@ -219,30 +304,22 @@ int vmown_unpark(vmown_vm *vm, uint32_t target) {
     if (target != 0 && !valid_index(vm, target)) return VMOWN_EBADSLOT;
     int rc = vmown__lock_block(vm);
     if (rc < 0) return rc;
-    if (target == 0 && (rc = vmown__read_link(vm, &vm->block->idle_head, &target)) < 0) goto done;
-    if (target == 0 || atomic_load_explicit(&slot_of(vm, target)->state, RELAXED) != VMOWN_SLOT_PARKED) {
-        rc = 0;
-        goto done;
-    }
-    if ((rc = vmown__idle_unlink_locked(vm, target)) < 0) goto done;
-    atomic_store_explicit(&slot_of(vm, target)->state, VMOWN_SLOT_RUNNING, RELEASE);
+    uint32_t woken;
+    rc = vmown__idle_take_locked(vm, target, VMOWN_SLOT_RUNNING, &woken);
     unlock_block(vm);
-    post(vm, target);
-    return (int)target;
-done:
-    unlock_block(vm);
-    return rc;
+    if (rc < 0 || woken == 0) return rc;
+    post(vm, woken);
+    return (int)woken;
 }
 
 int vmown__queue_idle(vmown_vm *vm) {
     uint32_t target, granted = 0;
     int rc = vmown__lock_block(vm);
     if (rc < 0) return rc;
-    if ((rc = vmown__read_link(vm, &vm->block->idle_head, &target)) < 0 || target == 0) goto done;
     /* Off the idle stack and into the queue in one critical section: whoever
      * looks under the lock finds it in exactly one of them. */
+    if ((rc = vmown__idle_take_locked(vm, 0, VMOWN_SLOT_WAITING, &target)) < 0 || target == 0) goto done;
     struct vmown_slot *s = slot_of(vm, target);
-    if ((rc = vmown__idle_unlink_locked(vm, target)) < 0) goto done;
     /* Behind every other waiter: a thread back from a callout carries a
      * process already under way. */
     atomic_store_explicit(&s->saved_priority, atomic_load_explicit(&s->priority, RELAXED), RELAXED);
@@ -266,20 +343,21 @@ int vmown__activate(vmown_vm *vm, uint64_t expected) {
     uint32_t worker;
     int rc = vmown__lock_block(vm);
     if (rc < 0) return rc;
-    if ((rc = vmown__read_link(vm, &b->idle_head, &worker)) < 0 || worker == 0) {
+    /* GRANTED before the word names it (a worker that left must never be
+     * named); given back, PARKED on top of the stack again, if the word
+     * moved. */
+    if ((rc = vmown__idle_take_locked(vm, 0, VMOWN_SLOT_GRANTED, &worker)) < 0 || worker == 0) {
         unlock_block(vm);
         if (rc == 0) atomic_fetch_add_explicit(&b->starved, 1, RELAXED);
         return rc;
     }
     if (!atomic_compare_exchange_strong_explicit(&b->owner_word, &expected,
                                                  VMOWN__WORD(VMOWN__EPOCH(expected), worker), SEQ_CST, RELAXED)) {
+        rc = vmown__idle_push_locked(vm, worker);
         unlock_block(vm);
-        return 0;  /* somebody took the VM since the tick looked */
+        return rc;  /* somebody took the VM since the tick looked */
     }
-    rc = vmown__idle_unlink_locked(vm, worker);
-    atomic_store_explicit(&slot_of(vm, worker)->state, VMOWN_SLOT_GRANTED, RELAXED);
     unlock_block(vm);
-    if (rc < 0) return rc;
     vmown__widen();
     post(vm, worker);
     atomic_fetch_add_explicit(&b->activations, 1, RELAXED);

@@ -19,9 +19,13 @@
  * a plain store, and an acquisition is a CAS from (epoch, 0).
  *
  * Disown (release), by the owner:
- *   1. if waiters are counted, take the lock, dequeue the head, store
- *      (epoch+1, head), unlock, post head's semaphore (a callout's disown
- *      stores a soft grant instead, see below);
+ *   1. if waiters are counted, take the lock (waiting LOCK_TRY_NS at most),
+ *      dequeue the first waiter (a CAS WAITING -> GRANTED, see "Leaving the
+ *      queue"), store (epoch+1, head), unlock, post head's semaphore (a
+ *      callout's disown stores a soft grant instead, see below).  If the
+ *      lock is not to be had (a peer stopped in it), store (epoch+1, 0)
+ *      instead: the counted waiters find the VM unowned at their next slice
+ *      and kick (race O5);
  *   2. else store (epoch+1, 0) seq_cst, then load `waiters_and_hb_asleep` seq_cst; if a
  *      waiter appeared meanwhile, kick (below).
  * Own, by a thread that does not own:
@@ -29,10 +33,13 @@
  *   2. else take the lock, try the CAS again, else enqueue and count me in
  *      `waiters_and_hb_asleep` (seq_cst), unlock;
  *   3. load the owner word seq_cst; if it reads 0, kick;
- *   4. sleep on my semaphore until a post finds my state GRANTED.
- * Kick: under the lock, while the queue is not empty and the owner is 0, CAS
- *   (epoch, 0) -> (epoch, head); on success dequeue head, mark it GRANTED,
- *   unlock and post it.
+ *   4. sleep on my semaphore until a post finds my state GRANTED; at each
+ *      slice (SLICE_NS) look at the owner (dead: reap; unowned: kick).
+ * Kick: under the lock, while the queue holds a waiter and the owner is 0,
+ *   mark the first waiter GRANTED (CAS), then CAS (epoch, 0) -> (epoch,
+ *   head); on success dequeue head, unlock and post it; on failure make it
+ *   WAITING again.  A kick waits LOCK_TRY_NS at most for the lock: nobody
+ *   needs one to get through, and a waiter's next slice kicks again.
  *
  * Why no wake-up is lost (a store-load, "Dekker" pair):
  *   owner:  store owner := 0   ; load waiters_and_hb_asleep
@@ -41,26 +48,56 @@
  * the owner sees the waiter (and kicks, or hands off), or the waiter sees the
  * VM free (and kicks).  If both see each other both kick; kick is idempotent:
  * its CAS succeeds for one head at most, and a failed CAS means whoever took
- * the word will see the waiter at its own release.
+ * the word will see the waiter at its own release.  The count only changes
+ * under the lock (+1 as a slot is linked, -1 as it is unlinked), and a slot
+ * that left the queue stays linked and counted until unlinked: the count is
+ * never below the waiters that sleep, which is all the argument needs.  A
+ * kick or a hand-off that gives up on the lock leaves the VM unowned with
+ * the waiters counted; the waiter side's slice check then kicks, so the
+ * worst a stopped lock holder costs a waiter is its wait, not its wake-up.
  *
- * Why a post is never lost: the granter stores the new owner and sets GRANTED
- * *before* posting, and the semaphore counts, so a post that arrives before
+ * Why a post is never lost: the granter sets GRANTED and stores the new
+ * owner *before* posting, and the semaphore counts, so a post that arrives before
  * the waiter sleeps makes its wait return at once.  The waiter trusts its
  * state, not the post: a stray post (a repaired block may post twice) makes it
  * look at its state and sleep again.
  *
- * Leaving the queue early (a signal, a timeout): under the lock, if the slot
- * is still WAITING it unlinks itself; if it is GRANTED the VM is already its
- * own and a post is on its way, so it takes that post and returns success.
- *
+ * Leaving the queue (a timeout, a signal, vmown_own_cancel), without the
+ * lock, so that a peer stopped inside the lock cannot keep a waiter past its
+ * deadline:
+ *   1. the waiter's sleep ends at its deadline (or a signal);
+ *   2. CAS state WAITING -> LEFT.  Success: it has left; it returns its
+ *      timeout now.  Failure, state GRANTED: a grant came first; the VM (or
+ *      a soft grant) is its own and a post is on its way: it waits for the
+ *      post in slices, whatever the deadline, and owns;
+ *   3. tidy-up: take the lock if it comes within LOCK_TRY_NS, unlink the
+ *      slot, count it out, make it RUNNING.  Else the slot stays linked and
+ *      counted, LEFT, and the next lock holder that meets it does that: a
+ *      grant at the head (vmown__drop_left_locked), the queue's reader,
+ *      repair, reap, or the thread itself when it queues, parks, sets its
+ *      priority or unregisters again.
+ * Caution: between step 2 and the unlink, the slot is linked but not waiting.
+ * Every lock holder that walks or pops the queue skips LEFT slots and never
+ * names one in the owner word: a grant marks its waiter GRANTED by a CAS
+ * from WAITING *before* the word names it (race O3: the grant and the
+ * leave both CAS the slot's state from WAITING; one wins).  A kick whose word CAS
+ * then fails gives the grant back (GRANTED -> WAITING, in place, under the
+ * lock); a waiter whose step 2 saw that grant finds itself WAITING at its
+ * next slice and leaves then (race O4): a deadline overrun of one slice at
+ * most.  A slot that left queues again at the back, with a new ticket (race
+ * O6), as if it had been unlinked when it left: turned back to WAITING in
+ * place it would go ahead of everybody who queued since it gave up.  The idle stack
+ * has the same protocol (idle.c; state LEFT_IDLE).
  *
  * Lock order: the block's lock is the only lock; no semaphore is posted and no
  * other lock is taken while holding it, except in repair.
  *
  * Debug: vmown_debug_set_widen_ns() stretches the windows that the
  * arguments above are about (enqueue -> sleep, store owner -> post, a soft
- * grant's wake -> claim) so that stress tests run through them instead of
- * past them.
+ * grant's wake -> claim, a waiter's timeout -> its leaving CAS, a granter's
+ * look at the head -> its granting CAS) so that stress tests run through them
+ * instead of past them.  VMOWN_DEBUG_STOP_LEAVE stops a waiter between steps 1
+ * and 2.
  */
 #define _GNU_SOURCE
 #include "vmown_core.h"
@@ -104,9 +141,14 @@ int vmown__read_link(vmown_vm *vm, _Atomic uint32_t *link, uint32_t *out) {
 int vmown__enqueue_locked(vmown_vm *vm, uint32_t me) {
     struct vmown__block *b = vm->block;
     struct vmown_slot *s = slot_of(vm, me);
-    int32_t prio = atomic_load_explicit(&s->priority, RELAXED);
     uint32_t tail, prev = 0, cur;
     int rc;
+    /* O6. Left the queue before and still linked there (its tidy-up did not
+     * get the lock): unlink it, then queue it at the back with a new ticket, as
+     * if it had been unlinked when it left.  Turning it back to WAITING in
+     * place would put it ahead of everybody who queued since it gave up. */
+    if ((rc = vmown__unlink_left_locked(vm, me)) < 0) return rc;
+    int32_t prio = atomic_load_explicit(&s->priority, RELAXED);
     atomic_store_explicit(&s->ticket, atomic_fetch_add_explicit(&b->next_ticket, 1, RELAXED), RELAXED);
     atomic_store_explicit(&s->state, VMOWN_SLOT_WAITING, RELAXED);
     atomic_store_explicit(&s->robbed, 0, RELAXED);  /* a new wait: no robbery yet */
@@ -188,7 +230,7 @@ int vmown__list_unlink_locked(vmown_vm *vm, _Atomic uint32_t *head, size_t link,
 #undef LINK
 }
 
-/* Unlink `me` from wherever it is in the queue. */
+/* Unlink `me` from wherever it is in the queue, and count it out. */
 int vmown__unlink_locked(vmown_vm *vm, uint32_t me) {
     struct vmown__block *b = vm->block;
     uint32_t prev;
@@ -199,37 +241,99 @@ int vmown__unlink_locked(vmown_vm *vm, uint32_t me) {
     return 0;
 }
 
-/* Dequeue the head and mark it GRANTED; the caller stores it as owner. */
+/* A slot that left the queue (LEFT) or the idle stack (LEFT_IDLE) by
+ * itself: unlink it from that list and make it RUNNING, which it has been
+ * since it left.  Any other state: nothing to do. */
+int vmown__unlink_left_locked(vmown_vm *vm, uint32_t i) {
+    struct vmown_slot *s = slot_of(vm, i);
+    uint32_t st = atomic_load_explicit(&s->state, RELAXED);
+    int rc;
+    if (st == VMOWN_SLOT_LEFT) rc = vmown__unlink_locked(vm, i);
+    else if (st == VMOWN_SLOT_LEFT_IDLE) rc = vmown__idle_unlink_locked(vm, i);
+    else return 0;
+    atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELEASE);
+    return rc;
+}
+
+/* Unlink the slots that left, at the head of the queue; *out is the head
+ * then (0: empty).  Bounded: each round unlinks one slot. */
+int vmown__drop_left_locked(vmown_vm *vm, uint32_t *out) {
+    for (uint32_t steps = 0;; steps++) {
+        uint32_t head;
+        int rc = vmown__read_link(vm, &vm->block->head, &head);
+        if (rc < 0) return rc;
+        if (head == 0 || atomic_load_explicit(&slot_of(vm, head)->state, RELAXED) != VMOWN_SLOT_LEFT) {
+            *out = head;
+            return 0;
+        }
+        if (steps > vm->nslots) { mark_broken(vm); return VMOWN_EBROKEN; }
+        if ((rc = vmown__unlink_left_locked(vm, head)) < 0) return rc;
+    }
+}
+
+/* Mark the first waiter GRANTED with a CAS from WAITING, which a waiter
+ * leaving at that moment races with its own CAS to LEFT: one of them wins
+ * (race O3).  Slots that left on the way are unlinked.  The chosen slot
+ * stays linked and counted: the caller unlinks it (vmown__pop_head_locked)
+ * or gives the grant back (VMOWN_SLOT_WAITING again, in place).  *out = 0:
+ * nobody waits. */
+int vmown__reserve_head_locked(vmown_vm *vm, uint32_t *out) {
+    for (uint32_t steps = 0;; steps++) {
+        uint32_t head;
+        int rc = vmown__drop_left_locked(vm, &head);
+        if (rc < 0 || head == 0) {
+            *out = 0;
+            return rc;
+        }
+        if (steps > vm->nslots) { mark_broken(vm); return VMOWN_EBROKEN; }
+        _Atomic uint32_t *state = &slot_of(vm, head)->state;
+        uint32_t st = atomic_load_explicit(state, RELAXED);
+        if (st != VMOWN_SLOT_WAITING) {
+            if (st == VMOWN_SLOT_LEFT) continue;  /* it left since: unlink it next round */
+            mark_broken(vm);  /* a linked slot is WAITING or LEFT */
+            return VMOWN_EBROKEN;
+        }
+        vmown__widen();  /* O3: the waiter may leave between this look and the CAS */
+        if (atomic_compare_exchange_strong_explicit(state, &st, VMOWN_SLOT_GRANTED, SEQ_CST, RELAXED)) {
+            *out = head;
+            return 0;
+        }
+    }
+}
+
+/* Dequeue the first waiter and mark it GRANTED; the caller stores it as
+ * owner. */
 int vmown__pop_head_locked(vmown_vm *vm, uint32_t *out) {
-    uint32_t head;
-    int rc = vmown__read_link(vm, &vm->block->head, &head);
-    if (rc < 0) return rc;
-    if (head && (rc = vmown__unlink_locked(vm, head)) < 0) return rc;
-    if (head) atomic_store_explicit(&slot_of(vm, head)->state, VMOWN_SLOT_GRANTED, RELAXED);
-    *out = head;
-    return 0;
+    int rc = vmown__reserve_head_locked(vm, out);
+    if (rc < 0 || *out == 0) return rc;
+    return vmown__unlink_locked(vm, *out);
 }
 
 /* ---- hand-over ---- */
 
-/* Give an unowned VM to the head waiter, if both exist. */
 /* Under the lock: give an unowned VM to the head waiter, if both exist.
- * Sets *granted to the slot to post after unlocking (0: none). */
+ * Sets *granted to the slot to post after unlocking (0: none).  The waiter
+ * is marked GRANTED before the word names it (a waiter that left must never
+ * be named); if the word's CAS then fails, the grant is given back. */
 int vmown__grant_head_locked(vmown_vm *vm, uint32_t *granted) {
     struct vmown__block *b = vm->block;
     uint32_t head;
     int rc;
     *granted = 0;
     for (;;) {
-        if ((rc = vmown__read_link(vm, &b->head, &head)) < 0 || head == 0) return rc;
         uint64_t w = atomic_load_explicit(&b->owner_word, SEQ_CST);
         if (VMOWN__OWNER(w) != 0) return 0;  /* its owner will see the queue */
+        if ((rc = vmown__reserve_head_locked(vm, &head)) < 0 || head == 0) return rc;
         if (atomic_compare_exchange_strong_explicit(&b->owner_word, &w, VMOWN__WORD(VMOWN__EPOCH(w), head),
                                                     SEQ_CST, RELAXED))
             break;
-        /* Lost the CAS to an epoch bump, or to a taker who will see us. */
+        /* Lost the CAS to an epoch bump, or to a taker who will see us:
+         * the waiter waits on, still linked and counted.  If it tried to
+         * leave meanwhile it saw GRANTED and waits for a post in slices; at
+         * the next it finds itself WAITING and leaves then. */
+        atomic_store_explicit(&slot_of(vm, head)->state, VMOWN_SLOT_WAITING, RELAXED);
     }
-    rc = vmown__pop_head_locked(vm, &head);
+    rc = vmown__unlink_locked(vm, head);
     if (rc == 0) *granted = head;
     return rc;
 }
@@ -240,10 +344,14 @@ void vmown__post_granted(vmown_vm *vm, uint32_t granted) {
     post(vm, granted);
 }
 
-/* Give an unowned VM to the head waiter, if both exist. */
+/* Give an unowned VM to the head waiter, if both exist.  Nobody needs a
+ * kick to get through: if the lock is not to be had within LOCK_TRY_NS (a
+ * peer stopped in it, say), the grant is left to the next lock holder or
+ * to a waiter's slice (vmown__check_owner kicks again). */
 int vmown__kick(vmown_vm *vm) {
     uint32_t granted;
-    int rc = vmown__lock_block(vm);
+    int rc = vmown__lock_block_until(vm, vmown__now_ns() + LOCK_TRY_NS);
+    if (rc == VMOWN_ETIMEDOUT || rc == VMOWN_ESTUCK) return 0;
     if (rc < 0) return rc;
     rc = vmown__grant_head_locked(vm, &granted);
     unlock_block(vm);
@@ -274,17 +382,46 @@ int vmown__after_queueing(vmown_vm *vm) {
     return 0;
 }
 
-/* Sleep until GRANTED.  On a signal (if interruptible) or a timeout, leave the
- * queue; if the grant won that race, take it instead.  Robbed of a soft grant,
- * sleep again, with the caller's deadline and flags. */
+/* Left the queue (LEFT, by its own CAS): unlink it now if the lock comes
+ * within LOCK_TRY_NS, so that the waiter count and the queue read exact at
+ * once; else the next lock holder that meets it does. */
+static void tidy_left(vmown_vm *vm, uint32_t me) {
+    if (vmown__lock_block_until(vm, vmown__now_ns() + LOCK_TRY_NS) < 0) return;
+    (void)vmown__unlink_left_locked(vm, me);  /* a failure marked the block broken */
+    unlock_block(vm);
+}
+
+/* Leave the queue without the lock (see the notes, "Leaving the queue"):
+ * true if this slot was WAITING and is LEFT now; false if a grant came
+ * first (*state_out GRANTED: the VM, or a soft grant, is ours and its post
+ * is on its way) or the slot was not queued (RUNNING, LEFT). */
+static bool leave_queue(vmown_vm *vm, uint32_t me, uint32_t *state_out) {
+    struct vmown_slot *s = slot_of(vm, me);
+    uint32_t st = VMOWN_SLOT_WAITING;
+    /* Caution: from a successful CAS on, a lock holder may unlink this slot
+     * and make it RUNNING at any moment; nothing here writes it again. */
+    bool left = atomic_compare_exchange_strong_explicit(&s->state, &st, VMOWN_SLOT_LEFT, SEQ_CST, ACQUIRE);
+    *state_out = st;
+    if (left) {
+        bump(&s->interrupts);
+        tidy_left(vm, me);
+    }
+    return left;
+}
+
+/* Sleep until GRANTED.  On a signal (if interruptible) or a timeout, leave
+ * the queue; if the grant won that race, take it instead.  Robbed of a soft
+ * grant, sleep again, with the caller's deadline and flags. */
 int vmown__await_grant(vmown_vm *vm, uint32_t me, int64_t deadline_ns, int flags) {
     struct vmown_slot *s = slot_of(vm, me);
-    const int64_t deadline_asked = deadline_ns;
-    const int flags_asked = flags;
     unsigned strays = 0;
+    /* A leave found the slot GRANTED: wait for the post in slices, whatever
+     * the deadline and signals.  Cleared when a grant given back
+     * (vmown__grant_head_locked) makes the slot WAITING again. */
+    bool granted_seen = false;
     for (;;) {
         int64_t slice_end = vmown__now_ns() + SLICE_NS;
-        bool sliced = deadline_ns < 0 || slice_end < deadline_ns;
+        bool sliced = granted_seen || deadline_ns < 0 || slice_end < deadline_ns;
         int rc = vmown__sem_wait(&s->sem, sliced ? slice_end : deadline_ns);
         if (rc == VMOWN_EBROKEN) { mark_broken(vm); return rc; }  /* a peer wrote over the semaphore */
         if (rc == 0) {
@@ -297,34 +434,31 @@ int vmown__await_grant(vmown_vm *vm, uint32_t me, int64_t deadline_ns, int flags
              * between its store and its post.  Take the grant; should the
              * post come after all, the next wait skips it as a stray. */
             if (atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_GRANTED) goto granted;
+            if (granted_seen) {
+                granted_seen = false;  /* the grant was given back: past the deadline, leave again */
+                continue;
+            }
             if ((rc = vmown__check_owner(vm)) < 0) return rc;
             if ((flags & VMOWN_WAIT_SLICES) &&
                 atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_WAITING)
                 return VMOWN_EAGAIN;  /* still queued: the caller runs its signal handlers */
             continue;
         }
-        if (rc == VMOWN_EINTR && !(flags & VMOWN_WAIT_INTERRUPTIBLE)) continue;
-        int lrc = vmown__lock_block(vm);
-        if (lrc < 0) return lrc;
-        if (atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_WAITING) {
-            lrc = vmown__unlink_locked(vm, me);
-            atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
-            unlock_block(vm);
-            bump(&s->interrupts);
-            return lrc < 0 ? lrc : rc;
-        }
-        unlock_block(vm);
-        /* GRANTED: the VM is ours (or a soft grant is) and the post is on
-         * its way. */
-        deadline_ns = -1;
-        flags = 0;
+        if (rc == VMOWN_EINTR && (granted_seen || !(flags & VMOWN_WAIT_INTERRUPTIBLE))) continue;
+        /* The deadline passed, or a signal: leave, without the lock. */
+        vmown__debug_stop(VMOWN_DEBUG_STOP_LEAVE);
+        vmown__widen();  /* O3: a grant may land between the timeout and the CAS */
+        uint32_t st;
+        if (leave_queue(vm, me, &st)) return rc;
+        if (st != VMOWN_SLOT_GRANTED) { mark_broken(vm); return VMOWN_EBROKEN; }  /* queued, so WAITING or GRANTED */
+        granted_seen = true;
         continue;
     granted:
         vmown__debug_stop(VMOWN_DEBUG_STOP_GRANTED);
+        granted_seen = false;
         if ((rc = vmown__settle_grant(vm, me)) < 0) return rc;
         if (rc == 1) break;
-        deadline_ns = deadline_asked;  /* robbed: queued again, as asked */
-        flags = flags_asked;
+        /* robbed: queued again, waiting as asked */
     }
     atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
     bump(&s->waits);
@@ -361,7 +495,16 @@ int vmown__disown(vmown_vm *vm, uint32_t me, uint64_t callout, bool soft) {
     }
     /* Hand-off: give the VM straight to the head waiter. */
     uint32_t head = 0;
-    int rc = vmown__lock_block(vm);
+    int rc = vmown__lock_block_until(vm, vmown__now_ns() + LOCK_TRY_NS);
+    if (rc == VMOWN_ETIMEDOUT || rc == VMOWN_ESTUCK) {
+        /* A peer holds the lock (stopped in it, say): release without a
+         * hand-off rather than wait.  The waiters are counted, so each finds
+         * the VM unowned at its next slice and kicks (vmown__check_owner);
+         * whoever takes it meanwhile sees them at its own release. */
+        atomic_store_explicit(&b->owner_word, VMOWN__WORD(VMOWN__EPOCH(w) + 1, 0), SEQ_CST);
+        if (atomic_load_explicit(&b->waiters_and_hb_asleep, SEQ_CST) & VMOWN__HB_ASLEEP) vmown__wake_heartbeat(vm);
+        return 0;
+    }
     if (rc < 0) return rc;
     if (soft && atomic_load_explicit(&b->claimant, RELAXED) != 0) {
         /* A robbed claimant is on its way back (race S3): it looks again
@@ -434,10 +577,15 @@ int vmown_own_wait(vmown_vm *vm, uint32_t me, int64_t timeout_ns, int flags) {
     uint64_t w;
     if (likely(own_fast(vm, s, me, &w))) return 0;
     if (VMOWN__OWNER(vmown__settle_revoking(vm, me, w)) == (int32_t)me) return VMOWN_EALREADY;
-    if (atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_RUNNING) return VMOWN_EBADSLOT;
+    uint32_t st = atomic_load_explicit(&s->state, RELAXED);
+    if (st != VMOWN_SLOT_RUNNING && st != VMOWN_SLOT_LEFT && st != VMOWN_SLOT_LEFT_IDLE) return VMOWN_EBADSLOT;
     int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
     int rc = vmown__lock_block_until(vm, deadline);
     if (rc < 0) return rc;
+    if ((rc = vmown__unlink_left_locked(vm, me)) < 0) {  /* left before and still linked: tidy up */
+        unlock_block(vm);
+        return rc;
+    }
     w = atomic_load_explicit(&b->owner_word, RELAXED);
     if (VMOWN__OWNER(w) == 0 &&
         atomic_compare_exchange_strong_explicit(&b->owner_word, &w, VMOWN__WORD(VMOWN__EPOCH(w), me), ACQUIRE,
@@ -472,19 +620,9 @@ int vmown_own_resume(vmown_vm *vm, uint32_t me, int64_t deadline_ns, int flags) 
 
 int vmown_own_cancel(vmown_vm *vm, uint32_t me) {
     if (unlikely(!valid_index(vm, me))) return VMOWN_EBADSLOT;
-    struct vmown_slot *s = slot_of(vm, me);
-    int rc = vmown__lock_block(vm);
-    if (rc < 0) return rc;
-    if (atomic_load_explicit(&s->state, RELAXED) == VMOWN_SLOT_WAITING) {
-        rc = vmown__unlink_locked(vm, me);
-        atomic_store_explicit(&s->state, VMOWN_SLOT_RUNNING, RELAXED);
-        unlock_block(vm);
-        bump(&s->interrupts);
-        return rc;
-    }
-    unlock_block(vm);
-    if (atomic_load_explicit(&s->state, ACQUIRE) != VMOWN_SLOT_GRANTED) return 0;
-    rc = vmown__await_grant(vm, me, -1, 0);  /* granted meanwhile: take the post on its way */
+    uint32_t st;
+    if (leave_queue(vm, me, &st) || st != VMOWN_SLOT_GRANTED) return 0;
+    int rc = vmown__await_grant(vm, me, -1, 0);  /* granted meanwhile: take the post on its way */
     return rc < 0 ? rc : 1;
 }
 
@@ -511,7 +649,10 @@ int vmown_yield(vmown_vm *vm, uint32_t me, int64_t timeout_ns, int flags) {
     if ((atomic_load_explicit(&b->waiters_and_hb_asleep, RELAXED) & VMOWN__WAITERS_MASK) == 0) return 0;
     int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
     uint32_t head = 0;
-    int rc = vmown__lock_block(vm);
+    /* The lock by the deadline (LOCK_TRY_NS at least), or no yield: the
+     * caller keeps the VM, as when nobody waits. */
+    int rc = vmown__lock_block_until(vm, vmown__lock_deadline(deadline));
+    if (rc == VMOWN_ETIMEDOUT || rc == VMOWN_ESTUCK) return 0;
     if (rc < 0) return rc;
     if ((rc = vmown__pop_head_locked(vm, &head)) < 0 || head == 0) {
         unlock_block(vm);
@@ -534,7 +675,18 @@ int vmown_yield(vmown_vm *vm, uint32_t me, int64_t timeout_ns, int flags) {
 int vmown_set_priority(vmown_vm *vm, uint32_t me, int32_t priority) {
     if (!valid_index(vm, me)) return VMOWN_EBADSLOT;
     struct vmown_slot *s = slot_of(vm, me);
-    if (atomic_load_explicit(&s->state, RELAXED) != VMOWN_SLOT_RUNNING) return VMOWN_EBUSY;
+    uint32_t st = atomic_load_explicit(&s->state, RELAXED);
+    if (st == VMOWN_SLOT_LEFT || st == VMOWN_SLOT_LEFT_IDLE) {
+        /* Still linked where it left: unlinked first, so that no list holds
+         * a slot out of its priority order. */
+        int rc = vmown__lock_block(vm);
+        if (rc < 0) return rc;
+        rc = vmown__unlink_left_locked(vm, me);
+        unlock_block(vm);
+        if (rc < 0) return rc;
+        st = atomic_load_explicit(&s->state, RELAXED);
+    }
+    if (st != VMOWN_SLOT_RUNNING) return VMOWN_EBUSY;
     atomic_store_explicit(&s->priority, priority, RELAXED);
     return 0;
 }

@@ -39,6 +39,12 @@ static int repair_locked(vmown_vm *vm) {
         uint32_t st = atomic_load_explicit(&slot_of(vm, i)->state, RELAXED);
         if (st != VMOWN_SLOT_FREE) in_use++;
         if (st == VMOWN_SLOT_WAITING) order[n++] = i;
+        /* Left a list by itself: it runs, and the lists are rebuilt without
+         * it.  A waiter that leaves during this scan is read WAITING (queued
+         * and counted here: LEFT and linked after, which is consistent) or
+         * LEFT (dropped). */
+        if (st == VMOWN_SLOT_LEFT || st == VMOWN_SLOT_LEFT_IDLE)
+            atomic_store_explicit(&slot_of(vm, i)->state, VMOWN_SLOT_RUNNING, RELEASE);
         /* GRANTED but the word names it neither as owner nor as pending:
          * the granter died between dequeue and store, or it was robbed of a
          * soft grant and died before queueing again; queue it again (a live
@@ -128,6 +134,7 @@ int vmown__reap_dead_locked(vmown_vm *vm, uint32_t *granted) {
         }
         if (st == VMOWN_SLOT_WAITING && (rc = vmown__unlink_locked(vm, i)) < 0) return rc;
         if (st == VMOWN_SLOT_PARKED && (rc = vmown__idle_unlink_locked(vm, i)) < 0) return rc;
+        if ((rc = vmown__unlink_left_locked(vm, i)) < 0) return rc;  /* LEFT, LEFT_IDLE */
         /* Owning, hard-granted, or holding a pending soft grant (a thief
          * may steal the last one meanwhile: then this CAS fails, rightly). */
         uint64_t w = atomic_load_explicit(&b->owner_word, SEQ_CST);
@@ -170,8 +177,11 @@ int vmown__check_owner(vmown_vm *vm) {
             return vmown__kick(vm);
         return 0;
     }
+    /* A waiter has a deadline to keep: a lock held by a stopped peer is
+     * tried again at the next slice. */
     uint32_t granted;
-    int rc = vmown__lock_block(vm);
+    int rc = vmown__lock_block_until(vm, vmown__now_ns() + LOCK_TRY_NS);
+    if (rc == VMOWN_ETIMEDOUT || rc == VMOWN_ESTUCK) return 0;
     if (rc < 0) return rc;
     rc = vmown__reap_dead_locked(vm, &granted);
     unlock_block(vm);

@@ -89,7 +89,11 @@ enum {
     VMOWN_SLOT_RUNNING = 1,   /* registered; owns the VM or is in a callout */
     VMOWN_SLOT_WAITING = 2,   /* queued for ownership, asleep on its semaphore */
     VMOWN_SLOT_GRANTED = 3,   /* dequeued and given the VM; wake-up in flight */
-    VMOWN_SLOT_PARKED = 4     /* an idle worker on the idle stack, asleep */
+    VMOWN_SLOT_PARKED = 4,    /* an idle worker on the idle stack, asleep */
+    VMOWN_SLOT_LEFT = 5,      /* left the wait queue by itself (timeout, signal) and
+                                 runs; still linked there until a holder of the
+                                 block's lock unlinks it */
+    VMOWN_SLOT_LEFT_IDLE = 6  /* the same for the idle stack */
 };
 
 /* Wait flags for vmown_own_wait. */
@@ -185,8 +189,9 @@ VMOWN_EXTERN int vmown_own_cancel(vmown_vm *vm, uint32_t slot);
 /* Take the VM only if nobody owns it: 1 taken, 0 not, negative on error. */
 VMOWN_EXTERN int vmown_try_own(vmown_vm *vm, uint32_t slot);
 /* The owner gives the VM to the head waiter and queues for it again: returns
- * 1 after getting it back, 0 if nobody waited (nothing happened), or an error
- * (VMOWN_EINTR / VMOWN_ETIMEDOUT: the caller no longer owns the VM). */
+ * 1 after getting it back, 0 if nobody waited or the block's lock was not to
+ * be had by the deadline (nothing happened: the caller still owns the VM), or
+ * an error (VMOWN_EINTR / VMOWN_ETIMEDOUT: the caller no longer owns the VM). */
 VMOWN_EXTERN int vmown_yield(vmown_vm *vm, uint32_t slot, int64_t timeout_ns, int flags);
 
 /* One-argument forms for callers that pay per argument (cffi dispatches a
@@ -268,8 +273,11 @@ typedef struct {
 
 /* Park the calling worker, which must own the VM: join the idle stack and
  * release the VM (to the head waiter, if any), in one step under the lock.
- * Returns 1 once given the VM (activated), 0 when woken by vmown_unpark
- * (not owning), VMOWN_ETIMEDOUT (not owning) after timeout_ns (< 0: none). */
+ * Returns 1 once given the VM (activated; also when the block's lock was not
+ * to be had by the deadline: it never parked and still owns the VM, counted
+ * as a disown and an own), 0 when
+ * woken by vmown_unpark (not owning), VMOWN_ETIMEDOUT (not owning) after
+ * timeout_ns (< 0: none). */
 VMOWN_EXTERN int vmown_park(vmown_vm *vm, uint32_t slot, int64_t timeout_ns);
 /* Park a worker that does not own the VM (a new one): join the idle stack and
  * wait, as vmown_park does after its release; same results.  A thread pool
@@ -443,13 +451,15 @@ enum {
     VMOWN_DEBUG_STOP_GRANTED = 1,  /* handed the VM, before taking it */
     VMOWN_DEBUG_STOP_IN_LOCK = 2,  /* inside the lock, queue half-updated */
     VMOWN_DEBUG_STOP_CLAIM = 3,    /* woken by a soft grant, before claiming it */
-    VMOWN_DEBUG_STOP_BEFORE_POST = 4  /* a disown that handed the VM on, before its post */
+    VMOWN_DEBUG_STOP_BEFORE_POST = 4, /* a disown that handed the VM on, before its post */
+    VMOWN_DEBUG_STOP_LEAVE = 5     /* a queued waiter past its deadline, before it leaves */
 };
 VMOWN_EXTERN void vmown_debug_set_stop(int point);
 
 /* Debug: widen the race windows (between enqueueing and sleeping, between
- * storing a new owner and posting its semaphore) by spinning this many
- * nanoseconds with a yield.  Process-wide, 0 turns it off. */
+ * storing a new owner and posting its semaphore, between a waiter's timeout
+ * and its leaving, between a granter's look at a waiter and its grant) by
+ * spinning this many nanoseconds with a yield.  Process-wide, 0 turns it off. */
 VMOWN_EXTERN void vmown_debug_set_widen_ns(int64_t ns);
 
 /* OS layer (os_linux.c): anonymous shared mappings for the default block. */

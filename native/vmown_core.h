@@ -10,7 +10,14 @@
 #include "vmown_shorthands.h"
 
 #define VMOWN__MAX_SLOTS (1u << 20)
-#define LOCK_TIMEOUT_NS 2000000000  /* 2 s: the lock is held for microseconds */
+/* The lock is held for microseconds.  LOCK_TIMEOUT_NS bounds a wait for it
+ * that has no deadline of its own (VMOWN_ESTUCK after it: a peer stopped
+ * inside the lock).  LOCK_TRY_NS bounds the waits that may give up and leave
+ * their work to the next lock holder: a release's hand-off, a kick, the
+ * tidy-up after leaving the queue; and it is the least a yield or a park
+ * waits for the lock, even with a deadline already passed. */
+#define LOCK_TIMEOUT_NS 2000000000  /* 2 s */
+#define LOCK_TRY_NS 5000000         /* 5 ms */
 #define MAX_STRAY_POSTS 1000        /* in one wait: more means a corrupt semaphore */
 #define SLICE_NS 50000000           /* 50 ms: a dead owner is found within one slice */
 
@@ -53,6 +60,9 @@ int vmown__enqueue_locked(vmown_vm *vm, uint32_t me);
 int vmown__requeue_locked(vmown_vm *vm, uint32_t me);
 int vmown__list_unlink_locked(vmown_vm *vm, _Atomic uint32_t *head, size_t link, uint32_t me, uint32_t *prev);
 int vmown__unlink_locked(vmown_vm *vm, uint32_t me);
+int vmown__unlink_left_locked(vmown_vm *vm, uint32_t i);
+int vmown__drop_left_locked(vmown_vm *vm, uint32_t *head);
+int vmown__reserve_head_locked(vmown_vm *vm, uint32_t *out);
 int vmown__pop_head_locked(vmown_vm *vm, uint32_t *out);
 int vmown__grant_head_locked(vmown_vm *vm, uint32_t *granted);
 void vmown__post_granted(vmown_vm *vm, uint32_t granted);
@@ -65,19 +75,35 @@ int vmown__disown(vmown_vm *vm, uint32_t me, uint64_t callout, bool soft);
 /* repair.c: take the block's lock, mending what a dead holder left.  _until
  * waits until deadline_ns at most (VMOWN_ETIMEDOUT; < 0: none); without a
  * deadline a stopped holder ends the wait after LOCK_TIMEOUT_NS
- * (VMOWN_ESTUCK).  Callers that can still give up cleanly (own before it
- * queues, register) pass their caller's deadline, so that a peer stopped
- * inside the lock cannot keep them past it.  The others (a queued waiter
- * leaving the queue, a release) pass none: they must get through whatever
- * the time, or the queue would name a thread that left it. */
+ * (VMOWN_ESTUCK).  Every wait of a caller with a deadline passes it, so that
+ * a peer stopped inside the lock cannot keep the caller past it: own before
+ * it queues and register (their caller's deadline), yield and park
+ * (vmown__lock_deadline: a failure keeps the VM with the caller).  A queued
+ * waiter, or a parked one, leaves without the lock (owner.c, "Leaving the
+ * queue"); a release, a kick and the tidy-up after a leave wait LOCK_TRY_NS
+ * and leave the rest to the next lock holder.  What still waits up to
+ * LOCK_TIMEOUT_NS has no deadline to keep: unregister, set_priority of a
+ * slot that left, the heartbeat's calls, unpark, a robbed claimant's
+ * re-queue, reaping, the observers that read the queue. */
 int vmown__lock_block(vmown_vm *vm);
 int vmown__lock_block_until(vmown_vm *vm, int64_t deadline_ns);
+/* The lock's deadline for a caller's deadline (< 0: none): that deadline,
+ * but LOCK_TRY_NS from now at the soonest, so that a lock held for a moment
+ * by a live peer does not fail a call whose deadline is now. */
+static inline int64_t vmown__lock_deadline(int64_t deadline_ns) {
+    if (deadline_ns < 0) return -1;
+    int64_t soonest = vmown__now_ns() + LOCK_TRY_NS;
+    return deadline_ns > soonest ? deadline_ns : soonest;
+}
 static inline void unlock_block(vmown_vm *vm) { vmown__unlock(&vm->block->lock); }
 void vmown__fold_counters_locked(vmown_vm *vm, struct vmown_slot *s);
 int vmown__reap_dead_locked(vmown_vm *vm, uint32_t *granted);
 int vmown__check_owner(vmown_vm *vm);
 
-/* idle.c */
+/* idle.c: the idle stack.  _take: a parked worker (target, or 0 for the top)
+ * off the stack by a CAS PARKED -> to; _push: onto it, PARKED. */
 int vmown__idle_unlink_locked(vmown_vm *vm, uint32_t me);
+int vmown__idle_take_locked(vmown_vm *vm, uint32_t target, uint32_t to, uint32_t *out);
+int vmown__idle_push_locked(vmown_vm *vm, uint32_t me);
 
 #endif

@@ -606,6 +606,219 @@ def test_case3_own_honours_its_timeout_while_a_stopped_peer_holds_the_lock(timeo
     vm.disown()
 
 
+def _kill(pid: int) -> None:
+    import signal as _signal
+
+    os.kill(pid, _signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+def _queued(vm: Ownership, count: int, timeout: float, outcome: list[tuple[str, float]]) -> list:
+    """Start ``count`` threads that own(timeout=) the VM (held by the caller)
+    and give it back; each appends ("owned" | "timed out", seconds taken)."""
+    import threading
+    import time as _time
+
+    from .support import wait_until
+
+    def waiter() -> None:
+        vm.slot  # registered before the peer stops in the lock
+        start = _time.monotonic()
+        try:
+            vm.own(timeout=timeout)
+        except TimeoutError:
+            outcome.append(("timed out", _time.monotonic() - start))
+        except vmown.VmownError as exc:
+            outcome.append((f"failed: {exc}", _time.monotonic() - start))
+        else:
+            outcome.append(("owned", _time.monotonic() - start))
+            vm.disown()
+
+    threads = []
+    for k in range(count):
+        threads.append(threading.Thread(target=waiter))
+        threads[-1].start()
+        wait_until(lambda: vm.waiters == k + 1, what="the waiter to queue")
+    return threads
+
+
+def _still_works(vm: Ownership, threads: int = 4, cycles: int = 200) -> None:
+    """Several threads own and disown the block, one at a time."""
+    from .support import run_threads
+
+    state = {"inside": False, "count": 0}
+
+    def body(i: int) -> None:
+        for _ in range(cycles):
+            vm.own(timeout=30)
+            assert not state["inside"], "two threads own the VM"
+            state["inside"] = True
+            state["count"] += 1
+            state["inside"] = False
+            vm.disown()
+
+    run_threads(body, threads, timeout=120)
+    assert state["count"] == threads * cycles
+    assert vm.owner == 0 and vm.queue() == [] and vm.waiters == 0
+
+
+@pytest.mark.parametrize("timeout", [0.3, 1.0])
+def test_case3_a_waiter_queued_before_a_peer_stops_in_the_lock_honours_its_timeout(timeout: float) -> None:
+    """The waiter leaves the queue without the lock (native/owner.c, "Leaving
+    the queue"): a peer stopped inside it does not keep the waiter past its
+    deadline, where the leave used to wait 2 s for the lock and fail."""
+    vm = Ownership(slots=8)
+    vm.own()
+    outcome: list[tuple[str, float]] = []
+    (waiter,) = _queued(vm, 1, timeout, outcome)
+    pid = _stopped_in_the_lock(vm)
+    try:
+        waiter.join(30)
+        assert not waiter.is_alive()
+        (how, took), = outcome
+        assert how == "timed out", outcome
+        # A slice (50 ms) over the deadline at most; bounded generously for
+        # loaded machines, far below the old 2 s for the lock.
+        assert took < timeout + 1.0, f"own(timeout={timeout}) took {took:.2f} s"
+    finally:
+        _kill(pid)
+    # The dead child's lock is taken over and the queue rebuilt without the
+    # waiter that left; then the block works as before.
+    assert vm.queue() == [] and vm.waiters == 0
+    vm.disown()
+    _still_works(vm)
+
+
+def test_case3_a_waiter_that_left_while_the_lock_was_held_queues_again_behind_newer_waiters() -> None:
+    """O6: the waiter leaves while a stopped peer holds the lock, so its
+    tidy-up cannot unlink it: its slot stays linked and counted, "left".
+    The peer goes on (SIGCONT) and queues behind it.  The waiter's next own
+    unlinks its old place and queues at the back, behind the peer: FIFO as
+    if it had been unlinked when it left."""
+    import signal as _signal
+    import threading
+
+    vm = Ownership(slots=8)
+    vm.own()
+    outcome: list[tuple[str, float]] = []
+    again = threading.Event()
+    owned_again: list[bool] = []
+
+    def waiter() -> None:
+        me.append(vm.slot)
+        try:
+            vm.own(timeout=0.3)
+        except TimeoutError:
+            outcome.append(("timed out", 0.0))
+        again.wait(30)
+        vm.own(timeout=30)
+        owned_again.append(True)
+        vm.disown()
+
+    me: list[int] = []
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    from .support import wait_until
+
+    wait_until(lambda: vm.waiters == 1, what="the waiter to queue")
+    pid = _stopped_in_the_lock(vm)
+    try:
+        wait_until(lambda: outcome != [], what="the waiter to time out")
+        (slot,) = me
+        assert vm.slot_info(slot)["state"] == "left" and vm.waiters == 1  # linked and counted still
+        os.kill(pid, _signal.SIGCONT)  # the peer links itself behind, counts itself, sleeps
+        wait_until(lambda: vm.waiters == 2, what="the peer to queue")
+        peer = next(i for i in range(1, 9) if vm.slot_info(i)["pid"] == pid)
+        again.set()
+        wait_until(lambda: vm.slot_info(slot)["state"] == "waiting", what="the waiter to queue again")
+        assert vm.queue() == [peer, slot] and vm.waiters == 2
+    finally:
+        _kill(pid)  # queued (or owning, after the disown below): reaped
+    vm.disown()  # to the dead peer's slot, which is reaped within a slice; then to the waiter
+    thread.join(30)
+    assert not thread.is_alive() and owned_again == [True]
+    assert vm.owner == 0 and vm.queue() == [] and vm.waiters == 0
+    _still_works(vm)
+
+
+def test_case3_yield_and_park_honour_their_timeouts_while_a_stopped_peer_holds_the_lock() -> None:
+    """yield_to_waiters and park pass their deadline to the lock: one that
+    cannot get it keeps the VM (yield: "did not yield", park: 1, owning); a
+    worker parked before the peer stopped leaves the idle stack without the
+    lock at its timeout."""
+    import threading
+    import time as _time
+
+    from vmown._native import lib
+
+    from .support import wait_until
+
+    vm = Ownership(slots=8)
+    cb = vm._cb
+    vm.own()
+    parked: list[tuple[int, float]] = []
+
+    def park_new() -> None:
+        slot = vm.slot
+        start = _time.monotonic()
+        parked.append((lib.vmown_park_new(cb, slot, 600_000_000), _time.monotonic() - start))
+
+    worker = threading.Thread(target=park_new)
+    worker.start()
+    wait_until(lambda: "parked" in [vm.slot_info(i)["state"] for i in range(1, 9)], what="the worker to park")
+    outcome: list[tuple[str, float]] = []
+    (waiter,) = _queued(vm, 1, 30, outcome)
+    pid = _stopped_in_the_lock(vm)
+    try:
+        start = _time.monotonic()
+        assert vm.yield_to_waiters(timeout=0.2) is False  # the lock was not to be had: nothing happened
+        took = _time.monotonic() - start
+        assert took < 0.2 + 1.0 and vm.owned(), took
+        start = _time.monotonic()
+        assert lib.vmown_park(cb, vm.slot, 200_000_000) == 1  # never parked: still owns
+        took = _time.monotonic() - start
+        assert took < 0.2 + 1.0 and vm.owned(), took
+        worker.join(30)
+        assert not worker.is_alive()
+        (rc, took), = parked
+        assert rc == lib.VMOWN_ETIMEDOUT and took < 0.6 + 1.0, parked
+    finally:
+        _kill(pid)
+    vm.disown()  # to the waiter, which queued before the peer stopped
+    waiter.join(30)
+    assert not waiter.is_alive() and [how for how, _ in outcome] == ["owned"]
+    _still_works(vm)
+
+
+def test_case3_a_release_while_a_stopped_peer_holds_the_lock_returns_and_loses_no_waiter() -> None:
+    """disown() with waiters queued cannot hand the VM on while the lock is
+    held: it releases it unowned at once.  The waiters find it unowned at
+    their next slice and kick; once the peer is killed, a kick takes its lock
+    over, the queue is rebuilt and every waiter owns in turn."""
+    import time as _time
+
+    vm = Ownership(slots=8)
+    vm.own()
+    outcome: list[tuple[str, float]] = []
+    waiters = _queued(vm, 3, 60, outcome)
+    pid = _stopped_in_the_lock(vm)
+    try:
+        start = _time.monotonic()
+        vm.disown()
+        took = _time.monotonic() - start
+        assert took < 1.0, f"disown took {took:.2f} s"  # the old hand-off waited 2 s and failed
+        _time.sleep(0.2)  # a few slices: the waiters kick and find the lock held
+        assert outcome == [] and vm.waiters == 3
+    finally:
+        _kill(pid)
+    for waiter in waiters:
+        waiter.join(30)
+        assert not waiter.is_alive()
+    assert [how for how, _ in outcome] == ["owned"] * 3, outcome
+    assert vm.owner == 0 and vm.queue() == [] and vm.waiters == 0
+    _still_works(vm)
+
+
 SEMAPHORE_SCRIPT = """
 import threading, time, vmown
 from vmown._native import ffi, lib

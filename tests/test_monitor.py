@@ -79,7 +79,8 @@ def test_top_once_json_watches_a_run_started_with_monitor(tmp_path: pathlib.Path
         owners = [s for s in snap["slots"] if s["owner"]]
         assert len(owners) <= 1
         assert all(s["pid"] == child.pid for s in snap["slots"])
-        assert {s["state"] for s in snap["slots"]} <= {"running", "waiting", "granted", "parked"}
+        states = {"running", "waiting", "granted", "parked", "left", "left_idle"}
+        assert {s["state"] for s in snap["slots"]} <= states
         assert snap["run"]["pid"] == child.pid and snap["run"]["hz"] == 1000
     assert second["counters"]["disowns"] > first["counters"]["disowns"]
     assert "usleep" in second["run"]["callout_names"].values()

@@ -86,11 +86,11 @@ def test_timeout_leaves_the_queue() -> None:
 
 
 def test_a_grant_that_lands_as_the_timeout_passes_is_taken(widen) -> None:  # type: ignore[no-untyped-def]
-    """O3 (native/owner.c, "Leaving the queue early"), forced: the owner
-    stores the grant while the waiter is still before its sleep, and posts
-    only after the waiter's timeout has passed (the widen switch holds both
-    100 ms).  Under the lock the waiter finds itself GRANTED, so it takes the
-    post that is on its way instead of leaving the queue."""
+    """O3 (native/owner.c, "Leaving the queue"), forced: the owner grants
+    while the waiter is still before its sleep, and posts only after the
+    waiter's timeout has passed (the widen switch holds each step 100 ms).
+    The waiter's leaving CAS finds it GRANTED, so it takes the post that is
+    on its way instead of leaving the queue."""
     vm = vmown.Ownership(slots=8)
     vm.own()
     outcome: list[tuple[str, float]] = []
@@ -116,6 +116,114 @@ def test_a_grant_that_lands_as_the_timeout_passes_is_taken(widen) -> None:  # ty
     (how, elapsed), = outcome
     assert how == "owned" and elapsed > 0.1, (how, elapsed)
     assert vm.owner == 0 and vm.waiters == 0
+
+
+def _o3_round(  # type: ignore[no-untyped-def]
+    vm: vmown.Ownership, widen, timeout: float, disown_at: float
+) -> tuple[str, float, float, float]:
+    """One waiter own(timeout=) while this thread owns; this thread disowns
+    ``disown_at`` s after the waiter started, with the race windows widened
+    400 ms: the waiter's timeout -> its leaving CAS, and a granter's look at
+    the head -> its granting CAS (native/owner.c, race O3).  The margins are
+    200 ms either way, for loaded machines.  Returns the waiter's outcome and
+    time, and when the disown started and how long it took (a granter that
+    found the waiter still WAITING is held 400 ms in its window)."""
+    outcome: list[tuple[str, float]] = []
+
+    def waiter() -> None:
+        start = time.monotonic()
+        try:
+            vm.own(timeout=timeout)
+        except TimeoutError:
+            outcome.append(("timed out", time.monotonic() - start))
+        else:
+            outcome.append(("owned", time.monotonic() - start))
+            vm.disown()
+
+    vm.own()
+    widen(400_000_000)
+    t = threading.Thread(target=waiter)
+    start = time.monotonic()
+    t.start()
+    wait_until(lambda: vm.waiters == 1, what="the waiter to queue")
+    time.sleep(max(0.0, start + disown_at - time.monotonic()))
+    disown_started = time.monotonic() - start
+    vm.disown()
+    disown_took = time.monotonic() - start - disown_started
+    t.join(10)
+    widen(0)
+    assert not t.is_alive()
+    ((how, elapsed),) = outcome
+    return how, elapsed, disown_started, disown_took
+
+
+def test_o3_a_leave_that_lands_inside_a_grant_wins_and_the_grant_moves_on(widen) -> None:  # type: ignore[no-untyped-def]
+    """O3, forced the leave's way: the waiter times out at 0.6 s and leaves
+    (its CAS WAITING -> LEFT) at 1.0 s; the owner's disown looks at it
+    (WAITING) at 0.8 s and tries its CAS WAITING -> GRANTED at 1.2 s, which
+    fails.  The waiter gets TimeoutError without waiting for the lock the
+    granter holds; the granter unlinks it and, nobody else waiting, leaves
+    the VM unowned.  Nothing is left behind."""
+    vm = vmown.Ownership(slots=8)
+    how, elapsed, started, took = _o3_round(vm, widen, timeout=0.6, disown_at=0.8)
+    # The granter looked while the waiter was WAITING (it was held in its
+    # window), after the waiter's timeout and before its CAS.
+    assert 0.6 < started < 1.0 and took > 0.3, (started, took)
+    assert how == "timed out" and elapsed < 0.6 + 0.4 + 0.5, (how, elapsed)
+    assert vm.owner == 0 and vm.waiters == 0 and vm.queue() == []
+    vm.own(timeout=10)
+    vm.disown()
+
+
+def test_o3_a_grant_that_lands_inside_a_leave_wins_and_is_taken(widen) -> None:  # type: ignore[no-untyped-def]
+    """O3, forced the grant's way: the owner's disown looks at the waiter at
+    0.4 s and marks it GRANTED at 0.8 s, between the waiter's timeout (0.6 s)
+    and its leaving CAS (1.0 s), which fails: the waiter owns the VM, taking
+    the post that comes at 1.2 s."""
+    vm = vmown.Ownership(slots=8)
+    how, elapsed, started, took = _o3_round(vm, widen, timeout=0.6, disown_at=0.4)
+    # The grant's CAS (400 ms after the disown started) came after the
+    # waiter's deadline and before its CAS.
+    assert 0.2 < started < 0.6 and took > 0.3, (started, took)
+    assert how == "owned" and elapsed > 1.0, (how, elapsed)
+    assert vm.owner == 0 and vm.waiters == 0 and vm.queue() == []
+
+
+def test_timed_owns_with_race_windows_widened_lose_nobody(widen) -> None:  # type: ignore[no-untyped-def]
+    """Many threads own with tiny timeouts and disown, the windows of O3
+    widened: every own either owns or times out, one owner at a time; at the
+    end the VM is free and nobody is queued or counted.  queue() reads under
+    the lock and unlinks slots that left while the lock was busy, so the
+    count is checked after it."""
+    vm = vmown.Ownership(slots=32)
+    threads, cycles = 12, 200
+    inside = [False]
+    owned, timed_out = [0] * threads, [0] * threads  # one entry per thread
+    timeouts = (0.0, 0.0001, 0.0005, 0.002)
+
+    def body(i: int) -> None:
+        for n in range(cycles):
+            try:
+                vm.own(timeout=timeouts[(i + n) % len(timeouts)])
+            except TimeoutError:
+                timed_out[i] += 1
+                assert not vm.owned()
+                continue
+            assert not inside[0], "two threads own the VM"
+            inside[0] = True
+            owned[i] += 1
+            if n % 3 == 0:
+                time.sleep(0.0005)  # owning without the GIL: the others queue and time out
+            inside[0] = False
+            vm.disown()
+
+    widen(20_000)
+    run_threads(body, threads, timeout=300)
+    widen(0)
+    assert sum(owned) + sum(timed_out) == threads * cycles
+    assert sum(owned) > 0 and sum(timed_out) > 0, (owned, timed_out)
+    assert vm.stats()["interrupts"] > 0  # timeouts that left the queue, not only own(timeout=0) refused
+    assert vm.owner == 0 and vm.queue() == [] and vm.waiters == 0
 
 
 def test_stats_add_up() -> None:

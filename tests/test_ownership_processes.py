@@ -176,6 +176,43 @@ def test_peer_killed_inside_the_lock() -> None:
     _recovers(vm)
 
 
+@pytest.mark.parametrize("then", ["continued", "killed"])
+def test_o3_a_waiter_stopped_between_its_timeout_and_its_leave_is_granted_meanwhile(then: str) -> None:
+    """O3 (native/owner.c, "Leaving the queue"), forced with a stop point:
+    the child waiter's deadline has passed and it stops before its CAS
+    WAITING -> LEFT; the parent's disown grants it meanwhile (its CAS
+    WAITING -> GRANTED wins).  Continued, the child's CAS fails and it takes
+    the grant: own() returns owning, not TimeoutError.  Killed there, it is a
+    dead owner: reaped, and the VM goes on."""
+    vm = vmown.Ownership(slots=16)
+    vm.own()
+    flag = mmap.mmap(-1, mmap.PAGESIZE)
+
+    def child() -> None:
+        try:
+            vm.own(timeout=0.05)
+        except TimeoutError:
+            flag[0] = 2
+            return
+        flag[0] = 1 if vm.owned() else 3
+        vm.disown()
+
+    pid = _fork(child, stop_at=lib.VMOWN_DEBUG_STOP_LEAVE)
+    _wait_stopped(pid)  # past its deadline, still WAITING
+    vm.disown()  # hands the VM to the stopped waiter
+    assert vm.owner not in (0, vm.slot)
+    if then == "killed":
+        _kill(pid)
+        _recovers(vm)
+        return
+    os.kill(pid, signal.SIGCONT)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and flag[0] == 1, (status, flag[0])
+    vm.own(timeout=RECOVERY_S)
+    assert vm.waiters == 0 and vm.queue() == []
+    vm.disown()
+
+
 @pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
 def test_granter_killed_between_its_store_and_its_post(soft: bool) -> None:
     """Race S8 (native/grants.c): the child hands the VM to the waiting

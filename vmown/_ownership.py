@@ -418,7 +418,11 @@ class Ownership:
 
     @property
     def waiters(self) -> int:
-        """How many threads are queued for ownership."""
+        """How many threads are queued for ownership.
+
+        Read without the block's lock.  A thread that gave up waiting (a
+        timeout, a signal) while the lock was busy is counted until the next
+        holder of the lock unlinks it (:meth:`queue` does)."""
         return lib.vmown_waiters(self._handle())
 
     @property
@@ -432,7 +436,10 @@ class Ownership:
         return lib.vmown_slots_in_use(self._handle())
 
     def queue(self) -> list[int]:
-        """Slot indices of the waiting threads, head first."""
+        """Slot indices of the waiting threads, head first.
+
+        Read under the block's lock, unlinking on the way the threads that
+        gave up waiting and are still linked."""
         n = self.slots
         out = ffi.new("uint32_t[]", n)
         count = check(lib.vmown_queue_read(self._handle(), out, n), "queue")

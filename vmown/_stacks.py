@@ -228,7 +228,9 @@ def _role(slot: dict[str, Any] | None, owner: int, figures: dict[str, Any], name
         return f"in a callout to {function}{out}"
     if slot["slot"] == owner:
         return "owner"
-    return "running, not owning the VM" if state == "running" else state
+    # "left" / "left_idle": it gave up waiting or parking and runs; its slot is
+    # still linked where it left until the core unlinks it.
+    return "running, not owning the VM" if state in ("running", "left", "left_idle") else state
 
 
 def inspect(pid: int, monitor: str | None = None) -> dict[str, Any]:

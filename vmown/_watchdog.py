@@ -60,6 +60,9 @@ POLL_FRACTION = 0.5  # of the smaller threshold: a warning comes 1-1.5 threshold
 POLL_MIN_S = 0.01
 POLL_MAX_S = 0.25
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# Slot states (vmown_slot_state_name) of a thread that runs: RUNNING, and a
+# slot that left the wait queue or the idle stack by itself.
+_RUNS = frozenset({"running", "left", "left_idle"})
 
 
 class WatchdogWarning(RuntimeWarning):
@@ -198,8 +201,9 @@ class Watchdog:
             tag = info["callout"]
             # A slot keeps its last callout's tag until its next disown: the
             # callout is out only while the slot runs without owning the VM,
-            # or owns it with a lazy callout out.
-            if not tag or info["state"] != "running" or (slot == owner and not info["lazy_out"]):
+            # or owns it with a lazy callout out.  A slot that left the queue
+            # or the idle stack runs too ("left", "left_idle").
+            if not tag or info["state"] not in _RUNS or (slot == owner and not info["lazy_out"]):
                 continue
             if frames is None:
                 frames = sys._current_frames()

@@ -5,7 +5,7 @@
  * queue with vmown_own.  vmown_callout_begin then gives the head waiter a
  * soft grant.  Each check prints one line; exit non-zero on the first
  * failure:
- *   steal: the waiter is held before its claim (the widen switch, 50 ms);
+ *   steal: the waiter is held before its claim (the widen switch, 20 ms);
  *     A's callout_end steals the VM back; the waiter, robbed, queues again
  *     at its place and gets the VM at A's next (hard) disown;
  *   claim: A waits until the waiter has claimed; A's callout_end then finds
@@ -85,7 +85,13 @@ static void test_steal(void) {
     struct waiter b;
     vmown_counters c0 = counters();
     start_waiter(&b, 0, 0);
-    vmown_debug_set_widen_ns(50000000);  /* the claim comes 50 ms after the wake */
+    /* The claim comes 20 ms after the wake.  The switch also holds the
+     * disown 20 ms at its look at the head and 20 ms before its post: the
+     * post comes 40 ms after the waiter went to sleep, inside its first
+     * 50 ms slice.  A post later than that slice's end would let the waiter
+     * take its grant at the slice (owner.c, S8's rule) and claim it before
+     * A's steal. */
+    vmown_debug_set_widen_ns(20000000);
     uint32_t token = vmown_callout_begin(1);
     CHECK(token == (uint32_t)a_slot, "callout_begin returned %u", token);
     uint64_t w = vmown_owner_word(vm);

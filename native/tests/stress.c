@@ -1,8 +1,9 @@
 /* stress.c -- many threads cycle own -> critical section -> disown.
  *
  * Usage: stress [THREADS] [CYCLES] [WIDEN_NS] [HEARTBEAT_HZ]
- * Each cycle takes the VM (by own, by try_own until it wins, or by yield when
- * it already owns and others wait), checks inside the critical section that
+ * Each cycle takes the VM (by own, by try_own until it wins, by own with a
+ * timeout of up to 200 us again and again until it wins, or by yield when it
+ * already owns and others wait), checks inside the critical section that
  * nobody else is inside and that the owner word names it, bumps a plain
  * (non-atomic) counter, and disowns.  Some cycles also make a callout in the
  * middle (vmown_callout_begin/end: a soft grant to the head waiter, stolen
@@ -12,7 +13,9 @@
  * 300 us (past a tick at 10 kHz, so that the heartbeat revokes it for a
  * thread that queued meanwhile), and threads pause outside the VM now and
  * then so that the queue empties and callouts go lazy.  At the end the
- * counter must equal THREADS * CYCLES and the queue must be empty.  Built plain and with
+ * counter must equal THREADS * CYCLES and the queue must be empty (the timed
+ * owns leave it without the lock: owner.c, "Leaving the queue"; some of them
+ * must have timed out).  Built plain and with
  * -fsanitize=thread by tests/test_native.py.  Exit 0 and one summary line
  * when every invariant held.
  */
@@ -30,6 +33,7 @@ static long cycles;
 static unsigned long counter;  /* plain: only the owner touches it */
 static int inside;             /* plain: only the owner touches it */
 static _Atomic long failures;
+static _Atomic long timeouts;  /* timed owns that left the queue */
 static int heartbeat_hz;
 
 static void fail(const char *what) {
@@ -55,6 +59,10 @@ static void *worker(void *arg) {
         if (how == 0) {
             while ((rc = vmown_try_own(vm, me)) == 0) sched_yield();
             if (rc != 1) fail("try_own");
+        } else if (how == 6) {
+            /* Timed: each timeout leaves the queue, racing the grants. */
+            while ((rc = vmown_own_wait(vm, me, rand_r(&seed) % 200000, 0)) == VMOWN_ETIMEDOUT) timeouts++;
+            if (rc != 0) fail("own_wait");
         } else if ((rc = vmown_own(vm, me)) != 0) {
             fail("own");
         }
@@ -123,14 +131,17 @@ int main(int argc, char **argv) {
     vmown_counters c;
     vmown_counters_read(vm, &c);
     if (counter != (unsigned long)threads * (unsigned long)cycles) fail("counter is not exact");
+    /* Reading the queue unlinks the slots that left and are still linked. */
+    uint32_t queued[64];
+    if (vmown_queue_read(vm, queued, 64) != 0) fail("the queue is not empty");
     if (vmown_waiters(vm) != 0 || vmown_owner(vm) != 0) fail("queue or owner left behind");
     if (vmown_slots_in_use(vm) != 0) fail("slots left registered");
     printf("stress: threads=%d cycles=%ld counter=%lu fast=%llu slow=%llu waits=%llu hand_offs=%llu soft_grants=%llu "
-           "steals=%llu robberies=%llu lazy=%llu revocations=%llu called_off=%llu failures=%ld\n",
+           "steals=%llu robberies=%llu lazy=%llu revocations=%llu called_off=%llu timeouts=%ld failures=%ld\n",
            threads, cycles, counter, (unsigned long long)c.fast_owns, (unsigned long long)c.slow_owns,
            (unsigned long long)c.waits, (unsigned long long)c.hand_offs, (unsigned long long)c.soft_grants,
            (unsigned long long)c.steals, (unsigned long long)c.robberies, (unsigned long long)c.lazy_disowns,
-           (unsigned long long)h.revocations, (unsigned long long)h.called_off, (long)failures);
+           (unsigned long long)h.revocations, (unsigned long long)h.called_off, (long)timeouts, (long)failures);
     vmown_vm_detach(vm);
     munmap(mem, len);
     return failures ? 1 : 0;
