@@ -551,9 +551,17 @@ def _stopped_in_the_lock(vm: Ownership) -> int:
     """Fork a child that queues for the VM and stops itself holding the block's lock."""
     import time as _time
 
+    import warnings
+
     from vmown._native import lib
 
-    pid = os.fork()
+    # The parent may have waiter threads queued already.  The child touches
+    # nothing of theirs: it sets a debug stop, registers and owns through
+    # the core (no Python lock another thread could hold at the fork), and
+    # leaves with os._exit.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:
         try:
             lib.vmown_debug_set_stop(lib.VMOWN_DEBUG_STOP_IN_LOCK)
