@@ -100,15 +100,6 @@ int vmown__idle_push_locked(vmown_vm *vm, uint32_t me) {
     return 0;
 }
 
-/* Left the idle stack (LEFT_IDLE, by its own CAS): unlink it now if the
- * lock comes within LOCK_TRY_NS, else the next lock holder that meets it
- * does. */
-static void tidy_left_idle(vmown_vm *vm, uint32_t me) {
-    if (vmown__lock_block_until(vm, vmown__now_ns() + LOCK_TRY_NS) < 0) return;
-    (void)vmown__unlink_left_locked(vm, me);  /* a failure marked the block broken */
-    unlock_block(vm);
-}
-
 /* Relays.  A worker given the VM from the idle stack because a callout
  * blocked (an activation or a revocation: it was not serving; or a server
  * that claimed a soft grant: only a callout's disown makes one) while more
@@ -184,7 +175,7 @@ static int wait_parked(vmown_vm *vm, uint32_t me, int64_t deadline) {
         st = VMOWN_SLOT_PARKED;
         if (atomic_compare_exchange_strong_explicit(&s->state, &st, VMOWN_SLOT_LEFT_IDLE, SEQ_CST, ACQUIRE)) {
             bump(&s->interrupts);
-            tidy_left_idle(vm, me);
+            vmown__tidy_left(vm, me);
             return rc;
         }
         if (st == VMOWN_SLOT_WAITING) {

@@ -382,10 +382,11 @@ int vmown__after_queueing(vmown_vm *vm) {
     return 0;
 }
 
-/* Left the queue (LEFT, by its own CAS): unlink it now if the lock comes
- * within LOCK_TRY_NS, so that the waiter count and the queue read exact at
- * once; else the next lock holder that meets it does. */
-static void tidy_left(vmown_vm *vm, uint32_t me) {
+/* Left the queue (LEFT) or the idle stack (LEFT_IDLE), by its own CAS:
+ * unlink it now if the lock comes within LOCK_TRY_NS, so that the counts
+ * and the lists read exact at once; else the next lock holder that meets
+ * it does. */
+void vmown__tidy_left(vmown_vm *vm, uint32_t me) {
     if (vmown__lock_block_until(vm, vmown__now_ns() + LOCK_TRY_NS) < 0) return;
     (void)vmown__unlink_left_locked(vm, me);  /* a failure marked the block broken */
     unlock_block(vm);
@@ -404,7 +405,7 @@ static bool leave_queue(vmown_vm *vm, uint32_t me, uint32_t *state_out) {
     *state_out = st;
     if (left) {
         bump(&s->interrupts);
-        tidy_left(vm, me);
+        vmown__tidy_left(vm, me);
     }
     return left;
 }

@@ -61,6 +61,7 @@ int vmown__requeue_locked(vmown_vm *vm, uint32_t me);
 int vmown__list_unlink_locked(vmown_vm *vm, _Atomic uint32_t *head, size_t link, uint32_t me, uint32_t *prev);
 int vmown__unlink_locked(vmown_vm *vm, uint32_t me);
 int vmown__unlink_left_locked(vmown_vm *vm, uint32_t i);
+void vmown__tidy_left(vmown_vm *vm, uint32_t me);
 int vmown__drop_left_locked(vmown_vm *vm, uint32_t *head);
 int vmown__reserve_head_locked(vmown_vm *vm, uint32_t *out);
 int vmown__pop_head_locked(vmown_vm *vm, uint32_t *out);

@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 import traceback
-from typing import Callable
+from typing import Any, Callable
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
@@ -112,3 +112,36 @@ def pkg_config(prefix: pathlib.Path, *args: str, package: str = "vmown") -> list
     done = subprocess.run(["pkg-config", *args, package], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout.split()
+
+
+class Ticker:
+    """A vmown process that sleeps 1 ms at a time and counts its wake-ups until stopped.
+
+    While a run ticks, nothing holds its VM: a test starts one, does what
+    must not hold the VM (a blocking callout, a callback, a wait), and
+    looks at ``ticks``.  Inside a vmown run only.
+    """
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self._stopping = False
+        self._process: Any = None
+
+    async def _tick(self) -> None:
+        import vmown
+
+        while not self._stopping:
+            await vmown.sleep(0.001)
+            self.ticks += 1
+
+    def start(self) -> "Ticker":
+        import vmown
+
+        self._process = vmown.spawn(self._tick)
+        return self
+
+    async def stop(self) -> int:
+        """Stop it, wait for its process to end; the ticks counted."""
+        self._stopping = True
+        await self._process
+        return self.ticks

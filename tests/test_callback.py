@@ -14,6 +14,8 @@ import vmown
 from vmown import _callout_ext, _scheduler
 from vmown._callback import _lazy_out
 
+from .support import Ticker
+
 pytestmark = pytest.mark.usefixtures("no_thread_left_behind")
 
 _ffi = cffi.FFI()
@@ -115,22 +117,12 @@ def test_a_callback_on_the_thread_of_a_threaded_call_owns_the_vm_and_others_run_
     qsort = vmown.threaded(_libc.qsort)
 
     async def main() -> tuple[list[int], int, int]:
-        ticks = 0
-        done = False
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while not done:
-                await vmown.sleep(0.001)
-                ticks += 1
-
-        ticking = vmown.spawn(ticker)
+        ticker = Ticker().start()
         await vmown.checkpoint()
         values = _ffi.new("int[]", [9, 3, 7, 1, 8, 2, 6, 4, 5, 0, 19, 13, 17, 11, 18, 12, 16, 14, 15, 10])
         me = threading.get_ident()
         qsort(values, len(values), _ffi.sizeof("int"), c_compare)
-        done = True
-        await ticking
+        ticks = await ticker.stop()
         assert seen["threads"] == {me}
         return list(values), ticks, seen["compares"]
 
@@ -151,21 +143,10 @@ def test_a_callout_in_a_callback_from_a_c_thread_gives_the_vm_up(clib: Any) -> N
     c_tick = _ffi.callback("tick_fn", tick)
 
     async def main() -> int:
-        ticks = 0
-        done = False
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while not done:
-                await vmown.sleep(0.001)
-                ticks += 1
-
-        ticking = vmown.spawn(ticker)
+        ticker = Ticker().start()
         await vmown.checkpoint()
         assert vmown.threaded(clib.call_from_threads)(c_tick, 1, 10) == 0
-        done = True
-        await ticking
-        return ticks
+        return await ticker.stop()
 
     assert vmown.run(main) >= 50  # ~200 ms of sleeps; a held VM allows about one tick
 

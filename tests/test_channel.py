@@ -25,7 +25,7 @@ from vmown._channel import _HEADER_OFFSETS, Channel
 from vmown._errors import ChannelBrokenError, ChannelClosed, ChannelError, VmownError
 from vmown._native import lib
 
-from .support import fork, reap, run_c, run_threads
+from .support import Ticker, fork, reap, run_c, run_threads
 
 CHANNEL_TEST = NATIVE / "tests" / "channel_test.c"
 
@@ -691,27 +691,16 @@ def test_a_recv_inside_a_run_gives_the_vm_up_like_a_callout(arena: Arena) -> Non
     channel = Channel.create(arena, 4096)
 
     async def main() -> tuple[int, int, bytes]:
-        ticks = 0
-        done = False
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while not done:
-                await vmown.sleep(0.001)
-                ticks += 1
-
-        ticking = vmown.spawn(ticker)
+        ticker = Ticker().start()
         await vmown.sleep(0.005)
         with pytest.raises(TimeoutError):
             channel.recv(timeout=0.1)
-        during = ticks
+        during = ticker.ticks
         sender = threading.Timer(0.05, channel.send, (b"late",))
         vmown.callout(sender.start)
         message = channel.recv(timeout=10)
         vmown.callout(sender.join)
-        done = True
-        await ticking
-        return during, ticks, message
+        return during, await ticker.stop(), message
 
     during, ticks, message = vmown.run(main)
     assert message == b"late"

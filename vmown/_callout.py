@@ -153,6 +153,19 @@ class _DlInfo(ctypes.Structure):
                 ("sname", ctypes.c_char_p), ("saddr", ctypes.c_void_p)]  # fmt: skip
 
 
+def _dladdr_symbol(address: int) -> tuple[str, int] | None:
+    """(name, start address) of the dynamic symbol that holds a C address (dladdr), or None."""
+    info = _DlInfo()
+    try:
+        dladdr = ctypes.CDLL(None).dladdr
+        dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+        if dladdr(address, ctypes.byref(info)) and info.sname:
+            return info.sname.decode(errors="replace"), info.saddr or 0
+    except (OSError, AttributeError):
+        pass
+    return None
+
+
 def _symbol_name(fn: Any) -> str:
     """The name of a C function as the dynamic linker knows it (dladdr), else how messages name it.
 
@@ -160,14 +173,9 @@ def _symbol_name(fn: Any) -> str:
     records this once, when it is made, for observers to show.
     """
     if isinstance(fn, _CData) and ffi.typeof(fn).kind == "function":
-        info = _DlInfo()
-        try:
-            dladdr = ctypes.CDLL(None).dladdr
-            dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
-            if dladdr(int(ffi.cast("uintptr_t", fn)), ctypes.byref(info)) and info.sname:
-                return info.sname.decode(errors="replace")
-        except (OSError, AttributeError):
-            pass
+        found = _dladdr_symbol(int(ffi.cast("uintptr_t", fn)))
+        if found is not None:
+            return found[0]
     qualname, module = getattr(fn, "__qualname__", None), getattr(fn, "__module__", None)
     if isinstance(qualname, str):
         return f"{module}.{qualname}" if isinstance(module, str) and module != "builtins" else qualname
@@ -175,16 +183,9 @@ def _symbol_name(fn: Any) -> str:
 
 
 def _address_name(address: int) -> str:
-    """The symbol at a C address (dladdr), else the address in hex."""
-    info = _DlInfo()
-    try:
-        dladdr = ctypes.CDLL(None).dladdr
-        dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
-        if address >= 1 << 16 and dladdr(address, ctypes.byref(info)) and info.sname and info.saddr == address:
-            return info.sname.decode(errors="replace")
-    except (OSError, AttributeError):
-        pass
-    return hex(address)
+    """The symbol that starts at a C address (dladdr), else the address in hex."""
+    found = _dladdr_symbol(address) if address >= 1 << 16 else None
+    return found[0] if found is not None and found[1] == address else hex(address)
 
 
 def _refuse(fn: Any, where: str, arg: Any, what: str) -> TypeError:
