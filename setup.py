@@ -10,10 +10,13 @@ from setuptools import Extension, setup
 FLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
 
 
-def extension(name: str) -> Extension:
+def extension(name: str, libraries: list[str] | None = None) -> Extension:
     # Relative paths, as in vmown/_build.py.
     return Extension(f"vmown._{name}", sources=[f"native/pyext/{name}.c"], include_dirs=["native"],
-                     extra_compile_args=FLAGS)
+                     extra_compile_args=FLAGS, libraries=libraries or [])
 
 
-setup(cffi_modules=["vmown/_build.py:ffibuilder"], ext_modules=[extension("callout_ext"), extension("channel_ext")])
+# vmown._callout_ext links libffi (ffi.h: Debian's libffi-dev) for the
+# blocking entry of vmown.threaded (native/pyext/callout_ext.c).
+setup(cffi_modules=["vmown/_build.py:ffibuilder"],
+      ext_modules=[extension("callout_ext", ["ffi"]), extension("channel_ext")])

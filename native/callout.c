@@ -32,8 +32,14 @@
  *
  * A thread that is not bound, or does not own the VM, makes a plain call:
  * begin returns 0 and end does nothing.  Tokens: the slot, with LAZY set if
- * the callout went out lazily, and UNCOUNTED for vmown_callout_begin_eager's
- * callouts, whose callers count their own figures ("Figures per tag").
+ * the callout went out lazily, UNCOUNTED for vmown_callout_begin_eager's
+ * callouts, whose callers count their own figures ("Figures per tag"), and
+ * WANTED for those of begin_eager that somebody wants the VM during: the
+ * tag's hint says it blocks (the disown handed the VM over), or a thread was
+ * queued (the disown gave it a soft grant).  A caller that can own again
+ * before it takes the GIL should then (vmown.threaded's blocking entry,
+ * native/pyext/callout_ext.c): the GIL's holder may be the thread the VM
+ * went to.
  *
  * The binding is thread-local (C11 _Thread_local): per thread of this
  * process, nothing in shared memory.  The initial-exec TLS model makes each
@@ -50,9 +56,10 @@
 
 #include <errno.h>
 
-#define LAZY 0x80000000u     /* token bits: slots are < 2^20 */
+#define LAZY VMOWN_CALLOUT_LAZY  /* token bits (vmown.h): slots are < 2^20 */
 #define UNCOUNTED 0x40000000u  /* begin_eager's: no figures counted here */
-#define SLOT_OF(token) ((token) & ~(LAZY | UNCOUNTED))
+#define WANTED VMOWN_CALLOUT_WANTED  /* vmown.h: own again without the GIL if possible */
+#define SLOT_OF(token) ((token) & ~(LAZY | UNCOUNTED | WANTED))
 #define COUNTED(token) (((token) & UNCOUNTED) == 0)
 
 /* What a counted callout met on its way back (`bound.outcome`), for its
@@ -289,7 +296,10 @@ void vmown__unbind_if(vmown_vm *vm, uint32_t slot) {
     }
 }
 
-uint32_t vmown_callout_begin(uint64_t tag) {
+/* Disown for a callout.  may_be_lazy: the callout may keep the owner word
+ * (grants.c, "Lazy callouts"); counted: the core counts its figures (else
+ * the token says UNCOUNTED and its caller counts them). */
+static inline uint32_t begin(uint64_t tag, bool may_be_lazy, bool counted) {
     vmown_vm *vm = bound.vm;
     if (!vm) return 0;
     /* The epoch our eager disown releases at: read before it, as the owner
@@ -297,27 +307,31 @@ uint32_t vmown_callout_begin(uint64_t tag) {
      * the epoch again, and the callout would look untaken). */
     uint32_t released = vmown_epoch(vm) + 1;
     /* Stamped before the disown: once out, the callout's time runs. */
-    uint64_t start_ns = unlikely(atomic_load_explicit(&timing, memory_order_relaxed)) ? clock_ns() : 0;
-    int rc = unlikely(blocks_hint(tag)) ? vmown__callout_hand_over(vm, bound.slot, tag)
-                                        : vmown__callout_disown(vm, bound.slot, tag, eager_hint(tag));
+    uint64_t start_ns = counted && unlikely(atomic_load_explicit(&timing, memory_order_relaxed)) ? clock_ns() : 0;
+    bool blocks = unlikely(blocks_hint(tag));
+    /* Read before the disown, whose soft grant takes the head waiter off the
+     * count. */
+    bool queued = (atomic_load_explicit(&vm->block->waiters_and_hb_asleep, memory_order_relaxed) &
+                   VMOWN__WAITERS_MASK) != 0;
+    int rc = blocks ? vmown__callout_hand_over(vm, bound.slot, tag)
+                    : vmown__callout_disown(vm, bound.slot, tag, !may_be_lazy || eager_hint(tag));
     if (rc < 0) return 0;  /* not out (a nested callout): the one out keeps its state */
     bound.tag = tag;
     if (unlikely(start_ns != 0)) bound.start_ns = start_ns;
-    if (rc == 0) bound.epoch = released;
-    return rc ? bound.slot | LAZY : bound.slot;
+    uint32_t token = bound.slot | (counted ? 0 : UNCOUNTED);
+    if (rc) return token | LAZY;
+    bound.epoch = released;
+    /* Wanted: the function blocks, or the disown gave a queued thread a soft
+     * grant, which the caller takes back sooner if it need not take the GIL
+     * first. */
+    return token | (blocks || queued ? WANTED : 0);
 }
 
-uint32_t vmown_callout_begin_eager(uint64_t tag) {
-    vmown_vm *vm = bound.vm;
-    if (!vm) return 0;
-    uint32_t released = vmown_epoch(vm) + 1;  /* as in vmown_callout_begin */
-    int rc = unlikely(blocks_hint(tag)) ? vmown__callout_hand_over(vm, bound.slot, tag)
-                                        : vmown__callout_disown(vm, bound.slot, tag, true);
-    if (rc < 0) return 0;
-    bound.tag = tag;
-    bound.epoch = released;
-    return bound.slot | UNCOUNTED;
-}
+uint32_t vmown_callout_begin(uint64_t tag) { return begin(tag, true, true); }
+
+uint32_t vmown_callout_begin_eager(uint64_t tag) { return begin(tag, false, false); }
+
+uint32_t vmown_callout_begin_uncounted(uint64_t tag) { return begin(tag, true, false); }
 
 /* Owning again after the VM was taken meanwhile: the front end's hook. */
 static int taken_back(uint32_t slot) {
@@ -375,6 +389,7 @@ static const vmown_callout_table table = {
     .end = vmown_callout_end,
     .try_end = vmown_callout_try_end,
     .begin_eager = vmown_callout_begin_eager,
+    .begin_uncounted = vmown_callout_begin_uncounted,
 };
 
 const vmown_callout_table *vmown_callout_api(void) { return &table; }

@@ -380,6 +380,16 @@ VMOWN_EXTERN void vmown_bind_resume(vmown_resume_fn fn, void *arg);
  * a soft grant: end (or try_end) takes the VM back with one CAS if that
  * thread has not claimed it yet (grants.c). */
 VMOWN_EXTERN uint32_t vmown_callout_begin(uint64_t tag);
+/* Set in a token of an eager callout when somebody wants the VM
+ * while the callout is out: the tag is known to block (it stayed out over a
+ * tick lately; the disown handed the VM to a parked worker), or a thread
+ * was queued (the disown gave it a soft grant).  A caller that can own the
+ * VM again before it takes the GIL back should: the GIL's holder may be the
+ * thread the VM went to. */
+#define VMOWN_CALLOUT_WANTED 0x20000000u
+/* Set in a token when the callout went out lazily (it kept the owner word):
+ * if its end has to wait, the heartbeat revoked it. */
+#define VMOWN_CALLOUT_LAZY 0x80000000u
 /* Own again (waiting without the GIL if need be); errno is preserved.  A
  * failure here cannot be reported to the caller and aborts, naming it. */
 VMOWN_EXTERN void vmown_callout_end(uint32_t token);
@@ -390,8 +400,13 @@ VMOWN_EXTERN int vmown_callout_try_end(uint32_t token);
 /* vmown_callout_begin, never lazy: for a caller that takes the GIL back
  * between the call and its end (vmown.callout).  A lazy callout would hold
  * the VM while it waits for the GIL, and whoever holds the GIL could not
- * get the VM. */
+ * get the VM.  Its figures are left to the caller. */
 VMOWN_EXTERN uint32_t vmown_callout_begin_eager(uint64_t tag);
+/* vmown_callout_begin, with the figures left to the caller: for a caller
+ * that owns the VM again before it takes the GIL back whenever the token
+ * says VMOWN_CALLOUT_WANTED (vmown.threaded's blocking entry), and so may
+ * go out lazily. */
+VMOWN_EXTERN uint32_t vmown_callout_begin_uncounted(uint64_t tag);
 
 /* Figures per tag of the callouts of vmown_callout_begin in this process,
  * since it started, over every VM (those of vmown_callout_begin_eager are
@@ -423,6 +438,7 @@ typedef struct {
     void (*end)(uint32_t token);
     int (*try_end)(uint32_t token);
     uint32_t (*begin_eager)(uint64_t tag);
+    uint32_t (*begin_uncounted)(uint64_t tag);
 } vmown_callout_table;
 /* The table that generated wrappers in other modules are initialised with. */
 VMOWN_EXTERN const vmown_callout_table *vmown_callout_api(void);

@@ -74,9 +74,12 @@ def test_errno_survives_a_plain_callout() -> None:
 
 
 def test_callouts_are_counted_and_really_disown() -> None:
-    """Eagerly, always: this path takes the GIL back before it owns the VM
-    again, and a lazy callout would hold the VM meanwhile (native/pyext/
-    callout_ext.c).  The VM is unowned while the call runs."""
+    """vmown.callout, and threaded() of a Python callable, go out eagerly:
+    they take the GIL back before they own the VM again, and a lazy callout
+    would hold the VM meanwhile (native/pyext/callout_ext.c).  The VM is
+    unowned while such a call runs.  threaded() of a cffi function goes out
+    lazily while nobody waits: it has a blocking entry for when the VM is
+    wanted."""
     close = vmown.threaded(libc.close)
     seen: list[tuple[int, bool]] = []
 
@@ -86,18 +89,21 @@ def test_callouts_are_counted_and_really_disown() -> None:
         lib.vmown_slot_read(state.cb, state.slot, info)  # type: ignore[union-attr]
         seen.append((lib.vmown_owner(state.cb), bool(info.lazy_out)))  # type: ignore[union-attr]
 
+    observe_threaded = vmown.threaded(observe)
+
     async def main() -> dict[str, int]:
         before = vmown.stats()
         for _ in range(100):
             close(-1)
         vmown.callout(observe)
+        observe_threaded()
         after = vmown.stats()
         return {key: after[key] - before[key] for key in ("callouts", "disowns", "lazy_callouts")}
 
     grown = run(main)
-    assert grown["callouts"] == 101 and grown["disowns"] >= 101  # the scheduler disowns too
-    assert grown["lazy_callouts"] == 0
-    assert seen == [(0, False)]  # the VM was unowned while observe() ran
+    assert grown["callouts"] == 102 and grown["disowns"] >= 102  # the scheduler disowns too
+    assert grown["lazy_callouts"] == 100
+    assert seen == [(0, False), (0, False)]  # the VM was unowned while observe() ran
 
 
 def test_errno_is_the_calls_own_on_the_fast_path() -> None:
@@ -664,3 +670,112 @@ def test_callout_of_an_api_mode_function_pins_buffers_like_threaded() -> None:
             vmown.callout(lib.vmown_queue_read, ownership._cb, [0] * 16, 16)
     finally:
         ownership.close()
+
+
+# ---- the blocking entry (native/pyext/callout_ext.c) ----
+
+_efi = cffi.FFI()
+_efi.cdef(
+    """
+    typedef struct { int quot; int rem; } div_t;
+    size_t strlen(const char *s);
+    int abs(int j);
+    long labs(long j);
+    int toupper(int c);
+    char *getenv(const char *name);
+    void srand(unsigned int seed);
+    div_t div(int numerator, int denominator);
+    int printf(const char *format, ...);
+    long recv(int fd, void *buf, size_t n, int flags);
+    """
+)
+_elibc = _efi.dlopen(None)
+_mfi = cffi.FFI()
+_mfi.cdef("double sqrt(double x); float sqrtf(float x); long double sqrtl(long double x);")
+_libm = _mfi.dlopen("libm.so.6")
+
+
+def test_a_blocking_entry_converts_as_the_function_itself() -> None:
+    """The entry is a function pointer of the function's own C type: cffi
+    converts the arguments and the result as for the direct call.  Outside a
+    callout it is a plain call."""
+    os.environ["VMOWN_ENTRY_TEST"] = "found"
+    cases: list[tuple[Any, tuple[Any, ...]]] = [
+        (_elibc.strlen, (b"seven c",)),
+        (_elibc.abs, (-42,)),
+        (_elibc.labs, (-(2**40),)),
+        (_elibc.toupper, (ord("q"),)),
+        (_elibc.srand, (7,)),
+        (_libm.sqrt, (2.0,)),
+        (_libm.sqrtf, (2.0,)),
+        (lib.vmown_block_size, (64,)),  # an out-of-line (API mode) function
+    ]
+    for fn, args in cases:
+        assert vmown.threaded(fn)._has_entry(), fn
+        entry, _keep = _callout._blocking_entry(fn)
+        assert entry(*args) == fn(*args), fn
+    entry, _keep = _callout._blocking_entry(_elibc.getenv)
+    assert _efi.string(entry(b"VMOWN_ENTRY_TEST")) == b"found"
+    with pytest.raises(OverflowError):
+        entry_abs, _keep = _callout._blocking_entry(_elibc.abs)
+        entry_abs(2**40)
+
+
+def test_functions_libffi_cannot_call_by_letter_have_no_entry_and_still_work() -> None:
+    """A struct passed by value, long double, a variadic function: no entry;
+    the wrapper calls the function the direct way."""
+    for fn in (_elibc.div, _libm.sqrtl, _elibc.printf):
+        assert _callout._blocking_entry(fn) == (None, None)
+    assert not vmown.threaded(_elibc.div)._has_entry()
+    assert not vmown.threaded(_libm.sqrtl)._has_entry()
+    assert vmown.threaded(_elibc.div)(7, 2).quot == 3
+    assert float(vmown.threaded(_libm.sqrtl)(4.0)) == 2.0
+    assert not vmown.threaded(lambda: None)._has_entry()
+
+
+def test_a_call_known_to_block_owns_the_vm_again_through_the_entry() -> None:
+    """A recv that waits 20 ms for nothing (SO_RCVTIMEO) while another process
+    wants the VM: the first is revoked, which marks the function as blocking;
+    the next ones come back through the blocking entry, which owns the VM
+    before cffi takes the GIL back.  Results and errno are the call's own; an
+    argument cffi refuses before the call leaves the VM owned as before."""
+    import socket
+    import struct
+
+    a, b = socket.socketpair()
+    try:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 20_000))
+        recv = vmown.threaded(_elibc.recv)
+        buf = bytearray(16)
+        done = False
+
+        async def busy() -> int:
+            steps = 0
+            while not done:
+                steps += 1
+                await vmown.checkpoint()
+            return steps
+
+        async def main() -> tuple[list[tuple[int, int]], int, int, int]:
+            nonlocal done
+            other = vmown.spawn(busy)
+            results = []
+            for _ in range(6):
+                _efi.errno = 0
+                results.append((recv(a.fileno(), buf, len(buf), 0), _efi.errno))
+            entered = recv._entered()
+            with pytest.raises(OverflowError):
+                recv(2**40, buf, len(buf), 0)
+            refused_entered = recv._entered() - entered
+            results.append((recv(a.fileno(), buf, len(buf), 0), _efi.errno))
+            done = True
+            return results, entered, refused_entered, await other
+
+        results, entered, refused_entered, steps = run(main)
+        assert results == [(-1, errno.EAGAIN)] * 7
+        assert entered >= 1  # the calls after the first revocation came back through the entry
+        assert refused_entered == 0  # the refused call never reached the entry's handler
+        assert steps > 0
+    finally:
+        a.close()
+        b.close()

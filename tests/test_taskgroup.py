@@ -122,18 +122,31 @@ def test_cancel_scope_of_the_group_and_the_body_failing() -> None:
 
 
 def test_several_failures_all_come_out_and_callouts_in_children_are_cancelled() -> None:
+    """Two children fail in the same round of the run queue (one event wakes
+    both): both errors come out, and the child in a callout is cancelled."""
+
     async def blocked(after: list[str]) -> None:
         usleep(200_000)
         after.append("the line after the callout ran")
 
+    async def fail_when_set(go: vmown.Event) -> None:
+        await go.wait()
+        raise ValueError("failed after 0.01 s")
+
+    async def set_after_s(go: vmown.Event, seconds: float) -> None:
+        await vmown.sleep(seconds)
+        go.set()
+
     async def main() -> tuple[list[str], list[str]]:
         after: list[str] = []
         errors: list[str] = []
+        go = vmown.Event()
         try:
             async with vmown.TaskGroup() as tg:
                 tg.spawn(blocked, after)
-                tg.spawn(fail_after_s, 0.01)
-                tg.spawn(fail_after_s, 0.01)
+                tg.spawn(fail_when_set, go)
+                tg.spawn(fail_when_set, go)
+                tg.spawn(set_after_s, go, 0.01)
         except* ValueError as group:
             errors = sorted(str(exc) for exc in group.exceptions)
         return errors, after

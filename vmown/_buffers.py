@@ -59,16 +59,21 @@ def function_ctype(fn: Any) -> Any:
         except TypeError:
             return None
         return ctype if ctype.kind == "function" else None
-    if not isinstance(fn, types.BuiltinFunctionType):
-        return None
-    # An out-of-line module (API mode) exports its ffi next to its lib.
-    module_ffi = getattr(sys.modules.get(getattr(fn, "__module__", None) or ""), "ffi", None)
-    if module_ffi is None:
+    found = module_ffi(fn)
+    if found is None:
         return None
     try:
-        return module_ffi.typeof(fn)
+        return found.typeof(fn)
     except (TypeError, AttributeError):
         return None
+
+
+def module_ffi(fn: Any) -> Any:
+    """The ffi of the out-of-line cffi module (API mode) that ``fn`` is a function of, or None."""
+    if not isinstance(fn, types.BuiltinFunctionType):
+        return None
+    # An out-of-line module exports its ffi next to its lib.
+    return getattr(sys.modules.get(getattr(fn, "__module__", None) or ""), "ffi", None)
 
 
 def c_parameters(fn: Any) -> Parameters | None:

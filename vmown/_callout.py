@@ -24,9 +24,14 @@
 # are the core's vmown_callout_begin_eager/try_end/end (native/callout.c),
 # reached through the core's table of function pointers (one copy of the core
 # per process).  They are the functions the C wrappers of
-# vmown.threaded_wrappers call, except that those begin lazily and this path
-# never does: it takes the GIL back before end, and a lazy callout would hold
-# the VM while it waits for the GIL (docs/design-log.md, "Lazy callouts").
+# vmown.threaded_wrappers call.  callout() and threaded() of a Python
+# callable never begin lazily: they take the GIL back before end, and a lazy
+# callout would hold the VM while it waits for the GIL (docs/design-log.md,
+# "Lazy callouts").  threaded() of a cffi function does
+# (vmown_callout_begin_uncounted), because it has a second way back, the
+# blocking entry (below): whenever begin says the VM is wanted during the
+# call, the call goes through the entry, which owns the VM again before the
+# GIL is taken.
 # The scheduler binds each thread that serves a vmown.run() to the run's
 # block and the thread's slot (vmown_bind_thread).  begin disowns only if the
 # thread is bound and owns the VM; otherwise it returns 0 and end(0) does
@@ -50,7 +55,9 @@
 # runs steps waits for the GIL first, then (in C, GIL released) for the VM.
 # The scheduler bounds the first wait (_scheduler.py, "The GIL").  The C
 # wrappers of vmown.threaded_wrappers skip it: they call end before cffi
-# takes the GIL back, which is why they are the way for hot blocking calls.
+# takes the GIL back.  So does a threaded() wrapper of a cffi function when
+# the call is known to block or a thread waits for the VM: it calls fn
+# through its blocking entry (below, and native/pyext/callout_ext.c).
 #
 # errno.  cffi saves errno per thread right after each C call and restores it
 # right before the next one, in one slot shared by every FFI instance of the
@@ -366,7 +373,8 @@ def threaded(
         return wrapper
     params = _buffers.c_parameters(fn)  # None: the rules of callout() for a Python callable
     tag = next(_tags)
-    wrapper = _callout_ext.Threaded(fn, tag, params)
+    entry, keep = _blocking_entry(fn) if params is not None else (None, None)
+    wrapper = _callout_ext.Threaded(fn, tag, params, entry, keep)
     name = getattr(fn, "__name__", None)
     _tag_names[tag] = _symbol_name(fn)
     _wrappers[wrapper] = _tag_names[tag]
@@ -375,6 +383,66 @@ def threaded(
     wrapper.__doc__ = f"{_name(fn)} as a callout: the VM is disowned while it runs (vmown.threaded)."
     wrapper.__wrapped__ = fn
     return wrapper  # type: ignore[no-any-return]
+
+
+# ---- the blocking entry ----
+#
+# A Threaded wrapper of a cffi function calls a function known to block
+# through a second way in, which owns the VM again before cffi takes the GIL
+# back (native/pyext/callout_ext.c, "The blocking entry"): a libffi closure
+# with the function's signature, seen by cffi as a function pointer of the
+# function's own C type, so cffi converts the arguments and the result
+# exactly as for the direct call.  libffi needs each type as it is passed:
+# one letter per type, the result first.  Structs and unions passed by
+# value, long double and complex have no letter: such a function has no
+# entry and always comes back the direct way.
+
+_INTEGER_LETTERS: Final = {(1, True): "b", (1, False): "B", (2, True): "h", (2, False): "H",
+                           (4, True): "i", (4, False): "I", (8, True): "q", (8, False): "Q"}  # fmt: skip
+_DEFAULT_ABI: Final = ffi.typeof("void(*)(void)").abi
+
+
+def _type_letter(ctype: Any) -> str | None:
+    """libffi's type letter for a cffi parameter or result type, or None."""
+    if ctype.kind in ("pointer", "array", "function"):
+        return "p"
+    if ctype.kind == "void":
+        return "v"
+    if ctype.kind not in ("primitive", "enum"):
+        return None  # struct, union: by value
+    if ctype.cname == "float":
+        return "f"
+    if ctype.cname == "double":
+        return "d"
+    try:
+        signed = int(ffi.cast(ctype, -1)) < 0
+    except TypeError:  # char, wchar_t, long double, complex: not an integer
+        return "B" if ctype.cname == "char" else None
+    return _INTEGER_LETTERS.get((ffi.sizeof(ctype), signed))
+
+
+def _blocking_entry(fn: Any) -> tuple[Any, Any]:
+    """(entry, keep) for a Threaded wrapper of cffi function ``fn``, or (None, None).
+
+    entry is a cffi function pointer of fn's C type that calls fn through a
+    closure whose handler owns the VM again before returning; keep owns the
+    closure and must live as long as entry.
+    """
+    ctype = _buffers.function_ctype(fn)
+    if ctype is None or ctype.ellipsis or ctype.abi != _DEFAULT_ABI:
+        return None, None
+    letters = [_type_letter(ctype.result), *(_type_letter(arg) for arg in ctype.args)]
+    if None in letters:
+        return None, None
+    if isinstance(fn, _cffi_backend._CDataBase):
+        pointer = fn
+    else:  # lib.f of an out-of-line module: its address from the module's ffi
+        module_ffi = _buffers.module_ffi(fn)
+        if module_ffi is None:
+            return None, None
+        pointer = module_ffi.addressof(fn.__self__, fn.__name__)
+    keep, code = _callout_ext.make_entry(int(ffi.cast("uintptr_t", pointer)), "".join(letters))  # type: ignore[arg-type]
+    return ffi.cast(ffi.typeof(pointer), code), keep
 
 
 # ---- per-function figures ----
@@ -393,9 +461,10 @@ def callout_stats() -> list[dict[str, Any]]:
     run: ``calls`` (callouts made from a VM; a call from outside a run is a
     plain call and not counted), ``handed_over`` (calls that came back to
     find the VM taken by another thread, and waited for it, revoked ones
-    included), ``revocations`` (generated wrappers only: calls that went out
-    lazily and stayed out while the VM was needed, so the heartbeat took the
-    VM from them; the other kinds always go out eagerly and show 0),
+    included), ``revocations`` (calls that went out lazily and stayed out
+    while the VM was needed, so the heartbeat took the VM from them: only
+    generated wrappers and :func:`threaded` wrappers of cffi functions go
+    out lazily, the other kinds show 0),
     ``total_out_s`` and ``longest_out_s`` (time out of the VM, the wait to
     own it again included).  Times are taken only while a run asks for
     them (``vmown.run(..., callout_times=True)``, or ``monitor=``): two

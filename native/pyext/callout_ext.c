@@ -31,6 +31,26 @@
  * errno.  cffi saves errno in its per-thread slot right after the C function
  * returns (before 4); ffi.errno reads that slot, and nothing here writes it.
  *
+ * The blocking entry.  cffi takes the GIL back before step 4 can ask for the
+ * VM.  For a short call that costs nothing; for a call that blocked, the
+ * thread comes back while another thread owns the VM and runs Python, so it
+ * first takes the GIL from that owner (at the owner's next call into C),
+ * then finds the VM taken and waits for it -- and the owner, back from its
+ * own short call, waits for the GIL in turn.  The two pass the GIL and the
+ * VM back and forth (docs/design-log.md, "The blocking entry").  So a
+ * Threaded wrapper of a cffi function has a second way in: a libffi closure
+ * with the function's own signature, wrapped by cffi as a function pointer
+ * of the same C type (same argument conversions).  Its handler calls the
+ * function (ffi_call, the closure's own cif) and then does step 4 itself,
+ * GIL released, as the generated C wrappers do: the thread owns the VM
+ * before it asks for the GIL.  The entry costs a closure and an ffi_call
+ * more than a direct call (~0.1 us), so it is taken only when begin's token
+ * says the function is known to block (VMOWN_CALLOUT_BLOCKS: the core's
+ * hint, which also handed the VM over at the disown).  The token travels to
+ * the handler in a thread-local (entry_token); the handler clears it once it
+ * owns the VM, and the caller ends the callout itself if it is still set
+ * (cffi refused an argument before the call).
+ *
  * What passes as it is (the rules of vmown/_buffers.py, where they are
  * explained): for a cffi function, through callout() or threaded(), only
  * pointer parameters are checked: None and cdata pass, bytes pass for a
@@ -50,9 +70,12 @@
 #include <stdint.h>
 #include <time.h>
 
+#include <ffi.h>
+
 #include "vmown.h"  /* the table's type only: nothing of the core is linked */
 
-static uint32_t (*core_begin)(uint64_t);
+static uint32_t (*core_begin)(uint64_t);       /* eager: vmown_callout_begin_eager */
+static uint32_t (*core_begin_lazy)(uint64_t);  /* vmown_callout_begin_uncounted, for calls with an entry */
 static void (*core_end)(uint32_t);
 static int (*core_try_end)(uint32_t);
 
@@ -74,13 +97,15 @@ enum { SMALL = 8 };
  * Only calls made from a VM count (begin gave a token).  Every field is
  * written with the GIL held (after the call, cffi has taken it back; after
  * end, Py_END_ALLOW_THREADS has), so plain fields suffice.  Counting is
- * free: `calls` is one increment, `handed_over` is counted on the slow path
- * only (the call came back to a VM that another thread had taken, and waited
- * for it).  Timing is not: two CLOCK_MONOTONIC reads per callout (~30-150
+ * free: `calls` is one increment, `handed_over` (the call came back to a VM
+ * that another thread had taken, and waited for it) and `revocations` (of
+ * these, the lazy ones: the heartbeat took the VM from them) add a flag the
+ * call computed anyway.  Timing is not: two CLOCK_MONOTONIC reads per callout (~30-150
  * ns, against a callout's ~90), so it is on only while `timing` is set
  * (set_timing: vmown.run(..., callout_times=True) or monitor=). */
 typedef struct {
-    unsigned long long calls, handed_over, out_ns, longest_ns;
+    unsigned long long calls, handed_over, out_ns, longest_ns, revocations;
+    unsigned long long entered;  /* came back through the blocking entry (Threaded._entered) */
 } figures;
 
 static int timing;
@@ -112,22 +137,130 @@ static inline uint64_t now_ns(void) {
 
 /* ---- the call itself (steps 2-4) ---- */
 
-/* f: the wrapper's figures; NULL for callout(): fn's entry of `targets`. */
-static PyObject *call_disowned(PyObject *fn, uint64_t tag, figures *f, PyObject *const *args, size_t nargs,
-                               PyObject *kwnames) {
-    uint32_t token = core_begin(tag);
+/* The blocking entry's handoff (see the top): the token the handler ends,
+ * and whether it had to wait for the VM. */
+static _Thread_local uint32_t entry_token;
+static _Thread_local int entry_waited;
+
+/* The closure's handler: the call, then step 4 without the GIL. */
+static void entry_run(ffi_cif *cif, void *ret, void **args, void *fn) {
+    uint32_t token = entry_token;
+    entry_token = 0;  /* taken before the call: a callout nested in it has its own */
+    ffi_call(cif, FFI_FN(fn), ret, args);
+    if (!token) return;
+    entry_waited = !core_try_end(token);
+    if (entry_waited) core_end(token);
+}
+
+/* A blocking entry: the closure, its cif and argument types, and the
+ * function it calls.  Owned by a capsule (make_entry), which the wrapper
+ * keeps alive with the cffi function pointer made from `code`. */
+typedef struct {
+    ffi_closure *closure;
+    void *code;
+    ffi_cif cif;
+    ffi_type *types[];
+} entry_data;
+
+static void entry_free(PyObject *capsule) {
+    entry_data *e = PyCapsule_GetPointer(capsule, "vmown._callout_ext.entry");
+    if (!e) return;
+    if (e->closure) ffi_closure_free(e->closure);
+    PyMem_RawFree(e);
+}
+
+/* libffi's type for each letter of a signature (vmown/_callout.py,
+ * _entry_signature, writes them: one for the result, then the parameters). */
+static ffi_type *entry_type(char letter) {
+    switch (letter) {
+        case 'v': return &ffi_type_void;
+        case 'p': return &ffi_type_pointer;
+        case 'f': return &ffi_type_float;
+        case 'd': return &ffi_type_double;
+        case 'b': return &ffi_type_sint8;
+        case 'B': return &ffi_type_uint8;
+        case 'h': return &ffi_type_sint16;
+        case 'H': return &ffi_type_uint16;
+        case 'i': return &ffi_type_sint32;
+        case 'I': return &ffi_type_uint32;
+        case 'q': return &ffi_type_sint64;
+        case 'Q': return &ffi_type_uint64;
+        default: return NULL;
+    }
+}
+
+static PyObject *make_entry(PyObject *module, PyObject *args) {
+    unsigned long long address;
+    const char *signature;
+    Py_ssize_t length;
+    if (!PyArg_ParseTuple(args, "Ks#:make_entry", &address, &signature, &length)) return NULL;
+    if (!address || length < 1 || length > 256) {
+        PyErr_SetString(PyExc_ValueError, "make_entry needs a function address and a signature of 1-256 letters");
+        return NULL;
+    }
+    unsigned nparams = (unsigned)length - 1;
+    entry_data *e = PyMem_RawCalloc(1, sizeof *e + sizeof(ffi_type *) * (nparams ? nparams : 1));
+    if (!e) return PyErr_NoMemory();
+    ffi_type *result = entry_type(signature[0]);
+    for (unsigned i = 0; result && i < nparams; i++)
+        if (!(e->types[i] = entry_type(signature[i + 1])) || e->types[i] == &ffi_type_void) result = NULL;
+    const char *failed = NULL;
+    if (!result)
+        failed = "a signature letter is not one of vpfdbBhHiIqQ";
+    else if (ffi_prep_cif(&e->cif, FFI_DEFAULT_ABI, nparams, result, e->types) != FFI_OK)
+        failed = "libffi refused the signature";
+    else if (!(e->closure = ffi_closure_alloc(sizeof(ffi_closure), &e->code)))
+        failed = "libffi could not allocate a closure";
+    else if (ffi_prep_closure_loc(e->closure, &e->cif, entry_run, (void *)(uintptr_t)address, e->code) != FFI_OK)
+        failed = "libffi could not prepare the closure";
+    if (failed) {
+        if (e->closure) ffi_closure_free(e->closure);
+        PyMem_RawFree(e);
+        PyErr_SetString(PyExc_ValueError, failed);
+        return NULL;
+    }
+    PyObject *capsule = PyCapsule_New(e, "vmown._callout_ext.entry", entry_free);
+    if (!capsule) {
+        ffi_closure_free(e->closure);
+        PyMem_RawFree(e);
+        return NULL;
+    }
+    return Py_BuildValue("(NK)", capsule, (unsigned long long)(uintptr_t)e->code);
+}
+
+/* f: the wrapper's figures; NULL for callout(): fn's entry of `targets`.
+ * entry: the wrapper's blocking entry (a cffi function pointer of fn's
+ * type), or NULL. */
+static PyObject *call_disowned(PyObject *fn, PyObject *entry, uint64_t tag, figures *f, PyObject *const *args,
+                               size_t nargs, PyObject *kwnames) {
+    uint32_t token = entry ? core_begin_lazy(tag) : core_begin(tag);
     if (!token) return PyObject_Vectorcall(fn, args, nargs, kwnames);
     if (!f) f = target_figures(fn);  /* before the call: a watchdog names a target still out */
     uint64_t start_ns = timing ? now_ns() : 0;
-    PyObject *result = PyObject_Vectorcall(fn, args, nargs, kwnames);
-    int waited = !core_try_end(token);
-    if (waited) {
+    PyObject *result;
+    int waited = 0;
+    if (entry && (token & VMOWN_CALLOUT_WANTED)) {
+        entry_token = token;
+        result = PyObject_Vectorcall(entry, args, nargs, kwnames);
+        if (entry_token) {  /* the handler did not run */
+            entry_token = 0;
+            entry = NULL;
+        } else {
+            waited = entry_waited;
+            f->entered++;
+        }
+    } else {
+        entry = NULL;
+        result = PyObject_Vectorcall(fn, args, nargs, kwnames);
+    }
+    if (!entry && (waited = !core_try_end(token))) {
         Py_BEGIN_ALLOW_THREADS
         core_end(token);
         Py_END_ALLOW_THREADS
     }
     f->calls++;
     f->handed_over += (unsigned)waited;
+    f->revocations += (unsigned)(waited && (token & VMOWN_CALLOUT_LAZY));
     if (start_ns) {
         uint64_t out_ns = now_ns() - start_ns;
         f->out_ns += out_ns;
@@ -192,7 +325,7 @@ static PyObject *generic_call(PyObject *fn, uint64_t tag, figures *f, PyObject *
     Py_ssize_t n = (Py_ssize_t)nargs, nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     Py_ssize_t i = 0;
     while (i < n + nkw && as_is(args[i])) i++;
-    if (i == n + nkw) return call_disowned(fn, tag, f, args, nargs, kwnames);  /* nothing to pin */
+    if (i == n + nkw) return call_disowned(fn, NULL, tag, f, args, nargs, kwnames);  /* nothing to pin */
     pins p = {.views = p.small, .cap = SMALL};
     for (; i < n + nkw; i++) {
         if (pin(&p, args[i]) < 0) {
@@ -200,12 +333,13 @@ static PyObject *generic_call(PyObject *fn, uint64_t tag, figures *f, PyObject *
             return NULL;
         }
     }
-    PyObject *result = call_disowned(fn, tag, f, args, nargs, kwnames);
+    PyObject *result = call_disowned(fn, NULL, tag, f, args, nargs, kwnames);
     pins_release(&p);
     return result;
 }
 
-static PyObject *c_call(PyObject *fn, uint64_t tag, figures *f, PyObject *params, PyObject *const *args, size_t nargs);
+static PyObject *c_call(PyObject *fn, PyObject *entry, uint64_t tag, figures *f, PyObject *params,
+                        PyObject *const *args, size_t nargs);
 
 /* callout(fn, ...) of a cffi function: its parameters, from `known`.  A
  * borrowed tuple, Py_None (not a cffi function) or NULL with the error set. */
@@ -236,7 +370,7 @@ static PyObject *callout(PyObject *module, PyObject *const *args, Py_ssize_t nar
         if (params != Py_None) {
             if ((kwnames && PyTuple_GET_SIZE(kwnames)) || PyTuple_GET_SIZE(params) != nargs - 1)
                 return PyObject_Vectorcall(fn, args + 1, (size_t)(nargs - 1), kwnames);  /* cffi refuses */
-            return c_call(fn, tag, NULL, params, args + 1, (size_t)(nargs - 1));
+            return c_call(fn, NULL, tag, NULL, params, args + 1, (size_t)(nargs - 1));
         }
     }
     return generic_call(fn, tag, NULL, args + 1, (size_t)(nargs - 1), kwnames);
@@ -252,6 +386,8 @@ typedef struct {
     PyObject *weakrefs;    /* observers list wrappers in a WeakSet */
     figures f;
     PyObject *ctypes;      /* tuple: (ctype, const) of each pointer parameter, else None */
+    PyObject *entry;       /* the blocking entry: a cffi function pointer of fn's type, or NULL */
+    PyObject *entry_keep;  /* what keeps the entry's closure alive (make_entry's capsule) */
     Py_ssize_t nparams;    /* -1: any arguments, the rules of callout() */
     uint64_t tag;
     int pointers;          /* whether any parameter is a pointer */
@@ -259,7 +395,8 @@ typedef struct {
 
 /* A cffi function with a fixed parameter list (`params`, one entry per
  * argument): the pointer parameters are checked and pinned. */
-static PyObject *c_call(PyObject *fn, uint64_t tag, figures *f, PyObject *params, PyObject *const *args, size_t nargs) {
+static PyObject *c_call(PyObject *fn, PyObject *entry, uint64_t tag, figures *f, PyObject *params,
+                        PyObject *const *args, size_t nargs) {
     PyObject *small[SMALL], **stack = small;
     if (nargs > SMALL && !(stack = PyMem_Malloc(sizeof *stack * nargs))) return PyErr_NoMemory();
     size_t i;
@@ -278,7 +415,7 @@ static PyObject *c_call(PyObject *fn, uint64_t tag, figures *f, PyObject *params
         stack[i] = PyObject_CallFunction(pin_pointer_fn, "OOOnO", fn, arg, ctype, (Py_ssize_t)i + 1, is_const);
         if (!stack[i]) goto done;
     }
-    result = call_disowned(fn, tag, f, stack, nargs, NULL);
+    result = call_disowned(fn, entry, tag, f, stack, nargs, NULL);
 done:
     while (i > 0) Py_DECREF(stack[--i]);  /* a pinning cdata releases its export here */
     if (stack != small) PyMem_Free(stack);
@@ -299,17 +436,22 @@ static PyObject *threaded_vectorcall(PyObject *callable, PyObject *const *args, 
                      self->nparams == 1 ? "" : "s", (Py_ssize_t)nargs);
         return NULL;
     }
-    if (!self->pointers) return call_disowned(self->fn, self->tag, &self->f, args, nargs, NULL);
-    return c_call(self->fn, self->tag, &self->f, self->ctypes, args, nargs);
+    if (!self->pointers) return call_disowned(self->fn, self->entry, self->tag, &self->f, args, nargs, NULL);
+    return c_call(self->fn, self->entry, self->tag, &self->f, self->ctypes, args, nargs);
 }
 
 static PyObject *threaded_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"fn", "tag", "ctypes", NULL};
-    PyObject *fn, *ctypes = Py_None;
+    static char *names[] = {"fn", "tag", "ctypes", "entry", "entry_keep", NULL};
+    PyObject *fn, *ctypes = Py_None, *entry = Py_None, *entry_keep = Py_None;
     unsigned long long tag;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OK|O:Threaded", names, &fn, &tag, &ctypes)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OK|OOO:Threaded", names, &fn, &tag, &ctypes, &entry, &entry_keep))
+        return NULL;
     if (ctypes != Py_None && !PyTuple_Check(ctypes)) {
         PyErr_SetString(PyExc_TypeError, "ctypes must be a tuple (one entry per parameter) or None");
+        return NULL;
+    }
+    if (entry != Py_None && (ctypes == Py_None || !PyObject_TypeCheck(entry, cdata_type))) {
+        PyErr_SetString(PyExc_TypeError, "entry must be a cffi function pointer, for a cffi function");
         return NULL;
     }
     threaded_object *self = (threaded_object *)type->tp_alloc(type, 0);
@@ -317,6 +459,10 @@ static PyObject *threaded_new(PyTypeObject *type, PyObject *args, PyObject *kwar
     self->vectorcall = threaded_vectorcall;
     self->fn = Py_NewRef(fn);
     self->ctypes = Py_NewRef(ctypes);
+    if (entry != Py_None) {
+        self->entry = Py_NewRef(entry);
+        self->entry_keep = Py_NewRef(entry_keep);
+    }
     self->tag = tag;
     self->nparams = ctypes == Py_None ? -1 : PyTuple_GET_SIZE(ctypes);
     for (Py_ssize_t i = 0; i < self->nparams; i++)
@@ -327,6 +473,8 @@ static PyObject *threaded_new(PyTypeObject *type, PyObject *args, PyObject *kwar
 static int threaded_traverse(threaded_object *self, visitproc visit, void *arg) {
     Py_VISIT(self->fn);
     Py_VISIT(self->ctypes);
+    Py_VISIT(self->entry);
+    Py_VISIT(self->entry_keep);
     Py_VISIT(self->dict);
     return 0;
 }
@@ -334,6 +482,8 @@ static int threaded_traverse(threaded_object *self, visitproc visit, void *arg) 
 static int threaded_clear(threaded_object *self) {
     Py_CLEAR(self->fn);
     Py_CLEAR(self->ctypes);
+    Py_CLEAR(self->entry);
+    Py_CLEAR(self->entry_keep);
     Py_CLEAR(self->dict);
     return 0;
 }
@@ -350,16 +500,28 @@ static PyObject *threaded_repr(threaded_object *self) {
 }
 
 static PyObject *figures_tuple(const figures *f) {
-    return Py_BuildValue("KKKK", f->calls, f->handed_over, f->out_ns, f->longest_ns);
+    return Py_BuildValue("KKKKK", f->calls, f->handed_over, f->out_ns, f->longest_ns, f->revocations);
 }
 
 static PyObject *threaded_figures(threaded_object *self, PyObject *unused) {
     return figures_tuple(&self->f);
 }
 
+static PyObject *threaded_entered(threaded_object *self, PyObject *unused) {
+    return PyLong_FromUnsignedLongLong(self->f.entered);
+}
+
+static PyObject *threaded_has_entry(threaded_object *self, PyObject *unused) {
+    return PyBool_FromLong(self->entry != NULL);
+}
+
 static PyMethodDef threaded_methods[] = {
+    {"_entered", (PyCFunction)threaded_entered, METH_NOARGS,
+     PyDoc_STR("how many of this wrapper's callouts came back through its blocking entry")},
+    {"_has_entry", (PyCFunction)threaded_has_entry, METH_NOARGS,
+     PyDoc_STR("whether this wrapper has a blocking entry (a cffi function of a supported signature)")},
     {"_figures", (PyCFunction)threaded_figures, METH_NOARGS,
-     PyDoc_STR("(calls, handed_over, out_ns, longest_ns) of this wrapper's callouts")},
+     PyDoc_STR("(calls, handed_over, out_ns, longest_ns, revocations) of this wrapper's callouts")},
     {NULL, NULL, 0, NULL},
 };
 
@@ -417,7 +579,8 @@ static PyObject *init(PyObject *module, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KO!OO:init", &address, &PyType_Type, &cdata, &pin_pointer_, &c_parameters_))
         return NULL;
     const vmown_callout_table *table = (const vmown_callout_table *)(uintptr_t)address;
-    if (!table || table->version != VMOWN_CALLOUT_API_VERSION || !table->try_end || !table->begin_eager) {
+    if (!table || table->version != VMOWN_CALLOUT_API_VERSION || !table->try_end || !table->begin_eager ||
+        !table->begin_uncounted) {
         PyErr_SetString(PyExc_ImportError, "vmown._callout_ext does not match vmown._native (rebuild vmown)");
         return NULL;
     }
@@ -427,9 +590,12 @@ static PyObject *init(PyObject *module, PyObject *args) {
     if (!known && !(known = PyDict_New())) return NULL;
     core_end = table->end;
     core_try_end = table->try_end;
-    /* Eager: this path takes the GIL back after the call and before its
-     * end (cffi does), and a lazy callout would hold the VM meanwhile. */
+    /* Eager where the call comes back through cffi, which takes the GIL
+     * back before the end: a lazy callout would hold the VM meanwhile.  A
+     * call with a blocking entry goes out lazily: whenever the VM is wanted
+     * during it, it owns the VM again before it takes the GIL. */
     core_begin = table->begin_eager;
+    core_begin_lazy = table->begin_uncounted;
     Py_RETURN_NONE;
 }
 
@@ -472,9 +638,12 @@ static PyObject *set_timing(PyObject *module, PyObject *arg) {
 
 static PyMethodDef methods[] = {
     {"target_figures", target_figures_list, METH_NOARGS,
-     PyDoc_STR("[(fn, (calls, handed_over, out_ns, longest_ns))] of callout()'s targets; fn None: the rest")},
+     PyDoc_STR("[(fn, (calls, handed_over, out_ns, longest_ns, revocations))] of callout()'s targets; fn None: the rest")},
     {"set_timing", set_timing, METH_O, PyDoc_STR("set_timing(on) -> was: time each callout from now on")},
     {"init", init, METH_VARARGS, PyDoc_STR("init(table_address, cdata_type, pin_pointer, c_parameters)")},
+    {"make_entry", make_entry, METH_VARARGS,
+     PyDoc_STR("make_entry(address, signature) -> (keep, code_address): a blocking entry for the C function at "
+               "address")},
     {"callout", (PyCFunction)(void (*)(void))callout, METH_FASTCALL | METH_KEYWORDS, callout_doc},
     {"bind", guard_bind, METH_VARARGS, PyDoc_STR("bind(owner_word_address, slot): this thread serves a run (0: none)")},
     {"owns", guard_owns, METH_NOARGS, PyDoc_STR("owns() -> whether this thread owns the VM it was bound to")},

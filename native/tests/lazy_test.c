@@ -98,7 +98,7 @@ static pthread_t start_waiter(void) {
 
 static int32_t owner_field(void) { return (int32_t)(uint32_t)vmown_owner_word(vm); }
 
-#define LAZY 0x80000000u  /* token bit of a lazy callout (callout.c) */
+#define LAZY VMOWN_CALLOUT_LAZY
 
 int main(int argc, char **argv) {
     int rounds = argc > 1 ? atoi(argv[1]) : 20;
@@ -196,14 +196,17 @@ int main(int argc, char **argv) {
     /* an eager one whose VM the worker took: the count is full again */
     vmown_set_work(vm, 1, 0);
     token = vmown_callout_begin(30);
-    CHECK(token == (uint32_t)me, "a revoked tag is not eager");
+    /* eager, and wanted: the tag is known to block */
+    CHECK(token == ((uint32_t)me | VMOWN_CALLOUT_WANTED), "a revoked tag is not eager");
     usleep(20000);
     vmown_callout_end(token);
     wait_for(one_idle, "the worker to park again");
     vmown_set_work(vm, 0, 0);
     for (int i = 0; i < 64; i++) {
         token = vmown_callout_begin(30);
-        CHECK(token == (uint32_t)me, "callout %d of a revoked tag is not eager", i);
+        /* wanted while the tag's blocks hint lasts (callout.c, BLOCKS_HINT) */
+        CHECK((token & ~VMOWN_CALLOUT_WANTED) == (uint32_t)me && (i > 0 || (token & VMOWN_CALLOUT_WANTED)),
+              "callout %d of a revoked tag is not eager", i);
         vmown_callout_end(token);
         token = vmown_callout_begin(31);
         CHECK(token & LAZY, "another tag is not lazy");
