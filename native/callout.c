@@ -298,7 +298,8 @@ void vmown__unbind_if(vmown_vm *vm, uint32_t slot) {
 
 /* Disown for a callout.  may_be_lazy: the callout may keep the owner word
  * (grants.c, "Lazy callouts"); counted: the core counts its figures (else
- * the token says UNCOUNTED and its caller counts them). */
+ * the token says UNCOUNTED and its caller counts them).  begin_eager's are
+ * neither. */
 static inline uint32_t begin(uint64_t tag, bool may_be_lazy, bool counted) {
     vmown_vm *vm = bound.vm;
     if (!vm) return 0;
@@ -310,7 +311,8 @@ static inline uint32_t begin(uint64_t tag, bool may_be_lazy, bool counted) {
     uint64_t start_ns = counted && unlikely(atomic_load_explicit(&timing, memory_order_relaxed)) ? clock_ns() : 0;
     bool blocks = unlikely(blocks_hint(tag));
     /* Read before the disown, whose soft grant takes the head waiter off the
-     * count. */
+     * count.  Relaxed: a stale count only picks the other way back, both of
+     * which own the VM again correctly. */
     bool queued = (atomic_load_explicit(&vm->block->waiters_and_hb_asleep, memory_order_relaxed) &
                    VMOWN__WAITERS_MASK) != 0;
     int rc = blocks ? vmown__callout_hand_over(vm, bound.slot, tag)
@@ -330,8 +332,6 @@ static inline uint32_t begin(uint64_t tag, bool may_be_lazy, bool counted) {
 uint32_t vmown_callout_begin(uint64_t tag) { return begin(tag, true, true); }
 
 uint32_t vmown_callout_begin_eager(uint64_t tag) { return begin(tag, false, false); }
-
-uint32_t vmown_callout_begin_uncounted(uint64_t tag) { return begin(tag, true, false); }
 
 /* Owning again after the VM was taken meanwhile: the front end's hook. */
 static int taken_back(uint32_t slot) {
@@ -389,7 +389,6 @@ static const vmown_callout_table table = {
     .end = vmown_callout_end,
     .try_end = vmown_callout_try_end,
     .begin_eager = vmown_callout_begin_eager,
-    .begin_uncounted = vmown_callout_begin_uncounted,
 };
 
 const vmown_callout_table *vmown_callout_api(void) { return &table; }

@@ -402,11 +402,6 @@ VMOWN_EXTERN int vmown_callout_try_end(uint32_t token);
  * the VM while it waits for the GIL, and whoever holds the GIL could not
  * get the VM.  Its figures are left to the caller. */
 VMOWN_EXTERN uint32_t vmown_callout_begin_eager(uint64_t tag);
-/* vmown_callout_begin, with the figures left to the caller: for a caller
- * that owns the VM again before it takes the GIL back whenever the token
- * says VMOWN_CALLOUT_WANTED (vmown.threaded's blocking entry), and so may
- * go out lazily. */
-VMOWN_EXTERN uint32_t vmown_callout_begin_uncounted(uint64_t tag);
 
 /* Figures per tag of the callouts of vmown_callout_begin in this process,
  * since it started, over every VM (those of vmown_callout_begin_eager are
@@ -438,7 +433,6 @@ typedef struct {
     void (*end)(uint32_t token);
     int (*try_end)(uint32_t token);
     uint32_t (*begin_eager)(uint64_t tag);
-    uint32_t (*begin_uncounted)(uint64_t tag);
 } vmown_callout_table;
 /* The table that generated wrappers in other modules are initialised with. */
 VMOWN_EXTERN const vmown_callout_table *vmown_callout_api(void);

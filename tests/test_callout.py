@@ -74,12 +74,10 @@ def test_errno_survives_a_plain_callout() -> None:
 
 
 def test_callouts_are_counted_and_really_disown() -> None:
-    """vmown.callout, and threaded() of a Python callable, go out eagerly:
-    they take the GIL back before they own the VM again, and a lazy callout
-    would hold the VM meanwhile (native/pyext/callout_ext.c).  The VM is
-    unowned while such a call runs.  threaded() of a cffi function goes out
-    lazily while nobody waits: it has a blocking entry for when the VM is
-    wanted."""
+    """Eagerly, always (threaded() of a cffi function or of a Python
+    callable, and callout()): this path takes the GIL back before it owns
+    the VM again, and a lazy callout would hold the VM meanwhile
+    (native/pyext/callout_ext.c).  The VM is unowned while the call runs."""
     close = vmown.threaded(libc.close)
     seen: list[tuple[int, bool]] = []
 
@@ -102,7 +100,7 @@ def test_callouts_are_counted_and_really_disown() -> None:
 
     grown = run(main)
     assert grown["callouts"] == 102 and grown["disowns"] >= 102  # the scheduler disowns too
-    assert grown["lazy_callouts"] == 100
+    assert grown["lazy_callouts"] == 0
     assert seen == [(0, False), (0, False)]  # the VM was unowned while observe() ran
 
 
@@ -735,10 +733,11 @@ def test_functions_libffi_cannot_call_by_letter_have_no_entry_and_still_work() -
 
 def test_a_call_known_to_block_owns_the_vm_again_through_the_entry() -> None:
     """A recv that waits 20 ms for nothing (SO_RCVTIMEO) while another process
-    wants the VM: the first is revoked, which marks the function as blocking;
-    the next ones come back through the blocking entry, which owns the VM
-    before cffi takes the GIL back.  Results and errno are the call's own; an
-    argument cffi refuses before the call leaves the VM owned as before."""
+    wants the VM: the first stays out over two heartbeat ticks, which marks
+    the function as blocking; the next ones come back through the blocking
+    entry, which owns the VM before cffi takes the GIL back.  Results and
+    errno are the call's own; an argument cffi refuses before the call
+    leaves the VM owned as before."""
     import socket
     import struct
 

@@ -24,14 +24,13 @@
 # are the core's vmown_callout_begin_eager/try_end/end (native/callout.c),
 # reached through the core's table of function pointers (one copy of the core
 # per process).  They are the functions the C wrappers of
-# vmown.threaded_wrappers call.  callout() and threaded() of a Python
-# callable never begin lazily: they take the GIL back before end, and a lazy
-# callout would hold the VM while it waits for the GIL (docs/design-log.md,
-# "Lazy callouts").  threaded() of a cffi function does
-# (vmown_callout_begin_uncounted), because it has a second way back, the
-# blocking entry (below): whenever begin says the VM is wanted during the
-# call, the call goes through the entry, which owns the VM again before the
-# GIL is taken.
+# vmown.threaded_wrappers call, except that those begin lazily and this path
+# never does: it takes the GIL back before end, and a lazy callout would hold
+# the VM while it waits for the GIL (docs/design-log.md, "Lazy callouts").
+# When begin says the VM is wanted during the call (the function is known to
+# block, or a thread is queued), threaded() of a cffi function calls it
+# through its blocking entry (below), which owns the VM again before the GIL
+# is taken.
 # The scheduler binds each thread that serves a vmown.run() to the run's
 # block and the thread's slot (vmown_bind_thread).  begin disowns only if the
 # thread is bound and owns the VM; otherwise it returns 0 and end(0) does
@@ -461,10 +460,9 @@ def callout_stats() -> list[dict[str, Any]]:
     run: ``calls`` (callouts made from a VM; a call from outside a run is a
     plain call and not counted), ``handed_over`` (calls that came back to
     find the VM taken by another thread, and waited for it, revoked ones
-    included), ``revocations`` (calls that went out lazily and stayed out
-    while the VM was needed, so the heartbeat took the VM from them: only
-    generated wrappers and :func:`threaded` wrappers of cffi functions go
-    out lazily, the other kinds show 0),
+    included), ``revocations`` (generated wrappers only: calls that went out
+    lazily and stayed out while the VM was needed, so the heartbeat took the
+    VM from them; the other kinds always go out eagerly and show 0),
     ``total_out_s`` and ``longest_out_s`` (time out of the VM, the wait to
     own it again included).  Times are taken only while a run asks for
     them (``vmown.run(..., callout_times=True)``, or ``monitor=``): two

@@ -32,24 +32,26 @@
  * returns (before 4); ffi.errno reads that slot, and nothing here writes it.
  *
  * The blocking entry.  cffi takes the GIL back before step 4 can ask for the
- * VM.  For a short call that costs nothing; for a call that blocked, the
- * thread comes back while another thread owns the VM and runs Python, so it
- * first takes the GIL from that owner (at the owner's next call into C),
- * then finds the VM taken and waits for it -- and the owner, back from its
- * own short call, waits for the GIL in turn.  The two pass the GIL and the
- * VM back and forth (docs/design-log.md, "The blocking entry").  So a
- * Threaded wrapper of a cffi function has a second way in: a libffi closure
- * with the function's own signature, wrapped by cffi as a function pointer
- * of the same C type (same argument conversions).  Its handler calls the
- * function (ffi_call, the closure's own cif) and then does step 4 itself,
- * GIL released, as the generated C wrappers do: the thread owns the VM
- * before it asks for the GIL.  The entry costs a closure and an ffi_call
- * more than a direct call (~0.1 us), so it is taken only when begin's token
- * says the function is known to block (VMOWN_CALLOUT_BLOCKS: the core's
- * hint, which also handed the VM over at the disown).  The token travels to
- * the handler in a thread-local (entry_token); the handler clears it once it
- * owns the VM, and the caller ends the callout itself if it is still set
- * (cffi refused an argument before the call).
+ * VM.  For a short call nobody waits for, that costs nothing; for a call
+ * that blocked, the thread comes back while another thread owns the VM and
+ * runs Python, so it first takes the GIL from that owner (at the owner's
+ * next call into C), then finds the VM taken and waits for it -- and the
+ * owner, back from its own short call, waits for the GIL in turn.  The two
+ * pass the GIL and the VM back and forth (docs/design-log.md, "The blocking
+ * entry").  So a Threaded wrapper of a cffi function has a second way in: a
+ * libffi closure with the function's own signature, wrapped by cffi as a
+ * function pointer of the same C type (same argument conversions).  Its
+ * handler calls the function (ffi_call, the closure's own cif) and then does
+ * step 4 itself, GIL released, as the generated C wrappers do: the thread
+ * owns the VM before it asks for the GIL.  The entry costs a closure, an
+ * ffi_call and cffi's generic call path more than a direct call, so it is
+ * taken only when begin's token says the VM is wanted during the call
+ * (VMOWN_CALLOUT_WANTED: the function is known to block, and the disown
+ * handed the VM over, or a thread was queued and got a soft grant, which
+ * the caller then takes back without first waiting for the GIL).  The
+ * token travels to the handler in a thread-local (entry_token); the handler
+ * takes it before the call, and the caller ends the callout itself if it
+ * is still set (cffi refused an argument before the call).
  *
  * What passes as it is (the rules of vmown/_buffers.py, where they are
  * explained): for a cffi function, through callout() or threaded(), only
@@ -74,8 +76,7 @@
 
 #include "vmown.h"  /* the table's type only: nothing of the core is linked */
 
-static uint32_t (*core_begin)(uint64_t);       /* eager: vmown_callout_begin_eager */
-static uint32_t (*core_begin_lazy)(uint64_t);  /* vmown_callout_begin_uncounted, for calls with an entry */
+static uint32_t (*core_begin)(uint64_t);
 static void (*core_end)(uint32_t);
 static int (*core_try_end)(uint32_t);
 
@@ -97,14 +98,13 @@ enum { SMALL = 8 };
  * Only calls made from a VM count (begin gave a token).  Every field is
  * written with the GIL held (after the call, cffi has taken it back; after
  * end, Py_END_ALLOW_THREADS has), so plain fields suffice.  Counting is
- * free: `calls` is one increment, `handed_over` (the call came back to a VM
- * that another thread had taken, and waited for it) and `revocations` (of
- * these, the lazy ones: the heartbeat took the VM from them) add a flag the
- * call computed anyway.  Timing is not: two CLOCK_MONOTONIC reads per callout (~30-150
+ * free: `calls` is one increment, `handed_over` is counted on the slow path
+ * only (the call came back to a VM that another thread had taken, and waited
+ * for it).  Timing is not: two CLOCK_MONOTONIC reads per callout (~30-150
  * ns, against a callout's ~90), so it is on only while `timing` is set
  * (set_timing: vmown.run(..., callout_times=True) or monitor=). */
 typedef struct {
-    unsigned long long calls, handed_over, out_ns, longest_ns, revocations;
+    unsigned long long calls, handed_over, out_ns, longest_ns;
     unsigned long long entered;  /* came back through the blocking entry (Threaded._entered) */
 } figures;
 
@@ -233,7 +233,7 @@ static PyObject *make_entry(PyObject *module, PyObject *args) {
  * type), or NULL. */
 static PyObject *call_disowned(PyObject *fn, PyObject *entry, uint64_t tag, figures *f, PyObject *const *args,
                                size_t nargs, PyObject *kwnames) {
-    uint32_t token = entry ? core_begin_lazy(tag) : core_begin(tag);
+    uint32_t token = core_begin(tag);
     if (!token) return PyObject_Vectorcall(fn, args, nargs, kwnames);
     if (!f) f = target_figures(fn);  /* before the call: a watchdog names a target still out */
     uint64_t start_ns = timing ? now_ns() : 0;
@@ -260,7 +260,6 @@ static PyObject *call_disowned(PyObject *fn, PyObject *entry, uint64_t tag, figu
     }
     f->calls++;
     f->handed_over += (unsigned)waited;
-    f->revocations += (unsigned)(waited && (token & VMOWN_CALLOUT_LAZY));
     if (start_ns) {
         uint64_t out_ns = now_ns() - start_ns;
         f->out_ns += out_ns;
@@ -500,7 +499,7 @@ static PyObject *threaded_repr(threaded_object *self) {
 }
 
 static PyObject *figures_tuple(const figures *f) {
-    return Py_BuildValue("KKKKK", f->calls, f->handed_over, f->out_ns, f->longest_ns, f->revocations);
+    return Py_BuildValue("KKKK", f->calls, f->handed_over, f->out_ns, f->longest_ns);
 }
 
 static PyObject *threaded_figures(threaded_object *self, PyObject *unused) {
@@ -521,7 +520,7 @@ static PyMethodDef threaded_methods[] = {
     {"_has_entry", (PyCFunction)threaded_has_entry, METH_NOARGS,
      PyDoc_STR("whether this wrapper has a blocking entry (a cffi function of a supported signature)")},
     {"_figures", (PyCFunction)threaded_figures, METH_NOARGS,
-     PyDoc_STR("(calls, handed_over, out_ns, longest_ns, revocations) of this wrapper's callouts")},
+     PyDoc_STR("(calls, handed_over, out_ns, longest_ns) of this wrapper's callouts")},
     {NULL, NULL, 0, NULL},
 };
 
@@ -579,8 +578,7 @@ static PyObject *init(PyObject *module, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KO!OO:init", &address, &PyType_Type, &cdata, &pin_pointer_, &c_parameters_))
         return NULL;
     const vmown_callout_table *table = (const vmown_callout_table *)(uintptr_t)address;
-    if (!table || table->version != VMOWN_CALLOUT_API_VERSION || !table->try_end || !table->begin_eager ||
-        !table->begin_uncounted) {
+    if (!table || table->version != VMOWN_CALLOUT_API_VERSION || !table->try_end || !table->begin_eager) {
         PyErr_SetString(PyExc_ImportError, "vmown._callout_ext does not match vmown._native (rebuild vmown)");
         return NULL;
     }
@@ -590,12 +588,13 @@ static PyObject *init(PyObject *module, PyObject *args) {
     if (!known && !(known = PyDict_New())) return NULL;
     core_end = table->end;
     core_try_end = table->try_end;
-    /* Eager where the call comes back through cffi, which takes the GIL
-     * back before the end: a lazy callout would hold the VM meanwhile.  A
-     * call with a blocking entry goes out lazily: whenever the VM is wanted
-     * during it, it owns the VM again before it takes the GIL. */
+    /* Eager: this path takes the GIL back after the call and before its
+     * end (cffi does), and a lazy callout would hold the VM meanwhile.  (A
+     * call through the blocking entry does not, but a short call that goes
+     * lazily can be revoked while it is descheduled, and the function is
+     * then taken for one that blocks: docs/design-log.md, "The blocking
+     * entry".) */
     core_begin = table->begin_eager;
-    core_begin_lazy = table->begin_uncounted;
     Py_RETURN_NONE;
 }
 
@@ -638,7 +637,7 @@ static PyObject *set_timing(PyObject *module, PyObject *arg) {
 
 static PyMethodDef methods[] = {
     {"target_figures", target_figures_list, METH_NOARGS,
-     PyDoc_STR("[(fn, (calls, handed_over, out_ns, longest_ns, revocations))] of callout()'s targets; fn None: the rest")},
+     PyDoc_STR("[(fn, (calls, handed_over, out_ns, longest_ns))] of callout()'s targets; fn None: the rest")},
     {"set_timing", set_timing, METH_O, PyDoc_STR("set_timing(on) -> was: time each callout from now on")},
     {"init", init, METH_VARARGS, PyDoc_STR("init(table_address, cdata_type, pin_pointer, c_parameters)")},
     {"make_entry", make_entry, METH_VARARGS,
