@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import warnings
 from typing import Any
@@ -84,3 +86,50 @@ def test_thresholds_must_be_positive_seconds(value: Any) -> None:
 
     with pytest.raises(ValueError, match="slow_step must be a positive number of seconds"):
         vmown.run(main, slow_step=value)
+
+
+# The frames the watchdog takes: sys._current_frames() deadlocks on 3.11 <
+# 3.11.9 and 3.12 < 3.12.3 when a collection starts inside it and frees a
+# threading.local (CPython gh-106883); _callout_ext.current_frames() turns
+# the collector off for the call.
+_FRAMES_SCRIPT = """
+import gc, sys, threading
+from vmown import _callout_ext
+take = sys._current_frames if sys.argv[1] == "sys" else _callout_ext.current_frames
+stop = False
+def inner(x): return x + 1
+def outer(x): return inner(x) + inner(x)
+def spin():  # new frames all the time: taking them allocates frame objects
+    while not stop:
+        outer(1)
+threads = [threading.Thread(target=spin) for _ in range(4)]
+for t in threads: t.start()
+sys.setswitchinterval(1e-5)
+gc.set_threshold(1)  # a collection at nearly every allocation
+class Holder:
+    __slots__ = ("local", "me")
+for i in range(3000):
+    holder = Holder(); holder.local = threading.local(); holder.me = holder  # garbage with a local
+    del holder
+    frames = take()
+stop = True
+for t in threads: t.join()
+print("done", len(frames))
+"""
+
+
+def _take_frames(way: str, timeout: float) -> subprocess.CompletedProcess[str] | None:
+    try:
+        return subprocess.run([sys.executable, "-c", _FRAMES_SCRIPT, way], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def test_the_frames_of_every_thread_are_taken_without_the_collectors_deadlock() -> None:
+    done = _take_frames("ours", 120)
+    assert done is not None, "current_frames() deadlocked"
+    assert done.returncode == 0 and done.stdout.startswith("done 5"), done.stdout + done.stderr
+    affected = (3, 11) <= sys.version_info[:3] < (3, 11, 9) or (3, 12) <= sys.version_info[:3] < (3, 12, 3)
+    if affected:  # the scenario is real: sys._current_frames() itself hangs in it
+        assert _take_frames("sys", 10) is None, "sys._current_frames() did not deadlock: the test shows nothing"

@@ -1646,7 +1646,7 @@ atexit.register(_join_abandoned, _JOIN_SLICE_NS)
 
 
 def _warn_slow_workers(rt: _Runtime) -> None:
-    frames = sys._current_frames()
+    frames = _callout_ext.current_frames()  # not sys._current_frames: CPython gh-106883
     stuck = []
     for slot, ident in list(rt.worker_idents.items()):
         frame = frames.get(ident)

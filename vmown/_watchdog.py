@@ -15,7 +15,8 @@
 #     every step), the owner slot (the owner word), and whether work waits
 #     (a runnable process, a due timer).  The same step still running on the
 #     same owner for S seconds while work waits: one warning, with the stack
-#     of the owner's thread taken now (sys._current_frames), while the step
+#     of the owner's thread taken now (sys._current_frames, through
+#     _callout_ext.current_frames: CPython gh-106883), while the step
 #     is still inside the slow code -- not after it ended.  The process is
 #     the one whose state is running on the owner's slot.
 #   - slow callout: the callout tag and start tick of each serving thread's
@@ -38,21 +39,22 @@
 # long the function has kept the thread out, which is still true).
 #
 # Cost: nothing unless asked.  When on, a wake-up reads a few words per
-# serving thread through cffi (~1 us); sys._current_frames runs only when a
-# warning is due.  Measured by benchmarks/suite_heartbeat.py
+# serving thread through cffi (~1 us); the frames are taken only when a
+# callout is out.  Measured by benchmarks/suite_heartbeat.py
 # (watchdog_*_cpu).
 
 from __future__ import annotations
 
 import linecache
 import os
-import sys
 import threading
 import time
 import traceback
 import warnings
 from types import FrameType
 from typing import Any
+
+from . import _callout_ext
 
 __all__ = ["SlowCalloutWarning", "SlowStepWarning", "WatchdogWarning"]
 
@@ -162,7 +164,7 @@ class Watchdog:
         )  # fmt: skip
         if proc is None:
             return  # scheduler code between steps
-        frame = sys._current_frames().get(proc._thread.ident)
+        frame = _callout_ext.current_frames().get(proc._thread.ident)
         if frame is None or rt.steps != key[0]:
             return  # the step ended as we looked
         self._step_warned = key
@@ -206,7 +208,7 @@ class Watchdog:
             if not tag or info["state"] not in _RUNS or (slot == owner and not info["lazy_out"]):
                 continue
             if frames is None:
-                frames = sys._current_frames()
+                frames = _callout_ext.current_frames()  # not sys._current_frames: CPython gh-106883
             frame = frames.get(ident)
             key = (tag, info["callout_tick"], id(frame), frame.f_lasti if frame is not None else -1)
             seen.add(slot)
@@ -261,7 +263,7 @@ class Watchdog:
 
 def _tag_name(tag: int) -> str:
     """The name of the function a callout tag stands for (vmown/_callout.py, "tags")."""
-    from . import _callout, _callout_ext
+    from . import _callout
     from ._native import ffi
 
     name = _callout._tag_names.get(tag)

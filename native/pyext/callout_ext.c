@@ -570,6 +570,28 @@ static PyObject *guard_owns(PyObject *module, PyObject *unused) {
     Py_RETURN_FALSE;
 }
 
+/* ---- the frames of every thread (the watchdog, a stuck run's warning) ----
+ *
+ * sys._current_frames() holds the runtime's thread-list lock while it makes
+ * frame objects; an allocation there may start a collection, and a
+ * threading.local freed by it takes the same lock: the thread deadlocks
+ * holding the GIL (CPython gh-106883, fixed in 3.11.9, 3.12.3 and 3.13).  So
+ * the collector is off for the call, as CPython's fix does.  Here in C no
+ * other thread can run between the disable and the enable, so a thread that
+ * turns the collector on or off meanwhile cannot be undone. */
+
+static PyObject *current_frames(PyObject *module, PyObject *unused) {
+    PyObject *fn = PySys_GetObject("_current_frames");  /* borrowed */
+    if (!fn) {
+        PyErr_SetString(PyExc_RuntimeError, "sys._current_frames is missing");
+        return NULL;
+    }
+    int was_enabled = PyGC_Disable();
+    PyObject *frames = PyObject_CallNoArgs(fn);
+    if (was_enabled) PyGC_Enable();
+    return frames;
+}
+
 /* ---- module ---- */
 
 static PyObject *init(PyObject *module, PyObject *args) {
@@ -646,6 +668,8 @@ static PyMethodDef methods[] = {
     {"callout", (PyCFunction)(void (*)(void))callout, METH_FASTCALL | METH_KEYWORDS, callout_doc},
     {"bind", guard_bind, METH_VARARGS, PyDoc_STR("bind(owner_word_address, slot): this thread serves a run (0: none)")},
     {"owns", guard_owns, METH_NOARGS, PyDoc_STR("owns() -> whether this thread owns the VM it was bound to")},
+    {"current_frames", current_frames, METH_NOARGS,
+     PyDoc_STR("current_frames() -> sys._current_frames(), with the collector off for the call (gh-106883)")},
     {NULL, NULL, 0, NULL},
 };
 
