@@ -51,7 +51,9 @@ def test_stacks_of_a_running_demo_show_owner_callouts_and_parked_workers(tmp_pat
             time.sleep(0.01)
         time.sleep(0.6)  # a snapshot of the figures with names
         roles: set[str] = set()
-        for _ in range(20):  # the two reads are not one instant: look until each role was seen
+        # The two reads are not one instant, and the owner spends most of its
+        # time out in getppid: look until each role was seen.
+        for _ in range(80):
             report = _stacks_json(child.pid)
             assert report["pid"] == child.pid and report["monitor"] == str(path)
             roles |= {t["role"].split(" for ")[0] for t in report["threads"]}
