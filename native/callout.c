@@ -34,8 +34,8 @@
  * begin returns 0 and end does nothing.  Tokens: the slot, with LAZY set if
  * the callout went out lazily, UNCOUNTED for vmown_callout_begin_eager's
  * callouts, whose callers count their own figures ("Figures per tag"), and
- * WANTED for those of begin_eager that somebody wants the VM during: the
- * tag's hint says it blocks (the disown handed the VM over), or a thread was
+ * WANTED for eager callouts that somebody wants the VM during: the tag's
+ * hint says it blocks (the disown handed the VM over), or a thread was
  * queued (the disown gave it a soft grant).  A caller that can own again
  * before it takes the GIL should then (vmown.threaded's blocking entry,
  * native/pyext/callout_ext.c): the GIL's holder may be the thread the VM

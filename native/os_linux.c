@@ -415,8 +415,10 @@ int vmown__futex_wake(_Atomic uint32_t *word, int count) {
  * word whose pid part is 0 or above any pid (2^22 on Linux), or with the
  * spare bit set, is no lock: VMOWN_EBROKEN.  Threads of one process exclude
  * each other all the same (the CAS needs 0); a holder's pid recycled by a
- * new process passes for alive: waiters end with VMOWN_ESTUCK.  Waits end at
- * the caller's deadline (VMOWN_ETIMEDOUT), never later than a round. */
+ * new process passes for alive: waiters end with VMOWN_ESTUCK, after
+ * stuck_ns of waiting and as many rounds of LOCK_POLL_NS (a process stopped
+ * for a while is not stuck when it resumes).  Waits end at the caller's
+ * deadline (VMOWN_ETIMEDOUT), never later than a round. */
 
 #define LOCK_SPINS 100
 #define LOCK_POLL_NS 10000000   /* 10 ms between looks at the holder's process */
@@ -516,6 +518,11 @@ int vmown__lock(vmown__lock_word *lock, int64_t deadline_ns, int64_t stuck_ns) {
     }
     int saved = errno, rc;
     int64_t now = vmown__now_ns(), stuck_at = now + stuck_ns, look_at = now;
+    /* Stuck takes stuck_ns of waiting AND as many rounds of LOCK_POLL_NS:
+     * a process stopped meanwhile (SIGSTOP, a debugger, a profiler's ptrace)
+     * finds stuck_at passed when it resumes, with the holder about to
+     * release, and must not take it for stuck. */
+    int64_t rounds = 0, stuck_rounds = stuck_ns / LOCK_POLL_NS;
     bool first_look = true;
     for (;;) {
         c = atomic_load_explicit(&lock->word, memory_order_relaxed);
@@ -534,12 +541,13 @@ int vmown__lock(vmown__lock_word *lock, int64_t deadline_ns, int64_t stuck_ns) {
             break;
         }
         now = vmown__now_ns();
-        if (holder != me && now >= look_at) {
-            /* kill(pid, 0) first (cheap); /proc, which also sees zombies, at the later looks. */
-            bool dead = first_look ? kill((pid_t)holder, 0) != 0 && errno == ESRCH
-                                   : !vmown__process_alive((int32_t)holder, 0);
-            first_look = false;
+        if (now >= look_at) {
+            rounds++;
             look_at = now + LOCK_POLL_NS;
+            /* kill(pid, 0) first (cheap); /proc, which also sees zombies, at the later looks. */
+            bool dead = holder != me && (first_look ? kill((pid_t)holder, 0) != 0 && errno == ESRCH
+                                                    : !vmown__process_alive((int32_t)holder, 0));
+            first_look = false;
             if (dead) {
                 if (atomic_compare_exchange_strong_explicit(&lock->word, &c, me | LOCK_SLEEPERS,
                                                             memory_order_acquire, memory_order_relaxed)) {
@@ -550,14 +558,13 @@ int vmown__lock(vmown__lock_word *lock, int64_t deadline_ns, int64_t stuck_ns) {
             }
         }
         if (deadline_ns >= 0 && now >= deadline_ns) { rc = VMOWN_ETIMEDOUT; break; }
-        if (now >= stuck_at) { rc = VMOWN_ESTUCK; break; }
+        if (now >= stuck_at && rounds > stuck_rounds) { rc = VMOWN_ESTUCK; break; }
         if (!(c & LOCK_SLEEPERS) &&
             !atomic_compare_exchange_weak_explicit(&lock->word, &c, c | LOCK_SLEEPERS, memory_order_relaxed,
                                                    memory_order_relaxed))
             continue;
         int64_t until = look_at;
         if (deadline_ns >= 0 && deadline_ns < until) until = deadline_ns;
-        if (stuck_at < until) until = stuck_at;
         rc = vmown__futex_wait(&lock->word, c | LOCK_SLEEPERS, until);
         if (rc < 0 && rc != VMOWN_EINTR && rc != VMOWN_ETIMEDOUT) { rc = VMOWN_EBROKEN; break; }
     }

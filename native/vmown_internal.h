@@ -251,7 +251,8 @@ int vmown__lock_init(vmown__lock_word *lock);
 /* 0, or 1 when the previous holder died holding it (the caller repairs what
  * it protects: the lock is held either way), VMOWN_ETIMEDOUT at deadline_ns
  * (CLOCK_MONOTONIC, < 0 none), VMOWN_ESTUCK after stuck_ns of waiting (a
- * stopped holder), VMOWN_EBROKEN (not a lock word). */
+ * stopped holder; counted in rounds too, so not when this process itself
+ * was stopped meanwhile), VMOWN_EBROKEN (not a lock word). */
 int vmown__lock(vmown__lock_word *lock, int64_t deadline_ns, int64_t stuck_ns);
 void vmown__unlock(vmown__lock_word *lock);
 int64_t vmown__now_ns(void);
