@@ -33,9 +33,10 @@ static void *wait_for_lock(void *stuck_ns) {
 }
 
 /* A child whose main thread holds the lock while a thread waits for it
- * (stuck_ns 300 ms); the parent stops the child for 800 ms, then lets it
- * go on; the holder lets go after 150 more ms of its own sleeps.  Exit 0 if
- * the waiter got the lock. */
+ * (stuck_ns 1 s: 100 rounds); the parent stops the child for 1.5 s, then
+ * lets it go on; the holder lets go after 20 more sleeps of 5 ms (100 ms,
+ * a few times that on a loaded machine: far fewer than the rounds left).
+ * Exit 0 if the waiter got the lock. */
 static void stopped_while_waiting(void) {
     int ready[2];
     CHECK(pipe(ready) == 0, "pipe");
@@ -44,11 +45,11 @@ static void stopped_while_waiting(void) {
         vmown__lock_init(&lock);
         if (vmown__lock(&lock, -1, 0) != 0) _exit(3);
         pthread_t waiter;
-        if (pthread_create(&waiter, NULL, wait_for_lock, (void *)(intptr_t)300000000) != 0) _exit(4);
+        if (pthread_create(&waiter, NULL, wait_for_lock, (void *)(intptr_t)1000000000) != 0) _exit(4);
         usleep(50000);  /* the waiter is in its wait */
         if (write(ready[1], "r", 1) != 1) _exit(5);
-        usleep(100000);  /* stopped in here */
-        for (int i = 0; i < 150; i++) usleep(1000);
+        usleep(200000);  /* stopped in here */
+        for (int i = 0; i < 20; i++) usleep(5000);
         vmown__unlock(&lock);
         pthread_join(waiter, NULL);
         _exit(atomic_load(&lock_rc) == 0 ? 0 : atomic_load(&lock_rc) == VMOWN_ESTUCK ? 2 : 6);
@@ -56,7 +57,7 @@ static void stopped_while_waiting(void) {
     char c;
     CHECK(read(ready[0], &c, 1) == 1, "the child is ready");
     kill(child, SIGSTOP);
-    usleep(800000);
+    usleep(1500000);
     kill(child, SIGCONT);
     int status = 0;
     waitpid(child, &status, 0);
