@@ -310,13 +310,14 @@ static inline uint32_t begin(uint64_t tag, bool may_be_lazy, bool counted) {
     /* Stamped before the disown: once out, the callout's time runs. */
     uint64_t start_ns = counted && unlikely(atomic_load_explicit(&timing, memory_order_relaxed)) ? clock_ns() : 0;
     bool blocks = unlikely(blocks_hint(tag));
-    /* Read before the disown, whose soft grant takes the head waiter off the
-     * count.  Relaxed: a stale count only picks the other way back, both of
-     * which own the VM again correctly. */
+    /* The one read of the waiter count: somebody queued makes the disown
+     * eager (a soft grant; grants.c, "Lazy callouts") and the token WANTED.
+     * Read before the disown, whose soft grant takes the head waiter off the
+     * count. */
     bool queued = (atomic_load_explicit(&vm->block->waiters_and_hb_asleep, memory_order_relaxed) &
                    VMOWN__WAITERS_MASK) != 0;
     int rc = blocks ? vmown__callout_hand_over(vm, bound.slot, tag)
-                    : vmown__callout_disown(vm, bound.slot, tag, !may_be_lazy || eager_hint(tag));
+                    : vmown__callout_disown(vm, bound.slot, tag, queued || !may_be_lazy || eager_hint(tag));
     if (rc < 0) return 0;  /* not out (a nested callout): the one out keeps its state */
     bound.tag = tag;
     if (unlikely(start_ns != 0)) bound.start_ns = start_ns;

@@ -107,7 +107,9 @@
  *   - A caller that finds (e, REVOKING|T) while it runs VM code (its L2 read
  *     (e, T) just before R1; the revocation will be called off) takes it back
  *     the same way before it uses the word (settle_revoking).
- *   - Begin when waiters are counted: eager (a soft grant), as before.  A
+ *   - Begin when waiters are counted: eager (a soft grant), as before (the
+ *     caller reads the count and asks for `eager`: callout.c's begin, which
+ *     needs the count for VMOWN_CALLOUT_WANTED as well).  A
  *     waiter that queues during a lazy callout waits for the heartbeat (at
  *     most about two ticks) or the owner's next scheduling point.  It wakes
  *     a sleeping heartbeat (the store-load pair on `waiters_and_hb_asleep`, both RMWs).
@@ -209,8 +211,7 @@ int vmown__callout_disown(vmown_vm *vm, uint32_t me, uint64_t callout, bool eage
     struct vmown_slot *s = slot_of(vm, me);
     uint64_t seq = atomic_load_explicit(&s->lazy_seq, RELAXED);
     if (unlikely(seq & 1)) return VMOWN_ENOTOWNER;  /* out in one already: a nested call is plain */
-    if (likely(!eager) && likely(atomic_load_explicit(&vm->lazy, RELAXED)) &&
-        likely((atomic_load_explicit(&b->waiters_and_hb_asleep, RELAXED) & VMOWN__WAITERS_MASK) == 0)) {
+    if (likely(!eager) && likely(atomic_load_explicit(&vm->lazy, RELAXED))) {
         uint64_t w = my_word(vm, me);
         if (unlikely(VMOWN__OWNER(w) != (int32_t)me)) return VMOWN_ENOTOWNER;
         atomic_store_explicit(&s->callout, callout, RELAXED);

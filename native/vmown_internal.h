@@ -206,9 +206,11 @@ int vmown__activate(vmown_vm *vm, uint64_t expected_word);
  * is parked.  Its vmown_park returns 1 once it owns the VM. */
 int vmown__queue_idle(vmown_vm *vm);
 /* Disown for a callout (callout.c): lazily if this process's heartbeat can
- * revoke it, nobody waits and the caller does not ask for `eager` (returns
- * 1), else with a soft grant to the head waiter (returns 0); a negative code
- * if the caller does not own the VM or is out in a callout already. */
+ * revoke it and the caller does not ask for `eager` (returns 1), else with a
+ * soft grant to the head waiter (returns 0); a negative code if the caller
+ * does not own the VM or is out in a callout already.  The caller asks for
+ * `eager` whenever it found a thread queued (it reads the waiter count
+ * before the call). */
 int vmown__callout_disown(vmown_vm *vm, uint32_t slot, uint64_t callout, bool eager);
 /* Disown for a callout known to block (callout.c's hints): hand the VM to a
  * parked worker now if work waits and nobody is queued, else as an eager

@@ -170,7 +170,7 @@ static void entry_free(PyObject *capsule) {
 }
 
 /* libffi's type for each letter of a signature (vmown/_callout.py,
- * _entry_signature, writes them: one for the result, then the parameters). */
+ * _type_letter, writes them: one for the result, then the parameters). */
 static ffi_type *entry_type(char letter) {
     switch (letter) {
         case 'v': return &ffi_type_void;
@@ -238,22 +238,20 @@ static PyObject *call_disowned(PyObject *fn, PyObject *entry, uint64_t tag, figu
     if (!f) f = target_figures(fn);  /* before the call: a watchdog names a target still out */
     uint64_t start_ns = timing ? now_ns() : 0;
     PyObject *result;
-    int waited = 0;
+    int ended = 0, waited = 0;  /* ended: by the entry's handler, which ran */
     if (entry && (token & VMOWN_CALLOUT_WANTED)) {
         entry_token = token;
         result = PyObject_Vectorcall(entry, args, nargs, kwnames);
-        if (entry_token) {  /* the handler did not run */
-            entry_token = 0;
-            entry = NULL;
-        } else {
+        ended = entry_token == 0;
+        entry_token = 0;  /* still set if cffi refused an argument before the call */
+        if (ended) {
             waited = entry_waited;
             f->entered++;
         }
     } else {
-        entry = NULL;
         result = PyObject_Vectorcall(fn, args, nargs, kwnames);
     }
-    if (!entry && (waited = !core_try_end(token))) {
+    if (!ended && (waited = !core_try_end(token))) {
         Py_BEGIN_ALLOW_THREADS
         core_end(token);
         Py_END_ALLOW_THREADS
