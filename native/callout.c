@@ -89,9 +89,7 @@ static _Thread_local struct {
  * and at 0 the function goes lazy again (a fixed count made a function that
  * always blocks be revoked periodically: docs/design-log.md).  A small direct-mapped table, process-wide: a collision or a lost
  * update costs a wrong guess, never correctness (relaxed atomics). */
-#ifndef EAGER_AFTER_REVOCATION
-#define EAGER_AFTER_REVOCATION 64
-#endif
+#define EAGER_AFTER_REVOCATION VMOWN__EAGER_AFTER_REVOCATION
 #define HINTS 256
 static struct {
     _Atomic uint64_t tag;
@@ -110,9 +108,7 @@ static struct {
  * A function that never stays out a tick never hands over; the evidence is
  * read only on the eager path (a lazy callout that was not revoked pays
  * nothing), from the tick count its disown stored in the slot. */
-#ifndef BLOCKS_HINT
-#define BLOCKS_HINT 8
-#endif
+#define BLOCKS_HINT VMOWN__BLOCKS_HINT
 
 static inline unsigned hint_of(uint64_t tag) { return (unsigned)((tag * 0x9E3779B97F4A7C15ull) >> 56); }
 

@@ -69,6 +69,12 @@ static inline int32_t VMOWN__HOLDER(uint64_t word) {
 #define VMOWN__WAITERS_MASK 0xffffffffull
 #define VMOWN__HB_ASLEEP (1ull << 32) /* the heartbeat sleeps on hb_sem */
 
+/* The callout hints' counts (callout.c, "Hints"): the eager callouts a
+ * revocation buys a function, and the hand-over callouts a long one buys.
+ * Here for the tests that bound them. */
+#define VMOWN__EAGER_AFTER_REVOCATION 64
+#define VMOWN__BLOCKS_HINT 8
+
 /* The counters each slot keeps, in the order of vmown_counters (vmown.h),
  * whose last field, reaped, is the block's own.  The one list: the slot's
  * fields, registration's reset, folding, reading and the names that

@@ -290,20 +290,37 @@ def _waiter_leaves_the_queue(blocking: Callable[[int], None]) -> None:
     """K2 for Lock, Semaphore, CapacityLimiter, Condition and both ends of a Queue: the cancelled waiter
     is skipped, the next waiter gets what is released, exactly once."""
 
-    async def take(kind: str, prim: Any, i: int, log: list[tuple[str, int]], timeout: float) -> None:
+    async def take(
+        kind: str, prim: Any, i: int, log: list[tuple[str, int]], timeout: float, queued: list[int]
+    ) -> None:
         blocking(i)
         with vmown.move_on_after(timeout):
+            # `queued` is appended in the same step that starts the wait: once
+            # another task sees it, this one is in the primitive's queue.
             if kind == "get":
+                queued.append(i)
                 log.append((kind, await prim.get()))
                 return
             if kind == "put":
+                queued.append(i)
                 await prim.put(i)
             elif kind == "condition":
                 async with prim:
+                    queued.append(i)
                     await prim.wait()
             else:
+                queued.append(i)
                 await prim.acquire()
             log.append((kind, i))
+
+    async def until_queued(queued: list[int], i: int) -> None:
+        # The survivor's blocking call may keep it away for a while on a
+        # loaded machine: a notify sent before it waits would reach nobody.
+        for _ in range(10_000):
+            if i in queued:
+                return
+            await vmown.sleep(0.001)
+        raise AssertionError(f"waiter {i} never queued")
 
     async def main() -> list[Any]:
         results = []
@@ -324,10 +341,13 @@ def _waiter_leaves_the_queue(blocking: Callable[[int], None]) -> None:
                 prim = vmown.Queue(1)
                 await prim.put(-1)
             log: list[tuple[str, int]] = []
-            doomed = vmown.spawn(take, kind, prim, 0, log, 0.01)
+            queued: list[int] = []
+            doomed = vmown.spawn(take, kind, prim, 0, log, 0.01, queued)
             await vmown.sleep(0.003)
-            survivor = vmown.spawn(take, kind, prim, 1, log, 10)
+            survivor = vmown.spawn(take, kind, prim, 1, log, 10, queued)
             await doomed  # timed out: it left the queue
+            assert 0 in queued  # it timed out in the queue, not in its blocking call
+            await until_queued(queued, 1)
             if kind in ("lock", "semaphore", "limiter"):
                 prim.release()
             elif kind == "condition":
