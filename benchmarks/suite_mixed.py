@@ -83,6 +83,24 @@ def make_plan(processes: int, calls: int) -> Plan:
     return [[p * calls + c in slow for c in range(calls)] for p in range(processes)]
 
 
+def fifo_bound_s(plan: Plan) -> float:
+    """The plan's lower bound for a runtime that starts tasks in order on one VM (asyncio's ready queue).
+
+    A task's first step runs after the first steps of the tasks before it,
+    and those steps' spin calls (the calls up to each one's first slow call)
+    hold the one VM one after another; then the task makes all its own calls.
+    The bound is the largest, over the tasks, of those earlier spin calls
+    plus the task's own calls, every spin costing SPIN_US and every slow call
+    BLOCK_US, with the interpreter and every hand-over free.
+    """
+    bound, ahead = 0.0, 0
+    for flags in plan:
+        slow = sum(flags)
+        bound = max(bound, ((ahead + len(flags) - slow) * SPIN_US + slow * BLOCK_US) / 1e6)
+        ahead += flags.index(True) if slow else len(flags)
+    return bound
+
+
 def _vmown_s(
     vmown: Any, spin: Callable[[int], int], block: Callable[[int], int], plan: Plan
 ) -> tuple[float, dict[str, int], list[float]]:

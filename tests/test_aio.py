@@ -262,6 +262,117 @@ def test_ready_callbacks_beside_a_poll_selector_poller() -> None:
     assert beside > 0  # iterations ran while the worker was in poll(): no "concurrent poll() invocation"
 
 
+@pytest.mark.parametrize("selector", ["default", "poll"])
+def test_a_reader_replaced_while_the_poller_has_its_event_stays(selector: str) -> None:
+    """E8, forced: the poller has fd's event and waits for the VM; the owner replaces fd's reader first.
+
+    The event read for the old registration must neither run the old reader
+    nor unregister the new one (asyncio's _process_events unregisters the fd
+    of a cancelled reader, and replacing a reader cancels the old one).
+    """
+    import selectors
+    import socket
+
+    ran: list[str] = []
+
+    async def main() -> tuple[list[str], bool, bool]:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        try:
+            loop.add_reader(a, ran.append, "old")
+            usleep(50_000)  # a worker takes over and polls with no timeout: a is registered
+            polling = loop._vm.polling
+            b.send(b"x")  # the poller's wait returns a's event; the VM is this thread's
+            time.sleep(0.05)  # the GIL free: the poller reads its events, and queues for the VM
+            loop.add_reader(a, ran.append, "new")
+            await asyncio.sleep(0.05)  # the poller owns the VM and processes what it read
+            registered = loop.remove_reader(a)
+            return ran, polling, registered
+        finally:
+            a.close()
+            b.close()
+
+    loop = vmown.aio.EventLoop(selectors.PollSelector() if selector == "poll" else None)
+    try:
+        assert (loop._vm.epoll is not None) == (selector == "default")  # the fused path, or asyncio's
+        ran, polling, registered = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert polling
+    assert "old" not in ran
+    assert registered  # the new reader was still registered at the end
+    assert "new" in ran  # and ran: a's data is never read, so a stays readable
+
+
+def test_io_events_reach_the_ready_queue_as_asyncio_puts_them() -> None:
+    """The default selector's events, one pass (_ready_events) against selector.select + _process_events."""
+    import random
+    import select
+    import socket
+
+    masks = [select.EPOLLIN, select.EPOLLOUT, select.EPOLLIN | select.EPOLLOUT, select.EPOLLERR,
+             select.EPOLLHUP, select.EPOLLIN | select.EPOLLHUP, select.EPOLLOUT | select.EPOLLERR]  # fmt: skip
+    rng = random.Random(17)
+    pairs = [socket.socketpair() for _ in range(12)]
+    try:
+        for _ in range(200):
+            plan = []  # per socket: (reader?, writer?, reader cancelled?, writer cancelled?)
+            for _sock in pairs:
+                reader, writer = rng.random() < 0.7, rng.random() < 0.5
+                if not (reader or writer):
+                    reader = True
+                plan.append((reader, writer, reader and rng.random() < 0.2, writer and rng.random() < 0.2))
+            fds = [a.fileno() for a, _ in pairs] + [10_000]  # the last is registered with nobody
+            events = [(fd, rng.choice(masks)) for fd in rng.sample(fds, rng.randint(0, len(fds)))]
+            outcomes = []
+            for fused in (True, False):
+                loop = vmown.aio.EventLoop()
+                try:
+                    for (a, _), (reader, writer, r_cancel, w_cancel) in zip(pairs, plan):
+                        if reader:
+                            loop.add_reader(a, print, "r", a.fileno())
+                        if writer:
+                            loop.add_writer(a, print, "w", a.fileno())
+                        r, w = loop._selector.get_key(a).data
+                        if r_cancel:
+                            r.cancel()
+                        if w_cancel:
+                            w.cancel()
+
+                    selector = loop._selector
+                    real = selector._selector
+
+                    class Epoll:  # the real epoll object, whose wait returns the events drawn
+                        def poll(self, timeout: float, max_ev: int) -> list[tuple[int, int]]:
+                            assert timeout == 0 and max_ev >= len(pairs)
+                            return events
+
+                        def __getattr__(self, name: str) -> Any:
+                            return getattr(real, name)
+
+                    selector._selector = Epoll()
+                    try:
+                        if fused:
+                            loop._ready_events(
+                                vmown._aio._epoll_events(selector._selector.poll, 0, selector), selector._fd_to_key
+                            )
+                        else:
+                            loop._process_events(selector.select(0))  # asyncio's two steps
+                    finally:
+                        selector._selector = real
+                    ready = [h._args for h in loop._ready]
+                    left = {fd: tuple(h is not None for h in key.data) for fd, key in selector.get_map().items()}
+                    outcomes.append((ready, left))
+                    loop._ready.clear()
+                finally:
+                    loop.close()
+            assert outcomes[0] == outcomes[1], events
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
 def test_run_forever_returns_only_once_callbacks_on_other_threads_are_done() -> None:
     """E3: the loop stops while a step is out in a callout on another thread."""
     finished: list[str] = []

@@ -49,7 +49,20 @@
 # structures (ready queue, timers, selector registrations, the fields below)
 # -- except call_soon_threadsafe, which asyncio already makes safe from any
 # thread (a deque append and a write to the self-pipe), and the poller, which
-# reads the selector inside its wait (epoll's own locking).
+# waits in the kernel's epoll object with the VM released (epoll's own
+# locking).  With the default selector the poller's callout is the bare
+# epoll_wait, and the events are matched to their registrations once it owns
+# the VM again (_ready_events); with any other selector the callout is its
+# select(), which reads the registrations during the wait, and what it read
+# is checked against them once the poller owns the VM again (E8).
+#
+# I/O events go straight to the ready queue.  asyncio's iteration turns the
+# epoll object's (fd, events) pairs into (key, mask) pairs (the selector's
+# select) and then into ready handles (_process_events); with the default
+# selector this loop does both in one pass over the pairs
+# (_ready_events), with the same outcome, handle for handle, and a little
+# less work per event than the default loop.  A selector or _process_events
+# replaced on the loop (as asyncio's own tests do) takes asyncio's two steps.
 #
 # Races (docs/ARCHITECTURE.md indexes them; tests/test_aio.py forces them):
 # E1. A callout comes back while the poller waits in the selector.
@@ -108,6 +121,18 @@
 #     same level-triggered events to both.  What P collects it processes
 #     once it owns the VM (E1).
 #
+# E8. A registration changes while the poller has its events but not the VM.
+#       P: epoll_wait returns fd's event; queues for the VM
+#       T (owner): remove_reader(fd), or a new reader for fd; runs on; parks
+#       P: owns: processes fd's event
+#     The reader T removed must not run.  P matches an event to its
+#     registration only once it owns the VM: the default selector's events
+#     are raw (fd, events) pairs looked up then (_ready_events); another
+#     selector's (key, mask) pairs, whose keys it looked up during the wait,
+#     are kept only if the key is still the one registered for the fd.  An
+#     event dropped for a replaced key is reported again by the next poll
+#     (the selectors are level-triggered).
+#
 # Rejected designs (docs/design-log.md, "asyncio loop"): moving the blocked
 # task instead of the loop (its frames are on the blocked C stack); one loop
 # per worker (futures belong to one loop); calling run_forever on a worker
@@ -118,6 +143,9 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
+import select
+import selectors
 import sys
 import threading
 from asyncio import base_events
@@ -152,6 +180,8 @@ _WORK_RUNNABLE = lib.VMOWN_WORK_RUNNABLE
 # poller waiting for a timer wakes up to this much after it.  Timers within
 # it are the poller's own.
 _POLL_SLACK = 1e-3
+_EVENT_READ, _EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+_NOT_EPOLLIN, _NOT_EPOLLOUT = ~select.EPOLLIN, ~select.EPOLLOUT
 
 
 class _LoopThread:
@@ -183,7 +213,8 @@ class _LoopState:
     """What the loop keeps beside asyncio's own fields (EventLoop._vm)."""
 
     __slots__ = (
-        "ownership", "cb", "hz", "max_threads", "idle_timeout_ns", "waiters", "work", "select",
+        "ownership", "cb", "hz", "max_threads", "idle_timeout_ns", "waiters", "work", "select", "epoll",
+        "epoll_wait",
         "self_handle", "pool_handle", "running", "closing", "home", "holder", "out", "polling",
         "poll_until", "watched", "timer", "fatal", "moved", "moves",
     )  # fmt: skip
@@ -202,7 +233,16 @@ class _LoopState:
         self.waiters = memoryview(ffi.buffer(lib.vmown_waiters_word(cb), 4)).cast("I")
         self.work = memoryview(ffi.buffer(lib.vmown_work_words(cb), 16)).cast("Q")
         # The selector's wait as a callout (_poll).
-        self.select: Callable[..., Any] = threaded(loop._selector.select)
+        selector = loop._selector
+        self.select: Callable[..., Any] = threaded(selector.select)
+        # The default selector, whose events _ready_events takes from its
+        # epoll object directly (None: another selector, or a loop class
+        # with its own _process_events), and that object's wait as a callout.
+        fused = type(selector) is selectors.EpollSelector and (
+            type(loop)._process_events is _Base._process_events
+        )
+        self.epoll: Any = selector if fused else None
+        self.epoll_wait: Callable[..., Any] | None = threaded(selector._selector.poll) if fused else None
         # For the callout path's resume hook and the pool's entry; dropped at close().
         self.self_handle: Any = ffi.new_handle(loop)
         self.pool_handle: Any = ffi.new_handle(loop._worker)  # the pool's entry calls it with the slot
@@ -436,21 +476,31 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
             timeout = min(max(0, scheduled[0]._when - self.time()), base_events.MAXIMUM_SELECT_TIMEOUT)
         else:
             timeout = None
+        selector = self._selector
+        fused = selector is vm.epoll and "_process_events" not in self.__dict__
         if timeout == 0:
             # E7: never beside the poller (poll(2) objects refuse a second
             # caller; epoll would report the same events to both).
-            event_list = self._selector.select(0) if not vm.polling else ()
+            if vm.polling:
+                event_list: Any = ()
+            elif fused:
+                event_list = _epoll_events(selector._selector.poll, 0, selector)
+            else:
+                event_list = selector.select(0)
         elif vm.polling:
             return self._park(me)  # another thread waits in the selector (E1)
         else:
-            event_list = self._poll(me, timeout)
+            event_list = self._poll(me, timeout, fused)
             if not me.home and (self._stopping or vm.closing):
                 # E3: the loop stopped while this worker polled.  The loop
                 # ends with the iteration that stopped it, as asyncio's does;
                 # the selector is level-triggered, so these events are
                 # reported again to the next run.
                 return True
-        self._process_events(event_list)
+        if fused:
+            self._ready_events(event_list, selector._fd_to_key)
+        else:
+            self._process_events(event_list)
         event_list = None
 
         end_time = self.time() + self._clock_resolution
@@ -526,8 +576,39 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
 
     # ---- giving the VM up and taking it ----
 
-    def _poll(self, me: _LoopThread, timeout: float | None) -> list[Any]:
-        """Wait in the selector with the VM released (E1); return its events, owning the VM again."""
+    def _ready_events(self, events: list[tuple[int, int]], fd_to_key: dict[int, Any]) -> None:
+        """Owner: the default selector's select and asyncio's _process_events in one pass.
+
+        ``events`` are the epoll object's (fd, events) pairs.  Per pair, what
+        select keeps (the registration's key, the events it asked for) and
+        what _process_events does with it: a reader or writer handle goes
+        to the ready queue, a cancelled one is unregistered.
+        """
+        ready = self._ready
+        for fd, event in events:
+            key = fd_to_key.get(fd)
+            if key is None:  # unregistered since the wait
+                continue
+            wanted = key.events
+            reader, writer = key.data
+            if event & _NOT_EPOLLOUT and wanted & _EVENT_READ and reader is not None:
+                if reader._cancelled:
+                    self._remove_reader(key.fileobj)
+                else:
+                    ready.append(reader)
+            if event & _NOT_EPOLLIN and wanted & _EVENT_WRITE and writer is not None:
+                if writer._cancelled:
+                    self._remove_writer(key.fileobj)
+                else:
+                    ready.append(writer)
+
+    def _poll(self, me: _LoopThread, timeout: float | None, fused: bool) -> Any:
+        """Wait in the selector with the VM released (E1); return its events, owning the VM again.
+
+        ``fused``: wait in the default selector's epoll object and return
+        its (fd, events) pairs for _ready_events; else the selector's
+        select() and its (key, mask) pairs.
+        """
         self._vm.polling = True
         self._vm.poll_until = float("inf") if timeout is None else self.time() + timeout
         self._vm.holder = None
@@ -538,10 +619,17 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
             # it wait, with the GIL released.  (Dropping the GIL around the
             # disown and the own, as two cffi calls would, lets other Python
             # threads run at points where asyncio's loop keeps running.)
-            return self._vm.select(timeout)  # type: ignore[no-any-return]
+            if fused:
+                return _epoll_events(self._vm.epoll_wait, timeout, self._selector)
+            events = self._vm.select(timeout)
         finally:
             self._vm.polling = False
             self._settle(me, False)
+        selector = self._selector
+        if events and isinstance(selector, selectors.BaseSelector):  # E8
+            keys = selector.get_map()
+            events = [(key, mask) for key, mask in events if keys.get(key.fd) is key]
+        return events
 
     def _park(self, me: _LoopThread) -> bool:
         """Owner, between callbacks: give the VM up (to the head waiter) and park.
@@ -677,6 +765,25 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
     def moves(self) -> int:
         """How many times another thread took the loop over from a callout that blocked."""
         return self._vm.moves
+
+
+def _epoll_events(wait: Callable[..., Any], timeout: float | None, selector: Any) -> Any:
+    """An epoll object's (fd, events) pairs after a wait of timeout seconds, as EpollSelector.select waits.
+
+    ``wait`` is the object's poll method, or a callout of it.  The timeout
+    rounds up to whole milliseconds (epoll's resolution: at least the time
+    asked for); None waits for ever.
+    """
+    if timeout is None:
+        timeout = -1
+    elif timeout <= 0:
+        timeout = 0
+    else:
+        timeout = math.ceil(timeout * 1e3) * 1e-3
+    try:
+        return wait(timeout, max(len(selector._fd_to_key), 1))
+    except InterruptedError:
+        return ()
 
 
 @ffi.def_extern()  # type: ignore[misc]
