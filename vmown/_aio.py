@@ -233,16 +233,12 @@ class _LoopState:
         self.waiters = memoryview(ffi.buffer(lib.vmown_waiters_word(cb), 4)).cast("I")
         self.work = memoryview(ffi.buffer(lib.vmown_work_words(cb), 16)).cast("Q")
         # The selector's wait as a callout (_poll).
-        selector = loop._selector
-        self.select: Callable[..., Any] = threaded(selector.select)
-        # The default selector, whose events _ready_events takes from its
-        # epoll object directly (None: another selector, or a loop class
-        # with its own _process_events), and that object's wait as a callout.
-        fused = type(selector) is selectors.EpollSelector and (
-            type(loop)._process_events is _Base._process_events
-        )
-        self.epoll: Any = selector if fused else None
-        self.epoll_wait: Callable[..., Any] | None = threaded(selector._selector.poll) if fused else None
+        self.select: Callable[..., Any] = threaded(loop._selector.select)
+        # The default selector while a run takes its events in one pass
+        # (_ready_events; set by run_forever), else None; and its epoll
+        # object's wait as a callout.
+        self.epoll: Any = None
+        self.epoll_wait: Callable[..., Any] | None = None
         # For the callout path's resume hook and the pool's entry; dropped at close().
         self.self_handle: Any = ffi.new_handle(loop)
         self.pool_handle: Any = ffi.new_handle(loop._worker)  # the pool's entry calls it with the slot
@@ -314,6 +310,7 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
             self._vm.home = self._vm.holder = home
             self._vm.out = 0
             self._vm.fatal = None
+            self._fuse_events()
             try:
                 self._start_threads()
                 super().run_forever()
@@ -325,6 +322,24 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         fatal, self._vm.fatal = self._vm.fatal, None
         if fatal is not None:
             raise fatal
+
+    def _fuse_events(self) -> None:
+        """At the start of a run: take the events in one pass if the loop has the default selector.
+
+        Not if the selector or _process_events is another (a subclass's, or
+        one that asyncio's own tests put on the loop).  Looked up here, once:
+        reading the loop's ``__dict__`` on every iteration would turn its
+        attributes into a dict's (see __init__).
+        """
+        selector = self._selector
+        vm = self._vm
+        if type(selector) is selectors.EpollSelector and (
+            getattr(self._process_events, "__func__", None) is _Base._process_events
+        ):
+            if vm.epoll is not selector:
+                vm.epoll, vm.epoll_wait = selector, threaded(selector._selector.poll)
+        else:
+            vm.epoll = vm.epoll_wait = None
 
     def _bind(self, me: _LoopThread) -> None:
         check(lib.vmown_bind_thread(self._vm.cb, me.slot), "binding a loop thread")
@@ -477,7 +492,7 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         else:
             timeout = None
         selector = self._selector
-        fused = selector is vm.epoll and "_process_events" not in self.__dict__
+        fused = selector is vm.epoll
         if timeout == 0:
             # E7: never beside the poller (poll(2) objects refuse a second
             # caller; epoll would report the same events to both).
