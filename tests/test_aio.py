@@ -262,7 +262,14 @@ def test_ready_callbacks_beside_a_poll_selector_poller() -> None:
     assert beside > 0  # iterations ran while the worker was in poll(): no "concurrent poll() invocation"
 
 
-@pytest.mark.parametrize("selector", ["default", "poll"])
+class _OwnEvents(vmown.aio.EventLoop):
+    """A loop class with _process_events of its own: asyncio's two steps, not the one pass."""
+
+    def _process_events(self, event_list: list[Any]) -> None:
+        super()._process_events(event_list)
+
+
+@pytest.mark.parametrize("selector", ["default", "poll", "own _process_events"])
 def test_a_reader_replaced_while_the_poller_has_its_event_stays(selector: str) -> None:
     """E8, forced: the poller has fd's event and waits for the VM; the owner replaces fd's reader first.
 
@@ -293,7 +300,10 @@ def test_a_reader_replaced_while_the_poller_has_its_event_stays(selector: str) -
             a.close()
             b.close()
 
-    loop = vmown.aio.EventLoop(selectors.PollSelector() if selector == "poll" else None)
+    if selector == "own _process_events":
+        loop: vmown.aio.EventLoop = _OwnEvents()
+    else:
+        loop = vmown.aio.EventLoop(selectors.PollSelector() if selector == "poll" else None)
     try:
         ran, polling, registered, fused = loop.run_until_complete(main())
     finally:
