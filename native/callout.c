@@ -357,7 +357,14 @@ static int back(uint32_t token, bool wait) {
         if (rc == 1) return 1;
     }
     if (COUNTED(token)) bound.outcome |= WAITED;
-    int rc = wait ? vmown_own(bound.vm, slot) : vmown_try_own(bound.vm, slot);
+    /* A peer stopped inside the block's lock (a debugger, a profiler) for
+     * longer than LOCK_TIMEOUT_NS ends the own's wait for the lock with
+     * VMOWN_ESTUCK.  The own fails then before it changes anything (it has
+     * not queued), and the end has nobody to report to: it waits on, as it
+     * would for a VM the stopped peer owned. */
+    int rc;
+    do rc = wait ? vmown_own(bound.vm, slot) : vmown_try_own(bound.vm, slot);
+    while (wait && rc == VMOWN_ESTUCK);
     if (wait ? rc == 0 : rc == 1) return taken_back(slot);
     if (wait || rc < 0) vmown__fatal("vmown_callout_end: own", rc == VMOWN_EBROKEN ? EIO : EINVAL);
     return 0;

@@ -16,6 +16,7 @@ LIVENESS = NATIVE / "tests" / "liveness_test.c"
 GRANT = NATIVE / "tests" / "grant_test.c"
 LAZY = NATIVE / "tests" / "lazy_test.c"
 WORKERS = NATIVE / "tests" / "workers_test.c"
+STOPPED_PEER = NATIVE / "tests" / "stopped_peer_test.c"
 # Widen also the window of a lazy callout's return (grants.c, "Lazy
 # callouts"); without vmown_debug_set_widen_ns it costs one relaxed load.
 WIDE = "-DVMOWN_WIDEN_FAST_PATHS"
@@ -36,6 +37,7 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path
         "grant_tsan": compile_program([GRANT], out / "grant_tsan", ["-O1", "-fsanitize=thread"]),
         "workers": compile_program([WORKERS], out / "workers", ["-O2", "-Werror"]),
         "workers_tsan": compile_program([WORKERS], out / "workers_tsan", ["-O1", "-fsanitize=thread"]),
+        "stopped_peer": compile_program([STOPPED_PEER], out / "stopped_peer", ["-O2", "-Werror"]),
     }
 
 
@@ -137,3 +139,8 @@ def test_soft_grant_under_thread_sanitizer(programs: dict[str, pathlib.Path]) ->
 
 def test_dead_means_gone_zombie_or_recycled(programs: dict[str, pathlib.Path]) -> None:
     run_c(programs["liveness"], expect="all passed")
+
+
+def test_a_callout_end_waits_out_a_peer_stopped_in_the_lock(programs: dict[str, pathlib.Path]) -> None:
+    """Past the lock's stuck time, the end of a callout waits on instead of aborting the process."""
+    run_c(programs["stopped_peer"], expect=": ok")
