@@ -61,8 +61,10 @@
 # select) and then into ready handles (_process_events); with the default
 # selector this loop does both in one pass over the pairs
 # (_ready_events), with the same outcome, handle for handle, and a little
-# less work per event than the default loop.  A selector or _process_events
-# replaced on the loop (as asyncio's own tests do) takes asyncio's two steps.
+# less work per event than the default loop.  Another selector, or a
+# _process_events of a subclass or put on the loop (as asyncio's own tests
+# do), takes asyncio's two steps; the choice is made at the start of each
+# run (_fuse_events).
 #
 # Races (docs/ARCHITECTURE.md indexes them; tests/test_aio.py forces them):
 # E1. A callout comes back while the poller waits in the selector.
@@ -125,8 +127,10 @@
 #       P: epoll_wait returns fd's event; queues for the VM
 #       T (owner): remove_reader(fd), or a new reader for fd; runs on; parks
 #       P: owns: processes fd's event
-#     The reader T removed must not run.  P matches an event to its
-#     registration only once it owns the VM: the default selector's events
+#     The reader T removed must not run, and the reader T added must stay:
+#     replacing a reader cancels the old handle, and asyncio's
+#     _process_events unregisters the fd of a cancelled reader it is given.
+#     P matches an event to its registration only once it owns the VM: the default selector's events
 #     are raw (fd, events) pairs looked up then (_ready_events); another
 #     selector's (key, mask) pairs, whose keys it looked up during the wait,
 #     are kept only if the key is still the one registered for the fd.  An
