@@ -38,6 +38,7 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path
         "workers": compile_program([WORKERS], out / "workers", ["-O2", "-Werror"]),
         "workers_tsan": compile_program([WORKERS], out / "workers_tsan", ["-O1", "-fsanitize=thread"]),
         "stopped_peer": compile_program([STOPPED_PEER], out / "stopped_peer", ["-O2", "-Werror"]),
+        "stopped_peer_tsan": compile_program([STOPPED_PEER], out / "stopped_peer_tsan", ["-O1", "-fsanitize=thread"]),
     }
 
 
@@ -141,6 +142,7 @@ def test_dead_means_gone_zombie_or_recycled(programs: dict[str, pathlib.Path]) -
     run_c(programs["liveness"], expect="all passed")
 
 
-def test_a_callout_end_waits_out_a_peer_stopped_in_the_lock(programs: dict[str, pathlib.Path]) -> None:
+@pytest.mark.parametrize("build", ["stopped_peer", "stopped_peer_tsan"])
+def test_a_callout_end_waits_out_a_peer_stopped_in_the_lock(programs: dict[str, pathlib.Path], build: str) -> None:
     """Past the lock's stuck time, the end of a callout waits on instead of aborting the process."""
-    run_c(programs["stopped_peer"], expect=": ok")
+    run_c(programs[build], expect=": ok")
