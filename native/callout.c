@@ -84,12 +84,13 @@ static _Thread_local struct {
  * thread that comes back meanwhile finds it free instead of waiting for a
  * revocation.  Evidence keeps a function eager: each of its eager callouts
  * whose VM somebody took meanwhile (its own had to wait, or the word's epoch
- * moved: somebody owned and released it) sets the count back
- * to EAGER_AFTER_REVOCATION; each that found the VM still free counts down,
- * and at 0 the function goes lazy again (a fixed count made a function that
- * always blocks be revoked periodically: docs/design-log.md).  A small direct-mapped table, process-wide: a collision or a lost
- * update costs a wrong guess, never correctness (relaxed atomics). */
-#define EAGER_AFTER_REVOCATION VMOWN__EAGER_AFTER_REVOCATION
+ * moved: somebody owned and released it) sets the count back to
+ * VMOWN__EAGER_AFTER_REVOCATION (vmown_internal.h); each that found the VM
+ * still free counts down, and at 0 the function goes lazy again (a fixed
+ * count made a function that always blocks be revoked periodically:
+ * docs/design-log.md).  A small direct-mapped table, process-wide: a
+ * collision or a lost update costs a wrong guess, never correctness (relaxed
+ * atomics). */
 #define HINTS 256
 static struct {
     _Atomic uint64_t tag;
@@ -104,11 +105,11 @@ static struct {
  * heartbeat sees a whole tick go by: in a burst of N processes that each
  * block, that tick was paid again whenever no server was queued
  * (docs/design-log.md, "Burst latency").  Each hinted callout back within a
- * tick counts down from BLOCKS_HINT; at 0 the function hands over no more.
+ * tick counts down from VMOWN__BLOCKS_HINT; at 0 the function hands over no
+ * more.
  * A function that never stays out a tick never hands over; the evidence is
  * read only on the eager path (a lazy callout that was not revoked pays
  * nothing), from the tick count its disown stored in the slot. */
-#define BLOCKS_HINT VMOWN__BLOCKS_HINT
 
 static inline unsigned hint_of(uint64_t tag) { return (unsigned)((tag * 0x9E3779B97F4A7C15ull) >> 56); }
 
@@ -130,7 +131,7 @@ static void blocked(uint64_t tag) {
         atomic_store_explicit(&hints[i].eager_left, 0, memory_order_relaxed);
         atomic_store_explicit(&hints[i].tag, tag, memory_order_relaxed);
     }
-    atomic_store_explicit(&hints[i].blocks_left, BLOCKS_HINT, memory_order_relaxed);
+    atomic_store_explicit(&hints[i].blocks_left, VMOWN__BLOCKS_HINT, memory_order_relaxed);
 }
 
 static void revoked(uint64_t tag) {
@@ -138,7 +139,7 @@ static void revoked(uint64_t tag) {
     if (atomic_load_explicit(&hints[i].tag, memory_order_relaxed) != tag)
         atomic_store_explicit(&hints[i].blocks_left, 0, memory_order_relaxed);
     atomic_store_explicit(&hints[i].tag, tag, memory_order_relaxed);
-    atomic_store_explicit(&hints[i].eager_left, EAGER_AFTER_REVOCATION, memory_order_relaxed);
+    atomic_store_explicit(&hints[i].eager_left, VMOWN__EAGER_AFTER_REVOCATION, memory_order_relaxed);
     blocked(tag);
 }
 
@@ -162,7 +163,7 @@ static void eager_back(uint64_t tag, bool taken) {
     unsigned i = hint_of(tag);
     uint32_t left = atomic_load_explicit(&hints[i].eager_left, memory_order_relaxed);
     if (left == 0 || atomic_load_explicit(&hints[i].tag, memory_order_relaxed) != tag) return;
-    atomic_store_explicit(&hints[i].eager_left, taken ? EAGER_AFTER_REVOCATION : left - 1, memory_order_relaxed);
+    atomic_store_explicit(&hints[i].eager_left, taken ? VMOWN__EAGER_AFTER_REVOCATION : left - 1, memory_order_relaxed);
 }
 
 /* Figures per tag (vmown_callout_stats_read, vmown.callout_stats): which C
@@ -363,8 +364,12 @@ static int back(uint32_t token, bool wait) {
      * not queued), and the end has nobody to report to: it waits on, as it
      * would for a VM the stopped peer owned. */
     int rc;
-    do rc = wait ? vmown_own(bound.vm, slot) : vmown_try_own(bound.vm, slot);
-    while (wait && rc == VMOWN_ESTUCK);
+    if (wait) {
+        do rc = vmown_own(bound.vm, slot);
+        while (rc == VMOWN_ESTUCK);
+    } else {
+        rc = vmown_try_own(bound.vm, slot);
+    }
     if (wait ? rc == 0 : rc == 1) return taken_back(slot);
     if (wait || rc < 0) vmown__fatal("vmown_callout_end: own", rc == VMOWN_EBROKEN ? EIO : EINVAL);
     return 0;

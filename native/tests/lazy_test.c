@@ -129,8 +129,9 @@ int main(int argc, char **argv) {
     }
     uint64_t revoked = hb().revocations - rev0;
     /* Eager callouts come from hints only: each revocation buys the tag
-     * EAGER_AFTER_REVOCATION of them, and each callout stretched past two
-     * ticks (at most the stretched ones) a BLOCKS_HINT of hand-over ones. */
+     * VMOWN__EAGER_AFTER_REVOCATION of them, and each callout stretched
+     * past two ticks (each is among the stretched ones) VMOWN__BLOCKS_HINT
+     * hand-over ones. */
     CHECK(lazies() - lazy0 == (uint64_t)(500 - eager) &&
               (uint64_t)eager <= VMOWN__EAGER_AFTER_REVOCATION * revoked + VMOWN__BLOCKS_HINT * (uint64_t)stretched,
           "%llu of 500 callouts lazy, %llu revoked, %d stretched", (unsigned long long)(lazies() - lazy0),
@@ -208,7 +209,7 @@ int main(int argc, char **argv) {
     vmown_set_work(vm, 0, 0);
     for (int i = 0; i < VMOWN__EAGER_AFTER_REVOCATION; i++) {
         token = vmown_callout_begin(30);
-        /* wanted while the tag's blocks hint lasts (callout.c, BLOCKS_HINT) */
+        /* wanted while the tag's blocks hint lasts (VMOWN__BLOCKS_HINT) */
         CHECK((token & ~VMOWN_CALLOUT_WANTED) == (uint32_t)me && (i > 0 || (token & VMOWN_CALLOUT_WANTED)),
               "callout %d of a revoked tag is not eager", i);
         vmown_callout_end(token);
