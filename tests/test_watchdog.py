@@ -135,5 +135,8 @@ def test_the_frames_of_every_thread_are_taken_without_the_collectors_deadlock() 
     # itself hangs in it.  (3.12's threading.local no longer takes the lock
     # when it is freed, so this script does not hang 3.12.1; other paths to
     # the same lock remain until 3.12.3.)
+    # The hang is a race: a run that finishes takes under a second, and
+    # about one in four does, so the scenario gets a few tries.
     if (3, 11) <= sys.version_info[:3] < (3, 11, 9):
-        assert _take_frames("sys", 10) is None, "sys._current_frames() did not deadlock: the test shows nothing"
+        hung = any(_take_frames("sys", 10) is None for _ in range(5))
+        assert hung, "sys._current_frames() did not deadlock in 5 runs: the test shows nothing"
