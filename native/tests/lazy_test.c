@@ -98,6 +98,26 @@ static pthread_t start_waiter(void) {
 
 static int32_t owner_field(void) { return (int32_t)(uint32_t)vmown_owner_word(vm); }
 
+/* Until the heartbeat is in a widened revocation (vmown_debug_set_widen_ns):
+ * it revokes inside a tick, so its tick count stands still meanwhile.  Waits
+ * until the count has moved past `since` and then stood still for
+ * `still_ns` (ticks come every 1 ms otherwise), 2 s at most: on a loaded
+ * machine the heartbeat may take a while to tick at all. */
+static void wait_for_revoker(uint64_t since, int64_t still_ns) {
+    uint64_t last = hb().ticks;
+    int64_t changed = vmown_now_ns();
+    for (int i = 0; i < 4000; i++) {
+        usleep(500);
+        uint64_t ticks = hb().ticks;
+        if (ticks != last) {
+            last = ticks;
+            changed = vmown_now_ns();
+        } else if (ticks > since && vmown_now_ns() - changed >= still_ns) {
+            return;
+        }
+    }
+}
+
 #define LAZY VMOWN_CALLOUT_LAZY
 
 int main(int argc, char **argv) {
@@ -254,12 +274,13 @@ int main(int argc, char **argv) {
     printf("nested: plain: ok\n");
 
     /* called off before R1: back while the revoker waits before its CAS */
-    vmown_debug_set_widen_ns(30 * MS);
+    vmown_debug_set_widen_ns(60 * MS);
     uint64_t off = hb().called_off;
     revs = hb().revocations;
     token = vmown_callout_begin(7);
+    ticks = hb().ticks;
     t = start_waiter();  /* queues; the revoker starts on the next ticks */
-    usleep(5000);
+    wait_for_revoker(ticks, 15 * MS);  /* in its 60 ms before R1 */
     vmown_callout_end(token);  /* before R1: the word is ours */
     CHECK(owner_field() == me, "the word did not name the owner back from its callout");
     int saw = 0;
@@ -272,7 +293,7 @@ int main(int argc, char **argv) {
     CHECK(vmown_disown(vm, me, 0) == 0, "disown through a revoking word");
     pthread_join(t, NULL);
     CHECK(waiter_owned_at != 0, "the waiter did not get the VM from the disown");
-    for (int i = 0; i < 200 && hb().called_off == off; i++) usleep(1000);
+    for (int i = 0; i < 2000 && hb().called_off == off; i++) usleep(1000);
     CHECK(hb().called_off == off + 1 && hb().revocations == revs, "not called off");
     vmown_debug_set_widen_ns(0);
     CHECK(vmown_own(vm, me) == 0, "own");
