@@ -40,6 +40,21 @@
 #                    cannot be met in that run
 #   vmown_over_fifo_bound  vmown_loop_s over that bound: what the loop costs
 #                    over the plan's own limit
+#   spin_call_us     one short call made inline by a task on EventLoop
+#                    (SPIN_CALLS of them, nobody else on the loop): 2 us in C
+#                    plus the call's and the task loop's own cost
+#   model_moves, model_free_moves_s, model_move_us, model_move_us_for_goal
+#                    suite_mixed.model_s: the plan run on one VM in a model
+#                    whose only costs are spin_call_us per short call and a
+#                    fixed cost per *move* (the VM passing to the thread of
+#                    the next step: a task's first step, or its return from a
+#                    slow call; model_moves of them), the loop's order of
+#                    steps (a return first).  model_free_moves_s: with free
+#                    moves.  model_move_us: the cost of a move at which the
+#                    model takes vmown_loop_s, what a move costs this loop in
+#                    this run.  model_move_us_for_goal: the cost at which it
+#                    takes asyncio_thread_s / 10, what the 10 x goal asks a
+#                    move to cost (0: not even free moves meet it)
 # Each is the wall time from before the gather to after it, inside the run
 # (the loop's start-up and shutdown not counted), gc off; the MINIMUM over
 # the rounds of MIXED_FULL, the contenders taking turns.  Until a blocking callout hands
@@ -120,10 +135,11 @@ from typing import Any, Callable, Coroutine, TypeVar
 
 from _cfuncs import load
 from _measure import gc_off, require_runtime
-from suite_mixed import BLOCK_US, SPIN_US, Plan, fifo_bound_s, make_plan
+from suite_mixed import BLOCK_US, SPIN_US, Plan, fifo_bound_s, make_plan, model_move_us, model_s, steps
 
 # (tasks, calls each, rounds)
 MIXED_QUICK, MIXED_FULL = (50, 50, 1), (200, 200, 3)
+SPIN_CALLS = 20_000  # short calls timed on the loop for spin_call_us
 ECHO_CONNECTIONS = 100  # as suite net
 ECHO_BYTES = 1024
 # (rounds, warm-up s, measured s)
@@ -179,6 +195,21 @@ def _mixed_s(factory: LoopFactory, plan: Plan, call: Callable[[bool], Any]) -> f
     return _run_on(factory, main)
 
 
+def _spin_call_us(call: Callable[[bool], Any]) -> float:
+    """us per short call (call(False)) made by a task on EventLoop, in the loop of _mixed_s's tasks."""
+    import vmown.aio
+
+    flags = [False] * SPIN_CALLS
+
+    async def main() -> float:
+        start = time.perf_counter()
+        for slow in flags:
+            call(slow)
+        return (time.perf_counter() - start) / len(flags) * 1e6
+
+    return _run_on(vmown.aio.EventLoop, main)
+
+
 def _mixed(lib: Any, quick: bool) -> dict[str, float]:
     import vmown
     import vmown.aio
@@ -216,14 +247,15 @@ def _mixed(lib: Any, quick: bool) -> dict[str, float]:
         "vmown_loop_wrappers_s": lambda: _mixed_s(vmown.aio.EventLoop, plan, wrapper_inline),
         "asyncio_thread_s": lambda: _mixed_s(asyncio.new_event_loop, plan, offloaded),
     }
+    contenders["spin_call_us"] = lambda: _spin_call_us(threaded_inline)
     best = {name: float("inf") for name in contenders}
     with gc_off():
         for i in range(rounds):
             for name, contender in contenders.items():
                 best[name] = min(best[name], contender())
-                print(f"suite aio: mixed round {i + 1}/{rounds}: {name} {best[name]:.2f} s", file=sys.stderr)
+                print(f"suite aio: mixed round {i + 1}/{rounds}: {name} {best[name]:.2f}", file=sys.stderr)
         inline_s = _mixed_s(asyncio.new_event_loop, plan, plain_inline)
-    vmown_s, thread_s = best["vmown_loop_s"], best["asyncio_thread_s"]
+    vmown_s, thread_s, spin_us = best["vmown_loop_s"], best["asyncio_thread_s"], best["spin_call_us"]
     bound_s = fifo_bound_s(plan)
     return {
         "vmown_loop_s": vmown_s,
@@ -237,6 +269,11 @@ def _mixed(lib: Any, quick: bool) -> dict[str, float]:
         "fifo_bound_s": bound_s,
         "asyncio_thread_over_fifo_bound": thread_s / bound_s,
         "vmown_over_fifo_bound": vmown_s / bound_s,
+        "spin_call_us": spin_us,
+        "model_moves": sum(map(len, steps(plan))),
+        "model_free_moves_s": model_s(plan, spin_us, 0.0),
+        "model_move_us": model_move_us(plan, spin_us, vmown_s),
+        "model_move_us_for_goal": model_move_us(plan, spin_us, thread_s / 10),
         "asyncio_thread_over_vmown": thread_s / vmown_s,
         "asyncio_thread_over_vmown_wrappers": thread_s / best["vmown_loop_wrappers_s"],
         "asyncio_inline_over_vmown": inline_s / vmown_s,

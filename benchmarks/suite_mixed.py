@@ -59,6 +59,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import random
 import threading
 import time
@@ -99,6 +100,72 @@ def fifo_bound_s(plan: Plan) -> float:
         bound = max(bound, ((ahead + len(flags) - slow) * SPIN_US + slow * BLOCK_US) / 1e6)
         ahead += flags.index(True) if slow else len(flags)
     return bound
+
+
+def steps(plan: Plan) -> list[list[int]]:
+    """Per task, the spin calls of each of its steps on a VM: before each slow call, then after the last."""
+    out = []
+    for flags in plan:
+        counts, n = [], 0
+        for slow in flags:
+            if slow:
+                counts.append(n)
+                n = 0
+            else:
+                n += 1
+        counts.append(n)
+        out.append(counts)
+    return out
+
+
+def model_s(plan: Plan, spin_us: float, move_us: float, returns_first: bool = True) -> float:
+    """The plan's wall time on one VM in a model of a runtime: what a run would take at these costs.
+
+    A task runs in *steps*: its spin calls up to a slow call, which sends it
+    off the VM for BLOCK_US, then its next step.  The one VM runs one step at
+    a time, spin_us per spin call and move_us for the move that starts the
+    step (the VM passing to the step's thread: nothing runs meanwhile).
+    Which ready step runs next: with returns_first, a task back from a slow
+    call before any task's first step (vmown.aio's EventLoop lets a thread
+    back from a callout in between callbacks), in the order they came back;
+    else in asyncio's order (every first step, gathered in order, then the
+    returns as they came back).  No step is interrupted.  The model fits the
+    loop's measured time when move_us is its cost of a move (suite aio's
+    model_move_us), which tells what a faster move would buy.
+    """
+    per_task = steps(plan)
+    ready: list[tuple[tuple[float, ...], int, int]] = []  # (order, task, step)
+    back: list[tuple[float, int, int]] = []  # (when, task, step): out in a slow call
+    for task in range(len(per_task)):
+        heapq.heappush(ready, ((1.0, 0.0, task) if returns_first else (0.0, task), task, 0))
+    now = end = 0.0
+    while ready or back:
+        if not ready and back[0][0] > now:
+            now = back[0][0]
+        while back and back[0][0] <= now:
+            when, task, step = heapq.heappop(back)
+            heapq.heappush(ready, ((0.0, when, task) if returns_first else (when, task), task, step))
+        _, task, step = heapq.heappop(ready)
+        now += per_task[task][step] * spin_us + move_us
+        if step + 1 < len(per_task[task]):
+            heapq.heappush(back, (now + BLOCK_US, task, step + 1))
+        else:
+            end = max(end, now)
+    return end / 1e6
+
+
+def model_move_us(plan: Plan, spin_us: float, wall_s: float, limit_us: float = 1000.0) -> float:
+    """The cost of a move at which model_s gives wall_s (0.0 if even free moves take longer, limit_us at most)."""
+    low, high = 0.0, limit_us
+    if model_s(plan, spin_us, low) >= wall_s:
+        return 0.0
+    for _ in range(30):
+        mid = (low + high) / 2
+        if model_s(plan, spin_us, mid) < wall_s:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
 
 
 def _vmown_s(
