@@ -262,6 +262,35 @@ def test_ready_callbacks_beside_a_poll_selector_poller() -> None:
     assert beside > 0  # iterations ran while the worker was in poll(): no "concurrent poll() invocation"
 
 
+def test_a_selector_put_on_the_loop_after_it_was_made_is_the_one_waited_in() -> None:
+    """A loop's selector replaced before it runs (as asyncio's own tests do): its waits are in the new one."""
+    import selectors
+    import socket
+
+    loop = vmown.aio.EventLoop()
+    made_with = loop._selector
+    loop._selector = selectors.PollSelector()
+    made_with.close()  # a wait left in it would fail: "I/O operation on closed epoll object"
+    loop._add_reader(loop._ssock.fileno(), loop._read_from_self)
+    a, b = socket.socketpair()
+
+    async def main() -> bytes:
+        got: asyncio.Future[bytes] = loop.create_future()
+        loop.add_reader(a.fileno(), lambda: got.done() or got.set_result(a.recv(16)))
+        loop.call_later(0.05, b.send, b"ping")  # the loop waits in its selector until then
+        try:
+            return await asyncio.wait_for(got, 10)
+        finally:
+            loop.remove_reader(a.fileno())
+
+    try:
+        assert loop.run_until_complete(main()) == b"ping"
+    finally:
+        loop.close()
+        a.close()
+        b.close()
+
+
 class _OwnEvents(vmown.aio.EventLoop):
     """A loop class with _process_events of its own: asyncio's two steps, not the one pass."""
 

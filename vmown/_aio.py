@@ -217,8 +217,8 @@ class _LoopState:
     """What the loop keeps beside asyncio's own fields (EventLoop._vm)."""
 
     __slots__ = (
-        "ownership", "cb", "hz", "max_threads", "idle_timeout_ns", "waiters", "work", "select", "epoll",
-        "epoll_wait",
+        "ownership", "cb", "hz", "max_threads", "idle_timeout_ns", "waiters", "work", "select", "select_of",
+        "epoll", "epoll_wait",
         "self_handle", "pool_handle", "running", "closing", "home", "holder", "out", "polling",
         "poll_until", "watched", "timer", "fatal", "moved", "moves",
     )  # fmt: skip
@@ -236,8 +236,10 @@ class _LoopState:
         # which the loop turns off (_start_threads).
         self.waiters = memoryview(ffi.buffer(lib.vmown_waiters_word(cb), 4)).cast("I")
         self.work = memoryview(ffi.buffer(lib.vmown_work_words(cb), 16)).cast("Q")
-        # The selector's wait as a callout (_poll).
-        self.select: Callable[..., Any] = threaded(loop._selector.select)
+        # The selector's wait as a callout, and the selector it waits in
+        # (_poll makes it for the loop's selector of the time).
+        self.select: Callable[..., Any] | None = None
+        self.select_of: Any = None
         # The default selector while a run takes its events in one pass
         # (_ready_events; set by run_forever), else None; and its epoll
         # object's wait as a callout.
@@ -638,9 +640,14 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
             # it wait, with the GIL released.  (Dropping the GIL around the
             # disown and the own, as two cffi calls would, lets other Python
             # threads run at points where asyncio's loop keeps running.)
+            selector = self._selector
             if fused:
-                return _epoll_events(self._vm.epoll_wait, timeout, self._selector)
-            events = self._vm.select(timeout)
+                return _epoll_events(self._vm.epoll_wait, timeout, selector)
+            select = self._vm.select
+            if select is None or self._vm.select_of is not selector:  # the first wait, or a selector put on the loop
+                self._vm.select = select = threaded(selector.select)
+                self._vm.select_of = selector
+            events = select(timeout)
         finally:
             self._vm.polling = False
             self._settle(me, False)
