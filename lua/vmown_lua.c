@@ -337,6 +337,9 @@ static int call_threaded(lua_State *L) {
     errno = 0;
     int64_t result = f->call(args, n);
     vmown_callout_end(token);  /* keeps errno */
+    int broken = vmown_callout_error();  /* the end could not own the VM again: no Lua code may run on */
+    if (broken) return luaL_error(L, "vmown: %s: owning the VM again after the call: error %d (the block is broken)",
+                                  f->name, broken);
     lua_pushinteger(L, result);
     lua_pushinteger(L, errno);
     return 2;
@@ -389,9 +392,11 @@ static int foreign_done(lua_State *L, int status, lua_KContext ctx) {
     uint32_t token = vmown_callout_begin(0);  /* the thread is leaving: a join of microseconds */
     int rc = pthread_join(f->thread, NULL);
     vmown_callout_end(token);
+    int broken = vmown_callout_error();
     *f->prev = f->next;
     if (f->next) f->next->prev = f->prev;
     if (rc != 0) return luaL_error(L, "vmown: joining the foreign thread: %s", strerror(rc));
+    if (broken) return luaL_error(L, "vmown: owning the VM again after joining a foreign thread: error %d", broken);
     lua_xmove(f->th, L, f->nres);
     if (f->status != LUA_OK) return lua_error(L);
     return f->nres;

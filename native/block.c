@@ -209,6 +209,9 @@ uint32_t vmown_epoch(const vmown_vm *vm) { return VMOWN__EPOCH(vmown_owner_word(
 uint32_t vmown_waiters(const vmown_vm *vm) {
     return (uint32_t)(atomic_load_explicit(&vm->block->waiters_and_hb_asleep, RELAXED) & VMOWN__WAITERS_MASK);
 }
+int vmown_broken(const vmown_vm *vm) {
+    return atomic_load_explicit(&vm->block->hdr.state, ACQUIRE) == VMOWN__BROKEN;
+}
 const uint32_t *vmown_waiters_word(const vmown_vm *vm) {
     /* The low half of `waiters_and_hb_asleep` (VMOWN__WAITERS_MASK) in this byte order. */
     const uint32_t *halves = (const uint32_t *)(const void *)&vm->block->waiters_and_hb_asleep;

@@ -75,6 +75,7 @@ static _Thread_local struct {
     uint32_t slot;
     uint32_t epoch;  /* of the owner word after an eager callout's disown */
     uint32_t outcome;  /* WAITED | REVOKED, of the counted callout out now */
+    int32_t error;  /* what kept the last end from owning again (vmown_callout_error) */
 } bound __attribute__((tls_model("initial-exec")));
 
 /* Hints, per tag (per C function: wrappers tag with their function's
@@ -361,8 +362,8 @@ static int back(uint32_t token, bool wait) {
     /* A peer stopped inside the block's lock (a debugger, a profiler) for
      * longer than LOCK_TIMEOUT_NS ends the own's wait for the lock with
      * VMOWN_ESTUCK.  The own fails then before it changes anything (it has
-     * not queued), and the end has nobody to report to: it waits on, as it
-     * would for a VM the stopped peer owned. */
+     * not queued), and the end waits on, as it would for a VM the stopped
+     * peer owned. */
     int rc;
     if (wait) {
         do rc = vmown_own(bound.vm, slot);
@@ -371,8 +372,18 @@ static int back(uint32_t token, bool wait) {
         rc = vmown_try_own(bound.vm, slot);
     }
     if (wait ? rc == 0 : rc == 1) return taken_back(slot);
-    if (wait || rc < 0) vmown__fatal("vmown_callout_end: own", rc == VMOWN_EBROKEN ? EIO : EINVAL);
+    /* Any other failure is for good (the block is broken): the end returns
+     * without owning, and says why to whoever asks (vmown_callout_error);
+     * the front end's next operation on the block fails the same way.  A
+     * try_end leaves it to the end that follows it. */
+    if (wait) bound.error = rc < 0 ? rc : VMOWN_EINVAL;
     return 0;
+}
+
+int vmown_callout_error(void) {
+    int rc = bound.error;
+    bound.error = 0;
+    return rc;
 }
 
 void vmown_callout_end(uint32_t token) {
@@ -398,6 +409,7 @@ static const vmown_callout_table table = {
     .end = vmown_callout_end,
     .try_end = vmown_callout_try_end,
     .begin_eager = vmown_callout_begin_eager,
+    .error = vmown_callout_error,
 };
 
 const vmown_callout_table *vmown_callout_api(void) { return &table; }

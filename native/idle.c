@@ -212,7 +212,7 @@ static int park_owning(vmown_vm *vm, uint32_t me, int64_t timeout_ns) {
     struct vmown__block *b = vm->block;
     struct vmown_slot *s = slot_of(vm, me);
     uint64_t w = my_word(vm, me);
-    if (VMOWN__OWNER(w) != (int32_t)me) return VMOWN_ENOTOWNER;
+    if (VMOWN__OWNER(w) != (int32_t)me) return not_owner(vm);
     int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
     uint32_t head = 0;
     /* The lock by the deadline (LOCK_TRY_NS at least), or no park: the

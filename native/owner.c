@@ -482,7 +482,7 @@ int vmown__disown(vmown_vm *vm, uint32_t me, uint64_t callout, bool soft) {
     struct vmown__block *b = vm->block;
     struct vmown_slot *s = slot_of(vm, me);
     uint64_t w = my_word(vm, me);
-    if (unlikely(VMOWN__OWNER(w) != (int32_t)me)) return VMOWN_ENOTOWNER;
+    if (unlikely(VMOWN__OWNER(w) != (int32_t)me)) return not_owner(vm);
     atomic_store_explicit(&s->callout, callout, RELAXED);
     atomic_store_explicit(&s->callout_tick, atomic_load_explicit(&b->ticks, RELAXED), RELAXED);
     bump(&s->disowns);
@@ -646,7 +646,7 @@ int vmown_yield(vmown_vm *vm, uint32_t me, int64_t timeout_ns, int flags) {
     struct vmown__block *b = vm->block;
     struct vmown_slot *s = slot_of(vm, me);
     uint64_t w = my_word(vm, me);
-    if (VMOWN__OWNER(w) != (int32_t)me) return VMOWN_ENOTOWNER;
+    if (VMOWN__OWNER(w) != (int32_t)me) return not_owner(vm);
     if ((atomic_load_explicit(&b->waiters_and_hb_asleep, RELAXED) & VMOWN__WAITERS_MASK) == 0) return 0;
     int64_t deadline = timeout_ns < 0 ? -1 : vmown__now_ns() + timeout_ns;
     uint32_t head = 0;

@@ -222,6 +222,8 @@ VMOWN_EXTERN uint64_t vmown_owner_word(const vmown_vm *vm);
 VMOWN_EXTERN int32_t vmown_owner(const vmown_vm *vm);
 VMOWN_EXTERN uint32_t vmown_epoch(const vmown_vm *vm);
 VMOWN_EXTERN uint32_t vmown_waiters(const vmown_vm *vm);
+/* 1 if the block is marked broken for good (VMOWN_EBROKEN), else 0. */
+VMOWN_EXTERN int vmown_broken(const vmown_vm *vm);
 /* Where the count of queued threads lives, for reading it without a call:
  * from Python, a cffi call releases and retakes the GIL, and an owner that
  * does that at every scheduling point makes CPython's GIL hand-over (which
@@ -390,13 +392,20 @@ VMOWN_EXTERN uint32_t vmown_callout_begin(uint64_t tag);
 /* Set in a token when the callout went out lazily (it kept the owner word):
  * if its end has to wait, the heartbeat revoked it. */
 #define VMOWN_CALLOUT_LAZY 0x80000000u
-/* Own again (waiting without the GIL if need be); errno is preserved.  A
- * failure here cannot be reported to the caller and aborts, naming it. */
+/* Own again (waiting without the GIL if need be); errno is preserved.  If
+ * the thread cannot own again (the block is broken: a peer wrote over it),
+ * the end returns without owning and keeps the error for
+ * vmown_callout_error: the thread must run no VM code, and the front end's
+ * next operation on the block fails with the same error. */
 VMOWN_EXTERN void vmown_callout_end(uint32_t token);
 /* Own again only if that takes one CAS (nobody took the VM meanwhile):
  * returns 1 if this thread owns the VM again (or token is 0), 0 if it must
  * wait, with vmown_callout_end, best with the GIL released. */
 VMOWN_EXTERN int vmown_callout_try_end(uint32_t token);
+/* The error (a negative VMOWN_E* code) that kept this thread's last
+ * vmown_callout_end from owning the VM again, and 0 from then on until the
+ * next; 0 if there was none. */
+VMOWN_EXTERN int vmown_callout_error(void);
 /* vmown_callout_begin, never lazy: for a caller that takes the GIL back
  * between the call and its end (vmown.callout).  A lazy callout would hold
  * the VM while it waits for the GIL, and whoever holds the GIL could not
@@ -433,6 +442,7 @@ typedef struct {
     void (*end)(uint32_t token);
     int (*try_end)(uint32_t token);
     uint32_t (*begin_eager)(uint64_t tag);
+    int (*error)(void);
 } vmown_callout_table;
 /* The table that generated wrappers in other modules are initialised with. */
 VMOWN_EXTERN const vmown_callout_table *vmown_callout_api(void);

@@ -30,6 +30,14 @@ static inline void post(vmown_vm *vm, uint32_t slot) {
     if (vmown__sem_post(&vm->block->slots[slot].sem) != 0) mark_broken(vm);
 }
 
+/* The error of an operation that needs the VM, made by a thread that does
+ * not own it: VMOWN_EBROKEN on a broken block (the end of a callout that
+ * could not own again returns without owning, and the thread's next
+ * operation says why), else VMOWN_ENOTOWNER. */
+static inline int not_owner(const vmown_vm *vm) {
+    return atomic_load_explicit(&vm->block->hdr.state, ACQUIRE) == VMOWN__BROKEN ? VMOWN_EBROKEN : VMOWN_ENOTOWNER;
+}
+
 static inline void bump(_Atomic uint64_t *counter) {
     atomic_store_explicit(counter, atomic_load_explicit(counter, RELAXED) + 1, RELAXED);
 }

@@ -876,3 +876,99 @@ def test_case1_a_peer_writing_over_a_waiters_semaphore_gives_broken_error_not_ab
     assert "done" in done.stdout and "abort" not in done.stderr, done.stdout + done.stderr
     lines = done.stdout.splitlines()[:-1]
     assert len(lines) == 3 and all("['broken'] marked broken" in line for line in lines), lines
+
+
+# ---- case 1: the block broken while a callout waits to own the VM again ----
+
+# A process (or coroutine) goes out in a 300 ms C call; another holds the VM
+# meanwhile (a busy loop), so the call's end has to wait for it under the
+# block's lock; a hostile peer writes a word into the lock that no lock
+# holds.  The end cannot own again: it must return without owning, not
+# abort and not wait for ever.  A vmown.threaded call then raises
+# BrokenError; a generated wrapper returns, and its thread's next operation
+# on the block raises it.  Either way the run ends with BrokenError.
+BROKEN_END_SCRIPT = """
+import asyncio, sys, threading, time, tempfile, importlib.util
+import cffi, vmown, vmown.aio
+from vmown._native import ffi, lib
+
+how = sys.argv[1]
+layout = ffi.new("vmown_layout *")
+lib.vmown_layout_read(layout)
+if how == "wrapper":
+    builder = cffi.FFI()
+    declarations = "int block_ms(int ms);"
+    builder.cdef(declarations)
+    cdef, source = vmown.threaded_wrappers(declarations)
+    builder.cdef(cdef)
+    builder.set_source("_vmown_broken_end", "#include <time.h>\\n"
+        "int block_ms(int ms) { struct timespec t = {0, ms * 1000000L}; nanosleep(&t, 0); return ms; }\\n" + source)
+    library = builder.compile(tmpdir=tempfile.mkdtemp())
+    spec = importlib.util.spec_from_file_location("_vmown_broken_end", library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    vmown.bind_threaded(module.lib)
+    block = module.lib.block_ms_threaded
+else:
+    c = cffi.FFI()
+    c.cdef("int usleep(unsigned int usec);")
+    usleep = vmown.threaded(c.dlopen(None).usleep)
+    block = lambda ms: usleep(ms * 1000)
+outcome = {}
+
+def hostile(address):
+    time.sleep(0.1)  # the call is out and the busy one holds the VM
+    ffi.cast("uint32_t *", address + layout.lock)[0] = 0x7FFFFFFF
+
+async def sleeper():
+    try:
+        block(300)
+        outcome["sleeper"] = "returned"
+    except vmown.BrokenError:
+        outcome["sleeper"] = "BrokenError"
+
+def busy():
+    end = time.monotonic() + 1
+    while time.monotonic() < end:
+        pass
+
+start = time.monotonic()
+try:
+    if how == "aio":
+        async def main():
+            address = int(ffi.cast("uintptr_t", asyncio.get_running_loop().ownership._block.addr))
+            threading.Thread(target=hostile, args=(address,), daemon=True).start()
+            async def spinner():
+                await asyncio.sleep(0.01)
+                busy()
+            await asyncio.gather(sleeper(), spinner())
+        vmown.aio.run(main())
+    else:
+        async def main():
+            address = int(ffi.cast("uintptr_t", vmown.current_process()._rt.ownership._block.addr))
+            threading.Thread(target=hostile, args=(address,), daemon=True).start()
+            async def spinner():
+                await vmown.sleep(0.01)
+                busy()
+            one, two = vmown.spawn(sleeper), vmown.spawn(spinner)
+            await one
+            await two
+        vmown.run(main)
+    print("run returned", outcome, flush=True)
+except vmown.BrokenError:
+    print("run raised BrokenError", outcome, round(time.monotonic() - start, 2), flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["threaded", "aio", "wrapper"])
+def test_case1_a_block_broken_while_a_callout_waits_to_own_again_raises_broken_error(how: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(BROKEN_END_SCRIPT), how],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_S,
+    )
+    assert done.returncode == 0, f"status {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    assert "fatal" not in done.stderr, done.stderr
+    expected = "returned" if how == "wrapper" else "BrokenError"
+    assert f"run raised BrokenError {{'sleeper': '{expected}'}}" in done.stdout, done.stdout + done.stderr

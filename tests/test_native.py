@@ -17,6 +17,7 @@ GRANT = NATIVE / "tests" / "grant_test.c"
 LAZY = NATIVE / "tests" / "lazy_test.c"
 WORKERS = NATIVE / "tests" / "workers_test.c"
 STOPPED_PEER = NATIVE / "tests" / "stopped_peer_test.c"
+BROKEN_END = NATIVE / "tests" / "broken_end_test.c"
 # Widen also the window of a lazy callout's return (grants.c, "Lazy
 # callouts"); without vmown_debug_set_widen_ns it costs one relaxed load.
 WIDE = "-DVMOWN_WIDEN_FAST_PATHS"
@@ -39,6 +40,8 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path
         "workers_tsan": compile_program([WORKERS], out / "workers_tsan", ["-O1", "-fsanitize=thread"]),
         "stopped_peer": compile_program([STOPPED_PEER], out / "stopped_peer", ["-O2", "-Werror"]),
         "stopped_peer_tsan": compile_program([STOPPED_PEER], out / "stopped_peer_tsan", ["-O1", "-fsanitize=thread"]),
+        "broken_end": compile_program([BROKEN_END], out / "broken_end", ["-O2", "-Werror"]),
+        "broken_end_tsan": compile_program([BROKEN_END], out / "broken_end_tsan", ["-O1", "-fsanitize=thread"]),
     }
 
 
@@ -145,4 +148,12 @@ def test_dead_means_gone_zombie_or_recycled(programs: dict[str, pathlib.Path]) -
 @pytest.mark.parametrize("build", ["stopped_peer", "stopped_peer_tsan"])
 def test_a_callout_end_waits_out_a_peer_stopped_in_the_lock(programs: dict[str, pathlib.Path], build: str) -> None:
     """Past the lock's stuck time, the end of a callout waits on instead of aborting the process."""
+    run_c(programs[build], expect=": ok")
+
+
+@pytest.mark.parametrize("build", ["broken_end", "broken_end_tsan"])
+def test_a_callout_end_on_a_block_broken_meanwhile_returns_not_owning(
+    programs: dict[str, pathlib.Path], build: str
+) -> None:
+    """A peer breaks the block while a callout waits to own again: the end returns, errno kept, the error told."""
     run_c(programs[build], expect=": ok")

@@ -157,7 +157,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from ._callout import threaded
-from ._errors import VmownError, check, error
+from ._errors import VmownError, check, error, vm_error
 from ._native import ffi, lib
 from ._ownership import Ownership
 from . import _scheduler
@@ -304,6 +304,8 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
     def run_forever(self) -> None:
         if self._vm.ownership._cb is None:
             raise RuntimeError("Event loop is closed")
+        if lib.vmown_broken(self._vm.cb):  # a peer broke the block in an earlier run: no run can own it
+            raise error(lib.VMOWN_EBROKEN, "running the loop")
         if _scheduler._here.state is not None:
             raise RuntimeError("vmown.aio.EventLoop cannot run inside vmown.run()")
         if self.is_running() or asyncio.events._get_running_loop() is not None:
@@ -679,7 +681,7 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         rc = _park_c(self._vm.cb, me.slot, timeout_ns)
         if rc != 1:  # not given the VM: unparked, timed out or interrupted
             if rc not in (0, _ETIMEDOUT, _EINTR):
-                raise error(rc, "park")
+                raise vm_error(self._vm.cb, rc, "park")
             retire = rc == _ETIMEDOUT and not watched and self._surplus()
             if not me.home and (self._vm.closing or retire):
                 return False
@@ -708,7 +710,7 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         rc = _own_wait(self._vm.cb, me.slot, -1, _INTERRUPTIBLE)
         while rc:
             if rc != _EINTR:
-                raise error(rc, "own")
+                raise vm_error(self._vm.cb, rc, "own")
             rc = _own_wait(self._vm.cb, me.slot, -1, _INTERRUPTIBLE)
 
     def _settle(self, me: _LoopThread, mid_callback: bool) -> None:

@@ -119,7 +119,7 @@ from typing import Any, Final, NamedTuple, ParamSpec, TypeVar
 
 import _cffi_backend
 
-from . import _buffers, _callout_ext
+from . import _buffers, _callout_ext, _errors
 from ._native import ffi, lib
 from ._scheduler import Process, _process_var, _ThreadState
 
@@ -203,7 +203,11 @@ def _refuse(fn: Any, where: str, arg: Any, what: str) -> TypeError:
 
 
 _callout_ext.init(
-    int(ffi.cast("uintptr_t", lib.vmown_callout_api())), _CData, _buffers.pin_pointer, _buffers.c_parameters
+    int(ffi.cast("uintptr_t", lib.vmown_callout_api())),
+    _CData,
+    _buffers.pin_pointer,
+    _buffers.c_parameters,
+    _errors.error,
 )
 
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from ._native import lib
 
@@ -261,6 +262,16 @@ def error(code: int, context: str = "") -> BaseException:
         return cls(prefix + message)
     errno = -code
     return OSError(errno, prefix + os.strerror(errno))
+
+
+def vm_error(cb: Any, code: int, context: str = "") -> BaseException:
+    """The exception for a negative ``code`` from an operation on the block ``cb`` (a ``vmown_vm *``).
+
+    On a block marked broken, BrokenError whatever the code: the operation
+    may have failed on the state the breakage left (a thread whose callout
+    could not own the VM again, say), and the breakage is what to report.
+    """
+    return error(lib.VMOWN_EBROKEN if lib.vmown_broken(cb) else code, context)
 
 
 def check(code: int, context: str = "") -> int:

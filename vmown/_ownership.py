@@ -33,7 +33,7 @@ from typing import Any, Iterator
 from contextlib import contextmanager
 
 from ._arena import Arena, _place
-from ._errors import NotOwnerError, VmownError, check, error
+from ._errors import NotOwnerError, VmownError, check, error, vm_error
 from ._native import ffi, lib
 from ._timeout import timeout_ns as _timeout_ns
 
@@ -306,7 +306,7 @@ class Ownership:
             self._abandon(slot)
             raise
         if rc:
-            raise error(rc, "own")
+            raise vm_error(self._cb, rc, "own")
 
     def _abandon(self, slot: int) -> None:
         """own() is leaving with an exception: be out of the queue, not owning.
@@ -324,7 +324,7 @@ class Ownership:
         """Take the VM if nobody owns it; never waits.  Returns whether it did."""
         rc = _try_own(self._cb, self._slot())
         if rc < 0:
-            raise error(rc, "try_own")
+            raise vm_error(self._cb, rc, "try_own")
         return rc == 1
 
     def disown(self, callout: int = 0) -> int:
@@ -339,7 +339,7 @@ class Ownership:
         except AttributeError:
             raise error(lib.VMOWN_ENOTOWNER, "disown") from None
         if rc:
-            raise error(rc, "disown")
+            raise vm_error(self._cb, rc, "disown")
         return local.slot
 
     def yield_to_waiters(self, *, timeout: float | None = None) -> bool:
@@ -355,7 +355,7 @@ class Ownership:
             self.own(timeout=timeout)  # runs the handler; queues again if it returns
             return True
         if rc < 0:
-            raise error(rc, "yield_to_waiters")
+            raise vm_error(self._cb, rc, "yield_to_waiters")
         return rc == 1
 
     def bind_thread(self) -> None:

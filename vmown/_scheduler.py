@@ -143,7 +143,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any, Generic, TypeVar, TypeVarTuple
 
-from ._errors import ForkedRunError, NotOwnerError, VmownError, check, error
+from ._errors import ForkedRunError, NotOwnerError, VmownError, check, error, vm_error
 from ._native import ffi, lib
 from . import _callout_ext, _monitor, _watchdog
 from ._ownership import Ownership
@@ -1123,7 +1123,7 @@ def _park(rt: _Runtime, me: _ThreadState) -> bool:
     rc = _park_c(rt.cb, me.slot, timeout_ns)
     if rc != 1:  # not activated: unparked, timed out or interrupted; not owning
         if rc not in (0, _ETIMEDOUT, _EINTR):
-            raise error(rc, "park")
+            raise vm_error(rt.cb, rc, "park")
         retire = rc == _ETIMEDOUT and not watched_deadline_ns and _surplus(rt)
         if not me.run_thread and (rt.halt or retire):
             return False
@@ -1239,7 +1239,7 @@ def _own(rt: _Runtime, me: _ThreadState) -> None:
     rc = _own_wait(rt.cb, me.slot, -1, _INTERRUPTIBLE)
     while rc:
         if rc != _EINTR:
-            raise error(rc, "own")
+            raise vm_error(rt.cb, rc, "own")
         rc = _own_wait(rt.cb, me.slot, -1, _INTERRUPTIBLE)
 
 

@@ -79,11 +79,13 @@
 static uint32_t (*core_begin)(uint64_t);
 static void (*core_end)(uint32_t);
 static int (*core_try_end)(uint32_t);
+static int (*core_error)(void);
 
 static PyTypeObject *cdata_type;  /* _cffi_backend._CDataBase */
 static PyObject *pin_pointer_fn;  /* _buffers.pin_pointer(fn, arg, ctype, n, const) -> cdata */
 static PyObject *c_parameters_fn; /* _buffers.c_parameters(fn) -> tuple or None */
 static PyObject *known;           /* dict: C callable -> c_parameters(fn), for callout() */
+static PyObject *error_fn;        /* _errors.error(code, context) -> the exception for a VMOWN_E* code */
 
 /* `known` is cleared when it grows past this (functions made on the fly). */
 enum { KNOWN_MAX = 4096 };
@@ -228,6 +230,28 @@ static PyObject *make_entry(PyObject *module, PyObject *args) {
     return Py_BuildValue("(NK)", capsule, (unsigned long long)(uintptr_t)e->code);
 }
 
+/* The end could not own the VM again (the block is broken): the call's
+ * result, or the exception it raised, is dropped and the error raised, so
+ * that no VM code runs on. */
+static PyObject *not_owning(PyObject *result, int error) {
+    Py_XDECREF(result);
+#if PY_VERSION_HEX >= 0x030C0000
+    Py_XDECREF(PyErr_GetRaisedException());
+#else
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+#endif
+    PyObject *exc = PyObject_CallFunction(error_fn, "is", error, "owning the VM again after a callout");
+    if (exc) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
 /* f: the wrapper's figures; NULL for callout(): fn's entry of `targets`.
  * entry: the wrapper's blocking entry (a cffi function pointer of fn's
  * type), or NULL. */
@@ -263,6 +287,8 @@ static PyObject *call_disowned(PyObject *fn, PyObject *entry, uint64_t tag, figu
         f->out_ns += out_ns;
         if (out_ns > f->longest_ns) f->longest_ns = out_ns;
     }
+    int error;
+    if (waited && (error = core_error()) != 0) return not_owning(result, error);
     return result;
 }
 
@@ -594,20 +620,24 @@ static PyObject *current_frames(PyObject *module, PyObject *unused) {
 
 static PyObject *init(PyObject *module, PyObject *args) {
     unsigned long long address;
-    PyObject *cdata, *pin_pointer_, *c_parameters_;
-    if (!PyArg_ParseTuple(args, "KO!OO:init", &address, &PyType_Type, &cdata, &pin_pointer_, &c_parameters_))
+    PyObject *cdata, *pin_pointer_, *c_parameters_, *error_;
+    if (!PyArg_ParseTuple(args, "KO!OOO:init", &address, &PyType_Type, &cdata, &pin_pointer_, &c_parameters_,
+                          &error_))
         return NULL;
     const vmown_callout_table *table = (const vmown_callout_table *)(uintptr_t)address;
-    if (!table || table->version != VMOWN_CALLOUT_API_VERSION || !table->try_end || !table->begin_eager) {
+    if (!table || table->version != VMOWN_CALLOUT_API_VERSION || !table->try_end || !table->begin_eager ||
+        !table->error) {
         PyErr_SetString(PyExc_ImportError, "vmown._callout_ext does not match vmown._native (rebuild vmown)");
         return NULL;
     }
     Py_XSETREF(cdata_type, (PyTypeObject *)Py_NewRef(cdata));
     Py_XSETREF(pin_pointer_fn, Py_NewRef(pin_pointer_));
     Py_XSETREF(c_parameters_fn, Py_NewRef(c_parameters_));
+    Py_XSETREF(error_fn, Py_NewRef(error_));
     if (!known && !(known = PyDict_New())) return NULL;
     core_end = table->end;
     core_try_end = table->try_end;
+    core_error = table->error;
     /* Eager: this path takes the GIL back after the call and before its
      * end (cffi does), and a lazy callout would hold the VM meanwhile.  (A
      * call through the blocking entry does not, but a short call that goes
