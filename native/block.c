@@ -209,6 +209,13 @@ uint32_t vmown_epoch(const vmown_vm *vm) { return VMOWN__EPOCH(vmown_owner_word(
 uint32_t vmown_waiters(const vmown_vm *vm) {
     return (uint32_t)(atomic_load_explicit(&vm->block->waiters_and_hb_asleep, RELAXED) & VMOWN__WAITERS_MASK);
 }
+void vmown__wake_all(vmown_vm *vm) {
+    struct vmown__block *b = vm->block;
+    /* A post to a semaphore a peer wrote over fails: that one is left. */
+    for (uint32_t i = 1; i <= vm->nslots; i++) (void)vmown__sem_post(&b->slots[i].sem);
+    (void)vmown__sem_post(&b->hb_sem);
+}
+
 int vmown_broken(const vmown_vm *vm) {
     return atomic_load_explicit(&vm->block->hdr.state, ACQUIRE) == VMOWN__BROKEN;
 }

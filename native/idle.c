@@ -155,6 +155,7 @@ static int wait_parked(vmown_vm *vm, uint32_t me, int64_t deadline) {
     for (;;) {
         rc = vmown__sem_wait(&s->sem, taken_seen ? vmown__now_ns() + SLICE_NS : deadline);
         if (rc == VMOWN_EBROKEN) { mark_broken(vm); return rc; }  /* a peer wrote over the semaphore */
+        if (unlikely(is_broken(vm))) return VMOWN_EBROKEN;  /* woken by the marking: nobody will activate us */
         uint32_t st = atomic_load_explicit(&s->state, ACQUIRE);
         if (rc == 0) {
             if (st == VMOWN_SLOT_GRANTED) break;

@@ -425,6 +425,7 @@ int vmown__await_grant(vmown_vm *vm, uint32_t me, int64_t deadline_ns, int flags
         bool sliced = granted_seen || deadline_ns < 0 || slice_end < deadline_ns;
         int rc = vmown__sem_wait(&s->sem, sliced ? slice_end : deadline_ns);
         if (rc == VMOWN_EBROKEN) { mark_broken(vm); return rc; }  /* a peer wrote over the semaphore */
+        if (unlikely(is_broken(vm))) return VMOWN_EBROKEN;  /* woken by the marking: no grant will come */
         if (rc == 0) {
             if (atomic_load_explicit(&s->state, ACQUIRE) == VMOWN_SLOT_GRANTED) goto granted;
             if (++strays > MAX_STRAY_POSTS) { mark_broken(vm); return VMOWN_EBROKEN; }

@@ -21,8 +21,24 @@
 #define MAX_STRAY_POSTS 1000        /* in one wait: more means a corrupt semaphore */
 #define SLICE_NS 50000000           /* 50 ms: a dead owner is found within one slice */
 
+/* block.c: post every semaphore a thread may sleep on for this block. */
+void vmown__wake_all(vmown_vm *vm);
+
+/* Mark the block broken for good.  A broken block grants nothing again, so
+ * the marking that changes the state wakes every thread asleep on the block
+ * (queued, parked, the heartbeat): each, woken, sees the mark and returns
+ * VMOWN_EBROKEN instead of sleeping for a grant nobody can give. */
 static inline void mark_broken(vmown_vm *vm) {
-    atomic_store_explicit(&vm->block->hdr.state, VMOWN__BROKEN, RELEASE);
+    uint32_t ready = VMOWN__READY;
+    if (atomic_compare_exchange_strong_explicit(&vm->block->hdr.state, &ready, VMOWN__BROKEN, memory_order_acq_rel,
+                                                ACQUIRE))
+        vmown__wake_all(vm);
+    else
+        atomic_store_explicit(&vm->block->hdr.state, VMOWN__BROKEN, RELEASE);
+}
+
+static inline bool is_broken(const vmown_vm *vm) {
+    return atomic_load_explicit(&vm->block->hdr.state, ACQUIRE) == VMOWN__BROKEN;
 }
 
 /* Post a slot's semaphore; a failure can only come from corrupt memory. */
@@ -34,9 +50,7 @@ static inline void post(vmown_vm *vm, uint32_t slot) {
  * not own it: VMOWN_EBROKEN on a broken block (the end of a callout that
  * could not own again returns without owning, and the thread's next
  * operation says why), else VMOWN_ENOTOWNER. */
-static inline int not_owner(const vmown_vm *vm) {
-    return atomic_load_explicit(&vm->block->hdr.state, ACQUIRE) == VMOWN__BROKEN ? VMOWN_EBROKEN : VMOWN_ENOTOWNER;
-}
+static inline int not_owner(const vmown_vm *vm) { return is_broken(vm) ? VMOWN_EBROKEN : VMOWN_ENOTOWNER; }
 
 static inline void bump(_Atomic uint64_t *counter) {
     atomic_store_explicit(counter, atomic_load_explicit(counter, RELAXED) + 1, RELAXED);

@@ -155,5 +155,5 @@ def test_a_callout_end_waits_out_a_peer_stopped_in_the_lock(programs: dict[str, 
 def test_a_callout_end_on_a_block_broken_meanwhile_returns_not_owning(
     programs: dict[str, pathlib.Path], build: str
 ) -> None:
-    """A peer breaks the block while a callout waits to own again: the end returns, errno kept, the error told."""
+    """A peer breaks the block: a callout's end returns not owning (errno kept, the error told); sleepers wake."""
     run_c(programs[build], expect=": ok")

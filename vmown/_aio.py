@@ -157,7 +157,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from ._callout import threaded
-from ._errors import VmownError, check, error, vm_error
+from ._errors import BrokenError, VmownError, check, error, vm_error
 from ._native import ffi, lib
 from ._ownership import Ownership
 from . import _scheduler
@@ -378,11 +378,18 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         if not self._vm.running:
             return
         cb = self._vm.cb
-        if lib.vmown_owner(cb) != home.slot:
-            self._own(home)
         self._vm.closing = True
+        # On a broken block nothing can be handed over: no quiescing, only
+        # the stop of the heartbeat and the pool, whose parked and queued
+        # threads the block's marking has woken to leave.
+        broken: BrokenError | None = None
         try:
-            self._quiesce(home)
+            try:
+                if lib.vmown_owner(cb) != home.slot:
+                    self._own(home)
+                self._quiesce(home)
+            except BrokenError as exc:
+                broken = exc
             self._publish(0)
             failures = [
                 error(rc, what)
@@ -396,11 +403,15 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
             lib.vmown_workers_read(cb, out)
             if out.live:
                 self._vm.holder = None
-                check(_disown(cb, home.slot, 0), "disown")
+                if broken is None:
+                    check(_disown(cb, home.slot, 0), "disown")
                 while lib.vmown_workers_join(cb, 100_000_000) > 0:
                     pass
-                self._own(home)
-                self._settle(home, False)
+                if broken is None:
+                    self._own(home)
+                    self._settle(home, False)
+            if broken is not None:
+                raise broken
             if failures:
                 raise failures[0]
         finally:
@@ -431,10 +442,19 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
 
 
     def _worker_failed(self, me: _LoopThread, exc: BaseException) -> None:
-        """An exception escaped a callback on a worker: the loop stops and run_forever raises it."""
-        if lib.vmown_owner(self._vm.cb) != me.slot:
-            self._own(me)
-            self._settle(me, False)
+        """An exception escaped a callback on a worker: the loop stops and run_forever raises it.
+
+        On a broken block nothing can be owned or handed over: the worker
+        only records the error and leaves (the home thread's teardown, woken
+        by the block's marking, stops the rest).
+        """
+        broken = bool(lib.vmown_broken(self._vm.cb))
+        if not broken and lib.vmown_owner(self._vm.cb) != me.slot:
+            try:
+                self._own(me)
+                self._settle(me, False)
+            except BrokenError:
+                broken = True
         if self._vm.fatal is None:
             self._vm.fatal = exc
         self._stopping = True
@@ -442,7 +462,8 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
             self._vm.holder = None
         if self._vm.home is not None:
             lib.vmown_unpark(self._vm.cb, self._vm.home.slot)
-        _disown(self._vm.cb, me.slot, 0)
+        if not broken:
+            _disown(self._vm.cb, me.slot, 0)
 
     # ---- one iteration ----
 
