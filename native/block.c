@@ -209,9 +209,15 @@ uint32_t vmown_epoch(const vmown_vm *vm) { return VMOWN__EPOCH(vmown_owner_word(
 uint32_t vmown_waiters(const vmown_vm *vm) {
     return (uint32_t)(atomic_load_explicit(&vm->block->waiters_and_hb_asleep, RELAXED) & VMOWN__WAITERS_MASK);
 }
-void vmown__wake_all(vmown_vm *vm) {
+void vmown__mark_broken(vmown_vm *vm) {
     struct vmown__block *b = vm->block;
-    /* A post to a semaphore a peer wrote over fails: that one is left. */
+    uint32_t ready = VMOWN__READY;
+    if (!atomic_compare_exchange_strong_explicit(&b->hdr.state, &ready, VMOWN__BROKEN, memory_order_acq_rel, ACQUIRE)) {
+        atomic_store_explicit(&b->hdr.state, VMOWN__BROKEN, RELEASE);
+        return;  /* marked before (or never ready): its marking woke the sleepers */
+    }
+    /* Wake every thread asleep on the block.  A post to a semaphore a peer
+     * wrote over fails: that one is left. */
     for (uint32_t i = 1; i <= vm->nslots; i++) (void)vmown__sem_post(&b->slots[i].sem);
     (void)vmown__sem_post(&b->hb_sem);
 }

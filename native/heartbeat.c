@@ -147,7 +147,7 @@ static void sleep_until_needed(vmown_vm *vm, uint64_t *seen, uint64_t *seen_seq)
     int64_t timer = atomic_load_explicit(&b->next_timer_ns, memory_order_relaxed);
     int64_t deadline = (VMOWN__OWNER(w) == 0 || seq) && timer > 0 ? timer : -1;
     if (vmown__sem_wait(&b->hb_sem, deadline) == VMOWN_EBROKEN)  /* a peer wrote over it */
-        atomic_store_explicit(&b->hdr.state, VMOWN__BROKEN, memory_order_release);
+        vmown__mark_broken(vm);
     atomic_fetch_and_explicit(&b->waiters_and_hb_asleep, ~VMOWN__HB_ASLEEP, memory_order_seq_cst);
     *seen = atomic_load_explicit(&b->owner_word, memory_order_acquire);
     *seen_seq = vmown__lazy_out(vm, *seen);

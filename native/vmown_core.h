@@ -21,21 +21,7 @@
 #define MAX_STRAY_POSTS 1000        /* in one wait: more means a corrupt semaphore */
 #define SLICE_NS 50000000           /* 50 ms: a dead owner is found within one slice */
 
-/* block.c: post every semaphore a thread may sleep on for this block. */
-void vmown__wake_all(vmown_vm *vm);
-
-/* Mark the block broken for good.  A broken block grants nothing again, so
- * the marking that changes the state wakes every thread asleep on the block
- * (queued, parked, the heartbeat): each, woken, sees the mark and returns
- * VMOWN_EBROKEN instead of sleeping for a grant nobody can give. */
-static inline void mark_broken(vmown_vm *vm) {
-    uint32_t ready = VMOWN__READY;
-    if (atomic_compare_exchange_strong_explicit(&vm->block->hdr.state, &ready, VMOWN__BROKEN, memory_order_acq_rel,
-                                                ACQUIRE))
-        vmown__wake_all(vm);
-    else
-        atomic_store_explicit(&vm->block->hdr.state, VMOWN__BROKEN, RELEASE);
-}
+static inline void mark_broken(vmown_vm *vm) { vmown__mark_broken(vm); }
 
 static inline bool is_broken(const vmown_vm *vm) {
     return atomic_load_explicit(&vm->block->hdr.state, ACQUIRE) == VMOWN__BROKEN;

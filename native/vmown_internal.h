@@ -238,6 +238,12 @@ int vmown__revoke(vmown_vm *vm, uint64_t word, uint64_t seq, bool work);
 /* Wake this block's heartbeat if it sleeps (owner.c): the heartbeat sleeps
  * on the core's hb_sem, so the core wakes it without calling up. */
 void vmown__wake_heartbeat(vmown_vm *vm);
+/* block.c: mark the block broken for good.  A broken block grants nothing
+ * again, so the marking that changes the state wakes every thread asleep on
+ * the block (each slot's semaphore, the heartbeat's): each, woken, sees the
+ * mark and returns VMOWN_EBROKEN instead of sleeping for a grant nobody can
+ * give. */
+void vmown__mark_broken(vmown_vm *vm);
 /* vmown_unregister without the unbinding (block.c); lifecycle.c adds it. */
 int vmown__unregister(vmown_vm *vm, uint32_t slot);
 /* Unbind the calling thread if it is bound to (vm, slot): callout.c. */
