@@ -195,21 +195,6 @@ def _mixed_s(factory: LoopFactory, plan: Plan, call: Callable[[bool], Any]) -> f
     return _run_on(factory, main)
 
 
-def _spin_call_us(call: Callable[[bool], Any]) -> float:
-    """us per short call (call(False)) made by a task on EventLoop, in the loop of _mixed_s's tasks."""
-    import vmown.aio
-
-    flags = [False] * SPIN_CALLS
-
-    async def main() -> float:
-        start = time.perf_counter()
-        for slow in flags:
-            call(slow)
-        return (time.perf_counter() - start) / len(flags) * 1e6
-
-    return _run_on(vmown.aio.EventLoop, main)
-
-
 def _mixed(lib: Any, quick: bool) -> dict[str, float]:
     import vmown
     import vmown.aio
@@ -247,7 +232,10 @@ def _mixed(lib: Any, quick: bool) -> dict[str, float]:
         "vmown_loop_wrappers_s": lambda: _mixed_s(vmown.aio.EventLoop, plan, wrapper_inline),
         "asyncio_thread_s": lambda: _mixed_s(asyncio.new_event_loop, plan, offloaded),
     }
-    contenders["spin_call_us"] = lambda: _spin_call_us(threaded_inline)
+    # One task of short calls alone on the loop: us per call.
+    contenders["spin_call_us"] = (
+        lambda: _mixed_s(vmown.aio.EventLoop, [[False] * SPIN_CALLS], threaded_inline) * 1e6 / SPIN_CALLS
+    )
     best = {name: float("inf") for name in contenders}
     with gc_off():
         for i in range(rounds):

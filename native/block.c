@@ -222,9 +222,7 @@ void vmown__mark_broken(vmown_vm *vm) {
     (void)vmown__sem_post(&b->hb_sem);
 }
 
-int vmown_broken(const vmown_vm *vm) {
-    return atomic_load_explicit(&vm->block->hdr.state, ACQUIRE) == VMOWN__BROKEN;
-}
+int vmown_broken(const vmown_vm *vm) { return is_broken(vm); }
 const uint32_t *vmown_waiters_word(const vmown_vm *vm) {
     /* The low half of `waiters_and_hb_asleep` (VMOWN__WAITERS_MASK) in this byte order. */
     const uint32_t *halves = (const uint32_t *)(const void *)&vm->block->waiters_and_hb_asleep;

@@ -170,9 +170,6 @@ static bool slot_dead(vmown_vm *vm, int32_t i) {
  * unowned, kick: whoever should have handed it on (a claimant that died
  * between its robbery and its re-queue) cannot any more. */
 int vmown__check_owner(vmown_vm *vm) {
-    /* A broken block grants nobody again: its waiters leave, each within a
-     * slice of the block being marked. */
-    if (unlikely(is_broken(vm))) return VMOWN_EBROKEN;
     uint64_t w = atomic_load_explicit(&vm->block->owner_word, ACQUIRE);
     if (!slot_dead(vm, VMOWN__HOLDER(w)) &&
         !slot_dead(vm, (int32_t)atomic_load_explicit(&vm->block->claimant, RELAXED))) {

@@ -10,8 +10,7 @@ import pytest
 BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-import suite_mixed  # noqa: E402
-from suite_mixed import BLOCK_US, fifo_bound_s, make_plan, model_move_us, model_s, steps  # noqa: E402
+from suite_mixed import BLOCK_US, SPIN_US, fifo_bound_s, make_plan, model_move_us, model_s, steps  # noqa: E402
 
 
 def test_steps_split_each_task_at_its_slow_calls() -> None:
@@ -50,7 +49,7 @@ def test_with_free_calls_and_moves_the_model_is_the_critical_path() -> None:
 
 def test_in_asyncio_order_the_model_never_beats_the_fifo_bound() -> None:
     plan = make_plan(200, 200)
-    spin = float(suite_mixed.SPIN_US)
+    spin = float(SPIN_US)
     assert model_s(plan, spin, 0.0, returns_first=False) >= fifo_bound_s(plan) - 1e-9
 
 

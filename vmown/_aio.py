@@ -237,9 +237,9 @@ class _LoopState:
         self.waiters = memoryview(ffi.buffer(lib.vmown_waiters_word(cb), 4)).cast("I")
         self.work = memoryview(ffi.buffer(lib.vmown_work_words(cb), 16)).cast("Q")
         # The selector's wait as a callout, and the selector it waits in
-        # (_poll makes it for the loop's selector of the time).
-        self.select: Callable[..., Any] | None = None
-        self.select_of: Any = None
+        # (_poll makes it again for a selector put on the loop since).
+        self.select: Callable[..., Any] = threaded(loop._selector.select)
+        self.select_of: Any = loop._selector
         # The default selector while a run takes its events in one pass
         # (_ready_events; set by run_forever), else None; and its epoll
         # object's wait as a callout.
@@ -448,13 +448,12 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
         only records the error and leaves (the home thread's teardown, woken
         by the block's marking, stops the rest).
         """
-        broken = bool(lib.vmown_broken(self._vm.cb))
-        if not broken and lib.vmown_owner(self._vm.cb) != me.slot:
+        if lib.vmown_owner(self._vm.cb) != me.slot:
             try:
                 self._own(me)
                 self._settle(me, False)
             except BrokenError:
-                broken = True
+                pass
         if self._vm.fatal is None:
             self._vm.fatal = exc
         self._stopping = True
@@ -462,8 +461,7 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
             self._vm.holder = None
         if self._vm.home is not None:
             lib.vmown_unpark(self._vm.cb, self._vm.home.slot)
-        if not broken:
-            _disown(self._vm.cb, me.slot, 0)
+        _disown(self._vm.cb, me.slot, 0)  # on a broken block it fails, and nothing is left to hand over
 
     # ---- one iteration ----
 
@@ -666,11 +664,10 @@ class EventLoop(_Base):  # type: ignore[misc, valid-type]
             selector = self._selector
             if fused:
                 return _epoll_events(self._vm.epoll_wait, timeout, selector)
-            select = self._vm.select
-            if select is None or self._vm.select_of is not selector:  # the first wait, or a selector put on the loop
-                self._vm.select = select = threaded(selector.select)
+            if self._vm.select_of is not selector:  # a selector put on the loop after it was made
+                self._vm.select = threaded(selector.select)
                 self._vm.select_of = selector
-            events = select(timeout)
+            events = self._vm.select(timeout)
         finally:
             self._vm.polling = False
             self._settle(me, False)
